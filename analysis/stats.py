@@ -1,0 +1,830 @@
+"""Confidence intervals and paired significance tests over per-recording predictions.
+
+Every function works on the probabilities a trial saved for one evaluation
+set: ``y`` holds the labels of the n recordings (0 normal, 1 abnormal) and a
+model's predictions are an array of shape (n,) for one run, or (n_seeds, n)
+for the same recordings scored by several training seeds. Resampling is
+vectorised: a bootstrap resample is a row of multiplicities ("counts") of the
+recordings, and every metric is computed for a whole block of rows at once.
+
+Metrics by name: "roc_auc" (threshold-free) and the threshold metrics of
+:func:`study.metrics.confusion_metrics`: "accuracy", "balanced_accuracy",
+"sensitivity", "specificity", "mcc", "f1" (a recording is predicted abnormal
+when its score >= threshold; pass 0/1 predictions to use thresholds of your own).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy import optimize, special
+from scipy import stats as sps
+
+from study.metrics import check_binary_labels, confusion_metrics
+
+METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "mcc", "f1")
+CI_METHODS = ("percentile", "bca")
+# Resamples are processed in blocks of about this many (resample, recording)
+# cells, so memory stays near 16 MB per array whatever n_resamples and n are.
+_BLOCK_CELLS = 2_000_000
+
+
+class BootstrapCI(NamedTuple):
+    metric: str
+    estimate: float
+    low: float
+    high: float
+    method: str
+    n_resamples: int
+    confidence_level: float
+    standard_error: float
+
+
+class DelongVariance(NamedTuple):
+    auc: float
+    variance: float
+
+
+class DelongResult(NamedTuple):
+    auc_a: float
+    auc_b: float
+    diff: float
+    var_a: float
+    var_b: float
+    cov: float
+    z: float
+    p: float
+
+
+class PairedBootstrapResult(NamedTuple):
+    metric: str
+    value_a: float
+    value_b: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    n_resamples: int
+    confidence_level: float
+
+
+class PermutationResult(NamedTuple):
+    metric: str
+    value_a: float
+    value_b: float
+    difference: float
+    p_value: float
+    n_permutations: int
+
+
+class McNemarResult(NamedTuple):
+    accuracy_a: float
+    accuracy_b: float
+    n_only_a_correct: int
+    n_only_b_correct: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+class WilcoxonResult(NamedTuple):
+    statistic: float
+    p_value: float
+    n_seeds: int
+    n_nonzero: int
+    median_difference: float
+    method: str
+    note: str
+
+
+# ----------------------------------------------------------------------------
+# input checks
+
+
+def _as_rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def _check_labels(y) -> np.ndarray:
+    labels = check_binary_labels(y, "y")
+    n_pos = int(labels.sum())
+    if n_pos in (0, labels.size):
+        raise ValueError(f"y must contain both classes, got {n_pos} positives out of {labels.size}")
+    return labels
+
+
+def _check_scores(scores, n: int, name: str) -> np.ndarray:
+    """Scores as float64 of shape (n_seeds, n); a 1-D input becomes one seed."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[None, :]
+    if values.ndim != 2 or values.shape[1] != n or values.shape[0] == 0:
+        raise ValueError(f"{name} must have shape ({n},) or (n_seeds, {n}) to match y, got {np.shape(scores)}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains {np.count_nonzero(~np.isfinite(values))} NaN/inf values")
+    return values
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def _check_threshold(threshold, n_seeds: int) -> np.ndarray:
+    """A scalar threshold or one per seed, as a float64 array of shape (n_seeds,)."""
+    values = np.asarray(threshold, dtype=np.float64)
+    if values.ndim > 1 or values.size not in (1, n_seeds) or not np.isfinite(values).all():
+        raise ValueError(f"threshold must be a finite number or one per seed ({n_seeds}), got {threshold!r}")
+    return np.broadcast_to(values.reshape(-1), (n_seeds,))
+
+
+def _check_count(value, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_confidence(confidence_level) -> float:
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
+    return float(confidence_level)
+
+
+# ----------------------------------------------------------------------------
+# metrics under many weightings of the recordings
+
+
+def _auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC-AUC (S, B) of scores (S, n) under recording weights (B, n).
+
+    A positive scored s counts each negative below s fully and each tie by
+    half (Mann-Whitney U with midranks). With the negatives sorted once,
+    C[:, k] = total weight of the k lowest negatives, so the weight below a
+    positive is C at its left insertion point and below-or-tied is C at its
+    right one: U = sum_i w_i (C[left_i] + C[right_i]) / 2, with no sort per
+    resample.
+    """
+    positive = y == 1
+    w_pos, w_neg = weights[:, positive], weights[:, ~positive]
+    pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    cumulative = np.zeros((weights.shape[0], w_neg.shape[1] + 1))
+    aucs = np.empty((scores.shape[0], weights.shape[0]))
+    for seed, seed_scores in enumerate(scores):  # a handful of seeds, never a loop over resamples
+        negatives, positives = seed_scores[~positive], seed_scores[positive]
+        order = np.argsort(negatives, kind="stable")
+        sorted_negatives = negatives[order]
+        left = np.searchsorted(sorted_negatives, positives, side="left")
+        right = np.searchsorted(sorted_negatives, positives, side="right")
+        np.cumsum(w_neg[:, order], axis=1, out=cumulative[:, 1:])
+        u_statistic = np.einsum("bi,bi->b", w_pos, cumulative[:, left] + cumulative[:, right]) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aucs[seed] = np.where(pairs > 0, u_statistic / pairs, np.nan)
+    return aucs
+
+
+def _metric_kernel(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Metric (S, B) of scores (S, n) under recording weights (B, n)."""
+    if metric == "roc_auc":
+        return _auc_kernel(y, scores, weights)
+    predicted = (scores >= threshold[:, None]).astype(np.float64)
+    positive = y.astype(np.float64)
+    tp = (predicted * positive) @ weights.T
+    fp = (predicted * (1 - positive)) @ weights.T
+    n_pos = weights @ positive
+    n_neg = weights.sum(axis=1) - n_pos
+    return confusion_metrics(tp, fp, n_neg - fp, n_pos - tp)[metric]
+
+
+def weighted_auc(y, scores, weights) -> np.ndarray:
+    """ROC-AUC under many non-negative weightings of the recordings at once.
+
+    Parameters
+    ----------
+    y : array of shape (n,), labels 0/1 with both classes present.
+    scores : array of shape (n,) or (n_seeds, n), higher = more abnormal.
+    weights : array of shape (B, n), e.g. bootstrap multiplicities, 0/1
+        jackknife masks or Bayesian-bootstrap Dirichlet weights.
+
+    Returns
+    -------
+    array of shape (B,) (or (n_seeds, B)); NaN where a weighting leaves no
+    positive or no negative.
+    """
+    labels = _check_labels(y)
+    values = _check_scores(scores, labels.size, "scores")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != labels.size:
+        raise ValueError(f"weights must have shape (B, {labels.size}), got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    aucs = _auc_kernel(labels, values, w)
+    return aucs[0] if np.ndim(scores) == 1 else aucs
+
+
+def auc_resampled(y, scores, idx) -> np.ndarray:
+    """ROC-AUC of each resample of the recordings, without a loop over resamples.
+
+    Parameters
+    ----------
+    y : array of shape (n,), labels 0/1 with both classes present.
+    scores : array of shape (n,) or (n_seeds, n).
+    idx : integer array of shape (B, m), row b lists the recordings (indices
+        into y, with repeats) of resample b; m is usually n.
+
+    Returns
+    -------
+    array of shape (B,) (or (n_seeds, B)); NaN for a resample with one class.
+    Equal to ``sklearn.metrics.roc_auc_score(y[idx[b]], scores[idx[b]])``.
+    """
+    labels = _check_labels(y)
+    rows = np.asarray(idx)
+    if rows.ndim != 2 or rows.dtype.kind not in "iu":
+        raise ValueError(f"idx must be a 2-D integer array (n_resamples, m), got {rows.dtype} {rows.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= labels.size):
+        raise ValueError(f"idx values must lie in [0, {labels.size}), got [{rows.min()}, {rows.max()}]")
+    n_resamples, n = rows.shape[0], labels.size
+    flat = (rows + n * np.arange(n_resamples)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n)
+    return weighted_auc(labels, scores, counts)
+
+
+# ----------------------------------------------------------------------------
+# resampling plans
+
+
+def _resampling_units(y: np.ndarray, groups) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unit of each recording, and the strata of units resampled separately.
+
+    Without groups a unit is a recording and the strata are the two labels.
+    With groups a unit is a group (patient), stratified by whether it holds
+    only normals, only abnormals or both: every resample then keeps both
+    classes, and with one recording per group this is the label stratification.
+    """
+    if groups is None:
+        return np.arange(y.size), [np.flatnonzero(y == 0), np.flatnonzero(y == 1)]
+    group_values = np.asarray(groups)
+    if group_values.shape != y.shape:
+        raise ValueError(f"groups must have shape {y.shape} like y, got {group_values.shape}")
+    if group_values.dtype.kind == "f" and np.isnan(group_values).any():
+        raise ValueError("groups contains NaN; give every recording a group (its own id if unknown)")
+    _, units = np.unique(group_values, return_inverse=True)
+    has_pos = np.bincount(units, weights=y) > 0
+    has_neg = np.bincount(units, weights=1 - y) > 0
+    pattern = has_pos * 2 + has_neg
+    strata = [np.flatnonzero(pattern == kind) for kind in (1, 2, 3)]
+    return units.reshape(-1), [stratum for stratum in strata if stratum.size]
+
+
+def _unit_counts(strata: list[np.ndarray], n_units: int, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicities (n_rows, n_units) of units drawn with replacement within each stratum."""
+    draws = np.concatenate([stratum[rng.integers(0, stratum.size, size=(n_rows, stratum.size))] for stratum in strata], axis=1)
+    flat = (draws + n_units * np.arange(n_rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_rows * n_units).reshape(n_rows, n_units)
+
+
+def stratified_bootstrap_indices(y, n_resamples: int, rng=None, groups=None) -> np.ndarray:
+    """Bootstrap resamples of the recordings, stratified by label.
+
+    Without ``groups`` each row draws the normals from the normals and the
+    abnormals from the abnormals, with replacement, so every resample keeps
+    the class counts. With ``groups`` (patient ids, shape (n,)) whole groups
+    are drawn with replacement (cluster bootstrap), stratified by the label
+    mix of a group; a resample then holds a varying number of recordings.
+
+    Returns
+    -------
+    Without groups: int array (n_resamples, n) of recording indices. With
+    groups: int array (n_resamples, n) of multiplicities (how many times each
+    recording is in the resample), since rows differ in length; every
+    function here takes multiplicities through ``weighted_auc``.
+    """
+    labels = _check_labels(y)
+    n_resamples = _check_count(n_resamples, "n_resamples")
+    generator = _as_rng(rng)
+    units, strata = _resampling_units(labels, groups)
+    if groups is None:
+        return np.concatenate([stratum[generator.integers(0, stratum.size, size=(n_resamples, stratum.size))] for stratum in strata], axis=1)
+    return _unit_counts(strata, units.max() + 1, n_resamples, generator)[:, units]
+
+
+def _bootstrap_blocks(units: np.ndarray, strata: list[np.ndarray], n_resamples: int, rng: np.random.Generator):
+    """Yield recording weights (rows, n) for n_resamples stratified resamples, block by block."""
+    n_units = units.max() + 1
+    rows_per_block = max(1, _BLOCK_CELLS // units.size)
+    identity = np.array_equal(units, np.arange(units.size))
+    for start in range(0, n_resamples, rows_per_block):
+        counts = _unit_counts(strata, n_units, min(rows_per_block, n_resamples - start), rng)
+        yield (counts if identity else counts[:, units]).astype(np.float64)
+
+
+def _two_level_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
+    """Bootstrap distribution (n_models, B) of each model's seed-mean metric.
+
+    ``models`` is a list of (scores (S, n), threshold (S,)) with a common S.
+    Resample b draws recordings (stratified; one draw shared by every seed
+    and model, so comparisons are paired) and, if ``resample_seeds``, S seeds
+    with replacement (the same seed indices for every model, pairing seed k
+    of one model with seed k of the other); its statistic is the mean metric
+    over the drawn seeds.
+    """
+    blocks = [[_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models] for w in _bootstrap_blocks(units, strata, n_resamples, rng)]
+    per_seed = [np.concatenate([block[k] for block in blocks], axis=1) for k in range(len(models))]
+    n_seeds = models[0][0].shape[0]
+    if not resample_seeds or n_seeds == 1:
+        return np.stack([values.mean(axis=0) for values in per_seed])
+    seed_weights = _unit_counts([np.arange(n_seeds)], n_seeds, n_resamples, rng).T / n_seeds
+    return np.stack([(values * seed_weights).sum(axis=0) for values in per_seed])
+
+
+def _jackknife_values(metric, y, scores, threshold, units, strata, resample_seeds) -> list[np.ndarray]:
+    """Leave-one-out values of the seed-mean metric, one array per resampled population.
+
+    The populations are the strata of units (recordings or groups) and, when
+    seeds are resampled, the seeds: the multi-sample jackknife that the BCa
+    acceleration needs (Efron & Tibshirani 1993, eq. 14.15; as in scipy).
+    """
+    rows_per_block = max(1, _BLOCK_CELLS // units.size)
+    samples = []
+    for stratum in strata:
+        values = []
+        for start in range(0, stratum.size, rows_per_block):
+            left_out = stratum[start : start + rows_per_block]
+            weights = (units[None, :] != left_out[:, None]).astype(np.float64)
+            values.append(_metric_kernel(metric, y, scores, threshold, weights).mean(axis=0))
+        samples.append(np.concatenate(values))
+    n_seeds = scores.shape[0]
+    if resample_seeds and n_seeds > 1:
+        full = _metric_kernel(metric, y, scores, threshold, np.ones((1, y.size)))[:, 0]
+        samples.append((full.sum() - full) / (n_seeds - 1))
+    return samples
+
+
+def _bca_levels(distribution: np.ndarray, estimate: float, jackknife: list[np.ndarray], alpha: float) -> np.ndarray:
+    """Quantile levels (2,) of the BCa interval (Efron & Tibshirani 1993, 14.3)."""
+    n_resamples = distribution.size
+    below = (np.count_nonzero(distribution < estimate) + np.count_nonzero(distribution <= estimate)) / (2 * n_resamples)
+    # Keep z0 finite when the estimate lies outside the bootstrap distribution.
+    z0 = special.ndtri(np.clip(below, 1 / (2 * n_resamples), 1 - 1 / (2 * n_resamples)))
+    numerator = denominator = 0.0
+    for values in jackknife:
+        m = values.size
+        u = (m - 1) * (values.mean() - values)
+        numerator += np.sum(u**3) / m**3
+        denominator += np.sum(u**2) / m**2
+    acceleration = numerator / (6 * denominator**1.5) if denominator > 0 else 0.0
+    z = special.ndtri(np.array([alpha / 2, 1 - alpha / 2])) + z0
+    return special.ndtr(z0 + z / (1 - acceleration * z))
+
+
+def bootstrap_ci(
+    y,
+    probs,
+    metric: str = "roc_auc",
+    *,
+    threshold=0.5,
+    n_resamples: int = 10_000,
+    confidence_level: float = 0.95,
+    method: str = "bca",
+    groups=None,
+    resample_seeds: bool = True,
+    rng=None,
+) -> BootstrapCI:
+    """Bootstrap confidence interval of a metric averaged over training seeds.
+
+    Each resample draws the recordings with replacement within each label
+    (or whole groups, see :func:`stratified_bootstrap_indices`), the same
+    draw for every seed, and, when ``resample_seeds``, the seeds with
+    replacement too; its statistic is the mean of the per-seed metrics. The
+    interval thus reflects both the finite test set and seed-to-seed
+    variation (a model's quality is a distribution over seeds).
+
+    scipy.stats.bootstrap resamples each of its samples independently, so it
+    cannot share one recording draw across seeds while also drawing seeds,
+    nor draw clusters; the two-level resampling and the BCa correction are
+    therefore written here (the BCa part follows scipy's multi-sample
+    formula and agrees with scipy.stats.bootstrap for a single seed).
+
+    Parameters
+    ----------
+    y : array (n,), labels 0/1 with both classes present.
+    probs : array (n,) or (n_seeds, n), scores of the same n recordings.
+    metric : one of METRICS.
+    threshold : for threshold metrics, a number or one per seed (n_seeds,).
+    n_resamples : bootstrap resamples.
+    confidence_level : e.g. 0.95.
+    method : "bca" (bias-corrected and accelerated) or "percentile".
+    groups : optional array (n,) of patient ids for a cluster bootstrap.
+    resample_seeds : also resample the seeds (ignored with one seed).
+    rng : numpy Generator, int seed or None.
+
+    Returns
+    -------
+    BootstrapCI(metric, estimate, low, high, method, n_resamples,
+    confidence_level, standard_error); estimate is the seed-mean metric on
+    all recordings, standard_error the SD of the bootstrap distribution.
+    """
+    labels = _check_labels(y)
+    scores = _check_scores(probs, labels.size, "probs")
+    metric = _check_metric(metric)
+    thresholds = _check_threshold(threshold, scores.shape[0])
+    n_resamples = _check_count(n_resamples, "n_resamples", 2)
+    confidence_level = _check_confidence(confidence_level)
+    if method not in CI_METHODS:
+        raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
+    units, strata = _resampling_units(labels, groups)
+    distribution = _two_level_bootstrap(metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds)[0]
+    estimate = float(_metric_kernel(metric, labels, scores, thresholds, np.ones((1, labels.size))).mean())
+    alpha = 1 - confidence_level
+    if np.ptp(distribution) == 0:
+        low = high = float(distribution[0])
+    else:
+        if method == "bca":
+            jackknife = _jackknife_values(metric, labels, scores, thresholds, units, strata, resample_seeds)
+            levels = _bca_levels(distribution, estimate, jackknife, alpha)
+        else:
+            levels = np.array([alpha / 2, 1 - alpha / 2])
+        low, high = (float(q) for q in np.quantile(distribution, levels))
+    return BootstrapCI(metric, estimate, low, high, method, n_resamples, confidence_level, float(distribution.std(ddof=1)))
+
+
+def seed_mean_ci(values, *, confidence_level: float = 0.95, method: str = "bca", n_resamples: int = 9_999, rng=None) -> BootstrapCI:
+    """Bootstrap CI of the mean of per-seed values (one number per training seed).
+
+    For summaries with no per-recording predictions behind them (training
+    time, best epoch, a metric logged per trial). This one-sample case is what
+    scipy.stats.bootstrap does, so it is used directly. With very few seeds
+    the bootstrap is coarse (5 seeds have only 126 distinct resamples).
+    """
+    sample = np.asarray(values, dtype=np.float64)
+    if sample.ndim != 1 or sample.size < 2 or not np.isfinite(sample).all():
+        raise ValueError(f"values must be a 1-D array of at least 2 finite numbers, got {np.shape(values)}")
+    if method not in CI_METHODS:
+        raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
+    confidence_level = _check_confidence(confidence_level)
+    n_resamples = _check_count(n_resamples, "n_resamples", 2)
+    estimate = float(sample.mean())
+    if np.ptp(sample) == 0:
+        return BootstrapCI("mean", estimate, estimate, estimate, method, n_resamples, confidence_level, 0.0)
+    result = sps.bootstrap(
+        (sample,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level,
+        method="BCa" if method == "bca" else "percentile", rng=_as_rng(rng),
+    )
+    interval = result.confidence_interval
+    return BootstrapCI("mean", estimate, float(interval.low), float(interval.high), method, n_resamples, confidence_level, float(result.standard_error))
+
+
+# ----------------------------------------------------------------------------
+# DeLong
+
+
+def _delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs (k,) and their DeLong covariance (k, k) for scores (k, n).
+
+    Fast algorithm of Sun & Xu (2014, IEEE SPL 21:1389): the structural
+    components come from midranks within the positives, within the negatives
+    and over all recordings, so the cost is O(k n log n).
+    """
+    positive = y == 1
+    x, z = scores[:, positive], scores[:, ~positive]
+    m, n = x.shape[1], z.shape[1]
+    rank_x = sps.rankdata(x, axis=1)
+    rank_z = sps.rankdata(z, axis=1)
+    rank_all = sps.rankdata(np.concatenate([x, z], axis=1), axis=1)
+    aucs = (rank_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    v10 = (rank_all[:, :m] - rank_x) / n  # per positive: share of negatives it beats
+    v01 = 1 - (rank_all[:, m:] - rank_z) / m  # per negative: share of positives that beat it
+    covariance = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, covariance
+
+
+def _check_delong_labels(y) -> np.ndarray:
+    labels = _check_labels(y)
+    n_pos = int(labels.sum())
+    if min(n_pos, labels.size - n_pos) < 2:
+        raise ValueError(f"DeLong needs at least 2 recordings of each class, got {n_pos} positives out of {labels.size}")
+    return labels
+
+
+def delong_variance(y, scores) -> DelongVariance:
+    """ROC-AUC of one score vector (n,) and its DeLong variance."""
+    labels = _check_delong_labels(y)
+    values = _check_scores(scores, labels.size, "scores")
+    if values.shape[0] != 1:
+        raise ValueError(f"scores must be one vector of shape ({labels.size},), got {np.shape(scores)}")
+    aucs, covariance = _delong_covariance(labels, values)
+    return DelongVariance(float(aucs[0]), float(covariance[0, 0]))
+
+
+def delong_test(y, scores_a, scores_b) -> DelongResult:
+    """DeLong's test of two correlated ROC-AUCs on the same recordings (two-sided).
+
+    Parameters
+    ----------
+    y : array (n,), labels 0/1, at least 2 of each class.
+    scores_a, scores_b : arrays (n,), the two models' scores (any monotone
+        scale: probabilities or logits give the same result).
+
+    Returns
+    -------
+    DelongResult(auc_a, auc_b, diff = auc_a - auc_b, var_a, var_b, cov, z, p).
+    """
+    labels = _check_delong_labels(y)
+    values = np.concatenate([_check_scores(scores_a, labels.size, "scores_a"), _check_scores(scores_b, labels.size, "scores_b")])
+    if values.shape[0] != 2:
+        raise ValueError("scores_a and scores_b must each be one vector of shape (n,); average seeds first")
+    aucs, covariance = _delong_covariance(labels, values)
+    diff = aucs[0] - aucs[1]
+    var_diff = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    if var_diff > 0:
+        z = diff / np.sqrt(var_diff)
+    else:  # identical or perfectly separating models: no sampling variance
+        z = 0.0 if diff == 0 else np.copysign(np.inf, diff)
+    p = float(2 * sps.norm.sf(abs(z)))
+    return DelongResult(float(aucs[0]), float(aucs[1]), float(diff), float(covariance[0, 0]), float(covariance[1, 1]), float(covariance[0, 1]), float(z), p)
+
+
+# ----------------------------------------------------------------------------
+# paired tests for any metric
+
+
+def _paired_inputs(y, a, b, metric, threshold):
+    labels = _check_labels(y)
+    scores_a = _check_scores(a, labels.size, "a")
+    scores_b = _check_scores(b, labels.size, "b")
+    if scores_a.shape != scores_b.shape:
+        raise ValueError(f"a and b must have the same shape (same seeds, same recordings), got {scores_a.shape} and {scores_b.shape}")
+    metric = _check_metric(metric)
+    thresholds = _check_threshold(threshold, scores_a.shape[0])
+    return labels, scores_a, scores_b, metric, thresholds
+
+
+def paired_bootstrap_test(
+    y,
+    a,
+    b,
+    metric: str = "roc_auc",
+    n_resamples: int = 10_000,
+    rng=None,
+    *,
+    threshold=0.5,
+    confidence_level: float = 0.95,
+    groups=None,
+    resample_seeds: bool = True,
+) -> PairedBootstrapResult:
+    """Paired bootstrap of the difference metric(a) - metric(b) on the same recordings.
+
+    Both models are scored on the same resamples (recordings, and seeds when
+    a and b are (n_seeds, n): seed k of a is paired with seed k of b); see
+    :func:`bootstrap_ci` for the resampling. The interval is the percentile
+    interval of the difference, and the two-sided p is the smallest alpha at
+    which that interval excludes 0: p = 2 min(P*(d <= 0), P*(d >= 0)), with
+    the +1 correction of Davison & Hinkley so that p > 0.
+
+    Returns PairedBootstrapResult(metric, value_a, value_b, difference, low,
+    high, p_value, n_resamples, confidence_level).
+    """
+    labels, scores_a, scores_b, metric, thresholds = _paired_inputs(y, a, b, metric, threshold)
+    n_resamples = _check_count(n_resamples, "n_resamples", 2)
+    confidence_level = _check_confidence(confidence_level)
+    units, strata = _resampling_units(labels, groups)
+    models = [(scores_a, thresholds), (scores_b, thresholds)]
+    stats_a, stats_b = _two_level_bootstrap(metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds)
+    differences = stats_a - stats_b
+    ones = np.ones((1, labels.size))
+    value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
+    alpha = 1 - confidence_level
+    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
+    tail = min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0))
+    p_value = min(1.0, 2 * (tail + 1) / (n_resamples + 1))
+    return PairedBootstrapResult(metric, value_a, value_b, value_a - value_b, float(low), float(high), p_value, n_resamples, confidence_level)
+
+
+def _auc_of_codes(y: np.ndarray, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """ROC-AUC (P,) of each row of small non-negative integer scores (P, n), by counting."""
+    positive = y == 1
+    rows = codes.shape[0]
+    negatives = codes[:, ~positive] + n_codes * np.arange(rows)[:, None]
+    histogram = np.bincount(negatives.ravel(), minlength=rows * n_codes).reshape(rows, n_codes)
+    cumulative = np.zeros((rows, n_codes + 1))
+    np.cumsum(histogram, axis=1, out=cumulative[:, 1:])
+    positives = codes[:, positive]
+    # Negatives below a positive count 1, ties 1/2: (C[v] + C[v + 1]) / 2.
+    u_statistic = (np.take_along_axis(cumulative, positives, axis=1) + np.take_along_axis(cumulative, positives + 1, axis=1)).sum(axis=1) / 2
+    return u_statistic / (positives.shape[1] * (y.size - positives.shape[1]))
+
+
+def _threshold_metric_rows(metric: str, y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Metric (P,) of each row of 0/1 predictions (P, n)."""
+    positive = y == 1
+    tp = predicted[:, positive].sum(axis=1, dtype=np.float64)
+    fp = predicted[:, ~positive].sum(axis=1, dtype=np.float64)
+    n_pos = float(positive.sum())
+    return confusion_metrics(tp, fp, (y.size - n_pos) - fp, n_pos - tp)[metric]
+
+
+def paired_permutation_test(
+    y,
+    a,
+    b,
+    metric: str = "roc_auc",
+    n_permutations: int = 10_000,
+    rng=None,
+    *,
+    threshold=0.5,
+) -> PermutationResult:
+    """Paired permutation test of metric(a) - metric(b): swap the models' outputs per recording.
+
+    Under the null the two models' outputs for a recording are exchangeable,
+    so each permutation swaps them for a random half of the recordings (the
+    same swaps for every seed) and recomputes the seed-mean difference.
+    Swapped are the decisions (score >= threshold) for threshold metrics and,
+    for ROC-AUC, each model's within-model midranks rather than raw scores:
+    AUC only depends on ranks, and ranks put two differently calibrated
+    models on one scale (Bandos, Rockette & Gur 2005). Two-sided p =
+    (1 + #{|d*| >= |d|}) / (n_permutations + 1).
+
+    Returns PermutationResult(metric, value_a, value_b, difference, p_value,
+    n_permutations).
+    """
+    labels, scores_a, scores_b, metric, thresholds = _paired_inputs(y, a, b, metric, threshold)
+    n_permutations = _check_count(n_permutations, "n_permutations")
+    generator = _as_rng(rng)
+    n = labels.size
+    if metric == "roc_auc":
+        # Twice the midrank is an integer in [2, 2n]: AUCs come from counting.
+        outputs_a = (2 * sps.rankdata(scores_a, axis=1)).astype(np.int64)
+        outputs_b = (2 * sps.rankdata(scores_b, axis=1)).astype(np.int64)
+
+        def rows_metric(codes):
+            return _auc_of_codes(labels, codes, 2 * n + 1)
+    else:
+        outputs_a = (scores_a >= thresholds[:, None]).astype(np.int8)
+        outputs_b = (scores_b >= thresholds[:, None]).astype(np.int8)
+
+        def rows_metric(predicted):
+            return _threshold_metric_rows(metric, labels, predicted)
+
+    def seed_mean_differences(swap):
+        total = np.zeros(swap.shape[0])
+        for seed_a, seed_b in zip(outputs_a, outputs_b):  # a handful of seeds
+            total += rows_metric(np.where(swap, seed_b, seed_a)) - rows_metric(np.where(swap, seed_a, seed_b))
+        return total / outputs_a.shape[0]
+
+    observed = float(seed_mean_differences(np.zeros((1, n), dtype=bool))[0])
+    value_a = float(np.mean([rows_metric(seed[None, :])[0] for seed in outputs_a]))
+    rows_per_block = max(1, _BLOCK_CELLS // n)
+    extreme = 0
+    for start in range(0, n_permutations, rows_per_block):
+        swap = generator.random((min(rows_per_block, n_permutations - start), n)) < 0.5
+        # A relative tolerance keeps permutations equal to the observed split from being missed by rounding.
+        extreme += np.count_nonzero(np.abs(seed_mean_differences(swap)) >= abs(observed) * (1 - 1e-12) - 1e-15)
+    p_value = (1 + extreme) / (n_permutations + 1)
+    return PermutationResult(metric, value_a, value_a - observed, observed, float(p_value), n_permutations)
+
+
+def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
+    """McNemar's test of equal accuracy of two classifiers' 0/1 predictions on the same recordings.
+
+    Only the discordant recordings matter: b = only model a correct,
+    c = only model b correct. With b + c < 25 the exact two-sided binomial
+    test of b ~ Bin(b + c, 1/2) is used (scipy.stats.binomtest), else the
+    chi-square statistic (|b - c| - 1)^2 / (b + c) with continuity correction
+    on 1 degree of freedom. For seeds, pass a seed-ensemble's predictions.
+
+    Returns McNemarResult(accuracy_a, accuracy_b, n_only_a_correct,
+    n_only_b_correct, statistic, p_value, method).
+    """
+    labels = check_binary_labels(y, "y")
+    predicted_a = check_binary_labels(pred_a, "pred_a")
+    predicted_b = check_binary_labels(pred_b, "pred_b")
+    if not predicted_a.shape == predicted_b.shape == labels.shape:
+        raise ValueError(f"y, pred_a and pred_b must have one shape, got {labels.shape}, {predicted_a.shape}, {predicted_b.shape}")
+    correct_a, correct_b = predicted_a == labels, predicted_b == labels
+    only_a = int(np.count_nonzero(correct_a & ~correct_b))
+    only_b = int(np.count_nonzero(~correct_a & correct_b))
+    discordant = only_a + only_b
+    if discordant == 0:
+        statistic, p_value, method = 0.0, 1.0, "no discordant recordings"
+    elif discordant < 25:
+        statistic, p_value, method = float(only_a), sps.binomtest(only_a, discordant, 0.5).pvalue, "exact binomial"
+    else:
+        statistic = (abs(only_a - only_b) - 1) ** 2 / discordant
+        p_value, method = sps.chi2.sf(statistic, df=1), "chi-square with continuity correction"
+    return McNemarResult(float(correct_a.mean()), float(correct_b.mean()), only_a, only_b, float(statistic), float(p_value), method)
+
+
+def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
+    """Wilcoxon signed-rank test over per-seed metrics of two models (seed k paired with seed k).
+
+    Zero differences are dropped (Wilcoxon's convention). Without ties or
+    zeros the exact null distribution is used up to 50 seeds; with them
+    scipy's "exact" is no longer exact, so the p-value comes from the full
+    enumeration of sign flips (scipy PermutationMethod, exact up to 13
+    non-zero differences) or, above that, the tie-corrected normal
+    approximation. With fewer than 6 non-zero differences the smallest
+    attainable two-sided p is 2 / 2^n > 0.05, which ``note`` says.
+
+    Returns WilcoxonResult(statistic, p_value, n_seeds, n_nonzero,
+    mean_difference, method, note).
+    """
+    a = np.asarray(metric_a, dtype=np.float64)
+    b = np.asarray(metric_b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"metric_a and metric_b must be 1-D arrays of equal length (one value per seed), got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("metric_a and metric_b must be finite")
+    differences = a - b
+    # Per-seed metrics that agree up to rounding are a zero difference, not a tiny one.
+    differences[np.abs(differences) <= 1e-12 * np.maximum(np.abs(a), 1)] = 0
+    nonzero = differences[differences != 0]
+    n_nonzero = nonzero.size
+    mean_difference = float(differences.mean())
+    if n_nonzero == 0:
+        return WilcoxonResult(0.0, 1.0, a.size, 0, mean_difference, "none", "all per-seed differences are zero")
+    has_ties = np.unique(np.round(np.abs(nonzero), 12)).size < n_nonzero
+    if has_ties or n_nonzero < a.size:
+        if n_nonzero <= 13:
+            method, label = sps.PermutationMethod(), "exact sign-flip enumeration (ties or zeros)"
+        else:
+            method, label = "asymptotic", "normal approximation with tie correction"
+    else:
+        method, label = ("exact", "exact") if n_nonzero <= 50 else ("asymptotic", "normal approximation")
+    result = sps.wilcoxon(nonzero, method=method)
+    note = ""
+    if n_nonzero < 6:
+        note = f"only {n_nonzero} non-zero seed differences: the smallest attainable two-sided p is {2 / 2**n_nonzero:.4f} > 0.05, so this test cannot reject at 0.05; use more seeds"
+    return WilcoxonResult(float(result.statistic), float(result.pvalue), a.size, n_nonzero, mean_difference, label, note)
+
+
+# ----------------------------------------------------------------------------
+# multiple comparisons and power
+
+
+def adjust_pvalues(p, method: str = "holm") -> np.ndarray:
+    """Adjust a family of p-values: "holm" (family-wise error) or "bh" (Benjamini-Hochberg FDR).
+
+    Returns adjusted p-values of the same shape (n,), in the input order.
+    """
+    values = np.asarray(p, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"p must be a non-empty 1-D array, got shape {values.shape}")
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise ValueError("p must hold finite p-values in [0, 1]")
+    if method == "bh":
+        return sps.false_discovery_control(values, method="bh")
+    if method != "holm":
+        raise ValueError(f"method must be 'holm' or 'bh', got {method!r}")
+    # Holm step-down by hand (statsmodels is not a dependency).
+    order = np.argsort(values, kind="stable")
+    m = values.size
+    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * values[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted
+
+
+def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
+    """Variance of an ROC-AUC estimate by Hanley & McNeil (1982, Radiology 143:29)."""
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc**2 / (1 + auc)
+    return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+
+
+def auc_difference_mde(n_pos: int, n_neg: int, auc: float, rho: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest ROC-AUC difference a paired two-sided DeLong test detects with the given power.
+
+    The baseline model has ROC-AUC ``auc``, the other ``auc + delta``; each
+    AUC estimate has its Hanley-McNeil variance and their correlation is
+    ``rho`` (estimate it as cov / sqrt(var_a var_b) from :func:`delong_test`),
+    so var(diff) = va + vb - 2 rho sqrt(va vb). DeLong's test divides by the
+    variance estimated from the data, i.e. under the alternative, so delta
+    solves delta = (z_{1-alpha/2} + z_power) sd(diff | auc, auc + delta).
+
+    Returns delta, or NaN if even auc + delta = 1 is not detectable.
+    """
+    _check_count(n_pos, "n_pos")
+    _check_count(n_neg, "n_neg")
+    if not 0.5 <= auc < 1:
+        raise ValueError(f"auc (the baseline model's ROC-AUC) must be in [0.5, 1), got {auc!r}")
+    if not -1 <= rho <= 1:
+        raise ValueError(f"rho must be a correlation in [-1, 1], got {rho!r}")
+    for name, value in (("alpha", alpha), ("power", power)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    multiplier = special.ndtri(1 - alpha / 2) + special.ndtri(power)
+    var_a = hanley_mcneil_variance(auc, n_pos, n_neg)
+
+    def shortfall(delta: float) -> float:
+        var_b = hanley_mcneil_variance(auc + delta, n_pos, n_neg)
+        var_diff = max(var_a + var_b - 2 * rho * np.sqrt(var_a * var_b), 0.0)
+        return delta - multiplier * np.sqrt(var_diff)
+
+    largest = 1 - auc
+    if shortfall(largest) < 0:
+        return float("nan")
+    return float(optimize.brentq(shortfall, 0.0, largest, xtol=1e-10))

@@ -1,0 +1,199 @@
+"""Feature cache keyed by audio content and feature settings.
+
+Each item (a recording or a cycle) is stored once as ``<root>/<profile key>/<k[:2]>/<k>.npz``
+where ``k`` hashes the file's bytes, the segment bounds, the profile and any
+perturbation. A whole table's features are also kept as one memory-mappable
+pack (``<root>/<profile key>/packs/<hash of the item keys>/``), so loading a
+dataset seen before costs one file open, not one per recording; items stay
+shared between tables (a subset, a new split) that overlap. Writes go to a
+temporary file or folder renamed into place, so processes filling the cache at
+once never see a half-written entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .data.audio import cache_dir, read_audio
+from .features import FeatureProfile, compute_features
+
+STORE_DTYPE = np.float16  # halves memory and disk; images in [0, 1] and normalised waves lose < 1e-3
+
+# (waveform, sample_rate) -> waveform at the same rate; applied before feature extraction.
+Transform = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass
+class FeatureSet:
+    """Features of a table's items, windows stacked along axis 0.
+
+    images : (n_windows, H, W) float16 log-Mel images in [0, 1]
+    waves : (n_windows, window_samples) float16 waveforms
+    item_index : (n_windows,) int64, the table row each window belongs to
+    table : the recording table, index 0..n_items-1
+    """
+
+    table: pd.DataFrame
+    images: np.ndarray
+    waves: np.ndarray
+    item_index: np.ndarray
+    profile: FeatureProfile
+    stats: dict = field(default_factory=dict)
+
+    def select(self, rows: np.ndarray | pd.Series) -> "FeatureSet":
+        """The items at boolean mask or positions ``rows`` of the table, re-indexed from 0."""
+        rows = np.flatnonzero(np.asarray(rows)) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        keep = np.isin(self.item_index, rows)
+        remap = np.full(len(self.table), -1, dtype=np.int64)
+        remap[rows] = np.arange(len(rows))
+        return FeatureSet(self.table.iloc[rows].reset_index(drop=True), self.images[keep], self.waves[keep],
+                          remap[self.item_index[keep]], self.profile, dict(self.stats))
+
+
+class FeatureCache:
+    """Content-addressed store of per-item features for one profile (and perturbation)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir() / "features"
+
+    def item_key(self, row, profile: FeatureProfile, transform_key: str = "") -> str:
+        text = f"{row.audio_hash}|{row.start_s:.6f}|{row.end_s:.6f}|{profile.key()}|{transform_key}"
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def path(self, key: str, profile: FeatureProfile) -> Path:
+        return self.root / profile.key() / key[:2] / f"{key}.npz"
+
+    def load(self, key: str, profile: FeatureProfile) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            with np.load(self.path(key, profile)) as stored:
+                return stored["images"], stored["waves"]
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            return None  # absent or unreadable: recompute and overwrite
+
+    def pack_path(self, keys: list[str], profile: FeatureProfile) -> Path:
+        digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
+        return self.root / profile.key() / "packs" / digest
+
+    def load_pack(self, keys: list[str], profile: FeatureProfile) -> tuple[np.ndarray, ...] | None:
+        """(images, waves, windows per item) of a table seen before, memory-mapped, or None."""
+        folder = self.pack_path(keys, profile)
+        try:
+            return tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "waves", "counts"))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def save_pack(self, keys: list[str], profile: FeatureProfile, images: np.ndarray, waves: np.ndarray,
+                  counts: np.ndarray) -> None:
+        target = self.pack_path(keys, profile)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, suffix=".tmp"))
+        try:
+            for name, array in (("images", images), ("waves", waves), ("counts", counts)):
+                np.save(tmp / f"{name}.npy", array)
+            os.rename(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same pack first
+            if not target.is_dir():
+                raise
+
+    def save(self, key: str, profile: FeatureProfile, images: np.ndarray, waves: np.ndarray) -> None:
+        target = self.path(key, profile)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, images=images.astype(STORE_DTYPE), waves=waves.astype(STORE_DTYPE))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _compute_item(args) -> tuple[int, np.ndarray, np.ndarray]:
+    position, path, start_s, end_s, profile, transform, key, cache_root = args
+    wave, sr = read_audio(path, start_s, end_s)
+    if transform is not None:
+        wave = transform(wave, sr)
+    images, waves = compute_features(wave, sr, profile)
+    FeatureCache(cache_root).save(key, profile, images, waves)
+    return position, images.astype(STORE_DTYPE), waves.astype(STORE_DTYPE)
+
+
+def _init_worker() -> None:
+    # Each worker is one process on one core: library thread pools would only fight.
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: FeatureCache | None = None,
+                     transform: Transform | None = None, transform_key: str = "", n_jobs: int | None = None,
+                     progress: bool = True, desc: str = "features") -> FeatureSet:
+    """Features of every row of ``table``, from the cache where present, computed (and cached) otherwise.
+
+    ``transform`` (with a ``transform_key`` naming it, part of the cache key) is
+    applied to each decoded waveform first: the robustness perturbations use it.
+    ``n_jobs`` worker processes compute missing items (default: all cores).
+    """
+    if transform is not None and not transform_key:
+        raise ValueError("a transform needs a transform_key naming it, or cached features would be mixed up")
+    cache = cache or FeatureCache()
+    table = table.reset_index(drop=True)
+    started = time.perf_counter()
+    keys = [cache.item_key(row, profile, transform_key) for row in table.itertuples(index=False)]
+    packed = cache.load_pack(keys, profile) if len(table) else None
+    if packed is not None:
+        images, waves, counts = packed
+        stats = {"items": len(table), "cached": len(table), "computed": 0, "windows": int(counts.sum()),
+                 "seconds": round(time.perf_counter() - started, 3), "pack": True}
+        return FeatureSet(table, images, waves, np.repeat(np.arange(len(table)), counts), profile, stats)
+    images: list = [None] * len(table)
+    waves: list = [None] * len(table)
+    missing = []
+    for position, key in enumerate(tqdm(keys, desc=f"{desc}: cached", disable=not progress, leave=False)):
+        stored = cache.load(key, profile)
+        if stored is None:
+            missing.append(position)
+        else:
+            images[position], waves[position] = stored
+    tasks = [(p, table.at[p, "path"], float(table.at[p, "start_s"]), float(table.at[p, "end_s"]), profile,
+              transform, keys[p], str(cache.root)) for p in missing]
+    n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
+    bar = tqdm(total=len(tasks), desc=f"{desc}: computing", disable=not progress or not tasks)
+    if n_jobs == 1:
+        results = map(_compute_item, tasks)
+    else:
+        pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker)
+        results = pool.map(_compute_item, tasks, chunksize=max(1, min(32, len(tasks) // (4 * n_jobs))))
+    try:
+        for position, item_images, item_waves in results:
+            images[position], waves[position] = item_images, item_waves
+            bar.update()
+    finally:
+        bar.close()
+        if n_jobs > 1:
+            pool.shutdown(cancel_futures=True)
+    counts = np.array([len(w) for w in waves], dtype=np.int64)
+    if len(table):
+        images, waves = np.concatenate(images), np.concatenate(waves)
+        cache.save_pack(keys, profile, images, waves, counts)
+    else:
+        images = np.zeros((0, *profile.image_size), STORE_DTYPE)
+        waves = np.zeros((0, profile.window_samples), STORE_DTYPE)
+    stats = {"items": len(table), "cached": len(table) - len(missing), "computed": len(missing),
+             "windows": int(counts.sum()), "seconds": round(time.perf_counter() - started, 3), "pack": False}
+    return FeatureSet(table, images, waves, np.repeat(np.arange(len(table)), counts), profile, stats)

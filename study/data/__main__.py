@@ -1,0 +1,139 @@
+"""Command-line tools for datasets.
+
+    python -m study.data inspect DATASET ROOT [--json] [--skip-bad] [--mapping paper|clinical]
+    python -m study.data synth OUT [--seed N] [--physionet N] [--pascal N] [--icbhi N]
+    python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
+
+DATASET is physionet2016, pascal, icbhi2017 or manifest (ROOT = the CSV file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import LOADERS, DataError, load_dataset, summarize
+
+
+def _load(args):
+    options = {"skip_bad": args.skip_bad}
+    if args.dataset == "pascal":
+        options["mapping"] = args.mapping
+    return load_dataset(args.dataset, args.root, **options)
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"{summary['dataset']} at {summary['root']}")
+    print(f"  recordings: {summary['recordings']}  items: {summary['items']}")
+    for key in ("labels", "binary_labels", "splits", "sources", "sample_rates"):
+        print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in summary[key].items()))
+    for split, labels in summary["labels_by_split"].items():
+        print(f"  {split}: " + ", ".join(f"{k}={v}" for k, v in labels.items()))
+    d = summary["duration_s"]
+    print(f"  duration: min {d['min']:.2f} s, max {d['max']:.2f} s, total {d['total'] / 3600:.2f} h")
+    print(f"  duplicate groups (identical audio): {len(summary['duplicates'])}")
+    for group in summary["duplicates"][:20]:
+        print("    " + " = ".join(group))
+    skip = {"dataset", "root", "recordings", "items", "labels", "binary_labels", "splits", "sources",
+            "sample_rates", "labels_by_split", "duration_s", "duplicates", "problems"}
+    for key, value in summary.items():
+        if key not in skip:
+            print(f"  {key}: {value}")
+    print(f"  problems: {len(summary['problems'])}")
+    for problem in summary["problems"]:
+        print(f"    {problem}")
+
+
+def cmd_inspect(args) -> int:
+    summary = summarize(_load(args))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .synth import write_synthetic
+
+    summary = write_synthetic(args.out, seed=args.seed, physionet=args.physionet, pascal=args.pascal, icbhi=args.icbhi)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``, values parsed as YAML scalars/lists."""
+    import yaml
+
+    settings = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
+def cmd_features(args) -> int:
+    from ..cache import FeatureCache, extract_features
+    from ..features import get_profile
+
+    profile = get_profile(args.profile, **parse_settings(args.set))
+    started = time.perf_counter()
+    dataset = _load(args)
+    loaded = time.perf_counter()
+    features = extract_features(dataset.table, profile, cache=FeatureCache(args.cache) if args.cache else None,
+                                n_jobs=args.jobs, desc=args.dataset)
+    s = features.stats
+    total = time.perf_counter() - started
+    print(f"{args.dataset}: {s['items']} items, {s['windows']} windows, profile {profile.name} ({profile.key()}): "
+          f"{s['cached']} cached, {s['computed']} computed; features {s['seconds']:.2f} s, "
+          f"loading the table {loaded - started:.2f} s, total {total:.2f} s")
+    print(f"  images {features.images.shape} {features.images.dtype}, waves {features.waves.shape} "
+          f"{features.waves.dtype}, {(features.images.nbytes + features.waves.nbytes) / 2**20:.0f} MiB in memory")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def dataset_args(p):
+        p.add_argument("dataset", choices=sorted(LOADERS))
+        p.add_argument("root", help="dataset folder (for manifest: the CSV file)")
+        p.add_argument("--skip-bad", action="store_true", help="skip bad files and report them instead of stopping")
+        p.add_argument("--mapping", default="paper", choices=["paper", "clinical"], help="PASCAL label mapping")
+
+    p = sub.add_parser("inspect", help="recordings, labels, splits, rates, durations, duplicates, problems")
+    dataset_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("synth", help="write synthetic PhysioNet, PASCAL and ICBHI datasets")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--physionet", type=int, default=300, help="PhysioNet training recordings")
+    p.add_argument("--pascal", type=int, default=40, help="PASCAL files")
+    p.add_argument("--icbhi", type=int, default=12, help="ICBHI recordings")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("features", help="fill the feature cache for a dataset")
+    dataset_args(p)
+    p.add_argument("--profile", default="paper", help="feature profile: paper or native")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--cache", default=None, help="cache folder (default: $AUDIOFUSE_CACHE or ~/.cache/audiofuse)")
+    p.set_defaults(func=cmd_features)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

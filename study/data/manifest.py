@@ -1,0 +1,65 @@
+"""A user's own data: a CSV manifest with columns ``path,label`` and optional
+``group`` (patient), ``split`` (train/val/test), ``id`` and ``source``.
+
+Paths are relative to the manifest's folder and may not point outside it.
+Labels are 0/1 or normal/abnormal (any case).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .audio import DataError
+from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, resolve_inside
+
+LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1}
+SPLITS = {"train", "val", "test"}
+
+
+def load_manifest(path: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
+    """Load a CSV manifest as a recording table (split defaults to "train")."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = {"path", "label"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; a manifest needs path,label[,group][,split]")
+    log = ProblemLog(skip_bad)
+    rows = []
+    for line_no, row in zip(range(2, len(frame) + 2), frame.to_dict("records")):
+        label = row["label"].strip().lower()
+        if label not in LABELS:
+            log.report(path, f"line {line_no}: unknown label '{row['label']}' (expected 0/1 or normal/abnormal)")
+            continue
+        split = (row.get("split") or "train").strip().lower()
+        if split not in SPLITS:
+            log.report(path, f"line {line_no}: unknown split '{split}' (expected one of {sorted(SPLITS)})")
+            continue
+        try:
+            audio = resolve_inside(path.parent, row["path"].strip(), f"line {line_no}")
+        except DataError as exc:
+            log.report(path, str(exc))
+            continue
+        if not audio.is_file():
+            log.report(path, f"line {line_no}: file '{row['path']}' is missing")
+            continue
+        probed = probe_file(audio, log)
+        if probed is None:
+            continue
+        rate, duration, digest = probed
+        rows.append(dict(
+            id=(row.get("id") or "").strip() or audio.relative_to(path.parent.resolve()).with_suffix("").as_posix(),
+            path=str(audio), label=LABELS[label], binary_label=LABELS[label], original_label=label,
+            group=(row.get("group") or "").strip() or None, dataset="manifest",
+            source=(row.get("source") or "").strip() or "manifest", split=split, sample_rate=rate,
+            start_s=0.0, end_s=duration, duration_s=duration, audio_hash=digest,
+        ))
+    table = make_table(rows)
+    return LoadedDataset("manifest", path.parent, table, log.problems, duplicate_groups(table), {"manifest": str(path)})

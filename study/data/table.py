@@ -1,0 +1,136 @@
+"""The recording table every loader returns, and the problem log they share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .audio import DataError, probe_audio
+
+# One row per item a model sees: a whole recording, or one breathing cycle of
+# an ICBHI recording (start_s/end_s locate it in its file).
+RECORDING_COLUMNS = {
+    "id": "string",  # unique within a dataset
+    "path": "string",  # absolute path of the audio file
+    "label": "int64",  # task label: 0 normal / 1 abnormal, or the ICBHI class 0..3
+    "binary_label": "int64",  # 0 normal, 1 any abnormal
+    "original_label": "string",  # the label as the dataset writes it
+    "group": "string",  # patient / subject where known, else <NA>
+    "dataset": "string",  # physionet2016, pascal, icbhi2017, manifest
+    "source": "string",  # database, set or device the item comes from (training-a, set_b, Meditron)
+    "split": "string",  # train / val / test
+    "sample_rate": "int64",  # Hz, of the file
+    "start_s": "float64",  # segment start in the file, s
+    "end_s": "float64",  # segment end in the file, s
+    "duration_s": "float64",  # end_s - start_s
+    "audio_hash": "string",  # BLAKE2b-128 of the file bytes
+}
+
+
+@dataclass
+class Problem:
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass
+class ProblemLog:
+    """Collects bad-input findings; raises on the first one unless skipping was asked for."""
+
+    skip_bad: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    def report(self, file: str | Path, reason: str) -> None:
+        problem = Problem(str(file), reason)
+        if not self.skip_bad:
+            raise DataError(str(problem))
+        self.problems.append(problem)
+
+    def note(self, file: str | Path, reason: str) -> None:
+        """A finding that never stops loading (e.g. a mixed-down stereo file)."""
+        self.problems.append(Problem(str(file), reason))
+
+
+@dataclass
+class LoadedDataset:
+    """A recording table with what loading it found out."""
+
+    name: str
+    root: Path
+    table: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical audio
+    info: dict = field(default_factory=dict)  # label mapping, split protocol, notes
+
+
+def probe_file(path: Path, log: ProblemLog) -> tuple[int, float, str] | None:
+    """Sample rate, duration in s and content hash of a file, or None if it is bad."""
+    try:
+        rate, frames, channels, digest = probe_audio(path)
+    except DataError as exc:
+        log.report(path, str(exc).removeprefix(f"{Path(path).resolve()}: ").removeprefix(f"{path}: "))
+        return None
+    if channels > 1:
+        log.note(path, f"{channels} channels, averaged to mono")
+    return rate, frames / rate, digest
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """Build and check a recording table from row dicts with the RECORDING_COLUMNS keys."""
+    table = pd.DataFrame(rows, columns=list(RECORDING_COLUMNS))
+    for column, dtype in RECORDING_COLUMNS.items():
+        table[column] = table[column].astype(dtype)
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"duplicate recording ids: {sorted(set(duplicated))[:10]}")
+    return table.reset_index(drop=True)
+
+
+def duplicate_groups(table: pd.DataFrame) -> list[list[str]]:
+    """Groups of whole-recording ids whose files have identical bytes."""
+    whole = table.drop_duplicates(["path"])
+    counts = whole.groupby("audio_hash")["id"].agg(list)
+    return sorted(sorted(ids) for ids in counts if len(ids) > 1)
+
+
+def resolve_inside(root: Path, name: str, where: str) -> Path:
+    """``root / name``, refusing names that point outside ``root``."""
+    candidate = (root / name).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise DataError(f"{where}: '{name}' points outside the dataset folder {root}")
+    return candidate
+
+
+def summarize(ds: LoadedDataset) -> dict:
+    """JSON-able overview of a loaded dataset, as `study.data inspect` prints it."""
+    t = ds.table
+    durations = t["duration_s"].to_numpy(dtype=float)
+    by_split = {
+        split: {str(k): int(v) for k, v in grp["original_label"].value_counts().sort_index().items()}
+        for split, grp in t.groupby("split")
+    }
+    return {
+        "dataset": ds.name,
+        "root": str(ds.root),
+        "recordings": int(t["path"].nunique()),
+        "items": int(len(t)),
+        "labels": {str(k): int(v) for k, v in t["original_label"].value_counts().sort_index().items()},
+        "binary_labels": {str(k): int(v) for k, v in t["binary_label"].value_counts().sort_index().items()},
+        "splits": {str(k): int(v) for k, v in t["split"].value_counts().sort_index().items()},
+        "labels_by_split": by_split,
+        "sources": {str(k): int(v) for k, v in t["source"].value_counts().sort_index().items()},
+        "sample_rates": {str(k): int(v) for k, v in t.drop_duplicates("path")["sample_rate"].value_counts().sort_index().items()},
+        "duration_s": {
+            "min": float(np.min(durations)) if len(t) else 0.0,
+            "max": float(np.max(durations)) if len(t) else 0.0,
+            "total": float(np.sum(durations)),
+        },
+        "duplicates": ds.duplicates,
+        "problems": [str(p) for p in ds.problems],
+        **ds.info,
+    }

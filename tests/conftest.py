@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated cache, the real datasets (materialized once), a synthetic set."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/audiofuse."""
+    os.environ["AUDIOFUSE_CACHE"] = str(tmp_path_factory.mktemp("audiofuse-cache"))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """The real datasets laid out by ../shared/data/materialize.py (skipped when absent)."""
+    if not (SHARED_DATA / "materialize.py").is_file():
+        pytest.skip(f"real data not available: {SHARED_DATA} is absent (it ships only with the project's shared folder)")
+    dest = Path(os.environ.get("AUDIOFUSE_REAL_DATA", Path.home() / ".cache" / "audiofuse-test-data"))
+    subprocess.run([sys.executable, str(SHARED_DATA / "materialize.py"), str(dest)], check=True,
+                   capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Small synthetic PhysioNet, PASCAL and ICBHI datasets in their real layouts."""
+    from study.data.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root, seed=0, physionet=120, pascal=24, icbhi=8)
+    return root
