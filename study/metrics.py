@@ -12,7 +12,6 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 THRESHOLD_CRITERIA = ("balanced_accuracy", "youden", "accuracy", "mcc", "f1")
-ICBHI_CLASS_NAMES = ("normal", "crackle", "wheeze", "both")
 
 
 def check_binary_labels(y_true, name: str = "y_true") -> np.ndarray:

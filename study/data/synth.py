@@ -89,6 +89,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import scipy.fft
 import soundfile as sf
 
 __all__ = [
@@ -403,16 +404,22 @@ def _segments(n: int, sr: int, start_s, end_s) -> tuple[np.ndarray, np.ndarray]:
     return np.where(inside, k, -1), np.where(inside, u, 0.0)
 
 
-def _spectrum_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    """rfft of white Gaussian noise of n samples and unit variance."""
-    return np.fft.rfft(rng.standard_normal(n))
+def _fast_length(n: int) -> int:
+    """FFT length >= n with small prime factors (a recording of prime length would be ~100x slower)."""
+    return scipy.fft.next_fast_len(n, real=True)
+
+
+def _white_spectrum(rng: np.random.Generator, m: int) -> np.ndarray:
+    """rfft of m samples of white Gaussian noise, drawn directly in the frequency domain."""
+    return rng.standard_normal(m // 2 + 1) + 1j * rng.standard_normal(m // 2 + 1)
 
 
 def _band_noise(rng: np.random.Generator, n: int, sr: int, center_hz: float, width_hz: float) -> np.ndarray:
     """Unit-RMS noise with a Gaussian-shaped band (centre, -9 dB at +-width/2), shape (n,)."""
-    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    m = _fast_length(n)
+    freqs = np.fft.rfftfreq(m, 1.0 / sr)
     band = np.exp(-0.5 * ((freqs - center_hz) / (width_hz / 3.0)) ** 2)
-    noise = np.fft.irfft(_spectrum_noise(rng, n) * band, n)
+    noise = scipy.fft.irfft(_white_spectrum(rng, m) * band, m)[:n]
     return noise / max(np.sqrt(np.mean(noise**2)), 1e-12)
 
 
@@ -438,15 +445,16 @@ def _record(rng: np.random.Generator, body: np.ndarray, sr: int, device: Device,
     spectrum but never the timing.
     """
     n = body.size
-    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    m = _fast_length(n)
+    freqs = np.fft.rfftfreq(m, 1.0 / sr)
     gain = _device_gain(freqs, device)
-    signal = np.fft.rfft(body) * gain
+    signal = scipy.fft.rfft(body, m) * gain
     # Ambient noise has a 1/f**exponent power spectrum, then passes the device too.
-    noise = _spectrum_noise(rng, n) * np.maximum(freqs, 1.0) ** (-device.noise_exponent / 2) * gain
+    noise = _white_spectrum(rng, m) * np.maximum(freqs, 1.0) ** (-device.noise_exponent / 2) * gain
     band = (freqs >= snr_band_hz[0]) & (freqs <= snr_band_hz[1])
     noise *= np.sqrt(np.sum(np.abs(signal[band]) ** 2) / max(np.sum(np.abs(noise[band]) ** 2), 1e-30)
                      / 10.0 ** (snr_db / 10.0))
-    wave = np.fft.irfft(signal + noise, n)
+    wave = scipy.fft.irfft(signal + noise, m)[:n]
     dc = rng.uniform(*device.dc_offset)
     if device.peak_normalized:
         wave = wave + dc * np.max(np.abs(wave)) / (1.0 - abs(dc))
@@ -920,6 +928,22 @@ def _cover_cycle_classes(recordings: list[dict], rng: np.random.Generator) -> No
             classes[pick] = missing
 
 
+def _tones(n: int, sr: int, start_s, end_s, f0_hz, glide, harmonic: float) -> np.ndarray:
+    """Gliding tones (wheezes) of shape (n,): in window k the fundamental goes from f0_k to f0_k (1 + glide_k).
+
+    Windows must be sorted and non-overlapping; a second harmonic of relative
+    amplitude ``harmonic`` is added, the envelope is a square-rooted half sine.
+    """
+    k, u = _segments(n, sr, start_s, end_s)
+    inside = k >= 0
+    if not inside.any():
+        return np.zeros(n)
+    window = np.clip(k, 0, None)
+    frequency = np.where(inside, np.asarray(f0_hz)[window] * (1 + np.asarray(glide)[window] * u), 0.0)
+    phase = 2 * np.pi * np.cumsum(frequency) / sr
+    return np.where(inside, np.sqrt(np.sin(np.pi * u)), 0.0) * (np.sin(phase) + harmonic * np.sin(2 * phase))
+
+
 def _icbhi_number(x: float, decimals: int) -> str:
     """A time as the real annotations write it: rounded, trailing zeros dropped (``0.036``, ``12.618``, ``0``)."""
     return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
@@ -964,14 +988,9 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     phase_end = np.where(in_exp, end[wheezing], insp_end[wheezing])
     w_start = phase_start + rng.uniform(0.0, 0.2, wheezing.size) * (phase_end - phase_start)
     w_end = np.minimum(w_start + rng.uniform(*ip.wheeze_duration_s, wheezing.size), phase_end - 0.02)
-    wk, wu = _segments(n, sr, w_start, w_end)
-    f0 = np.minimum(rng.uniform(*ip.wheeze_freq_hz, wheezing.size), 0.2 * sr)
-    glide = rng.uniform(*ip.wheeze_glide, wheezing.size)
-    inside = wk >= 0
-    frequency = np.where(inside, f0[np.clip(wk, 0, None)] * (1 + glide[np.clip(wk, 0, None)] * wu), 0.0)
-    phase = 2 * np.pi * np.cumsum(frequency) / sr
-    wheezes = (np.where(inside, np.sin(np.pi * wu) ** 0.5, 0.0) * _lerp(ip.wheeze_level, severity)
-               * (np.sin(phase) + ip.wheeze_harmonic * np.sin(2 * phase)))
+    wheezes = _lerp(ip.wheeze_level, severity) * _tones(
+        n, sr, w_start, w_end, np.minimum(rng.uniform(*ip.wheeze_freq_hz, wheezing.size), 0.2 * sr),
+        rng.uniform(*ip.wheeze_glide, wheezing.size), ip.wheeze_harmonic)
 
     breathing = (1.0 / float(np.mean(lengths)), 0.0)
     heart, _ = _heart_sounds(rng, n, sr, params, {}, {}, breathing)

@@ -1,0 +1,341 @@
+"""Monte-Carlo calibration of the tests and intervals in :mod:`analysis.stats`.
+
+    python -m analysis.calibrate [--json] [--sims N] [--seed S] [--resamples B] [--permutations P]
+
+Simulated test sets with known truth: the labels of the PhysioNet 2016 test
+set as kept here (151 abnormal, 146 normal recordings) and binormal scores of
+two models, correlated because both find the same recordings hard.
+Scenarios:
+
+* single run, equal models: one trained model each, the same ROC-AUC. The
+  false-positive rate (FPR) of every recording-level test at alpha = 0.05
+  must lie in [0.035, 0.065]; tests that are conservative by construction
+  (McNemar's continuity correction and exact binomial) may fall below, and
+  the output says so.
+* seeds, equal models: 10 training seeds per model, each seed shifting the
+  model's separation at random (a global seed effect) and re-drawing part
+  of its per-recording noise. Two nulls, because the seed-level tests answer
+  different questions. "same architecture": both models share their
+  per-recording systematic errors and differ only by seed, the null of the
+  Wilcoxon test over seeds, which takes the test set as fixed. "equal AUC":
+  two architectures with their own systematic errors and the same expected
+  ROC-AUC on the population of recordings, the null of the two-level paired
+  bootstrap (recordings and seeds resampled). Each test is checked under its
+  own null, and the Wilcoxon test is also shown under "equal AUC", where it
+  does not hold: the same finite test set favours one architecture for every
+  seed, which sign-rank tests over seeds cannot see.
+* both again with ROC-AUC 0.86 vs 0.82 (the paper's fusion vs waveform
+  branch): the power of each test.
+
+Coverage of the 95 % bootstrap intervals (percentile and BCa) of a model's
+ROC-AUC and MCC (single run) and of its seed-mean ROC-AUC (seeds) must lie
+in [0.93, 0.97]. The rows also check :func:`analysis.stats.auc_difference_mde`:
+DeLong's simulated power at the predicted 80 %-power difference.
+
+Each simulation uses ``--resamples`` bootstrap resamples (default 500) and
+``--permutations`` permutations (default 1000) instead of the 10,000 of a
+report: the Monte-Carlo noise this adds to each p-value or interval end is
+symmetric and averages out over the simulations (the +1 in the bootstrap and
+permutation p-values makes them conservative by about 2/B and 1/P, i.e. 0.004
+and 0.001 of FPR). Scores are drawn for 200 simulations at once; each test is
+vectorised over its resamples. The default run takes about 3 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from analysis import stats
+from study.metrics import confusion_metrics
+
+ALPHA = 0.05
+FPR_RANGE = (0.035, 0.065)
+COVERAGE_RANGE = (0.93, 0.97)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Simulated test set and models (scores are standard normal within a class, before the shift)."""
+
+    n_pos: int = 151  # abnormal recordings (PhysioNet 2016 test set as kept here)
+    n_neg: int = 146  # normal recordings
+    auc_baseline: float = 0.82  # both models under the null; the weaker one otherwise
+    auc_better: float = 0.86  # the stronger model in the power scenarios
+    model_correlation: float = 0.5  # correlation of the two models' scores within a class
+    seed_noise_share: float = 0.3  # share of a model's own noise re-drawn by each training seed
+    seed_shift_sd: float = 0.1  # SD of the per-seed change of the separation d' (global seed effect)
+    n_seeds: int = 10  # seeds per model in the seed scenarios (Wilcoxon needs >= 6 to reach p < 0.05)
+
+
+def separation(auc: float, seed_shift_sd: float = 0.0) -> float:
+    """Mean shift d' of the abnormal scores giving expected per-seed ROC-AUC ``auc``.
+
+    A seed's ROC-AUC is Phi((d' + eta) / sqrt(2)) with eta ~ N(0, sd^2), whose
+    mean over seeds is Phi(d' / sqrt(2 + sd^2)).
+    """
+    return float(np.sqrt(2 + seed_shift_sd**2) * sps.norm.ppf(auc))
+
+
+def simulate_scores(
+    design: Design,
+    rng: np.random.Generator,
+    n_sims: int,
+    separations: tuple[float, float],
+    n_seeds: int,
+    seed_effects: bool,
+    same_architecture: bool = False,
+) -> np.ndarray:
+    """Scores of shape (n_sims, 2 models, n_seeds, n) for labels ``labels(design)``.
+
+    score = (d'_model + eta_seed) * y + sqrt(rho) * shared_recording
+            + sqrt(1 - rho) * (sqrt(1 - tau) * model_recording + sqrt(tau) * seed_recording)
+    with rho = model_correlation, tau = seed_noise_share, eta ~ N(0, seed_shift_sd^2)
+    when ``seed_effects`` (else eta = 0 and tau = 0: one fixed trained model).
+    With ``same_architecture`` both models share model_recording (their
+    systematic errors) and differ only through the seed terms.
+    """
+    y = labels(design)
+    rho = design.model_correlation
+    tau = design.seed_noise_share if seed_effects else 0.0
+    shared = rng.standard_normal((n_sims, 1, 1, y.size))
+    own = rng.standard_normal((n_sims, 1 if same_architecture else 2, 1, y.size))
+    per_seed = rng.standard_normal((n_sims, 2, n_seeds, y.size))
+    shift = np.asarray(separations).reshape(1, 2, 1, 1)
+    if seed_effects:
+        shift = shift + design.seed_shift_sd * rng.standard_normal((n_sims, 2, n_seeds, 1))
+    noise = np.sqrt(rho) * shared + np.sqrt(1 - rho) * (np.sqrt(1 - tau) * own + np.sqrt(tau) * per_seed)
+    return shift * y + noise
+
+
+def labels(design: Design) -> np.ndarray:
+    """Labels (n,) of the simulated test set: the normals, then the abnormals."""
+    return np.r_[np.zeros(design.n_neg, dtype=np.int8), np.ones(design.n_pos, dtype=np.int8)]
+
+
+def population_mcc(design: Design, shift: float) -> float:
+    """MCC of the rule score >= shift / 2 at the design's class counts (sensitivity = specificity = Phi(shift / 2))."""
+    rate = sps.norm.cdf(shift / 2)
+    tp, fn = design.n_pos * rate, design.n_pos * (1 - rate)
+    tn, fp = design.n_neg * rate, design.n_neg * (1 - rate)
+    return float(confusion_metrics(tp, fp, tn, fn)["mcc"])
+
+
+def _single_run_pvalues(y, a, b, thresholds, rng, n_resamples, n_permutations) -> dict[str, float]:
+    """p-values of the recording-level tests for one simulated pair of runs (a, b: (n,))."""
+    # Each model has its own threshold: the threshold tests get 0/1 predictions.
+    pred_a, pred_b = (a >= thresholds[0]).astype(int), (b >= thresholds[1]).astype(int)
+    return {
+        "DeLong (ROC-AUC)": stats.delong_test(y, a, b).p,
+        "paired bootstrap (ROC-AUC)": stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng).p_value,
+        "paired permutation (ROC-AUC)": stats.paired_permutation_test(y, a, b, "roc_auc", n_permutations, rng).p_value,
+        "paired bootstrap (MCC)": stats.paired_bootstrap_test(y, pred_a, pred_b, "mcc", n_resamples, rng).p_value,
+        "paired permutation (MCC)": stats.paired_permutation_test(y, pred_a, pred_b, "mcc", n_permutations, rng).p_value,
+        "McNemar (accuracy)": stats.mcnemar_test(y, pred_a, pred_b).p_value,
+    }
+
+
+def _wilcoxon_pvalue(y, a, b) -> float:
+    """Wilcoxon over the per-seed ROC-AUCs of two seed sets (a, b: (n_seeds, n))."""
+    aucs = stats.weighted_auc(y, np.concatenate([a, b]), np.ones((1, y.size)))[:, 0]
+    return stats.wilcoxon_seeds(aucs[: len(a)], aucs[len(a) :]).p_value
+
+
+CONSERVATIVE_NOTES = {
+    "McNemar (accuracy)": "conservative by construction: continuity-corrected chi-square (exact binomial below 25 discordant recordings)",
+    "Wilcoxon over seeds (ROC-AUC)": "exact signed-rank test: its attainable sizes are discrete (0.049 with the default 10 seeds), never above alpha",
+}
+CONTRAST_NOTE = (
+    "not this test's null, shown for contrast: Wilcoxon over seeds treats the test set as fixed, so it tests "
+    "'same architecture', not 'equal ROC-AUC on new recordings'; use the two-level bootstrap for that"
+)
+
+
+def _rejection_rate(pvalues: list[float]) -> float:
+    return float(np.mean(np.asarray(pvalues) <= ALPHA))
+
+
+def _fpr_verdict(name: str, fpr: float) -> str:
+    if FPR_RANGE[0] <= fpr <= FPR_RANGE[1]:
+        return "ok"
+    if fpr < FPR_RANGE[0] and name in CONSERVATIVE_NOTES:
+        return "conservative (expected)"
+    return "FAIL"
+
+
+def _interval_hits(result: stats.BootstrapCI, truth: float) -> tuple[bool, float]:
+    return result.low <= truth <= result.high, result.high - result.low
+
+
+def _simulated_pairs(design, rng, n_sims, separations, n_seeds, seed_effects, same_architecture=False):
+    """Yield the score pair (a, b) of one simulation at a time, drawn in batches to bound memory."""
+    batch = 200
+    for start in range(0, n_sims, batch):
+        scores = simulate_scores(design, rng, min(batch, n_sims - start), separations, n_seeds, seed_effects, same_architecture)
+        yield from (scores[:, :, 0] if n_seeds == 1 else scores)
+
+
+def _single_run(design: Design, rng, n_sims, n_resamples, n_permutations) -> tuple[list, dict, float]:
+    """Recording-level tests under equal and unequal single runs, interval coverage, mean AUC correlation."""
+    y = labels(design)
+    base, better = separation(design.auc_baseline), separation(design.auc_better)
+    truth_mcc = population_mcc(design, base)
+    null_p, power_p, correlations = [], [], []
+    coverage = {key: [] for key in ("auc_percentile", "auc_bca", "mcc_percentile", "mcc_bca")}
+    null_pairs = _simulated_pairs(design, rng, n_sims, (base, base), 1, False)
+    power_pairs = _simulated_pairs(design, rng, n_sims, (better, base), 1, False)
+    for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs):
+        null_p.append(_single_run_pvalues(y, a, b, (base / 2, base / 2), rng, n_resamples, n_permutations))
+        power_p.append(_single_run_pvalues(y, a_power, b_power, (better / 2, base / 2), rng, n_resamples, n_permutations))
+        delong = stats.delong_test(y, a, b)
+        correlations.append(delong.cov / np.sqrt(delong.var_a * delong.var_b))
+        for method in ("percentile", "bca"):
+            auc = stats.bootstrap_ci(y, a, "roc_auc", n_resamples=n_resamples, method=method, rng=rng)
+            mcc = stats.bootstrap_ci(y, a, "mcc", threshold=base / 2, n_resamples=n_resamples, method=method, rng=rng)
+            coverage[f"auc_{method}"].append(_interval_hits(auc, design.auc_baseline))
+            coverage[f"mcc_{method}"].append(_interval_hits(mcc, truth_mcc))
+    tests = []
+    for name in null_p[0]:
+        fpr = _rejection_rate([p[name] for p in null_p])
+        power = _rejection_rate([p[name] for p in power_p])
+        tests.append({"test": name, "null": "equal AUC, 1 run", "fpr": fpr, "power": power, "verdict": _fpr_verdict(name, fpr), "note": CONSERVATIVE_NOTES.get(name, "")})
+    return tests, coverage, float(np.mean(correlations))
+
+
+def _seeds(design: Design, rng, n_sims, n_resamples) -> tuple[list, dict]:
+    """Seed-level tests under the "same architecture" and "equal AUC" nulls, two-level interval coverage."""
+    y = labels(design)
+    base = separation(design.auc_baseline, design.seed_shift_sd)
+    better = separation(design.auc_better, design.seed_shift_sd)
+    pvalues = {key: [] for key in ("wilcoxon_same", "wilcoxon_equal", "bootstrap_equal")}
+    power = {key: [] for key in pvalues}
+    coverage = {"seed_auc_percentile": [], "seed_auc_bca": []}
+    for architecture in ("same", "equal"):
+        same = architecture == "same"
+        null_pairs = _simulated_pairs(design, rng, n_sims, (base, base), design.n_seeds, True, same)
+        power_pairs = _simulated_pairs(design, rng, n_sims, (better, base), design.n_seeds, True, same)
+        for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs):
+            pvalues[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a, b))
+            power[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a_power, b_power))
+            if same:
+                continue
+            pvalues["bootstrap_equal"].append(stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng).p_value)
+            power["bootstrap_equal"].append(stats.paired_bootstrap_test(y, a_power, b_power, "roc_auc", n_resamples, rng).p_value)
+            for method in ("percentile", "bca"):
+                interval = stats.bootstrap_ci(y, a, "roc_auc", n_resamples=n_resamples, method=method, rng=rng)
+                coverage[f"seed_auc_{method}"].append(_interval_hits(interval, design.auc_baseline))
+    seeds = f"{design.n_seeds} seeds"
+    tests = []
+    for name, key, null, own_null in (
+        ("Wilcoxon over seeds (ROC-AUC)", "wilcoxon_same", f"same arch., {seeds}", True),
+        ("two-level paired bootstrap (ROC-AUC)", "bootstrap_equal", f"equal AUC, {seeds}", True),
+        ("Wilcoxon over seeds (ROC-AUC)", "wilcoxon_equal", f"equal AUC, {seeds}", False),
+    ):
+        fpr = _rejection_rate(pvalues[key])
+        verdict = _fpr_verdict(name, fpr) if own_null else "contrast"
+        note = CONSERVATIVE_NOTES.get(name, "") if own_null else CONTRAST_NOTE
+        tests.append({"test": name, "null": null, "fpr": fpr, "power": _rejection_rate(power[key]), "verdict": verdict, "note": note})
+    return tests, coverage
+
+
+COVERAGE_LABELS = {
+    "auc_percentile": ("ROC-AUC, percentile", "single run"),
+    "auc_bca": ("ROC-AUC, BCa", "single run"),
+    "mcc_percentile": ("MCC, percentile", "single run"),
+    "mcc_bca": ("MCC, BCa", "single run"),
+    "seed_auc_percentile": ("seed-mean ROC-AUC, percentile", "seeds"),
+    "seed_auc_bca": ("seed-mean ROC-AUC, BCa", "seeds"),
+}
+
+
+def run_calibration(n_sims: int = 2000, seed: int = 0, n_resamples: int = 500, n_permutations: int = 1000, design: Design = Design()) -> dict:
+    """Run all scenarios; returns a JSON-ready dict of settings, test rows, coverage rows and the MDE check."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    single_tests, coverage, auc_correlation = _single_run(design, rng, n_sims, n_resamples, n_permutations)
+    seed_tests, seed_coverage = _seeds(design, rng, n_sims, n_resamples)
+    coverage.update(seed_coverage)
+    intervals = []
+    for key, hits in coverage.items():
+        rate = float(np.mean([hit for hit, _ in hits]))
+        interval, data = COVERAGE_LABELS[key]
+        intervals.append({
+            "interval": interval,
+            "data": f"{design.n_seeds} seeds" if data == "seeds" else data,
+            "coverage": rate,
+            "mean_width": float(np.mean([width for _, width in hits])),
+            "verdict": "ok" if COVERAGE_RANGE[0] <= rate <= COVERAGE_RANGE[1] else "FAIL",
+        })
+
+    # auc_difference_mde: DeLong's simulated power at the difference it predicts for 80 % power
+    y = labels(design)
+    mde = stats.auc_difference_mde(design.n_pos, design.n_neg, design.auc_baseline, auc_correlation)
+    shifts = (separation(design.auc_baseline + mde), separation(design.auc_baseline))
+    mde_power = _rejection_rate([stats.delong_test(y, a, b).p for a, b in _simulated_pairs(design, rng, n_sims, shifts, 1, False)])
+
+    return {
+        "settings": {"n_sims": n_sims, "seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "alpha": ALPHA, **asdict(design)},
+        "fpr_monte_carlo_se": float(np.sqrt(ALPHA * (1 - ALPHA) / n_sims)),
+        "coverage_monte_carlo_se": float(np.sqrt(0.95 * 0.05 / n_sims)),
+        "tests": single_tests + seed_tests,
+        "coverage": intervals,
+        "mde": {"auc_correlation": auc_correlation, "predicted_mde": mde, "delong_power_at_mde": mde_power, "target_power": 0.8},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def format_report(result: dict) -> str:
+    """The calibration result as a plain-text table."""
+    settings = result["settings"]
+    lines = [
+        f"Calibration of analysis.stats: {settings['n_sims']} simulated test sets of {settings['n_pos']} abnormal + "
+        f"{settings['n_neg']} normal recordings (binormal scores, model correlation {settings['model_correlation']}), "
+        f"{settings['n_resamples']} bootstrap resamples / {settings['n_permutations']} permutations per simulation, seed {settings['seed']}.",
+        "",
+        f"False-positive rate at alpha {settings['alpha']} under equal models (target {FPR_RANGE[0]}-{FPR_RANGE[1]}, "
+        f"Monte-Carlo s.e. {result['fpr_monte_carlo_se']:.4f}); power at ROC-AUC {settings['auc_better']} vs {settings['auc_baseline']}",
+        f"{'test':<38} {'null':<26} {'FPR':>6} {'power':>6}  verdict",
+    ]
+    for row in result["tests"]:
+        lines.append(f"{row['test']:<38} {row['null']:<26} {row['fpr']:>6.3f} {row['power']:>6.3f}  {row['verdict']}")
+    notes = list(dict.fromkeys(f"  {row['test']} ({row['verdict']}): {row['note']}" for row in result["tests"] if row["note"]))
+    lines += ["notes:", *notes] if notes else []
+    lines += [
+        "",
+        f"Coverage of 95 % bootstrap intervals (target {COVERAGE_RANGE[0]}-{COVERAGE_RANGE[1]}, Monte-Carlo s.e. {result['coverage_monte_carlo_se']:.4f})",
+        f"{'interval':<38} {'data':<26} {'cover':>6} {'width':>6}  verdict",
+    ]
+    for row in result["coverage"]:
+        lines.append(f"{row['interval']:<38} {row['data']:<26} {row['coverage']:>6.3f} {row['mean_width']:>6.3f}  {row['verdict']}")
+    mde = result["mde"]
+    lines += [
+        "",
+        f"auc_difference_mde (Hanley-McNeil, rho = {mde['auc_correlation']:.3f} from the DeLong covariances): "
+        f"{mde['predicted_mde']:.4f} for 80 % power; DeLong's simulated power there: {mde['delong_power_at_mde']:.3f}",
+        f"({result['seconds']:.0f} s)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sims", type=int, default=2000, help="simulated test sets per scenario (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples per simulation (default 500)")
+    parser.add_argument("--permutations", type=int, default=1000, help="permutations per simulation (default 1000)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+    for name in ("sims", "resamples", "permutations"):
+        if getattr(args, name) < 2:
+            parser.error(f"--{name} must be at least 2, got {getattr(args, name)}")
+    result = run_calibration(args.sims, args.seed, args.resamples, args.permutations)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

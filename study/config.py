@@ -1,0 +1,276 @@
+"""Search spaces (``search_spaces/*.yaml``) and the flat trial configs they expand to.
+
+A trial config is a flat dict of dotted keys (``model.fusion``, ``train.lr``,
+``features.image_size``, ``data.validation``, ``seed``). It is resolved as
+DEFAULTS ← SCALE_PRESETS[scale] ← the space's ``fixed`` ← the chosen scale's ``fixed`` ← one grid point
+← command-line ``--set`` overrides; every key is checked against DEFAULTS and
+every section against the module that consumes it, so a typo fails on load
+with the key's name instead of being silently ignored.
+
+Space file layout::
+
+    name: fusion                      # must match the file name
+    description: ...
+    study: heart                      # heart (binary PhysioNet) or respiratory (ICBHI)
+    default_scale: cpu
+    fixed: {model.architecture: fusion, ...}
+    grid: {model.fusion: [concat, sum], seed: [0, 1, 2]}
+    scales:
+      cpu:   {fixed: {...}, grid: {seed: [0, 1]}}     # replaces grid axes of the same name
+      paper: {fixed: {...}, grid: {seed: [0, ..., 9]}}
+    search: {...}                     # hpo only: Optuna + ASHA (see study.run)
+    resources: {cpu: 1, gpu: 0}       # per trial
+    compare: {axis: model.fusion, baseline: concat, metric: roc_auc}
+    perturbations: [{name: codec, codec: mp3, severities: [1, 2]}]
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from pathlib import Path
+
+import yaml
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+DEFAULTS: dict = {
+    "seed": 0,
+    # data
+    "data.train_set": "physionet2016",  # dataset trained on
+    "data.eval_sets": ["physionet2016:test", "pascal"],  # dataset[:split] evaluated at recording level
+    "data.validation": "per_source_balanced",  # or stratified (see study.data.splits)
+    "data.validation_fraction": 0.1,
+    "data.validation_seed": 0,  # fixed across model seeds: every trial sees the same split
+    "data.pascal_mapping": "paper",  # or clinical
+    "data.max_train": None,  # cap on training recordings (CPU-sized runs): a fixed stratified subset
+    "data.max_eval": None,  # cap on recordings per evaluation set
+    "data.skip_bad": False,
+    # features (study.features.FeatureProfile fields)
+    "features.profile": "native",
+    # model (study.models.ModelConfig fields)
+    "model.architecture": "fusion",
+    "model.fusion": "concat",
+    # training
+    "train.optimizer": "adamw",
+    "train.lr": 3e-4,
+    "train.weight_decay": 1e-4,
+    "train.sam": False,
+    "train.sam_rho": 0.05,
+    "train.balance": "class_weights",  # class_weights (BCE weights) | sampler (weighted random sampler) | none
+    "train.batch_size": 32,
+    "train.max_epochs": 100,
+    "train.patience": 30,  # epochs without a better validation accuracy before stopping
+    "train.monitor": "accuracy",  # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy
+    "train.threshold_criterion": "balanced_accuracy",  # how the validation-optimal threshold is chosen
+    "train.threads": 1,  # torch CPU threads per trial
+    "train.device": "auto",  # auto | cpu | cuda
+}
+
+# Settings every space gets at a scale before its own: a CPU-sized run uses tiny
+# models on the 2 kHz native profile; the paper scale is the paper's model and recipe.
+SCALE_PRESETS: dict = {
+    "cpu": {
+        "features.profile": "native",
+        "features.image_size": 64,
+        "model.patch_size": 8,
+        "model.vit_dim": 32,
+        "model.vit_depth": 2,
+        "model.vit_heads": 2,
+        "model.spec_dense": 32,
+        "model.wave_filters": [16, 32, 64],
+        "model.wave_dense": 16,
+        "model.fusion_dim": 32,
+        "model.fusion_heads": 2,
+        "train.max_epochs": 30,
+        "train.patience": 8,
+    },
+    "paper": {
+        "features.profile": "paper",
+        "train.max_epochs": 200,
+        "train.patience": 30,
+        "train.threads": 4,
+    },
+}
+TOP_LEVEL_KEYS = {"name", "description", "study", "default_scale", "fixed", "grid", "scales", "search", "resources",
+                  "compare", "perturbations", "notes"}
+CHOICES = {
+    "data.validation": ("per_source_balanced", "stratified"),
+    "data.pascal_mapping": ("paper", "clinical"),
+    "train.optimizer": ("adamw",),
+    "train.balance": ("class_weights", "sampler", "none"),
+    "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy"),
+    "train.threshold_criterion": ("balanced_accuracy", "accuracy", "mcc", "f1"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+class SpaceError(ValueError):
+    """A search-space file or override is invalid; the message names the file and key."""
+
+
+def _allowed_keys() -> set[str]:
+    from .features import FeatureProfile
+    from .models import ModelConfig
+
+    keys = set(DEFAULTS)
+    keys |= {f"features.{f.name}" for f in dataclasses.fields(FeatureProfile) if f.name != "name"}
+    keys |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig)}
+    return keys
+
+
+def check_config(config: dict, where: str) -> dict:
+    """Check keys and values of a (partial) flat config; returns it. Raises SpaceError naming the key."""
+    allowed = _allowed_keys()
+    for key, value in config.items():
+        if key not in allowed:
+            close = sorted(k for k in allowed if k.split(".")[-1] == key.split(".")[-1])
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SpaceError(f"{where}: unknown setting '{key}'{hint}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise SpaceError(f"{where}: '{key}' must be one of {list(CHOICES[key])}, got {value!r}")
+    return config
+
+
+def validate_trial_config(config: dict, where: str) -> None:
+    """Full check of a resolved trial config: builds the feature profile and model config."""
+    from .models import ModelConfig
+
+    check_config(config, where)
+    try:
+        profile_of(config)
+        ModelConfig.from_dict(section(config, "model"))
+    except (ValueError, TypeError) as exc:
+        raise SpaceError(f"{where}: {exc}") from exc
+    for key in ("train.lr", "train.weight_decay", "train.sam_rho", "data.validation_fraction"):
+        if not isinstance(config[key], (int, float)) or config[key] < 0:
+            raise SpaceError(f"{where}: '{key}' must be a non-negative number, got {config[key]!r}")
+    for key in ("train.batch_size", "train.max_epochs", "train.patience", "train.threads"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise SpaceError(f"{where}: '{key}' must be a positive integer, got {config[key]!r}")
+
+
+def section(config: dict, name: str) -> dict:
+    """The keys of one section without their prefix: section(c, "model") → {"fusion": ...}."""
+    prefix = f"{name}."
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+
+
+def profile_of(config: dict):
+    from .features import get_profile
+
+    settings = section(config, "features")
+    return get_profile(settings.pop("profile"), **settings)
+
+
+def model_config_of(config: dict, profile) -> dict:
+    """Model settings with the input size taken from the feature profile."""
+    return {"img_size": profile.image_size, **section(config, "model")}
+
+
+@dataclasses.dataclass
+class Space:
+    """A parsed search space."""
+
+    name: str
+    path: Path
+    raw: dict
+    scale: str
+
+    @property
+    def study(self) -> str:
+        return self.raw.get("study", "heart")
+
+    def fixed(self) -> dict:
+        return {**self.raw.get("fixed", {}), **self.raw.get("scales", {}).get(self.scale, {}).get("fixed", {})}
+
+    def grid(self) -> dict[str, list]:
+        grid = dict(self.raw.get("grid", {}))
+        grid.update(self.raw.get("scales", {}).get(self.scale, {}).get("grid", {}))
+        return grid
+
+    @property
+    def resources(self) -> dict:
+        return {"cpu": 1, "gpu": 0, **self.raw.get("resources", {}),
+                **self.raw.get("scales", {}).get(self.scale, {}).get("resources", {})}
+
+    @property
+    def compare(self) -> dict:
+        return dict(self.raw.get("compare", {}))
+
+    @property
+    def search(self) -> dict | None:
+        search = self.raw.get("search")
+        return None if search is None else {**search, **self.raw.get("scales", {}).get(self.scale, {}).get("search", {})}
+
+    @property
+    def perturbations(self) -> list:
+        return list(self.raw.get("perturbations", []))
+
+    def trial_configs(self, overrides: dict | None = None) -> list[dict]:
+        """Every grid point as a resolved flat config, in a stable order."""
+        base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(), **(overrides or {})}
+        grid = {k: v for k, v in self.grid().items() if k not in (overrides or {})}
+        keys = sorted(grid)
+        configs = []
+        for values in itertools.product(*(grid[k] for k in keys)):
+            config = {**base, **dict(zip(keys, values))}
+            validate_trial_config(config, f"{self.path} (grid point {dict(zip(keys, values))})")
+            configs.append(config)
+        return configs
+
+    def resolved(self) -> dict:
+        """The space as it will run: for study.json and resume checks."""
+        return {"name": self.name, "scale": self.scale, "fixed": self.fixed(), "grid": self.grid(),
+                "resources": self.resources, "compare": self.compare, "search": self.search,
+                "perturbations": self.perturbations, "study": self.study}
+
+
+def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
+    """Load and validate a search space by name (search_spaces/NAME.yaml) or path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        raise SpaceError(f"search space '{name_or_path}' not found (looked for {path}); known spaces: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = set(raw) - TOP_LEVEL_KEYS
+    if unknown:
+        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(TOP_LEVEL_KEYS)}")
+    if raw.get("name") != path.stem:
+        raise SpaceError(f"{path}: 'name' must be '{path.stem}' (the file name), got {raw.get('name')!r}")
+    scales = raw.get("scales", {})
+    if not isinstance(scales, dict):
+        raise SpaceError(f"{path}: 'scales' must be a mapping of scale name to settings")
+    scale = scale or raw.get("default_scale") or "cpu"
+    if scales and scale not in scales:
+        raise SpaceError(f"{path}: unknown scale '{scale}'; this space has {sorted(scales)}")
+    for where, part in [("fixed", raw.get("fixed", {}))] + [(f"scales.{s}.fixed", v.get("fixed", {}))
+                                                           for s, v in scales.items()]:
+        if not isinstance(part, dict):
+            raise SpaceError(f"{path}: '{where}' must be a mapping of setting to value")
+        check_config(part, f"{path} ({where})")
+    for where, grid in [("grid", raw.get("grid", {}))] + [(f"scales.{s}.grid", v.get("grid", {}))
+                                                          for s, v in scales.items()]:
+        if not isinstance(grid, dict):
+            raise SpaceError(f"{path}: '{where}' must be a mapping of setting to a list of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise SpaceError(f"{path}: '{where}.{key}' must be a non-empty list of values, got {values!r}")
+        check_config({k: v[0] for k, v in grid.items()}, f"{path} ({where})")
+    space = Space(raw["name"], path, raw, scale)
+    compare = space.compare
+    if compare:
+        axis = compare.get("axis")
+        if axis not in space.grid() and space.search is None:
+            raise SpaceError(f"{path}: compare.axis '{axis}' is not a grid axis ({sorted(space.grid())})")
+        if axis in space.grid() and compare.get("baseline") not in space.grid()[axis]:
+            raise SpaceError(f"{path}: compare.baseline {compare.get('baseline')!r} is not a value of {axis}")
+    space.trial_configs()  # validates every grid point
+    return space

@@ -1,0 +1,370 @@
+"""Training and recording-level evaluation of one trial.
+
+:func:`prepare_data` loads the datasets, draws the validation split and reads
+the cached features once; :func:`train_and_evaluate` trains a model on them
+with the paper's recipe (or its ablations) and evaluates the best weights on
+every evaluation set. Ray Tune calls the second with data it shared through
+its object store; ``python -m study.trial`` calls both in one process.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .cache import FeatureSet, extract_features
+from .config import model_config_of, profile_of, section
+from .data import assign_validation, load_dataset
+from .metrics import binary_metrics, choose_threshold, multiclass_metrics
+from .models import create_model
+from .sam import SAM, disable_running_stats, enable_running_stats
+
+
+@dataclass
+class SplitData:
+    """Features of one split as tensors kept in memory (float16; cast per batch).
+
+    images : (n_windows, 1, H, W); waves : (n_windows, 1, L); item_index : (n_windows,)
+    row of ``table`` per window; labels : (n_items,) task labels.
+    """
+
+    name: str
+    table: pd.DataFrame
+    images: torch.Tensor
+    waves: torch.Tensor
+    item_index: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_features(cls, name: str, features: FeatureSet) -> "SplitData":
+        # np.array copies memory-mapped cache packs into memory once, instead of every epoch
+        return cls(name, features.table, torch.from_numpy(np.array(features.images))[:, None],
+                   torch.from_numpy(np.array(features.waves))[:, None],
+                   torch.from_numpy(features.item_index), torch.as_tensor(features.table["label"].to_numpy()))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.table)
+
+
+@dataclass
+class TrialData:
+    """Everything a trial reads: train/val splits, evaluation sets, the profile used."""
+
+    train: SplitData
+    val: SplitData
+    evals: dict[str, SplitData]
+    profile: object
+    info: dict = field(default_factory=dict)
+
+
+def data_settings(config: dict) -> dict:
+    """The settings that decide a trial's data: trials sharing them share one TrialData."""
+    return {k: v for k, v in config.items() if k.startswith(("data.", "features."))}
+
+
+def _cap(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A fixed label-stratified subset of at most ``limit`` rows (all rows when None)."""
+    if limit is None or len(table) <= limit:
+        return table
+    rng = np.random.default_rng(seed)
+    shares = table["label"].value_counts(normalize=True)
+    picked = []
+    for label, share in shares.sort_index().items():
+        rows = table.index[table["label"] == label].to_numpy()
+        picked.extend(rng.choice(rows, size=max(1, int(round(limit * share))), replace=False))
+    return table.loc[sorted(picked)]
+
+
+def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None) -> TrialData:
+    """Load datasets, draw the validation split, extract (cached) features for every split."""
+    data = section(config, "data")
+    root = Path(data_root)
+    profile = profile_of(config)
+    loaded = {}
+
+    def dataset(name):
+        if name not in loaded:
+            options = {"skip_bad": data["skip_bad"]}
+            if name == "pascal":
+                options["mapping"] = data["pascal_mapping"]
+            loaded[name] = load_dataset(name, root / name, **options)
+        return loaded[name]
+
+    train_set = dataset(data["train_set"])
+    table = assign_validation(train_set.table, fraction=data["validation_fraction"], seed=data["validation_seed"],
+                              method=data["validation"])
+    train_rows = _cap(table[table["split"] == "train"], data["max_train"], seed=data["validation_seed"])
+    val_rows = table[table["split"] == "val"]
+    eval_tables = {}
+    for spec in data["eval_sets"]:
+        name, _, split = spec.partition(":")
+        rows = dataset(name).table
+        if split:
+            rows = (table if name == data["train_set"] else rows)
+            rows = rows[rows["split"] == split]
+        if rows.empty:
+            raise ValueError(f"evaluation set '{spec}' has no recordings")
+        eval_tables[spec] = _cap(rows, data["max_eval"], seed=data["validation_seed"])
+
+    def features(name, rows):
+        return SplitData.from_features(name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs,
+                                                              desc=name))
+
+    info = {
+        "validation": {"method": data["validation"], "fraction": data["validation_fraction"],
+                       "seed": data["validation_seed"]},
+        "datasets": {name: {"root": str(ds.root), "items": len(ds.table), "problems": [str(p) for p in ds.problems],
+                            **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))}}
+                     for name, ds in loaded.items()},
+        "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
+    }
+    return TrialData(features("train", train_rows), features("val", val_rows),
+                     {spec: features(spec, rows) for spec, rows in eval_tables.items()}, profile, info)
+
+
+def fingerprint(table: pd.DataFrame) -> str:
+    """Hash of a table's ids, labels, splits and audio: equal fingerprints, equal data."""
+    text = pd.util.hash_pandas_object(table[["id", "label", "split", "audio_hash", "start_s", "end_s"]], index=False)
+    return hashlib.blake2b(text.to_numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device):
+    """Model inputs for windows ``rows`` (float32 on device); None for a branch the model lacks."""
+    spec = split.images[rows].to(device, torch.float32) if model.spectrogram_branch is not None else None
+    wave = split.waves[rows].to(device, torch.float32) if model.waveform_branch is not None else None
+    return spec, wave
+
+
+@torch.no_grad()
+def predict(model, split: SplitData, device: torch.device, batch_size: int = 128,
+            features_hook: Callable[[dict], dict] | None = None) -> np.ndarray:
+    """Recording-level probabilities: window probabilities averaged per item.
+
+    Returns (n_items,) P(abnormal) for a binary model, (n_items, C) class
+    probabilities otherwise. ``features_hook`` may rewrite the branch features
+    before the head (test-time branch ablation).
+    """
+    model.eval()
+    n_windows = len(split.item_index)
+    outputs = []
+    for start in range(0, n_windows, batch_size):
+        rows = torch.arange(start, min(start + batch_size, n_windows))
+        with _autocast(device):
+            features = model.forward_features(*_inputs(model, split, rows, device))
+            if features_hook is not None:
+                features = features_hook(features)
+            logits = model.forward_head(features).float()
+        outputs.append(torch.sigmoid(logits) if logits.ndim == 1 else torch.softmax(logits, dim=1))
+    window_probs = torch.cat(outputs).cpu().double()
+    shape = (split.n_items,) + tuple(window_probs.shape[1:])
+    sums = torch.zeros(shape, dtype=torch.float64).index_add_(0, split.item_index, window_probs)
+    counts = torch.bincount(split.item_index, minlength=split.n_items).double()
+    return (sums / counts.reshape(-1, *[1] * (sums.ndim - 1))).numpy()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def evaluate_probs(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    """Metrics at 0.5 and at the validation-chosen threshold (binary), or the ICBHI metrics."""
+    if probs.ndim == 2:
+        return multiclass_metrics(labels, probs)
+    at_val = binary_metrics(labels, probs, threshold)
+    at_half = binary_metrics(labels, probs, 0.5)
+    out = dict(at_val)
+    out.update({f"{k}@0.5": v for k, v in at_half.items() if k not in ("roc_auc", "n", "n_pos", "threshold")})
+    return out
+
+
+def _monitor_value(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:
+    if probs.ndim == 2:
+        return float(multiclass_metrics(labels, probs)["score"] if metric != "accuracy"
+                     else np.mean(probs.argmax(1) == labels))
+    value = binary_metrics(labels, probs, 0.5)[metric]
+    return -np.inf if np.isnan(value) else value
+
+
+def epoch_order(window_labels: torch.Tensor, weighted_sampler: bool, generator: torch.Generator) -> torch.Tensor:
+    """Window indices for one epoch: a permutation, or with the weighted random sampler
+    len(window_labels) draws with replacement, each class equally likely."""
+    n = len(window_labels)
+    if not weighted_sampler:
+        return torch.randperm(n, generator=generator)
+    counts = torch.bincount(window_labels).double()
+    return torch.multinomial(1.0 / counts[window_labels], n, replacement=True, generator=generator)
+
+
+@dataclass
+class TrialResult:
+    metrics: dict  # eval set → metrics dict; plus "val"
+    predictions: pd.DataFrame
+    best_state: dict
+    threshold: float
+    epochs: int
+    best_epoch: int
+    history: list[dict]
+    wall_time_s: float  # training and evaluation, summed over resumptions
+    resumed_at: list[int]  # epochs this trial was resumed from after a failure
+
+
+def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial",
+                       report: Callable[[dict, Callable[[], dict]], None] | None = None,
+                       resume_state: dict | None = None) -> TrialResult:
+    """Train one model and evaluate its best weights on every evaluation set.
+
+    ``report(epoch_metrics, get_state)`` is called after every epoch; ``get_state()``
+    returns everything needed to continue exactly from that epoch, and
+    ``resume_state`` (such a state) continues a run: same seed, same data, same
+    result as a run that was never interrupted.
+    """
+    train_cfg = section(config, "train")
+    torch.set_num_threads(train_cfg["threads"])
+    seed_everything(int(config["seed"]))
+    device = pick_device(train_cfg["device"])
+    model = create_model(model_config_of(config, data.profile)).to(device)
+    binary = model.config.num_classes == 1
+    optimizer_kwargs = {"lr": train_cfg["lr"], "weight_decay": train_cfg["weight_decay"]}
+    if train_cfg["sam"]:
+        optimizer = SAM(model.parameters(), torch.optim.AdamW, rho=train_cfg["sam_rho"], **optimizer_kwargs)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), **optimizer_kwargs)
+
+    train = data.train
+    window_labels = train.labels[train.item_index]
+    n_classes = max(2, model.config.num_classes)
+    class_counts = torch.bincount(window_labels, minlength=n_classes).double()
+    if (class_counts[: 2 if binary else n_classes] == 0).any():
+        raise ValueError(f"training data lacks a class: window counts per class {class_counts.tolist()}")
+    # balanced weights n / (K * n_c), as sklearn's class_weight="balanced"
+    class_weights = (class_counts.sum() / (n_classes * class_counts.clamp(min=1))).float()
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+
+    state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "since_best": 0, "history": [],
+             "best_state": None, "seconds": 0.0, "resumed_at": []}
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        generator.set_state(resume_state["generator"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        state = {k: resume_state[k] for k in state}
+        state["resumed_at"] = state["resumed_at"] + [state["epoch"]]
+    segment_start = time.perf_counter() - state["seconds"]  # wall time accumulates across resumptions
+
+    def get_state() -> dict:
+        state["seconds"] = time.perf_counter() - segment_start
+        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                **copy.deepcopy(state)}
+
+    val_labels = data.val.labels.numpy()
+    batch_size = train_cfg["batch_size"]
+    while state["epoch"] < train_cfg["max_epochs"] and state["since_best"] < train_cfg["patience"]:
+        epoch_start = time.perf_counter()
+        model.train()
+        n = len(train.item_index)
+        order = epoch_order(window_labels, train_cfg["balance"] == "sampler", generator)
+        total_loss = 0.0
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            if len(rows) < 2 and n > 1:
+                continue  # BatchNorm cannot train on a single window
+            inputs = _inputs(model, train, rows, device)
+            targets = window_labels[rows].to(device)
+            weights = class_weights[targets.cpu()].to(device) if train_cfg["balance"] == "class_weights" else None
+
+            def loss_fn():
+                with _autocast(device):
+                    logits = model(*inputs).float()
+                if binary:
+                    return F.binary_cross_entropy_with_logits(logits, targets.float(), weight=weights)
+                return F.cross_entropy(logits, targets, weight=class_weights.to(device)
+                                       if train_cfg["balance"] == "class_weights" else None)
+
+            loss = loss_fn()
+            loss.backward()
+            if train_cfg["sam"]:
+                optimizer.first_step(zero_grad=True)
+                disable_running_stats(model)  # the ascent pass must not move BatchNorm statistics
+                loss_fn().backward()
+                enable_running_stats(model)
+                optimizer.second_step(zero_grad=True)
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total_loss += float(loss.detach()) * len(rows)
+        val_probs = predict(model, data.val, device)
+        score = _monitor_value(train_cfg["monitor"], val_labels, val_probs)
+        state["epoch"] += 1
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=state["epoch"], since_best=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["since_best"] += 1
+        row = {"epoch": state["epoch"], "train_loss": total_loss / max(n, 1),
+               f"val_{train_cfg['monitor']}": score, "best_epoch": state["best_epoch"],
+               "epoch_s": time.perf_counter() - epoch_start}
+        if binary and 0 < val_labels.sum() < len(val_labels):
+            row["val_roc_auc"] = binary_metrics(val_labels, val_probs)["roc_auc"]
+        state["history"].append(row)
+        if report is not None:
+            report(row, get_state)
+
+    model.load_state_dict(state["best_state"])
+    val_probs = predict(model, data.val, device)
+    threshold = choose_threshold(val_labels, val_probs, train_cfg["threshold_criterion"]) if binary else 0.5
+    metrics = {"val": evaluate_probs(val_labels, val_probs, threshold)}
+    frames = []
+    for name, split in data.evals.items():
+        probs = predict(model, split, device)
+        metrics[name] = evaluate_probs(split.labels.numpy(), probs, threshold)
+        frames.append(prediction_frame(trial_id, name, split, probs))
+    return TrialResult(metrics, pd.concat(frames, ignore_index=True), state["best_state"], threshold,
+                       state["epoch"], state["best_epoch"], state["history"], time.perf_counter() - segment_start,
+                       state["resumed_at"])
+
+
+PREDICTION_COLUMNS = ["trial_id", "eval_set", "recording_id", "source", "group", "label", "prob",
+                      "perturbation", "severity"]
+
+
+def prediction_frame(trial_id: str, eval_set: str, split: SplitData, probs: np.ndarray,
+                     perturbation: str = "none", severity: int = 0) -> pd.DataFrame:
+    """One row per recording: the columns of predictions.parquet (``prob`` = P(abnormal);
+    for multi-class models also ``prob_0`` … ``prob_{C-1}``)."""
+    frame = pd.DataFrame({
+        "trial_id": trial_id, "eval_set": eval_set, "recording_id": split.table["id"].astype(str).to_numpy(),
+        "source": split.table["source"].astype(str).to_numpy(), "group": split.table["group"].astype("string"),
+        "label": split.labels.numpy(), "prob": probs if probs.ndim == 1 else 1.0 - probs[:, 0],
+        "perturbation": perturbation, "severity": severity,
+    })
+    if probs.ndim == 2:
+        for k in range(probs.shape[1]):
+            frame[f"prob_{k}"] = probs[:, k]
+    return frame
+

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import matthews_corrcoef, roc_auc_score
+
+from analysis import calibrate
+
+
+def test_simulated_scores_have_the_designed_auc_and_correlation():
+    design = calibrate.Design(n_pos=2000, n_neg=2000)
+    y = calibrate.labels(design)
+    rng = np.random.default_rng(0)
+    shift = calibrate.separation(0.82)
+    a, b = calibrate.simulate_scores(design, rng, 1, (shift, calibrate.separation(0.86)), 1, seed_effects=False)[0, :, 0]
+    assert roc_auc_score(y, a) == pytest.approx(0.82, abs=0.012)
+    assert roc_auc_score(y, b) == pytest.approx(0.86, abs=0.012)
+    within_class = y == 0
+    assert np.corrcoef(a[within_class], b[within_class])[0, 1] == pytest.approx(design.model_correlation, abs=0.05)
+    predicted = (a >= shift / 2).astype(int)
+    assert matthews_corrcoef(y, predicted) == pytest.approx(calibrate.population_mcc(design, shift), abs=0.03)
+
+
+def test_seed_effects_keep_the_expected_auc_and_spread_the_seeds():
+    design = calibrate.Design(n_pos=1500, n_neg=1500, n_seeds=40)
+    y = calibrate.labels(design)
+    shift = calibrate.separation(0.82, design.seed_shift_sd)
+    scores = calibrate.simulate_scores(design, np.random.default_rng(1), 1, (shift, shift), design.n_seeds, seed_effects=True)[0]
+    aucs = np.array([[roc_auc_score(y, seed) for seed in model] for model in scores])
+    assert aucs.mean() == pytest.approx(0.82, abs=0.01)
+    # per-seed AUC spread: the global seed effect (sd 0.1 of d') is about 0.018 AUC
+    slope = sps.norm.pdf(shift / np.sqrt(2)) / np.sqrt(2)
+    assert aucs.std(ddof=1) == pytest.approx(slope * design.seed_shift_sd, rel=0.4)
+    same = calibrate.simulate_scores(design, np.random.default_rng(2), 1, (shift, shift), 2, seed_effects=True, same_architecture=True)[0]
+    different = calibrate.simulate_scores(design, np.random.default_rng(2), 1, (shift, shift), 2, seed_effects=True)[0]
+    # sharing the systematic errors makes the two models' seeds far more alike
+    assert np.corrcoef(same[0, 0], same[1, 0])[0, 1] > np.corrcoef(different[0, 0], different[1, 0])[0, 1] + 0.2
+
+
+def test_power_is_high_for_a_large_difference():
+    result = calibrate.run_calibration(n_sims=12, seed=3, n_resamples=200, n_permutations=200, design=calibrate.Design(auc_better=0.95))
+    power = {(row["test"], row["null"]): row["power"] for row in result["tests"]}
+    assert len(power) == 9
+    for (test, null), value in power.items():
+        if "McNemar" not in test and "MCC" not in test:
+            assert value >= 0.9, (test, null, value)
+    assert {row["verdict"] for row in result["coverage"]} <= {"ok", "FAIL"}
+    assert 0.02 < result["mde"]["predicted_mde"] < 0.1
+
+
+def test_main_prints_json_and_table(capsys):
+    assert calibrate.main(["--sims", "6", "--resamples", "50", "--permutations", "50", "--json", "--seed", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["n_sims"] == 6 and result["settings"]["seed"] == 1
+    assert all(0 <= row["fpr"] <= 1 and 0 <= row["power"] <= 1 for row in result["tests"])
+    assert [row["interval"] for row in result["coverage"]][:2] == ["ROC-AUC, percentile", "ROC-AUC, BCa"]
+    assert calibrate.main(["--sims", "4", "--resamples", "50", "--permutations", "50"]) == 0
+    table = capsys.readouterr().out
+    assert "DeLong (ROC-AUC)" in table and "Coverage of 95 %" in table and "auc_difference_mde" in table
+    with pytest.raises(SystemExit):
+        calibrate.main(["--sims", "1"])

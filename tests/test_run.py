@@ -1,0 +1,199 @@
+"""The study on Ray Tune: a multi-node cluster on loopback, a killed worker, a killed driver,
+--resume and --extend, and the cluster launcher config."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from study.config import SpaceError, load_space
+from study.run import run_study
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _space_file(tmp_path: Path, seeds: list[int], architectures=("waveform", "fusion")) -> Path:
+    raw = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    raw["grid"] = {"model.architecture": list(architectures), "seed": seeds}
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _ray_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in cmd or "gcs_server" in cmd or "ray::" in cmd:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(synth_root, tmp_path_factory):
+    """The smoke study, undisturbed, on a two-node Ray cluster on loopback."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    out = tmp_path_factory.mktemp("reference")
+    try:
+        ray.init(address=cluster.address)
+        run_study(load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return out
+
+
+def test_two_node_cluster_runs_every_trial_on_both_nodes(reference):
+    trials = pd.read_parquet(reference / "trials.parquet")
+    assert len(trials) == 4
+    assert trials["node_id"].nunique() == 2
+    for column in ("trial_id", "config/model.architecture", "config/seed", "physionet2016:test/roc_auc",
+                   "pascal/roc_auc", "epochs", "wall_time_s", "node_ip"):
+        assert column in trials
+    predictions = pd.read_parquet(reference / "predictions.parquet")
+    assert set(predictions["trial_id"]) == set(trials["trial_id"])
+    study = json.loads((reference / "study.json").read_text())
+    for key in ("space", "code", "packages", "data_fingerprints", "started", "finished", "experiments"):
+        assert key in study
+    assert not _ray_processes()
+
+
+def test_resume_after_finish_trains_nothing(reference, synth_root, capsys):
+    before = pd.read_parquet(reference / "trials.parquet")
+    summary = run_study(load_space("smoke"), out=reference, data_root=synth_root, resume=True, report=False,
+                        verbose=0)
+    assert summary["trained"] == 0
+    pd.testing.assert_frame_equal(before, pd.read_parquet(reference / "trials.parquet"))
+
+
+def _kill_one_trial_worker(stop: threading.Event, killed: list) -> None:
+    """Wait until a trial has reported a checkpoint, then SIGKILL the worker process running it."""
+    while not stop.is_set():
+        for proc in psutil.process_iter(["cmdline", "pid"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if cmd.startswith("ray::ImplicitFunc") and "train" in cmd:
+                time.sleep(1.5)  # let it finish an epoch or two first
+                proc.kill()
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.2)
+
+
+def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(reference, synth_root, tmp_path):
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_trial_worker, args=(stop, killed), daemon=True)
+    killer.start()
+    out = tmp_path / "killed"
+    try:
+        summary = run_study(load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0,
+                            overrides={"train.max_epochs": 3})
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no trial worker was found to kill"
+    assert summary["failed"] == 0
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    expected = pd.read_parquet(reference / "trials.parquet").set_index("trial_id")
+    assert trials["retries"].sum() >= 1
+    metric_columns = [c for c in expected.columns if "/" in c and not c.startswith("config/")]
+    pd.testing.assert_frame_equal(trials.loc[expected.index, metric_columns], expected[metric_columns])
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
+    space = _space_file(tmp_path, seeds=[0, 1, 2], architectures=("waveform",))
+    out = tmp_path / "study"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--data-root",
+               str(synth_root), "--no-report", "--verbose", "0", "--max-concurrent", "1"]
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    finished_before: dict[str, float] = {}
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not finished_before:
+            for result_file in (out / "tune").glob("run-1/*/result.json"):
+                for line in result_file.read_text().splitlines():
+                    record = json.loads(line)
+                    if record.get("done") and "wall_time_s" in record:
+                        finished_before[record["study_trial_id"]] = record["wall_time_s"]
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert finished_before, "no trial finished before the deadline"
+    time.sleep(1)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    with pytest.raises(SpaceError, match="already holds study"):
+        run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
+    summary = run_study(load_space(space), out=out, data_root=synth_root, resume=True, report=False, verbose=0)
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert len(trials) == 3 and summary["failed"] == 0
+    for trial_id, wall in finished_before.items():
+        assert trials.loc[trial_id, "wall_time_s"] == pytest.approx(wall)  # not trained again
+
+
+def test_extend_runs_only_the_new_seed_and_merges(synth_root, tmp_path):
+    space = _space_file(tmp_path, seeds=[0], architectures=("waveform",))
+    out = tmp_path / "study"
+    run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
+    first = pd.read_parquet(out / "trials.parquet")
+    space = _space_file(tmp_path, seeds=[0, 1], architectures=("waveform",))
+    with pytest.raises(SpaceError, match=r"grid.seed: \[0\] -> \[0, 1\]"):
+        run_study(load_space(space), out=out, data_root=synth_root, resume=True, report=False, verbose=0)
+    summary = run_study(load_space(space), out=out, data_root=synth_root, extend=True, report=False, verbose=0)
+    assert summary["trained"] == 1
+    merged = pd.read_parquet(out / "trials.parquet")
+    assert sorted(merged["config/seed"]) == [0, 1]
+    old = merged.set_index("trial_id").loc[first["trial_id"]]
+    assert (old["wall_time_s"].to_numpy() == first["wall_time_s"].to_numpy()).all()
+    assert set(merged["experiment"]) == {"run-1", "run-2"}
+
+
+def test_cluster_yaml_passes_rays_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert all(t["resources"]["GPU"] == 1 and t["min_workers"] == 0 for t in workers)
+
+
+def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_root, tmp_path):
+    """Ray's fake multi-node provider starts worker nodes of cluster.yaml's types on demand."""
+    import ray
+    from ray.cluster_utils import AutoscalingCluster
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    worker_types = {name: {"resources": {"CPU": 1, **{k: v for k, v in t["resources"].items() if k != "CPU"}},
+                           "node_config": {}, "min_workers": 0, "max_workers": 2}
+                    for name, t in types.items() if name != config["head_node_type"]}
+    cluster = AutoscalingCluster(head_resources={"CPU": 0}, worker_node_types=worker_types)
+    cluster.start()
+    out = tmp_path / "fake"
+    try:
+        ray.init("auto")
+        space = _space_file(tmp_path, seeds=[0], architectures=("waveform",))
+        run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 1 and trials["epochs"].iloc[0] >= 1

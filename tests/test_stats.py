@@ -1,0 +1,387 @@
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from analysis import stats
+from study.metrics import binary_metrics
+
+
+def _two_models(seed, n_pos=60, n_neg=70, shift_a=1.2, shift_b=0.9, ties=False):
+    """Labels and two correlated binormal score vectors."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
+    shared = rng.normal(size=y.size)
+    a = shift_a * y + 0.7 * shared + 0.7 * rng.normal(size=y.size)
+    b = shift_b * y + 0.7 * shared + 0.7 * rng.normal(size=y.size)
+    if ties:
+        a, b = np.round(a, 1), np.round(b, 1)
+    return y, a, b
+
+
+# --- vectorised AUC -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_resampled_equals_sklearn_on_every_resample(ties):
+    y, a, b = _two_models(0, ties=ties)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, y.size, size=(40, y.size))
+    idx[0] = np.flatnonzero(y == 0)[rng.integers(0, 70, y.size)]  # one class only
+    aucs = stats.auc_resampled(y, np.stack([a, b]), idx)
+    assert aucs.shape == (2, 40) and np.isnan(aucs[:, 0]).all()
+    for row in range(1, 40):
+        for seed, scores in enumerate((a, b)):
+            assert aucs[seed, row] == pytest.approx(roc_auc_score(y[idx[row]], scores[idx[row]]), abs=1e-12)
+
+
+def test_weighted_auc_jackknife_weights_equal_leave_one_out():
+    y, a, _ = _two_models(2, n_pos=15, n_neg=12, ties=True)
+    weights = 1 - np.eye(y.size)
+    loo = stats.weighted_auc(y, a, weights)
+    expected = [roc_auc_score(np.delete(y, i), np.delete(a, i)) for i in range(y.size)]
+    np.testing.assert_allclose(loo, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="non-negative"):
+        stats.weighted_auc(y, a, -weights)
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "mcc", "balanced_accuracy"])
+def test_closed_form_leave_one_out_equals_reweighting(metric):
+    y, a, b = _two_models(3, n_pos=20, n_neg=17, ties=True)
+    scores, thresholds = np.stack([a, b]), np.array([0.3, 0.5])
+    closed_form = stats._leave_one_out(metric, y, scores, thresholds)
+    reweighted = stats._metric_kernel(metric, y, scores, thresholds, 1 - np.eye(y.size))
+    np.testing.assert_allclose(closed_form, reweighted, atol=1e-12)
+
+
+def test_stratified_indices_keep_class_counts_and_groups_stay_whole():
+    y = np.r_[np.zeros(30, int), np.ones(20, int)]
+    idx = stats.stratified_bootstrap_indices(y, 500, rng=0)
+    assert idx.shape == (500, 50)
+    assert (y[idx].sum(axis=1) == 20).all()
+    # every recording is drawn about equally often
+    assert np.bincount(idx.ravel(), minlength=50).std() / (500 * 50 / 50) < 0.1
+    groups = np.repeat(np.arange(25), 2)  # pairs of recordings share a patient
+    counts = stats.stratified_bootstrap_indices(y, 500, rng=0, groups=groups)
+    assert counts.shape == (500, 50)
+    np.testing.assert_array_equal(counts[:, 0::2], counts[:, 1::2])
+    pure_normal, pure_abnormal = np.arange(0, 30, 2), np.arange(30, 50, 2)
+    assert (counts[:, pure_normal].sum(axis=1) == 15).all() and (counts[:, pure_abnormal].sum(axis=1) == 10).all()
+
+
+# --- bootstrap confidence intervals -------------------------------------------
+
+
+def test_bca_matches_scipy_on_the_same_bootstrap_distribution():
+    y, a, _ = _two_models(3, n_pos=40, n_neg=35)
+    ours = stats.bootstrap_ci(y, a, n_resamples=3000, method="bca", rng=7)
+    # Recompute the same draws, then let scipy build its BCa interval on them:
+    # a stratified bootstrap is scipy's independent two-sample bootstrap of (positives, negatives).
+    units, strata = stats._resampling_units(y, None)
+    distribution = stats._two_level_bootstrap("roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True)[0]
+
+    def auc(positives, negatives, axis=-1):
+        difference = positives[..., :, None] - negatives[..., None, :]
+        return ((difference > 0) + 0.5 * (difference == 0)).mean(axis=(-2, -1))
+
+    reference = sps.bootstrap(
+        (a[y == 1], a[y == 0]), auc, n_resamples=0, method="BCa", vectorized=True,
+        bootstrap_result=SimpleNamespace(bootstrap_distribution=distribution),
+    )
+    assert ours.estimate == pytest.approx(roc_auc_score(y, a))
+    assert ours.low == pytest.approx(reference.confidence_interval.low, abs=1e-10)
+    assert ours.high == pytest.approx(reference.confidence_interval.high, abs=1e-10)
+    percentile = stats.bootstrap_ci(y, a, n_resamples=3000, method="percentile", rng=7)
+    assert (percentile.low, percentile.high) == pytest.approx(tuple(np.quantile(distribution, [0.025, 0.975])))
+    assert percentile.standard_error == pytest.approx(distribution.std(ddof=1))
+
+
+def test_identical_seeds_give_the_single_seed_interval():
+    y, a, _ = _two_models(4)
+    single = stats.bootstrap_ci(y, a, n_resamples=1000, rng=3)
+    repeated = stats.bootstrap_ci(y, np.tile(a, (4, 1)), n_resamples=1000, rng=3)
+    assert repeated[:4] == pytest.approx(single[:4]) and repeated.method == single.method == "bca"
+
+
+def test_seed_resampling_widens_the_interval_by_the_seed_spread():
+    y, a, _ = _two_models(5, n_pos=150, n_neg=150)
+    rng = np.random.default_rng(0)
+    # five seeds whose AUCs differ a lot: a seed-level shift of the abnormal scores
+    seeds = a + np.outer(rng.normal(0, 0.6, 5), y)
+    per_seed = [roc_auc_score(y, s) for s in seeds]
+    with_seeds = stats.bootstrap_ci(y, seeds, n_resamples=4000, method="percentile", rng=1)
+    recordings_only = stats.bootstrap_ci(y, seeds, n_resamples=4000, method="percentile", rng=1, resample_seeds=False)
+    assert with_seeds.estimate == pytest.approx(np.mean(per_seed))
+    expected = np.sqrt(recordings_only.standard_error**2 + np.var(per_seed, ddof=0) / 5)
+    assert with_seeds.standard_error == pytest.approx(expected, rel=0.1)
+    assert with_seeds.standard_error > 1.2 * recordings_only.standard_error
+
+
+def test_threshold_metrics_under_resampling_match_binary_metrics():
+    y, a, b = _two_models(6)
+    prob = 1 / (1 + np.exp(-np.stack([a, b])))
+    idx = stats.stratified_bootstrap_indices(y, 15, rng=2)
+    weights = np.stack([np.bincount(row, minlength=y.size) for row in idx]).astype(float)
+    thresholds = np.array([0.55, 0.6])
+    for metric in ("accuracy", "mcc", "f1", "balanced_accuracy", "sensitivity", "specificity"):
+        values = stats._metric_kernel(metric, y, prob, thresholds, weights.T)
+        for row in range(15):
+            for seed in range(2):
+                expected = binary_metrics(y[idx[row]], prob[seed, idx[row]], thresholds[seed])[metric]
+                assert values[seed, row] == pytest.approx(expected, abs=1e-12)
+
+
+def test_cluster_bootstrap_sees_through_duplicated_recordings():
+    y, a, _ = _two_models(7, n_pos=80, n_neg=80)
+    original = stats.bootstrap_ci(y, a, n_resamples=3000, method="percentile", rng=0)
+    tripled_y, tripled_a, patients = np.repeat(y, 3), np.repeat(a, 3), np.repeat(np.arange(y.size), 3)
+    naive = stats.bootstrap_ci(tripled_y, tripled_a, n_resamples=3000, method="percentile", rng=0)
+    clustered = stats.bootstrap_ci(tripled_y, tripled_a, n_resamples=3000, method="bca", rng=0, groups=patients)
+    assert clustered.standard_error == pytest.approx(original.standard_error, rel=0.08)
+    assert naive.standard_error == pytest.approx(original.standard_error / np.sqrt(3), rel=0.08)
+
+
+def test_seed_mean_ci_uses_scipy():
+    values = np.array([0.84, 0.86, 0.85, 0.88, 0.83, 0.86])
+    result = stats.seed_mean_ci(values, rng=0, n_resamples=2000)
+    reference = sps.bootstrap((values,), np.mean, n_resamples=2000, rng=np.random.default_rng(0))
+    assert result.estimate == pytest.approx(values.mean())
+    assert (result.low, result.high) == pytest.approx((reference.confidence_interval.low, reference.confidence_interval.high))
+    assert stats.seed_mean_ci([0.8, 0.8, 0.8])[1:4] == pytest.approx((0.8, 0.8, 0.8))
+
+
+# --- DeLong ---------------------------------------------------------------------
+
+
+def _slow_delong(y, a, b):
+    """DeLong et al. (1988) with explicit loops over every positive/negative pair."""
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    m, n = len(positives), len(negatives)
+    components = []
+    for scores in (a, b):
+        psi = [[1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for j in negatives] for i in positives]
+        psi = np.array(psi)
+        components.append((psi.mean(), psi.mean(axis=1), psi.mean(axis=0)))
+    auc_a, auc_b = components[0][0], components[1][0]
+
+    def covariance(u, v, mean_u, mean_v):
+        return sum((ui - mean_u) * (vi - mean_v) for ui, vi in zip(u, v)) / (len(u) - 1)
+
+    s = {}
+    for key, (ax, x10, x01), (ay, y10, y01) in (
+        ("aa", components[0], components[0]),
+        ("bb", components[1], components[1]),
+        ("ab", components[0], components[1]),
+    ):
+        s[key] = covariance(x10, y10, ax, ay) / m + covariance(x01, y01, ax, ay) / n
+    z = (auc_a - auc_b) / np.sqrt(s["aa"] + s["bb"] - 2 * s["ab"])
+    return auc_a, auc_b, s["aa"], s["bb"], s["ab"], z, 2 * (1 - sps.norm.cdf(abs(z)))
+
+
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True), (2, True)])
+def test_delong_matches_slow_structural_components(seed, ties):
+    y, a, b = _two_models(seed, n_pos=23, n_neg=31, ties=ties)
+    auc_a, auc_b, var_a, var_b, cov, z, p = _slow_delong(y, a, b)
+    result = stats.delong_test(y, a, b)
+    assert result.auc_a == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert result.auc_b == pytest.approx(auc_b, abs=1e-12) and result.diff == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert (result.var_a, result.var_b, result.cov) == pytest.approx((var_a, var_b, cov), rel=1e-10)
+    assert result.z == pytest.approx(z, rel=1e-10) and result.p == pytest.approx(p, rel=1e-8)
+    single = stats.delong_variance(y, a)
+    assert single == pytest.approx((auc_a, var_a), rel=1e-10)
+
+
+def test_delong_hand_example():
+    # positives 0.9, 0.5, 0.2 against negatives 0.1, 0.5, 0.3: psi = [[1, 1, 1], [1, .5, 1], [1, 0, 0]]
+    y = np.array([1, 1, 1, 0, 0, 0])
+    a = np.array([0.9, 0.5, 0.2, 0.1, 0.5, 0.3])
+    result = stats.delong_variance(y, a)
+    v10 = np.array([1, 2.5 / 3, 1 / 3])  # row means of psi
+    v01 = np.array([1, 0.5, 2 / 3])  # column means of psi
+    assert result.auc == pytest.approx(6.5 / 9)
+    assert result.variance == pytest.approx(np.var(v10, ddof=1) / 3 + np.var(v01, ddof=1) / 3)
+    identical = stats.delong_test(y, a, a)
+    assert identical.diff == 0 and identical.z == 0 and identical.p == 1
+
+
+def test_delong_agrees_with_paired_bootstrap():
+    for seed in range(3):
+        y, a, b = _two_models(10 + seed, n_pos=150, n_neg=150)
+        delong = stats.delong_test(y, a, b)
+        boot = stats.paired_bootstrap_test(y, a, b, n_resamples=4000, rng=seed)
+        bootstrap_se = (boot.high - boot.low) / (2 * sps.norm.ppf(0.975))
+        assert boot.difference == pytest.approx(delong.diff)
+        assert bootstrap_se == pytest.approx(np.sqrt(delong.var_a + delong.var_b - 2 * delong.cov), rel=0.08)
+        assert abs(boot.p_value - delong.p) < 0.03 + 0.25 * delong.p
+
+
+def test_delong_validates():
+    with pytest.raises(ValueError, match="both classes"):
+        stats.delong_test([1, 1, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.delong_test([1, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+    with pytest.raises(ValueError, match="scores_b"):
+        stats.delong_test([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1])
+
+
+# --- paired tests -----------------------------------------------------------------
+
+
+def test_paired_bootstrap_identical_models():
+    y, a, _ = _two_models(8)
+    result = stats.paired_bootstrap_test(y, a, a, "roc_auc", 500, rng=0)
+    assert result.difference == 0 and result.p_value == 1.0 and result.low == result.high == 0
+
+
+def test_paired_bootstrap_validates():
+    y, a, b = _two_models(8)
+    with pytest.raises(ValueError, match="same shape"):
+        stats.paired_bootstrap_test(y, np.stack([a, a]), b)
+    with pytest.raises(ValueError, match="metric"):
+        stats.paired_bootstrap_test(y, a, b, "auc")
+    with pytest.raises(ValueError, match="threshold"):
+        stats.paired_bootstrap_test(y, a, b, "accuracy", threshold=[0.1, 0.2, 0.3])
+
+
+def test_permutation_test_matches_full_enumeration():
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    pred_a = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 1])
+    pred_b = np.array([0, 1, 0, 1, 1, 1, 0, 1, 0, 0, 1])
+
+    def accuracy_difference(swap):
+        new_a, new_b = np.where(swap, pred_b, pred_a), np.where(swap, pred_a, pred_b)
+        return np.mean(new_a == y) - np.mean(new_b == y)
+
+    observed = accuracy_difference(np.zeros(11, bool))
+    exact = np.mean([abs(accuracy_difference(np.array(s, bool))) >= abs(observed) - 1e-12 for s in itertools.product([0, 1], repeat=11)])
+    result = stats.paired_permutation_test(y, pred_a, pred_b, "accuracy", 20_000, rng=0)
+    assert result.difference == pytest.approx(observed)
+    assert result.p_value == pytest.approx(exact, abs=0.01)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_swap_effects_reproduce_swapped_aucs(ties):
+    y, a, b = _two_models(11, n_pos=25, n_neg=20, ties=ties)
+    rank_a, rank_b = sps.rankdata(a), sps.rankdata(b)
+    effects = stats._auc_swap_effects(y, a, b)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        swap = rng.random(y.size) < 0.5
+        expected = roc_auc_score(y, np.where(swap, rank_b, rank_a)) - roc_auc_score(y, np.where(swap, rank_a, rank_b))
+        assert np.where(swap, -1, 1) @ effects == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["mcc", "f1", "roc_auc"])
+def test_permutation_test_equals_brute_force_with_seeds(metric):
+    y, a, b = _two_models(12, n_pos=30, n_neg=25, shift_a=1.0, shift_b=0.8, ties=True)
+    seeds_a, seeds_b = np.stack([a, a + 0.3 * y]), np.stack([b, b - 0.2])
+    thresholds = np.array([0.4, 0.5])
+    result = stats.paired_permutation_test(y, seeds_a, seeds_b, metric, 100, rng=4, threshold=thresholds)
+    swaps = np.random.default_rng(4).random((100, y.size)) < 0.5  # the draws the function makes
+
+    def seed_mean(first, second):
+        values = []
+        for seed in range(2):
+            if metric == "roc_auc":
+                values.append(roc_auc_score(y, first[seed]) - roc_auc_score(y, second[seed]))
+            else:
+                one = binary_metrics(y, (first[seed] >= thresholds[seed]).astype(float), 0.5)[metric]
+                two = binary_metrics(y, (second[seed] >= thresholds[seed]).astype(float), 0.5)[metric]
+                values.append(one - two)
+        return np.mean(values)
+
+    outputs_a = sps.rankdata(seeds_a, axis=1) if metric == "roc_auc" else seeds_a
+    outputs_b = sps.rankdata(seeds_b, axis=1) if metric == "roc_auc" else seeds_b
+    observed = seed_mean(outputs_a, outputs_b)
+    permuted = [seed_mean(np.where(swap, outputs_b, outputs_a), np.where(swap, outputs_a, outputs_b)) for swap in swaps]
+    assert result.difference == pytest.approx(observed, abs=1e-12)
+    assert result.p_value == pytest.approx((1 + np.sum(np.abs(permuted) >= abs(observed) - 1e-12)) / 101)
+
+
+def test_permutation_auc_uses_ranks_and_detects_a_difference():
+    y, a, b = _two_models(9, n_pos=100, n_neg=100, shift_a=1.6, shift_b=0.6)
+    result = stats.paired_permutation_test(y, a, b, "roc_auc", 2000, rng=0)
+    assert result.value_a == pytest.approx(roc_auc_score(y, a)) and result.value_b == pytest.approx(roc_auc_score(y, b))
+    assert result.p_value == pytest.approx(1 / 2001)
+    # a monotone rescaling of one model changes nothing
+    rescaled = stats.paired_permutation_test(y, a, np.exp(3 * b), "roc_auc", 2000, rng=0)
+    assert rescaled == result
+    same = stats.paired_permutation_test(y, a, a.copy(), "roc_auc", 200, rng=0)
+    assert same.p_value == 1.0
+
+
+def test_mcnemar_exact_and_chi_square():
+    y = np.ones(40, int)
+    pred_a = np.r_[np.ones(30), np.zeros(10)].astype(int)
+    pred_b = np.r_[np.ones(22), np.zeros(8), np.ones(3), np.zeros(7)].astype(int)
+    # only a correct: 8, only b correct: 3 -> 11 discordant, exact
+    result = stats.mcnemar_test(y, pred_a, pred_b)
+    assert (result.n_only_a_correct, result.n_only_b_correct) == (8, 3)
+    assert result.method == "exact binomial"
+    assert result.p_value == pytest.approx(sps.binomtest(8, 11, 0.5).pvalue)
+    assert result.accuracy_a == 0.75
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    pred_a = np.where(rng.random(400) < 0.8, y, 1 - y)
+    pred_b = np.where(rng.random(400) < 0.7, y, 1 - y)
+    result = stats.mcnemar_test(y, pred_a, pred_b)
+    b = np.count_nonzero((pred_a == y) & (pred_b != y))
+    c = np.count_nonzero((pred_a != y) & (pred_b == y))
+    assert b + c >= 25 and result.statistic == pytest.approx((abs(b - c) - 1) ** 2 / (b + c))
+    assert result.p_value == pytest.approx(sps.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1))
+    assert stats.mcnemar_test(y, pred_a, pred_a).p_value == 1.0
+
+
+def test_wilcoxon_seeds():
+    a = np.array([0.86, 0.85, 0.87, 0.88, 0.84, 0.86, 0.87, 0.85])
+    b = a - np.array([0.031, 0.005, 0.027, 0.022, 0.004, 0.05, 0.012, 0.038])
+    result = stats.wilcoxon_seeds(a, b)
+    assert result.p_value == pytest.approx(sps.wilcoxon(a, b, method="exact").pvalue)
+    assert result.p_value == pytest.approx(2 / 2**8) and result.method == "exact" and result.note == ""
+    few = stats.wilcoxon_seeds(a[:5], b[:5])
+    assert few.p_value == pytest.approx(0.0625) and "cannot reject" in few.note
+    assert stats.wilcoxon_seeds([0.8, 0.8], [0.8, 0.8]).p_value == 1.0
+
+
+def test_wilcoxon_seeds_ties_and_zeros_enumerate_sign_flips():
+    a = np.array([0.8, 0.82, 0.83, 0.9, 0.7, 0.75, 0.71, 0.66])
+    b = np.array([0.8, 0.81, 0.82, 0.88, 0.68, 0.74, 0.72, 0.69])  # one zero, tied magnitudes
+    result = stats.wilcoxon_seeds(a, b)
+    assert result.n_nonzero == 7 and "enumeration" in result.method and "1 zero" in result.note
+    differences = np.round(a - b, 12)[1:]
+    ranks = sps.rankdata(np.abs(differences))
+    observed = ranks[differences > 0].sum()
+    totals = np.array([(np.array(signs) * ranks).sum() for signs in itertools.product([0, 1], repeat=7)])
+    exact = np.mean(np.abs(totals - ranks.sum() / 2) >= abs(observed - ranks.sum() / 2) - 1e-12)
+    assert result.p_value == pytest.approx(exact)
+    reference = sps.wilcoxon(differences, method=sps.PermutationMethod())
+    assert (result.statistic, result.p_value) == pytest.approx((reference.statistic, reference.pvalue))
+
+
+def test_adjust_pvalues_hand_computed():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(stats.adjust_pvalues(p, "holm"), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(stats.adjust_pvalues(p, "bh"), [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(stats.adjust_pvalues([0.5, 0.4], "holm"), [0.8, 0.8])
+    with pytest.raises(ValueError, match="method"):
+        stats.adjust_pvalues(p, "bonferroni")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.adjust_pvalues([0.2, 1.5])
+
+
+def test_auc_difference_mde():
+    # Hanley & McNeil for AUC 0.8 with 50 + 50: Q1 = 2/3, Q2 = 0.64 / 0.9
+    expected = (0.16 + 49 * (2 / 3 - 0.64) + 49 * (1.28 / 1.8 - 0.64)) / 2500
+    assert stats.hanley_mcneil_variance(0.8, 50, 50) == pytest.approx(expected)
+    delta = stats.auc_difference_mde(150, 150, 0.82, rho=0.5)
+    var_a, var_b = stats.hanley_mcneil_variance(0.82, 150, 150), stats.hanley_mcneil_variance(0.82 + delta, 150, 150)
+    sd = np.sqrt(var_a + var_b - 2 * 0.5 * np.sqrt(var_a * var_b))
+    assert delta == pytest.approx((sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * sd, rel=1e-8)
+    assert 0.03 < delta < 0.07
+    assert stats.auc_difference_mde(150, 150, 0.82, rho=0.8) < delta < stats.auc_difference_mde(150, 150, 0.82, rho=0.0)
+    assert np.isnan(stats.auc_difference_mde(5, 5, 0.9, rho=0.0))
+    with pytest.raises(ValueError, match="rho"):
+        stats.auc_difference_mde(150, 150, 0.82, rho=1.5)

@@ -1,0 +1,109 @@
+"""One trial: training recipe, recording-level evaluation, determinism, resumption."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from study.config import load_space
+from study.metrics import choose_threshold
+from study.train import epoch_order, prepare_data, train_and_evaluate
+
+
+def _config(**overrides):
+    space = load_space("smoke")
+    base = space.trial_configs({"model.architecture": "fusion", "seed": 0})[0]
+    base.update({"data.max_train": None, "data.max_eval": None, "train.max_epochs": 4, "train.patience": 4})
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture(scope="module")
+def data(synth_root):
+    return prepare_data(_config(), synth_root, progress=False, n_jobs=1)
+
+
+def test_synthetic_trial_beats_chance_and_reports_every_set(data):
+    config = _config(**{"model.architecture": "waveform", "train.max_epochs": 12, "train.patience": 12})
+    result = train_and_evaluate(config, data, trial_id="t")
+    assert set(result.metrics) == {"val", "physionet2016:test", "pascal"}
+    assert result.metrics["physionet2016:test"]["roc_auc"] > 0.75
+    predictions = result.predictions
+    assert list(predictions.columns[:9]) == ["trial_id", "eval_set", "recording_id", "source", "group", "label",
+                                             "prob", "perturbation", "severity"]
+    assert (predictions["perturbation"] == "none").all() and (predictions["severity"] == 0).all()
+    assert len(predictions) == sum(split.n_items for split in data.evals.values())
+    assert predictions.groupby("eval_set")["recording_id"].is_unique.all()
+
+
+def test_threshold_is_chosen_on_validation_only(data):
+    result = train_and_evaluate(_config(), data, trial_id="t")
+    from study.train import pick_device, predict
+    from study.models import create_model
+    from study.config import model_config_of
+
+    model = create_model(model_config_of(_config(), data.profile))
+    model.load_state_dict(result.best_state)
+    val_probs = predict(model, data.val, pick_device("cpu"))
+    assert result.threshold == pytest.approx(choose_threshold(data.val.labels.numpy(), val_probs))
+    for name in ("physionet2016:test", "pascal"):
+        assert result.metrics[name]["threshold"] == result.threshold
+        assert "accuracy@0.5" in result.metrics[name]
+    # flipping every test label changes test metrics but not the threshold
+    flipped = type(data)(data.train, data.val, {k: type(v)(v.name, v.table, v.images, v.waves, v.item_index,
+                                                            1 - v.labels) for k, v in data.evals.items()},
+                         data.profile, data.info)
+    again = train_and_evaluate(_config(), flipped, trial_id="t")
+    assert again.threshold == result.threshold
+    assert again.metrics["pascal"]["roc_auc"] == pytest.approx(1 - result.metrics["pascal"]["roc_auc"])
+
+
+def test_same_config_same_metrics(data):
+    config = _config(**{"train.sam": True, "train.balance": "sampler"})
+    first = train_and_evaluate(config, data, trial_id="t")
+    second = train_and_evaluate(config, data, trial_id="t")
+    assert json.dumps(first.metrics, sort_keys=True) == json.dumps(second.metrics, sort_keys=True)
+    pd.testing.assert_frame_equal(first.predictions, second.predictions)
+    other_seed = train_and_evaluate({**config, "seed": 1}, data, trial_id="t")
+    assert not np.allclose(other_seed.predictions["prob"], first.predictions["prob"])
+
+
+def test_resuming_from_an_epoch_state_gives_the_uninterrupted_result(data):
+    config = _config(**{"train.max_epochs": 4, "train.patience": 4})
+    states = []
+    full = train_and_evaluate(config, data, trial_id="t", report=lambda row, get: states.append(get()))
+    resumed = train_and_evaluate(config, data, trial_id="t", resume_state=states[1])  # killed after epoch 2
+    assert resumed.epochs == full.epochs == 4
+    pd.testing.assert_frame_equal(full.predictions, resumed.predictions)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+def test_weighted_sampler_balances_classes():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.cat([labels[epoch_order(labels, True, generator)] for _ in range(20)])
+    assert abs(drawn.float().mean().item() - 0.5) < 0.02  # equal expected frequency per class
+    order = epoch_order(labels, False, generator)
+    assert sorted(order.tolist()) == list(range(1000))  # without the sampler: a permutation
+
+
+def test_trial_cli_writes_its_files(synth_root, tmp_path):
+    out = tmp_path / "trial"
+    command = [sys.executable, "-m", "study.trial", "--space", "smoke", "--index", "1", "--data-root", str(synth_root),
+               "--out", str(out), "--quiet", "--set", "train.max_epochs=2"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"physionet2016:test", "pascal", "val"} <= set(metrics["metrics"])
+    assert metrics["epochs"] == 2
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert set(predictions["eval_set"]) == {"physionet2016:test", "pascal"}
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["threshold"] == metrics["threshold"]
+    bad = subprocess.run(command[:-2] + ["--set", "train.lr_typo=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown setting 'train.lr_typo'" in bad.stderr
