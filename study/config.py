@@ -46,6 +46,7 @@ DEFAULTS: dict = {
     "data.max_train": None,  # cap on training recordings (CPU-sized runs): a fixed stratified subset
     "data.max_eval": None,  # cap on recordings per evaluation set
     "data.skip_bad": False,
+    "data.perturbations": [],  # robustness suite applied to every evaluation set (the space's `perturbations`)
     # features (study.features.FeatureProfile fields)
     "features.profile": "native",
     # model (study.models.ModelConfig fields)
@@ -82,8 +83,12 @@ SCALE_PRESETS: dict = {
         "model.wave_dense": 16,
         "model.fusion_dim": 32,
         "model.fusion_heads": 2,
-        "train.max_epochs": 30,
+        # few recordings give few optimizer steps per epoch: a higher rate and smaller batches
+        "train.lr": 1e-3,
+        "train.batch_size": 16,
+        "train.max_epochs": 25,
         "train.patience": 8,
+        "train.monitor": "roc_auc",  # a small validation set makes accuracy at 0.5 a coarse signal
     },
     "paper": {
         "features.profile": "paper",
@@ -142,6 +147,12 @@ def validate_trial_config(config: dict, where: str) -> None:
         ModelConfig.from_dict(section(config, "model"))
     except (ValueError, TypeError) as exc:
         raise SpaceError(f"{where}: {exc}") from exc
+    try:
+        from analysis.perturbations import parse_perturbation_suite
+
+        parse_perturbation_suite(config["data.perturbations"])
+    except ValueError as exc:
+        raise SpaceError(f"{where}: perturbations: {exc}") from exc
     for key in ("train.lr", "train.weight_decay", "train.sam_rho", "data.validation_fraction"):
         if not isinstance(config[key], (int, float)) or config[key] < 0:
             raise SpaceError(f"{where}: '{key}' must be a non-negative number, got {config[key]!r}")
@@ -209,7 +220,8 @@ class Space:
 
     def trial_configs(self, overrides: dict | None = None) -> list[dict]:
         """Every grid point as a resolved flat config, in a stable order."""
-        base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(), **(overrides or {})}
+        base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(),
+                "data.perturbations": self.perturbations, **(overrides or {})}
         grid = {k: v for k, v in self.grid().items() if k not in (overrides or {})}
         keys = sorted(grid)
         configs = []

@@ -100,10 +100,12 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
         save_trial(final, config, result, data.info, trial_id)
         write_json(final / "run.json", {"trial_id": trial_id, **node, "resumed_at": result.resumed_at,
                                         "config": config})
-        flat = flatten_metrics(result.metrics)
+        # the full metrics travel in the checkpoint's files; Tune's table shows the headline ones
+        headline = {k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc")
+                    or k.endswith("/score")}
         last_epoch = result.history[-1] if result.history else {}
         tune.report({**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s,
-                     **flat}, checkpoint=tune.Checkpoint.from_directory(folder))
+                     **headline}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def flatten_metrics(metrics: dict) -> dict:

@@ -13,6 +13,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from analysis.perturbations import apply_perturbation, parse_perturbation_suite
 
 from .cache import FeatureSet, extract_features
 from .config import model_config_of, profile_of, section
@@ -57,14 +60,25 @@ class SplitData:
 
 
 @dataclass
+class PerturbedSplit:
+    """An evaluation set with one perturbation at one severity applied to its audio."""
+
+    eval_set: str
+    perturbation: str  # id, e.g. "codec:mp3"
+    severity: int
+    split: SplitData
+
+
+@dataclass
 class TrialData:
-    """Everything a trial reads: train/val splits, evaluation sets, the profile used."""
+    """Everything a trial reads: train/val splits, evaluation sets (clean and perturbed), the profile."""
 
     train: SplitData
     val: SplitData
     evals: dict[str, SplitData]
     profile: object
     info: dict = field(default_factory=dict)
+    perturbed: list[PerturbedSplit] = field(default_factory=list)
 
 
 def data_settings(config: dict) -> dict:
@@ -120,6 +134,11 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         return SplitData.from_features(name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs,
                                                               desc=name))
 
+    perturbed = [PerturbedSplit(spec, item.id, item.severity, SplitData.from_features(
+        spec, extract_features(rows, profile, transform=partial(perturb, item.name, item.severity, item.kwargs),
+                               transform_key=f"{item.id}@{item.severity}", progress=progress, n_jobs=n_jobs,
+                               desc=f"{spec} {item.id}@{item.severity}")))
+        for spec, rows in eval_tables.items() for item in parse_perturbation_suite(data["perturbations"])]
     info = {
         "validation": {"method": data["validation"], "fraction": data["validation_fraction"],
                        "seed": data["validation_seed"]},
@@ -129,7 +148,14 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
     }
     return TrialData(features("train", train_rows), features("val", val_rows),
-                     {spec: features(spec, rows) for spec, rows in eval_tables.items()}, profile, info)
+                     {spec: features(spec, rows) for spec, rows in eval_tables.items()}, profile, info, perturbed)
+
+
+def perturb(name: str, severity: int, options: dict, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A feature-cache transform applying one perturbation; random ones are seeded by the
+    audio's content, so every recording gets its own, repeatable draw."""
+    seed = int.from_bytes(hashlib.blake2b(wave.tobytes(), digest_size=4).digest(), "little")
+    return apply_perturbation(name, wave, sample_rate, severity, seed=seed, **options)
 
 
 def fingerprint(table: pd.DataFrame) -> str:
@@ -231,6 +257,7 @@ class TrialResult:
     history: list[dict]
     wall_time_s: float  # training and evaluation, summed over resumptions
     resumed_at: list[int]  # epochs this trial was resumed from after a failure
+    feature_means: dict  # training means of the fusion head's inputs, for branch ablation
 
 
 def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial",
@@ -338,30 +365,79 @@ def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial"
     model.load_state_dict(state["best_state"])
     val_probs = predict(model, data.val, device)
     threshold = choose_threshold(val_labels, val_probs, train_cfg["threshold_criterion"]) if binary else 0.5
-    metrics = {"val": evaluate_probs(val_labels, val_probs, threshold)}
-    frames = []
-    for name, split in data.evals.items():
-        probs = predict(model, split, device)
-        metrics[name] = evaluate_probs(split.labels.numpy(), probs, threshold)
-        frames.append(prediction_frame(trial_id, name, split, probs))
-    return TrialResult(metrics, pd.concat(frames, ignore_index=True), state["best_state"], threshold,
-                       state["epoch"], state["best_epoch"], state["history"], time.perf_counter() - segment_start,
-                       state["resumed_at"])
+    means = branch_feature_means(model, data.train, device)
+    metrics, predictions = evaluate_model(model, data, device, trial_id, threshold, means)
+    metrics = {"val": evaluate_probs(val_labels, val_probs, threshold), **metrics}
+    return TrialResult(metrics, predictions, state["best_state"], threshold, state["epoch"], state["best_epoch"],
+                       state["history"], time.perf_counter() - segment_start, state["resumed_at"], means)
+
+
+@torch.no_grad()
+def branch_feature_means(model, split: SplitData, device: torch.device, batch_size: int = 128) -> dict:
+    """Training-set mean of every feature entry a fusion head reads (for branch ablation);
+    {} for single-branch models."""
+    if model.spectrogram_branch is None or model.waveform_branch is None:
+        return {}
+    model.eval()
+    keys = [k for branch_keys in model.branch_feature_keys.values() for k in branch_keys]
+    sums, count = {}, 0
+    for start in range(0, len(split.item_index), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(split.item_index)))
+        features = model.forward_features(*_inputs(model, split, rows, device))
+        for key in keys:
+            sums[key] = sums.get(key, 0) + features[key].float().sum(0)
+        count += len(rows)
+    return {key: (total / count).cpu() for key, total in sums.items()}
+
+
+def ablation_hook(model, branch: str, replacement: str, means: dict) -> Callable[[dict], dict]:
+    """Replace one branch's features by their training mean or by zeros before the head."""
+    keys = model.branch_feature_keys[branch]
+
+    def hook(features: dict) -> dict:
+        features = dict(features)
+        for key in keys:
+            value = features[key]
+            features[key] = (means[key].to(value.device, value.dtype).expand_as(value) if replacement == "mean"
+                             else torch.zeros_like(value))
+        return features
+
+    return hook
+
+
+def evaluate_model(model, data: TrialData, device: torch.device, trial_id: str, threshold: float,
+                   means: dict) -> tuple[dict, pd.DataFrame]:
+    """Evaluate trained weights on every clean and perturbed evaluation set, and for fusion
+    models with each branch ablated (mean / zeros). Returns (metrics, predictions)."""
+    metrics, frames = {}, []
+    evaluations = [(name, split, "none", 0) for name, split in data.evals.items()]
+    evaluations += [(p.eval_set, p.split, p.perturbation, p.severity) for p in data.perturbed]
+    ablations = [(f"{branch}={mode}", ablation_hook(model, branch, mode, means))
+                 for branch in ("spectrogram", "waveform") for mode in ("mean", "zeros")] if means else []
+    for name, split, perturbation, severity in evaluations:
+        key = name if perturbation == "none" else f"{name}~{perturbation}@{severity}"
+        for ablation, hook in [("none", None)] + ablations:
+            probs = predict(model, split, device, features_hook=hook)
+            if ablation == "none":
+                metrics[key] = evaluate_probs(split.labels.numpy(), probs, threshold)
+            frames.append(prediction_frame(trial_id, name, split, probs, perturbation, severity, ablation))
+    return metrics, pd.concat(frames, ignore_index=True)
 
 
 PREDICTION_COLUMNS = ["trial_id", "eval_set", "recording_id", "source", "group", "label", "prob",
-                      "perturbation", "severity"]
+                      "perturbation", "severity", "ablation"]
 
 
 def prediction_frame(trial_id: str, eval_set: str, split: SplitData, probs: np.ndarray,
-                     perturbation: str = "none", severity: int = 0) -> pd.DataFrame:
+                     perturbation: str = "none", severity: int = 0, ablation: str = "none") -> pd.DataFrame:
     """One row per recording: the columns of predictions.parquet (``prob`` = P(abnormal);
-    for multi-class models also ``prob_0`` … ``prob_{C-1}``)."""
+    for multi-class models also ``prob_0`` … ``prob_{C-1}``). ``ablation`` names a test-time
+    branch ablation ("waveform=mean": the waveform features replaced by their training mean)."""
     frame = pd.DataFrame({
         "trial_id": trial_id, "eval_set": eval_set, "recording_id": split.table["id"].astype(str).to_numpy(),
         "source": split.table["source"].astype(str).to_numpy(), "group": split.table["group"].astype("string"),
         "label": split.labels.numpy(), "prob": probs if probs.ndim == 1 else 1.0 - probs[:, 0],
-        "perturbation": perturbation, "severity": severity,
+        "perturbation": perturbation, "severity": severity, "ablation": ablation,
     })
     if probs.ndim == 2:
         for k in range(probs.shape[1]):

@@ -31,7 +31,7 @@ def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, tr
     write_parquet(out / "predictions.parquet", result.predictions)
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save({"config": config, "model": result.best_state, "threshold": result.threshold,
-                    "best_epoch": result.best_epoch}, tmp)
+                    "best_epoch": result.best_epoch, "feature_means": result.feature_means}, tmp)
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", {
         "trial_id": trial_id, "metrics": result.metrics, "threshold": result.threshold,

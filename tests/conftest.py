@@ -35,10 +35,8 @@ def real_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> Path:
-    """Small synthetic PhysioNet, PASCAL and ICBHI datasets in their real layouts."""
-    from study.data.synth import write_synthetic
+def synth_root(isolated_cache) -> Path:
+    """The built-in synthetic PhysioNet, PASCAL and ICBHI datasets (what `study.run` uses by default)."""
+    from study.synthetic import default_data_root
 
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, seed=0, physionet=120, pascal=24, icbhi=8)
-    return root
+    return default_data_root()

@@ -29,7 +29,7 @@ def data(synth_root):
 
 
 def test_synthetic_trial_beats_chance_and_reports_every_set(data):
-    config = _config(**{"model.architecture": "waveform", "train.max_epochs": 12, "train.patience": 12})
+    config = _config(**{"train.max_epochs": 20, "train.patience": 8})
     result = train_and_evaluate(config, data, trial_id="t")
     assert set(result.metrics) == {"val", "physionet2016:test", "pascal"}
     assert result.metrics["physionet2016:test"]["roc_auc"] > 0.75

@@ -71,7 +71,13 @@ def parse_settings(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        settings[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        settings[key.strip()] = parsed
     return settings
 
 

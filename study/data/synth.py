@@ -29,6 +29,10 @@ hearts. Abnormal recordings carry one cue (sometimes two) of these kinds:
   are what a waveform branch sees better than a log-Mel spectrogram with a
   coarse hop.
 
+Envelope shapes, the murmur windows within the cycle (systolic from 40 ms
+after T1 to 15 ms before A2, diastolic from 30 ms after P2) and the T1/P2
+offsets from M1/A2 are fixed shape details, stated where they are built.
+
 Each cue has a strength drawn per recording from ``cues.strength``; every
 cue range in :class:`CueParams` is written ``(weakest, strongest)`` and
 interpolated linearly by strength, so weak cues are nearly invisible and no
@@ -40,16 +44,18 @@ Devices
 -------
 Every database, PASCAL set and ICBHI stethoscope is a :class:`Device`: a
 zero-phase magnitude response (Butterworth-shaped high- and low-pass, a
-spectral tilt, one resonance), ambient noise of a colour (``1/f**exponent``
+spectral tilt and one resonance, the last two varying from file to file with
+the placement), ambient and sensor noise of a colour (``1/f**exponent``
 power) at a signal-to-noise ratio measured in ``noise.snr_band_hz``, a random
 gain (peak level), a DC offset and the file's sample rate and bit depth. The
 six PhysioNet databases differ a little (training-b is peak-normalised with a
 large DC offset, training-e is noisier); the PASCAL sets are shifted: set_a
-(phone microphone, 44.1 kHz) loses the low frequencies and gains hiss and a
-resonance, set_b (4 kHz digital stethoscope) is low-passed under the murmur
-band and has brown noise and lower SNR. A device changes the spectrum and
-never the timing, as the AudioFuse paper argues real devices do, so timing
-cues survive the shift while spectral ones move.
+(phone microphone, 44.1 kHz) loses the low frequencies and gains white hiss
+and a resonance, set_b (4 kHz digital stethoscope in bell mode) is low-passed
+at 200 Hz, through the murmur band; both vary much more from file to file
+and are noisier. A device changes the spectrum and never the timing, as the
+AudioFuse paper argues real devices do, so timing cues survive the shift
+while spectral ones move.
 
 Respiratory model (ICBHI 2017)
 ------------------------------
@@ -81,6 +87,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -126,7 +133,10 @@ class Device:
     resonance_hz: float = _p(150.0, "centre of the device resonance, Hz")
     resonance_gain_db: float = _p(0.0, "gain of the resonance at its centre, dB (0: none)")
     resonance_q: float = _p(1.0, "quality factor of the resonance")
-    noise_exponent: float = _p(1.0, "ambient noise colour: power ~ 1/f**exponent (0 white, 1 pink, 2 brown)")
+    tilt_spread_db_per_octave: float = _p(0.5, "per-file tilt change, uniform in +-this (placement, unit), dB/octave")
+    resonance_spread: float = _p(0.1, "per-file resonance frequency factor, exp(uniform in +-this)")
+    noise_exponent: float = _p(1.0, "colour of the ambient and sensor noise in the file (not shaped by the "
+                                    "filter): power ~ 1/f**exponent (0 white, 1 pink, 2 brown)")
     snr_db: tuple = _p((10.0, 25.0), "body sounds to ambient noise power ratio in noise.snr_band_hz, dB")
     peak_level: tuple = _p((0.2, 0.9), "peak |sample| after the random gain, fraction of full scale")
     dc_offset: tuple = _p((-0.002, 0.002), "DC offset added after the gain, fraction of full scale")
@@ -168,7 +178,7 @@ class CueParams:
     )
     second_cue_probability: float = _p(0.3, "probability that an abnormal recording has a second, different cue")
     strength: tuple = _p((0.1, 1.0), "cue strength, uniform; 0 would be invisible, 1 obvious")
-    murmur_level: tuple = _p((0.03, 0.3), "murmur RMS inside its window, relative to the S1 peak")
+    murmur_level: tuple = _p((0.003, 0.2), "murmur RMS inside its window, relative to the S1 peak")
     murmur_center_hz: tuple = _p((150.0, 450.0), "murmur band centre, Hz (uniform, not by strength)")
     murmur_bandwidth_hz: tuple = _p((80.0, 250.0), "murmur band width, Hz (uniform, not by strength)")
     diastolic_fraction: tuple = _p((0.3, 0.7), "share of diastole a diastolic murmur lasts (uniform)")
@@ -180,7 +190,9 @@ class CueParams:
     s4_lead_s: tuple = _p((0.08, 0.14), "S4 lead before S1, s (uniform)")
     premature_rate: tuple = _p((0.06, 0.3), "share of beats that come early")
     premature_coupling: tuple = _p((0.8, 0.55), "interval before an early beat, fraction of the mean RR")
-    irregular_rr_cv: tuple = _p((0.06, 0.25), "coefficient of variation of RR in irregular rhythm")
+    premature_s1_gain: float = _p(1.3, "S1 loudness of an early beat relative to a normal one (uniform)")
+    premature_s2_gain: float = _p(0.5, "S2 loudness of an early beat (less blood ejected; uniform)")
+    irregular_rr_cv: tuple = _p((0.03, 0.25), "coefficient of variation of RR in irregular rhythm")
     innocent_murmur_probability: float = _p(0.15, "probability of a benign systolic murmur (any label)")
     innocent_murmur_level: tuple = _p((0.02, 0.07), "benign murmur RMS relative to the S1 peak (uniform)")
     innocent_murmur_center_hz: tuple = _p((90.0, 180.0), "benign murmur band centre, Hz (uniform)")
@@ -250,11 +262,13 @@ class PascalParams:
 
     set_a: Device = _p(Device(
         sample_rate_hz=44100, highpass_hz=90.0, highpass_order=1, lowpass_hz=5000.0, tilt_db_per_octave=3.0,
-        resonance_hz=700.0, resonance_gain_db=8.0, resonance_q=1.2, noise_exponent=0.0, snr_db=(2.0, 14.0),
+        resonance_hz=700.0, resonance_gain_db=8.0, resonance_q=1.2, tilt_spread_db_per_octave=6.0,
+        resonance_spread=0.7, noise_exponent=0.0, snr_db=(2.0, 14.0),
         peak_level=(0.05, 0.9), dc_offset=(-0.0003, 0.0003)), "set_a: iStethoscope phone app")
     set_b: Device = _p(Device(
-        sample_rate_hz=4000, highpass_hz=15.0, lowpass_hz=250.0, lowpass_order=4, tilt_db_per_octave=-2.0,
-        resonance_hz=60.0, resonance_gain_db=4.0, noise_exponent=2.0, snr_db=(2.0, 14.0),
+        sample_rate_hz=4000, highpass_hz=15.0, lowpass_hz=200.0, lowpass_order=4, tilt_db_per_octave=-2.0,
+        resonance_hz=80.0, resonance_gain_db=6.0, tilt_spread_db_per_octave=6.0, resonance_spread=0.7,
+        noise_exponent=1.0, snr_db=(2.0, 14.0),
         peak_level=(0.25, 1.0), dc_offset=(-0.001, 0.001)), "set_b: digital stethoscope")
     set_a_duration_s: tuple = _p((1.0, 9.0), "set_a recording duration, s")
     set_b_duration_s: tuple = _p((1.0, 15.0), "set_b recording duration, s")
@@ -269,6 +283,7 @@ class PascalParams:
     artifact_motion_rate_per_s: tuple = _p((1.0, 3.0), "thump rate in artifact files, per second")
     artifact_rub_fraction: tuple = _p((0.3, 0.7), "share of an artifact file covered by rubbing noise")
     artifact_rub_band_hz: tuple = _p((200.0, 1500.0), "rubbing noise band, Hz")
+    artifact_rub_level: tuple = _p((0.2, 1.0), "rubbing noise RMS at its loudest, relative to the S1 peak")
     session_files: tuple = _p((1, 3), "set_b labelled files per session (patient and timestamp)")
 
 
@@ -313,7 +328,7 @@ class IcbhiParams:
     heart_level: tuple = _p((0.1, 0.4), "heart-sound S1 peak relative to the inspiration RMS")
     severity: tuple = _p((0.2, 1.0), "per-recording strength of its crackles and wheezes, uniform")
     crackles_per_cycle: tuple = _p((2, 10), "crackles in a crackling cycle")
-    crackle_level: tuple = _p((0.6, 3.0), "crackle peak relative to the inspiration RMS")
+    crackle_level: tuple = _p((3.0, 12.0), "crackle peak relative to the inspiration RMS")
     crackle_freq_hz: tuple = _p((200.0, 800.0), "crackle frequency, Hz (uniform)")
     crackle_decay_s: tuple = _p((0.001, 0.004), "crackle envelope time to peak, s (uniform)")
     crackle_in_inspiration: float = _p(0.8, "share of crackles placed in inspiration")
@@ -415,7 +430,7 @@ def _white_spectrum(rng: np.random.Generator, m: int) -> np.ndarray:
 
 
 def _band_noise(rng: np.random.Generator, n: int, sr: int, center_hz: float, width_hz: float) -> np.ndarray:
-    """Unit-RMS noise with a Gaussian-shaped band (centre, -9 dB at +-width/2), shape (n,)."""
+    """Unit-RMS noise with a Gaussian-shaped band (centre, -10 dB at +-width/2), shape (n,)."""
     m = _fast_length(n)
     freqs = np.fft.rfftfreq(m, 1.0 / sr)
     band = np.exp(-0.5 * ((freqs - center_hz) / (width_hz / 3.0)) ** 2)
@@ -447,10 +462,15 @@ def _record(rng: np.random.Generator, body: np.ndarray, sr: int, device: Device,
     n = body.size
     m = _fast_length(n)
     freqs = np.fft.rfftfreq(m, 1.0 / sr)
+    spread = rng.uniform(-1.0, 1.0, 2)
+    device = dataclasses.replace(  # this file's placement of the device
+        device, tilt_db_per_octave=device.tilt_db_per_octave + spread[0] * device.tilt_spread_db_per_octave,
+        resonance_hz=device.resonance_hz * np.exp(spread[1] * device.resonance_spread))
     gain = _device_gain(freqs, device)
     signal = scipy.fft.rfft(body, m) * gain
-    # Ambient noise has a 1/f**exponent power spectrum, then passes the device too.
-    noise = _white_spectrum(rng, m) * np.maximum(freqs, 1.0) ** (-device.noise_exponent / 2) * gain
+    # Ambient and sensor noise as the file shows it: a 1/f**exponent power spectrum, not shaped by the filter.
+    noise = _white_spectrum(rng, m) * np.maximum(freqs, 1.0) ** (-device.noise_exponent / 2)
+    noise[0] = 0.0
     band = (freqs >= snr_band_hz[0]) & (freqs <= snr_band_hz[1])
     noise *= np.sqrt(np.sum(np.abs(signal[band]) ** 2) / max(np.sum(np.abs(noise[band]) ** 2), 1e-30)
                      / 10.0 ** (snr_db / 10.0))
@@ -469,7 +489,9 @@ def _write_wav(path: Path, wave: np.ndarray, sr: int, subtype: str) -> None:
         data = np.clip(np.round(wave * 32767.0), -32768, 32767).astype(np.int16)
     else:  # libsndfile keeps the top 24 bits of int32 samples for PCM_24
         data = np.clip(np.round(wave * 2147483647.0), -2147483648, 2147483647).astype(np.int32)
-    sf.write(str(path), data, sr, subtype=subtype, format="WAV")
+    buffer = io.BytesIO()  # soundfile syncs files to disk on close, which costs more than the synthesis
+    sf.write(buffer, data, sr, subtype=subtype, format="WAV")
+    path.write_bytes(buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- heart sounds
@@ -541,7 +563,7 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
         coupling = _lerp(cp.premature_coupling, strength)
         rr[:-1][premature[1:]] = coupling * rr0
         rr[premature] = (2.0 - coupling) * rr0  # compensatory pause
-    rr = np.maximum(rr, 0.3)
+    rr = np.maximum(rr, 0.3)  # 200 beats/min at most, even for an early beat in fast irregular rhythm
     onsets = -rng.uniform(0.0, rr0) + np.concatenate([[0.0], np.cumsum(rr[:-1])])
     keep = onsets < duration
     onsets, rr, premature = onsets[keep], rr[keep], premature[keep]
@@ -550,8 +572,8 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
 
     breath = np.sin(2 * np.pi * breath_hz * onsets + breath_phase)
     loudness = 1.0 + hp.loudness_breathing_depth * breath + hp.beat_amplitude_jitter * rng.standard_normal(count)
-    s1_amp = loudness * np.where(premature, 1.3, 1.0)
-    s2_amp = loudness * rng.uniform(*hp.s2_to_s1) * np.where(premature, 0.5, 1.0)
+    s1_amp = loudness * np.where(premature, cp.premature_s1_gain, 1.0)
+    s2_amp = loudness * rng.uniform(*hp.s2_to_s1) * np.where(premature, cp.premature_s2_gain, 1.0)
     s1_freq = rng.uniform(*hp.s1_freq_hz) * (1.0 + hp.beat_frequency_jitter * rng.standard_normal(count))
     s2_freq = rng.uniform(*hp.s2_freq_hz) * (1.0 + hp.beat_frequency_jitter * rng.standard_normal(count))
     s1_decay, s2_decay = rng.uniform(*hp.s1_decay_s), rng.uniform(*hp.s2_decay_s)
@@ -565,6 +587,7 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
         split = rng.uniform(*hp.physiological_split_s) * (1.0 + hp.split_breathing_depth * breath)
     p2 = a2 + split
 
+    # T1 10 % higher and 0.6 times as loud as M1, P2 10 % lower than A2 (fixed shape details).
     onset = [onsets, t1, a2, p2]
     freq = [s1_freq, 1.1 * s1_freq, s2_freq, 0.9 * s2_freq]
     decay = [np.full(count, s1_decay)] * 2 + [np.full(count, s2_decay)] * 2
@@ -584,9 +607,10 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
             amp.append(level * s2_amp)
     heart = _bursts(n, sr, np.concatenate(onset), np.concatenate(freq), np.concatenate(decay), np.concatenate(amp))
 
+    # Murmur windows: systolic from 40 ms after T1 to 15 ms before A2, diastolic from 30 ms after P2.
     systole_start, systole_end = t1 + 0.04, a2 - 0.015
     if "systolic_murmur" in cues:
-        heart += _murmur(rng, n, sr, systole_start, systole_end, rng.choice(["diamond", "plateau"]),
+        heart += _murmur(rng, n, sr, systole_start, systole_end, str(rng.choice(["diamond", "plateau"])),
                          _lerp(cp.murmur_level, cues["systolic_murmur"]), rng.uniform(*cp.murmur_center_hz),
                          rng.uniform(*cp.murmur_bandwidth_hz))
     if "diastolic_murmur" in cues:
@@ -594,7 +618,7 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
         end = start + rng.uniform(*cp.diastolic_fraction) * (onsets + rr - start)
         heart += _murmur(rng, n, sr, start, end, "decrescendo", _lerp(cp.murmur_level, cues["diastolic_murmur"]),
                          rng.uniform(*cp.murmur_center_hz), rng.uniform(*cp.murmur_bandwidth_hz))
-    if "innocent_murmur" in benign:
+    if "innocent_murmur" in benign:  # early-to-mid systolic, narrow band
         end = systole_start + 0.6 * (systole_end - systole_start)
         heart += _murmur(rng, n, sr, systole_start, end, "diamond", benign["innocent_murmur"],
                          rng.uniform(*cp.innocent_murmur_center_hz), 80.0)
@@ -638,7 +662,7 @@ def _pcg(rng: np.random.Generator, params: SynthParams, device: Device, duration
         low, high = pp.artifact_rub_band_hz
         high = min(high, 0.45 * sr)
         heart += (_band_noise(rng, n, sr, (low + high) / 2, high - low) * np.where(k >= 0, np.sin(np.pi * u), 0.0)
-                  * rng.uniform(0.2, 1.0))
+                  * rng.uniform(*pp.artifact_rub_level))
         body = _body_noise(rng, n, sr, params.noise, breathing, rng.uniform(*pp.artifact_motion_rate_per_s), 2.0)
     else:
         body = _body_noise(rng, n, sr, params.noise, breathing, rng.uniform(*params.noise.motion_rate_per_s))
@@ -697,8 +721,8 @@ def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator) -
                   if np.sum((p["labels"] == label) & ~p["validation"]) >= 2]
     db, label = candidates[rng.integers(len(candidates))]
     pool = np.flatnonzero((plan[db]["labels"] == label) & ~plan[db]["validation"])
-    source, copy = np.sort(rng.choice(pool, 2, replace=False))
-    plan["duplicate"] = (db, plan[db]["names"][source], plan[db]["names"][copy])
+    source, duplicate = np.sort(rng.choice(pool, 2, replace=False))
+    plan["duplicate"] = (db, plan[db]["names"][source], plan[db]["names"][duplicate])
     return plan
 
 
@@ -858,7 +882,8 @@ def _write_pascal(folder: Path, seed: int, size: int, params: SynthParams) -> tu
                       "duration_s": duration, **{k: v for k, v in info.items() if not k.endswith("peaks_s")}})
     for set_name, order in _CSV_ORDER.items():
         rows = sorted((order.index(f["category"]), f["row"]) for f in files if f["set"] == set_name)
-        (folder / f"{set_name}.csv").write_bytes(_lines(["dataset,fname,label,sublabel"] + [r for _, r in rows], "\r\n"))
+        header = "dataset,fname,label,sublabel"
+        (folder / f"{set_name}.csv").write_bytes(_lines([header] + [r for _, r in rows], "\r\n"))
     (folder / "set_a_timing.csv").write_bytes(_lines(
         ["fname,cycle,sound,location"] + [f"set_a/{f},{c},{s},{loc}" for f, c, s, loc in sorted(timing_rows)], "\r\n"))
     summary = {s: _count(f["category"] for f in files if f["set"] == s) for s in ("set_a", "set_b")}
@@ -977,7 +1002,7 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     in_insp = rng.random(where.size) < ip.crackle_in_inspiration
     phase_start = np.where(in_insp, start[where], insp_end[where])
     phase_len = np.where(in_insp, insp_end[where] - start[where], end[where] - insp_end[where])
-    crackles = _bursts(n, sr, phase_start + rng.uniform(0.05, 0.9, where.size) * phase_len,
+    crackles = _bursts(n, sr, phase_start + rng.uniform(0.05, 0.9, where.size) * phase_len,  # inside the phase
                        rng.uniform(*ip.crackle_freq_hz, where.size), rng.uniform(*ip.crackle_decay_s, where.size),
                        _lerp(ip.crackle_level, severity) * rng.uniform(0.5, 1.0, where.size)
                        * rng.choice([-1.0, 1.0], where.size))
@@ -986,7 +1011,7 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     in_exp = rng.random(wheezing.size) < ip.wheeze_in_expiration
     phase_start = np.where(in_exp, insp_end[wheezing], start[wheezing])
     phase_end = np.where(in_exp, end[wheezing], insp_end[wheezing])
-    w_start = phase_start + rng.uniform(0.0, 0.2, wheezing.size) * (phase_end - phase_start)
+    w_start = phase_start + rng.uniform(0.0, 0.2, wheezing.size) * (phase_end - phase_start)  # early in it
     w_end = np.minimum(w_start + rng.uniform(*ip.wheeze_duration_s, wheezing.size), phase_end - 0.02)
     wheezes = _lerp(ip.wheeze_level, severity) * _tones(
         n, sr, w_start, w_end, np.minimum(rng.uniform(*ip.wheeze_freq_hz, wheezing.size), 0.2 * sr),

@@ -1,0 +1,338 @@
+"""The analysis report on small fake study folders in study.run's exact file format."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from analysis import report, stats
+from analysis.__main__ import main as analysis_main
+from analysis.plots import FPR_GRID, roc_tpr_on_grid
+from study.metrics import icbhi_scores
+
+N_RESAMPLES = 400
+FAST = {"n_resamples": N_RESAMPLES, "plots": False}  # for tests that do not look at the figures
+SEEDS = (0, 1, 2)
+PHYSIONET = "physionet2016:test"
+CELL = re.compile(r"^-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]$")
+
+
+def _recordings(rng, n: int, sources: tuple[str, ...], prefix: str) -> pd.DataFrame:
+    """n recordings, the same number in each source, half abnormal within each source."""
+    source = np.repeat(sources, n // len(sources))
+    label = np.tile(np.r_[np.zeros(n // len(sources) // 2), np.ones(n // len(sources) - n // len(sources) // 2)], len(sources))
+    return pd.DataFrame({"recording_id": [f"{prefix}{i:03d}" for i in range(len(source))], "source": source,
+                         "label": label.astype(np.int8), "difficulty": rng.standard_normal(len(source))})
+
+
+def write_study(folder, models: dict, *, axis: str, baseline: str, seeds=SEEDS, fixed: dict | None = None,
+                n_test: int = 120, n_pascal: int = 40, seed: int = 0):
+    """A finished heart study: ``models`` maps an axis value to f(recordings, seed, rng) -> P(abnormal).
+
+    Every trial also gets perturbed rows (which the report must ignore) and
+    trials.parquet carries each trial's ROC-AUC as study.run writes it.
+    """
+    rng = np.random.default_rng(seed)
+    fixed = fixed or {}
+    sets = {PHYSIONET: _recordings(rng, n_test, ("training-a", "training-b", "training-c", "training-d", "training-e", "training-f"), "p"),
+            "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q")}
+    trials, frames = [], []
+    for value, model in models.items():
+        for seed_value in seeds:
+            trial_id = f"{value}-s{seed_value}"
+            row = {"trial_id": trial_id, "config/seed": seed_value, f"config/{axis}": value,
+                   **{f"config/{k}": v for k, v in fixed.items()}, "config/data.eval_sets": json.dumps(list(sets)),
+                   "threshold": 0.5, "epochs": 10, "best_epoch": 5, "wall_time_s": 1.0, "node_id": "n", "node_ip": "1",
+                   "hostname": "h", "retries": 0, "experiment": "run-1"}
+            for name, table in sets.items():
+                prob = model(table, seed_value, name)
+                row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
+                for perturbation, severity, values in (("none", 0, prob), ("codec:mp3", 2, rng.random(len(table)))):
+                    frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": name, "recording_id": table["recording_id"],
+                                                "source": table["source"], "group": table["recording_id"], "label": table["label"],
+                                                "prob": values, "perturbation": perturbation, "severity": severity}))
+            trials.append(row)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
+    pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
+    space = {"name": folder.name, "scale": "cpu", "study": "heart", "fixed": fixed,
+             "grid": {axis: list(models), "seed": list(seeds)}, "compare": {"axis": axis, "baseline": baseline, "metric": "roc_auc"}}
+    (folder / "study.json").write_text(json.dumps({"space": space}))
+    return folder
+
+
+def binormal(separation: float):
+    """A model whose scores separate the classes by ``separation``, with per-seed noise; deterministic per seed."""
+    def model(table, seed, name):
+        noise = np.random.default_rng([seed, len(name)]).standard_normal(len(table))
+        return special.expit(separation * (table["label"].to_numpy() - 0.5) + 0.6 * table["difficulty"].to_numpy() + 0.5 * noise)
+    return model
+
+
+def only_training_e(table, seed, name):
+    """Separates the classes within training-e only; chance everywhere else."""
+    noise = np.random.default_rng([seed, 99, len(name)]).standard_normal(len(table))
+    inside = (table["source"] == "training-e").to_numpy()
+    return special.expit(np.where(inside, 6 * (table["label"].to_numpy() - 0.5), 0.0) + 0.3 * noise)
+
+
+FUSION_MODELS = {"concat": binormal(0.8), "film": binormal(3.5), "sum": binormal(0.8), "cross_attention": only_training_e}
+
+
+@pytest.fixture(scope="module")
+def fusion_study(tmp_path_factory):
+    """concat (baseline), film (clearly better), sum (an identical copy of concat), cross_attention (carried by training-e)."""
+    folder = write_study(tmp_path_factory.mktemp("studies") / "fusion", FUSION_MODELS, axis="model.fusion", baseline="concat",
+                         fixed={"model.architecture": "fusion"})
+    summary = report.report_study(folder, n_resamples=N_RESAMPLES)
+    return folder, summary
+
+
+def _comparisons(folder) -> pd.DataFrame:
+    return pd.read_csv(folder / "tables" / "comparisons.csv")
+
+
+def test_tables_plots_and_index_are_written(fusion_study):
+    folder, summary = fusion_study
+    for name in ("main", "pascal", "intervals", "comparisons", "per_source", "resolution"):
+        for extension in ("md", "csv", "tex"):
+            assert (folder / "tables" / f"{name}.{extension}").stat().st_size > 100, (name, extension)
+    for plot in ("roc_physionet2016-test.png", "roc_pascal.png", "forest.png"):
+        assert (folder / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (folder / "report.md").read_text()
+    for path in summary["tables"] + summary["plots"]:
+        if path.endswith((".md", ".png")):
+            assert path.split("/")[-1] in index
+    assert "Incomplete" not in index
+    assert not list((folder / "tables").glob(".*tmp")), "temporary files must be renamed away"
+
+
+def test_cells_are_intervals_and_values_are_right(fusion_study):
+    folder, _ = fusion_study
+    markdown = (folder / "tables" / "main.md").read_text().splitlines()
+    header = [c.strip() for c in markdown[2].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown[4:8]]
+    for row in rows:
+        for column in ("ROC-AUC", "MCC", "F1", "accuracy"):
+            assert CELL.match(row[header.index(column)]), row[header.index(column)]
+    main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
+    predictions = pd.read_parquet(folder / "predictions.parquet").query("perturbation == 'none' and eval_set == @PHYSIONET")
+    expected = np.mean([roc_auc_score(g["label"], g["prob"]) for _, g in predictions[predictions["trial_id"].str.startswith("film-")].groupby("trial_id")])
+    assert main.loc["film", "roc_auc"] == pytest.approx(expected, abs=1e-12)
+    assert (main["roc_auc_low"] < main["roc_auc"]).all() and (main["roc_auc"] < main["roc_auc_high"]).all()
+    assert main.loc["film", "roc_auc_low"] > main.loc["concat", "roc_auc_high"]  # 3.5 vs 0.8 separation: disjoint intervals
+    assert "BCa" in markdown[0]
+
+
+def test_better_configuration_is_significant_and_identical_copy_is_not(fusion_study):
+    folder, _ = fusion_study
+    table = _comparisons(folder)
+    on_test = table[table["eval_set"] == PHYSIONET]
+    better = on_test[on_test["a"] == "film"].set_index(["test", "metric"])
+    for test in ("paired bootstrap", "DeLong", "paired permutation"):
+        assert better.loc[(test, "roc_auc"), "adjusted_p"] < 0.05
+        assert better.loc[(test, "roc_auc"), "verdict"] == "film > concat"
+        assert better.loc[(test, "roc_auc"), "low"] > 0
+    # 3 seeds cannot reach p < 0.05 with Wilcoxon (smallest p = 0.25), and the table says why.
+    assert better.loc[("Wilcoxon signed-rank", "roc_auc"), "p"] == pytest.approx(0.25)
+    assert "cannot reject" in better.loc[("Wilcoxon signed-rank", "roc_auc"), "note"]
+    copy = table[table["a"] == "sum"]
+    assert len(copy) == 2 * 8  # two evaluation sets x (4 bootstrap metrics, DeLong, permutation, McNemar, Wilcoxon)
+    assert (copy["difference"] == 0).all() and (copy["p"] == 1).all()
+    assert (copy["verdict"] == "no significant difference").all()
+
+
+def test_holm_and_bh_adjust_over_the_family(fusion_study, tmp_path):
+    folder, _ = fusion_study
+    holm = _comparisons(folder)
+    bh_folder = write_study(tmp_path / "fusion", FUSION_MODELS, axis="model.fusion", baseline="concat",
+                            fixed={"model.architecture": "fusion"})
+    report.report_study(bh_folder, correction="bh", **FAST)
+    bh = _comparisons(bh_folder)
+    np.testing.assert_array_equal(holm["p"], bh["p"])
+    for (test, metric), family in holm.groupby(["test", "metric"]):
+        assert len(family) == 6  # 3 configurations x 2 evaluation sets
+        np.testing.assert_allclose(family["adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "holm"))
+        np.testing.assert_allclose(bh.loc[family.index, "adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "bh"))
+    assert (bh["adjusted_p"] <= holm["adjusted_p"] + 1e-12).all()
+    assert (bh["adjusted_p"] < holm["adjusted_p"] - 1e-9).any()
+    assert "Benjamini-Hochberg" in (bh_folder / "tables" / "comparisons.md").read_text()
+
+
+def test_source_carrying_the_pooled_auc_is_flagged(fusion_study):
+    folder, summary = fusion_study
+    per_source = pd.read_csv(folder / "tables" / "per_source.csv")
+    on_test = per_source[per_source["eval_set"] == PHYSIONET]
+    carried = on_test[on_test["configuration"] == "cross_attention"].set_index("source")
+    assert carried.loc["training-e", "carries_pooled_roc_auc"]
+    assert carried.loc["training-e", "roc_auc"] == pytest.approx(1.0)
+    assert not carried.drop(index="training-e")["carries_pooled_roc_auc"].any()
+    assert carried.drop(index="training-e")["roc_auc"].between(0.2, 0.8).all()
+    assert not on_test[on_test["configuration"] == "film"]["carries_pooled_roc_auc"].any()
+    assert {(f["configuration"], f["source"]) for f in summary["source_flags"] if f["eval_set"] == PHYSIONET} == {("cross_attention", "training-e")}
+    assert "training-e" in (folder / "report.md").read_text()
+
+
+def test_resolution_states_n_positives_and_detectable_difference(fusion_study):
+    folder, _ = fusion_study
+    resolution = pd.read_csv(folder / "tables" / "resolution.csv").set_index("eval_set")
+    assert resolution.loc[PHYSIONET, ["n", "n_pos", "n_neg"]].tolist() == [120, 60, 60]
+    assert resolution.loc["pascal", "n"] == 40
+    row = resolution.loc[PHYSIONET]
+    expected = stats.auc_difference_mde(60, 60, min(max(row["baseline_roc_auc"], 0.5), 0.999), row["rho_median"])
+    assert row["mde"] == pytest.approx(expected)
+    assert 0.01 < row["mde"] < 0.3 and resolution.loc["pascal", "mde"] > row["mde"]  # fewer recordings resolve less
+
+
+def _drop_trial(folder, trial_id):
+    trials = pd.read_parquet(folder / "trials.parquet")
+    trials[trials["trial_id"] != trial_id].to_parquet(folder / "trials.parquet", index=False)
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    predictions[predictions["trial_id"] != trial_id].to_parquet(folder / "predictions.parquet", index=False)
+
+
+def test_incomplete_study_raises_naming_what_is_missing_unless_allowed(tmp_path):
+    models = {"concat": binormal(0.8), "film": binormal(3.0)}
+    folder = write_study(tmp_path / "fusion", models, axis="model.fusion", baseline="concat")
+    _drop_trial(folder, "film-s2")
+    with pytest.raises(report.StudyError, match=r"'film' lacks seed\(s\) \[2\]"):
+        report.report_study(folder, **FAST)
+    summary = report.report_study(folder, allow_incomplete=True, **FAST)
+    assert any("'film' lacks seed(s) [2]" in p for p in summary["problems"])
+    assert "--allow-incomplete" in (folder / "report.md").read_text()
+    main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
+    assert main.loc["film", "seeds"] == 2 and main.loc["concat", "seeds"] == 3
+    assert (_comparisons(folder)["seeds"] == 2).all()  # paired over the seeds both have
+    for seed in SEEDS:
+        _drop_trial(folder, f"film-s{seed}")
+    with pytest.raises(report.StudyError, match=r"model.fusion=film: no trials"):
+        report.report_study(folder, **FAST)
+
+
+def test_mismatched_recordings_and_missing_files_raise(tmp_path):
+    folder = write_study(tmp_path / "fusion", {"concat": binormal(0.8), "film": binormal(3.0)}, axis="model.fusion", baseline="concat")
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    dropped = (predictions["trial_id"] == "film-s1") & (predictions["recording_id"] == "q007")
+    predictions[~dropped].to_parquet(folder / "predictions.parquet", index=False)
+    with pytest.raises(report.StudyError, match=r"'pascal': recordings differ between trials.*'film' seed 1.*q007"):
+        report.report_study(folder, **FAST)
+    report.report_study(folder, allow_incomplete=True, **FAST)
+    assert pd.read_csv(folder / "tables" / "resolution.csv").set_index("eval_set").loc["pascal", "n"] == 39
+    relabelled = predictions.copy()
+    relabelled.loc[(relabelled["trial_id"] == "film-s0") & (relabelled["recording_id"] == "p000"), "label"] = 1
+    relabelled.to_parquet(folder / "predictions.parquet", index=False)
+    with pytest.raises(report.StudyError, match=r"\['p000'\] carry different labels"):
+        report.report_study(folder, allow_incomplete=True, **FAST)
+    (folder / "predictions.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="predictions.parquet missing"):
+        report.report_study(folder)
+
+
+def test_intervals_and_paired_bootstrap_match_the_statistics_core():
+    """With one seed the shared-draw engine is stats.bootstrap_ci / paired_bootstrap_test exactly."""
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(70, dtype=int), np.ones(50, dtype=int)]
+    probs = special.expit(np.array([[1.2], [0.6]]) * y + rng.standard_normal((2, 120)))
+    thresholds = np.array([0.55, 0.45])
+    eval_set = report.EvalSet("test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds)
+    resampled = report.resample(eval_set, report.heart_kernel(eval_set), 1000, report._generator(0, "test"))
+    draws = report.SeedDraws(1000, 0)
+    for metric in ("roc_auc", "mcc", "sensitivity"):
+        mine = report.seed_mean_interval(resampled, ["a"], metric, draws, "bca")
+        core = stats.bootstrap_ci(y, probs[0] - thresholds[0], metric, threshold=0.0, n_resamples=1000, rng=report._generator(0, "test"))
+        assert (mine.estimate, mine.low, mine.high) == pytest.approx((core.estimate, core.low, core.high), abs=1e-12)
+    core = stats.paired_bootstrap_test(y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, report._generator(0, "test"), threshold=0.0)
+    differences = resampled.per_resample["mcc"][0] - resampled.per_resample["mcc"][1]
+    assert np.quantile(differences, [0.025, 0.975]) == pytest.approx([core.low, core.high], abs=1e-12)
+
+
+def test_roc_on_grid_matches_sklearn_roc_curve():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 80)
+    scores = np.round(y + rng.standard_normal(80), 1)  # rounding makes ties
+    fpr, tpr, _ = roc_curve(y, scores, drop_intermediate=False)  # keep every threshold, collinear ones too
+    expected = [tpr[fpr <= g].max() for g in FPR_GRID]
+    np.testing.assert_allclose(roc_tpr_on_grid(y, scores[None], np.ones((80, 1)))[0, :, 0], expected)
+    counts = np.bincount(rng.integers(0, 80, 80), minlength=80)
+    keep = np.repeat(np.arange(80), counts)
+    fpr, tpr, _ = roc_curve(y[keep], scores[keep], drop_intermediate=False)
+    weighted = roc_tpr_on_grid(y, scores[None], np.stack([np.ones(80), counts], axis=1))[0, :, 1]
+    np.testing.assert_allclose(weighted, [tpr[fpr <= g].max() for g in FPR_GRID])
+
+
+def test_branches_study_sets_paper_numbers_beside_and_checks_the_claims(tmp_path):
+    models = {"spectrogram": binormal(0.6), "waveform": binormal(0.7), "fusion": binormal(4.0)}
+    folder = write_study(tmp_path / "branches", models, axis="model.architecture", baseline="fusion", fixed={"model.fusion": "concat"})
+    summary = report.report_study(folder, **FAST)
+    main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
+    assert main.loc["fusion", "paper_roc_auc"] == 0.8608 and main.loc["spectrogram", "paper_mcc"] == 0.4444
+    assert pd.read_csv(folder / "tables" / "pascal.csv").set_index("configuration").loc["waveform", "paper_roc_auc"] == 0.6782
+    claims = pd.read_csv(folder / "tables" / "claims.csv")
+    physionet = claims[claims["claim"] == "fusion_beats_branches_physionet"]
+    assert set(physionet["loser"]) == {"spectrogram", "waveform"}
+    assert (physionet["difference"] > 0).all() and (physionet["claim_verdict"] == "holds").all()
+    assert physionet.set_index("loser").loc["spectrogram", "paper_difference"] == pytest.approx(0.0542)
+    assert {c["verdict"] for c in summary["claims"]} <= {"holds", "not supported at this resolution", "contradicted"}
+    assert "0.8608" in (folder / "tables" / "main.md").read_text()
+
+
+def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
+    rng = np.random.default_rng(5)
+    n_patients, per_patient = 24, 6
+    groups = np.repeat([f"patient{k:02d}" for k in range(n_patients)], per_patient)
+    classes = np.where(rng.random(groups.size) < 0.5, 0, rng.integers(1, 4, groups.size))
+    trials, frames = [], []
+    for value, skill in (("concat", 1.0), ("film", 3.0)):
+        for seed in SEEDS:
+            logits = rng.standard_normal((groups.size, 4)) + skill * np.eye(4)[classes]
+            probs = special.softmax(logits, axis=1)
+            trial_id = f"{value}-s{seed}"
+            trials.append({"trial_id": trial_id, "config/seed": seed, "config/model.fusion": value,
+                           "config/data.eval_sets": json.dumps(["icbhi2017:test"]), "threshold": np.nan})
+            frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": "icbhi2017:test", "recording_id": [f"c{i}" for i in range(groups.size)],
+                                        "source": "icbhi", "group": groups, "label": classes, "prob": 1 - probs[:, 0],
+                                        "perturbation": "none", "severity": 0,
+                                        **{f"prob_{k}": probs[:, k] for k in range(4)}}))
+    folder = tmp_path / "respiratory"
+    folder.mkdir()
+    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    space = {"name": "respiratory", "study": "respiratory", "grid": {"model.fusion": ["concat", "film"], "seed": list(SEEDS)},
+             "compare": {"axis": "model.fusion", "baseline": "concat", "metric": "score"}}
+    (folder / "study.json").write_text(json.dumps({"space": space}))
+    report.report_study(folder, n_resamples=N_RESAMPLES)
+    main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
+    film = predictions[predictions["trial_id"].str.startswith("film-")]
+    expected = np.mean([icbhi_scores(g["label"], g[[f"prob_{k}" for k in range(4)]].to_numpy().argmax(1))["score"]
+                        for _, g in film.groupby("trial_id")])
+    assert main.loc["film", "score"] == pytest.approx(expected)
+    assert main.loc["SAM-AST paper", "score"] == 0.6810
+    assert "patients (cluster bootstrap)" in (folder / "tables" / "main.md").read_text()
+    comparisons = _comparisons(folder)
+    assert set(comparisons["test"]) == {"paired bootstrap", "Wilcoxon signed-rank"}
+    row = comparisons[(comparisons["metric"] == "score") & (comparisons["test"] == "paired bootstrap")].iloc[0]
+    assert row["verdict"] == "film > concat"
+    assert pd.read_csv(folder / "tables" / "resolution.csv").loc[0, "patients"] == n_patients
+
+
+def test_command_line(fusion_study, tmp_path, capsys):
+    folder = tmp_path / "fusion"
+    folder.mkdir()
+    for name in report.REQUIRED_FILES:  # a copy, so the shared study's tables stay as the other tests expect
+        shutil.copy(fusion_study[0] / name, folder / name)
+    assert analysis_main(["report", str(folder), "--resamples", "200", "--baseline", "film", "--no-plots"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert set(_comparisons(folder)["b"]) == {"film"}
+    assert not (folder / "plots").exists()
+    assert analysis_main(["report", str(folder), "--baseline", "gru"]) == 2
+    assert "baseline 'gru' is not a value of model.fusion" in capsys.readouterr().err
+    assert analysis_main(["report", str(folder / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert analysis_main(["frobnicate"]) == 2
