@@ -29,7 +29,7 @@ def data(synth_root):
 
 
 def test_synthetic_trial_beats_chance_and_reports_every_set(data):
-    config = _config(**{"train.max_epochs": 20, "train.patience": 8})
+    config = _config(**{"train.max_epochs": 20, "train.patience": 20, "train.lr": 3e-3})
     result = train_and_evaluate(config, data, trial_id="t")
     assert set(result.metrics) == {"val", "physionet2016:test", "pascal"}
     assert result.metrics["physionet2016:test"]["roc_auc"] > 0.75
@@ -37,8 +37,16 @@ def test_synthetic_trial_beats_chance_and_reports_every_set(data):
     assert list(predictions.columns[:9]) == ["trial_id", "eval_set", "recording_id", "source", "group", "label",
                                              "prob", "perturbation", "severity"]
     assert (predictions["perturbation"] == "none").all() and (predictions["severity"] == 0).all()
-    assert len(predictions) == sum(split.n_items for split in data.evals.values())
-    assert predictions.groupby("eval_set")["recording_id"].is_unique.all()
+    clean = predictions[predictions["ablation"] == "none"]
+    assert len(clean) == sum(split.n_items for split in data.evals.values())
+    assert not clean.duplicated(["eval_set", "recording_id"]).any()
+    # test-time branch ablation of the fusion model: each branch replaced by its training mean or zeros
+    ablated = predictions[predictions["ablation"] != "none"]
+    assert sorted(ablated["ablation"].unique()) == ["spectrogram=mean", "spectrogram=zeros", "waveform=mean",
+                                                    "waveform=zeros"]
+    assert len(ablated) == 4 * len(clean)
+    for ablation, rows in ablated.groupby("ablation"):
+        assert not np.allclose(rows["prob"].to_numpy(), clean["prob"].to_numpy()), ablation
 
 
 def test_threshold_is_chosen_on_validation_only(data):
