@@ -1,6 +1,7 @@
 """Command line of the analysis package.
 
     python -m analysis report results/NAME [options]   # tables, plots and report.md of a finished study
+    python -m analysis robustness results/NAME [--perturb SUITE] [options]  # metric vs severity, fusion vs branches, ablation
     python -m analysis calibrate [--json] [options]    # Monte-Carlo check of the tests and intervals
     python -m analysis bench [--json] [--no-report]    # timings, incl. the 150-trial report
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("report", "calibrate", "bench")
+COMMANDS = ("report", "robustness", "calibrate", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "report":
         from analysis.report import main as run
+    elif command == "robustness":
+        from analysis.robustness import main as run
     elif command == "calibrate":
         from analysis.calibrate import main as run
     elif command == "bench":

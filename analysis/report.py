@@ -1161,6 +1161,8 @@ def report_study(out: Path, **options) -> dict:
     (paths), claims (claim and verdict), source_flags, problems (what an
     incomplete study lacks), seconds.
     """
+    from analysis.robustness import has_robustness_rows, report_robustness  # it imports this module
+
     started = time.perf_counter()
     settings = ReportOptions(**options)
     analysis = _Analysis(Path(out), settings)
@@ -1178,10 +1180,17 @@ def report_study(out: Path, **options) -> dict:
         _plots(analysis, writer, rows, resolution)
     seconds = time.perf_counter() - started
     report = _index(analysis, writer, claims, flags, seconds)
-    return {"out": str(analysis.out), "report": str(report),
-            "tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
-            "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "claims": claims, "source_flags": flags,
-            "problems": analysis.problems, "seconds": seconds}
+    summary = {"out": str(analysis.out), "report": str(report),
+               "tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
+               "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "claims": claims, "source_flags": flags,
+               "problems": analysis.problems, "seconds": seconds}
+    if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
+        robustness = report_robustness(analysis.out, correction=settings.correction, n_resamples=settings.n_resamples,
+                                       alpha=settings.alpha, ci_method=settings.ci_method, seed=settings.seed,
+                                       plots=settings.plots)
+        summary.update(tables=summary["tables"] + robustness["tables"], plots=summary["plots"] + robustness["plots"],
+                       seconds=time.perf_counter() - started)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

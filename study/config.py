@@ -15,6 +15,8 @@ Space file layout::
     default_scale: cpu
     fixed: {model.architecture: fusion, ...}
     grid: {model.fusion: [concat, sum], seed: [0, 1, 2]}
+    recipes: {AST: {model.architecture: ast}, AST+SAM: {model.architecture: ast, train.sam: true}}
+    #                                 # named bundles of settings, chosen by the grid axis `recipe`
     scales:
       cpu:   {fixed: {...}, grid: {seed: [0, 1]}}     # replaces grid axes of the same name
       paper: {fixed: {...}, grid: {seed: [0, ..., 9]}}
@@ -22,6 +24,10 @@ Space file layout::
     resources: {cpu: 1, gpu: 0}       # per trial
     compare: {axis: model.fusion, baseline: concat, metric: roc_auc}
     perturbations: [{name: codec, codec: mp3, severities: [1, 2]}]
+
+A recipe is applied where a config is consumed (:func:`apply_recipe`), over every
+other setting, so a trial's config keeps the recipe's name as its one varying
+setting and the analysis names configurations by it.
 """
 from __future__ import annotations
 
@@ -47,11 +53,20 @@ DEFAULTS: dict = {
     "data.max_eval": None,  # cap on recordings per evaluation set
     "data.skip_bad": False,
     "data.perturbations": [],  # robustness suite applied to every evaluation set (the space's `perturbations`)
+    # more roots of the same dataset, whose recordings join it: {"icbhi2017": ["~/real/icbhi2017"]};
+    # a root that does not exist is skipped with a warning and recorded in the trial's data info
+    "data.extra_roots": {},
     # features (study.features.FeatureProfile fields)
     "features.profile": "native",
     # model (study.models.ModelConfig fields)
     "model.architecture": "fusion",
     "model.fusion": "concat",
+    # local AudioSet-pretrained AST state dict (study.models.load_ast_checkpoint) that AST models start
+    # from; models of other architectures train from scratch
+    "model.init_checkpoint": None,
+    # recipes
+    "recipe": None,  # name of one of `recipes`, applied over every other setting
+    "recipes": {},  # the space's named bundles of settings
     # training
     "train.optimizer": "adamw",
     "train.lr": 3e-4,
@@ -62,7 +77,9 @@ DEFAULTS: dict = {
     "train.batch_size": 32,
     "train.max_epochs": 100,
     "train.patience": 30,  # epochs without a better validation accuracy before stopping
-    "train.monitor": "accuracy",  # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy
+    # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy | score (ICBHI Score;
+    # for a binary model the same as balanced accuracy). A multi-class model monitors accuracy or Score.
+    "train.monitor": "accuracy",
     "train.threshold_criterion": "balanced_accuracy",  # how the validation-optimal threshold is chosen
     "train.threads": 1,  # torch CPU threads per trial
     "train.device": "auto",  # auto | cpu | cuda
@@ -98,13 +115,13 @@ SCALE_PRESETS: dict = {
     },
 }
 TOP_LEVEL_KEYS = {"name", "description", "study", "default_scale", "fixed", "grid", "scales", "search", "resources",
-                  "compare", "perturbations", "notes"}
+                  "compare", "perturbations", "notes", "recipes"}
 CHOICES = {
     "data.validation": ("per_source_balanced", "stratified"),
     "data.pascal_mapping": ("paper", "clinical"),
     "train.optimizer": ("adamw",),
     "train.balance": ("class_weights", "sampler", "none"),
-    "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy"),
+    "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy", "score"),
     "train.threshold_criterion": ("balanced_accuracy", "accuracy", "mcc", "f1"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -122,6 +139,17 @@ def _allowed_keys() -> set[str]:
     keys |= {f"features.{f.name}" for f in dataclasses.fields(FeatureProfile) if f.name != "name"}
     keys |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig)}
     return keys
+
+
+def apply_recipe(config: dict) -> dict:
+    """The config with its recipe's settings laid over it (unchanged when ``recipe`` is None)."""
+    name = config.get("recipe")
+    if name is None:
+        return config
+    recipes = config.get("recipes") or {}
+    if name not in recipes:
+        raise SpaceError(f"recipe {name!r} is not defined; the space's recipes are {sorted(recipes)}")
+    return {**config, **recipes[name]}
 
 
 def check_config(config: dict, where: str) -> dict:
@@ -142,9 +170,17 @@ def validate_trial_config(config: dict, where: str) -> None:
     from .models import ModelConfig
 
     check_config(config, where)
+    for name, settings in (config.get("recipes") or {}).items():
+        if not isinstance(settings, dict) or {"recipe", "recipes"} & set(settings):
+            raise SpaceError(f"{where}: recipe {name!r} must be a mapping of settings (not recipe/recipes)")
+        check_config(settings, f"{where} (recipe {name!r})")
+    try:
+        config = apply_recipe(config)
+    except SpaceError as exc:
+        raise SpaceError(f"{where}: {exc}") from exc
     try:
         profile_of(config)
-        ModelConfig.from_dict(section(config, "model"))
+        ModelConfig.from_dict(model_settings(config))
     except (ValueError, TypeError) as exc:
         raise SpaceError(f"{where}: {exc}") from exc
     try:
@@ -159,6 +195,10 @@ def validate_trial_config(config: dict, where: str) -> None:
     for key in ("train.batch_size", "train.max_epochs", "train.patience", "train.threads"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise SpaceError(f"{where}: '{key}' must be a positive integer, got {config[key]!r}")
+    extra = config["data.extra_roots"]
+    if not isinstance(extra, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
+                                              for v in extra.values()):
+        raise SpaceError(f"{where}: 'data.extra_roots' must map a dataset name to a list of folders, got {extra!r}")
 
 
 def section(config: dict, name: str) -> dict:
@@ -174,9 +214,16 @@ def profile_of(config: dict):
     return get_profile(settings.pop("profile"), **settings)
 
 
+def model_settings(config: dict) -> dict:
+    """The ``model.*`` settings that make a ModelConfig (the initial checkpoint is not one)."""
+    settings = section(config, "model")
+    settings.pop("init_checkpoint", None)
+    return settings
+
+
 def model_config_of(config: dict, profile) -> dict:
     """Model settings with the input size taken from the feature profile."""
-    return {"img_size": profile.image_size, **section(config, "model")}
+    return {"img_size": profile.image_size, **model_settings(config)}
 
 
 @dataclasses.dataclass
@@ -215,13 +262,17 @@ class Space:
         return None if search is None else {**search, **self.raw.get("scales", {}).get(self.scale, {}).get("search", {})}
 
     @property
+    def recipes(self) -> dict:
+        return copy.deepcopy(self.raw.get("recipes") or {})
+
+    @property
     def perturbations(self) -> list:
         return list(self.raw.get("perturbations", []))
 
     def trial_configs(self, overrides: dict | None = None) -> list[dict]:
         """Every grid point as a resolved flat config, in a stable order."""
         base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(),
-                "data.perturbations": self.perturbations, **(overrides or {})}
+                "data.perturbations": self.perturbations, "recipes": self.recipes, **(overrides or {})}
         grid = {k: v for k, v in self.grid().items() if k not in (overrides or {})}
         keys = sorted(grid)
         configs = []
@@ -235,7 +286,8 @@ class Space:
         """The space as it will run: for study.json and resume checks."""
         return {"name": self.name, "scale": self.scale, "fixed": self.fixed(), "grid": self.grid(),
                 "resources": self.resources, "compare": self.compare, "search": self.search,
-                "perturbations": self.perturbations, "study": self.study}
+                "perturbations": self.perturbations, "study": self.study,
+                **({"recipes": self.recipes} if self.recipes else {})}
 
 
 def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:

@@ -1,7 +1,8 @@
 """Audio → model input: windows of waveform and their log-Mel images.
 
-Two named profiles (``paper`` reproduces the official AudioFuse preprocessing,
-``native`` keeps PhysioNet's 2 kHz) and any field overridable, e.g.
+Three named profiles (``paper`` reproduces the official AudioFuse preprocessing,
+``native`` keeps PhysioNet's 2 kHz, ``ast`` is the Audio Spectrogram Transformer's
+Kaldi-fbank-style input for ICBHI cycles) and any field overridable, e.g.
 ``get_profile("native", image_size=64)``. Everything here is a pure function
 of (waveform, sample rate, profile); caching lives in :mod:`study.cache`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,13 @@ class FeatureProfile:
     top_db: float = 80.0  # dynamic range kept below each image's maximum (librosa.power_to_db)
     image_size: tuple[int, int] = (224, 224)  # (mels, frames) after bilinear resize
     waveform_norm: str = "none"  # "none" (paper), "zscore" per window, "peak" per window
+    # "db_minmax": dB re each image's max, resized to image_size, min-max to [0, 1] (AudioFuse);
+    # "fbank": natural-log Mel power, Kaldi framing, not resized (image_size is derived: (n_mels, frames))
+    # and not scaled: study.train standardises it with the training split's mean and std (AST)
+    spectrogram: str = "db_minmax"
+    win_length: int | None = None  # "fbank": analysis window (samples) inside each n_fft frame; None = n_fft
+    preemphasis: float = 0.0  # "fbank": y[t] - coef * y[t-1] before the STFT (Kaldi: 0.97)
+    bandpass_hz: tuple[float, float] | None = None  # e.g. (25, 400): 4th-order Butterworth, zero phase, before windowing
 
     def __post_init__(self):
         _check(self.sample_rate > 0, "sample_rate", self.sample_rate, "must be positive")
@@ -49,12 +58,33 @@ class FeatureProfile:
         _check(self.fmax is None or self.fmin < self.fmax <= nyquist, "fmax", self.fmax, f"must be in (fmin, {nyquist}]")
         _check(self.waveform_norm in ("none", "zscore", "peak"), "waveform_norm", self.waveform_norm,
                "must be 'none', 'zscore' or 'peak'")
+        _check(self.spectrogram in ("db_minmax", "fbank"), "spectrogram", self.spectrogram,
+               "must be 'db_minmax' or 'fbank'")
+        _check(self.win_length is None or 0 < self.win_length <= self.n_fft, "win_length", self.win_length,
+               f"must be None or in (0, n_fft={self.n_fft}]")
+        _check(0.0 <= self.preemphasis < 1.0, "preemphasis", self.preemphasis, "must be in [0, 1)")
+        if self.spectrogram == "fbank":
+            _check(self.window_samples >= self.frame_length, "window_s", self.window_s,
+                   f"is shorter than one analysis window ({self.frame_length} samples)")
+            object.__setattr__(self, "image_size", (self.n_mels, self.n_fbank_frames))
         size = self.image_size
         _check(len(size) == 2 and min(size) > 0, "image_size", size, "must be two positive ints (mels, frames)")
+        band = self.bandpass_hz
+        _check(band is None or (len(band) == 2 and 0 < band[0] < band[1] < nyquist), "bandpass_hz", band,
+               f"must be None or (low, high) with 0 < low < high < {nyquist}")
 
     @property
     def window_samples(self) -> int:
         return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def frame_length(self) -> int:
+        return self.n_fft if self.win_length is None else self.win_length
+
+    @property
+    def n_fbank_frames(self) -> int:
+        """Frames of a window with Kaldi's framing (snip_edges): 1 + (samples - frame) // hop."""
+        return 1 + (self.window_samples - self.frame_length) // self.hop_length
 
     def key(self) -> str:
         """Hex digest of every setting that changes the features (the name excluded)."""
@@ -77,6 +107,13 @@ PROFILES = {
     # 256-point FFT (128 ms) with a 16 ms hop resolves S1/S2 (~100 ms) and murmurs.
     "native": FeatureProfile("native", sample_rate=2000, n_fft=256, hop_length=32, n_mels=64, fmin=20.0,
                              fmax=1000.0, waveform_norm="zscore"),
+    # AST / SAM-AST on ICBHI cycles: 16 kHz, 8 s with cyclic padding, 128 Mel bands of 25 ms windows
+    # every 10 ms (Kaldi fbank as torchaudio.compliance.kaldi.fbank computes it, here with librosa:
+    # 512-point FFT of a 400-sample window, pre-emphasis 0.97, HTK Mel from 20 Hz, natural log),
+    # 128 x 798 frames, standardised with training-set statistics in study.train.
+    "ast": FeatureProfile("ast", sample_rate=16000, window_s=8.0, padding="cyclic", n_fft=512, win_length=400,
+                          hop_length=160, n_mels=128, fmin=20.0, spectrogram="fbank", preemphasis=0.97,
+                          waveform_norm="zscore"),
 }
 
 
@@ -88,6 +125,8 @@ def get_profile(name: str, **overrides) -> FeatureProfile:
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown feature setting(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    if overrides.get("bandpass_hz") is not None:
+        overrides["bandpass_hz"] = tuple(float(f) for f in overrides["bandpass_hz"])
     if "image_size" in overrides:
         size = overrides["image_size"]
         overrides["image_size"] = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
@@ -125,6 +164,33 @@ def make_windows(wave: np.ndarray, profile: FeatureProfile) -> np.ndarray:
     else:
         padded = np.pad(wave, (0, total - len(wave)))
     return padded.reshape(n_windows, size)
+
+
+def fbank_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:
+    """Kaldi-fbank-style log-Mel of windows (n, samples) → float32 (n, n_mels, frames), natural log.
+
+    Frame k covers samples [k * hop, k * hop + win_length) (Kaldi's snip_edges framing):
+    each window is zero-padded by (n_fft - win_length) / 2 on both sides so librosa's
+    centred-in-frame analysis window lands there. HTK Mel triangles without area
+    normalisation and a Hann window (Kaldi: povey, a Hann raised to 0.85).
+    """
+    import librosa
+
+    if profile.preemphasis:
+        windows = librosa.effects.preemphasis(windows, coef=profile.preemphasis)
+    margin = (profile.n_fft - profile.frame_length) // 2
+    padded = np.pad(windows, ((0, 0), (margin, profile.n_fft - profile.frame_length - margin)))
+    with warnings.catch_warnings():
+        # 128 bands from 20 Hz are narrower than a 31 Hz FFT bin at the bottom: some are empty,
+        # exactly as in Kaldi's fbank (their log is the floor)
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        power = librosa.feature.melspectrogram(
+            y=padded, sr=profile.sample_rate, n_fft=profile.n_fft, hop_length=profile.hop_length,
+            win_length=profile.frame_length, center=False, n_mels=profile.n_mels, fmin=profile.fmin,
+            fmax=profile.fmax, htk=True, norm=None,
+        )
+    # Kaldi floors the energy at float epsilon before the log
+    return np.log(np.maximum(power, np.finfo(np.float32).eps)).astype(np.float32)
 
 
 def log_mel_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:
@@ -169,5 +235,12 @@ def compute_features(wave: np.ndarray, sr: int, profile: FeatureProfile) -> tupl
     """One recording → (images (n_windows, H, W), waveforms (n_windows, window_samples)), float32."""
     if wave.ndim != 1 or len(wave) == 0:
         raise ValueError(f"wave must be a non-empty 1-D array, got shape {wave.shape}")
-    windows = make_windows(resample(wave, sr, profile.sample_rate), profile)
-    return log_mel_images(windows, profile), normalize_waveforms(windows, profile.waveform_norm)
+    wave = resample(wave, sr, profile.sample_rate)
+    if profile.bandpass_hz is not None:
+        from scipy.signal import butter, sosfiltfilt
+
+        sos = butter(4, profile.bandpass_hz, btype="bandpass", fs=profile.sample_rate, output="sos")
+        wave = sosfiltfilt(sos, wave).astype(np.float32) if len(wave) > 27 else wave  # filtfilt needs > 3 * order
+    windows = make_windows(wave, profile)
+    images = fbank_images(windows, profile) if profile.spectrogram == "fbank" else log_mel_images(windows, profile)
+    return images, normalize_waveforms(windows, profile.waveform_norm)

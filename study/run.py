@@ -2,6 +2,7 @@
 
     python -m study.run --space NAME [--scale cpu|paper] [--data-root DIR] [--address auto|HOST:PORT]
                         [--out DIR] [--resume | --extend] [--max-concurrent N] [--set key=value ...]
+                        [--init-checkpoint AST_STATE_DICT.pth]
 
 One trial = one grid point of the space (or one Optuna sample for ``hpo``),
 trained by :func:`study.train.train_and_evaluate`. Features are computed once
@@ -258,6 +259,8 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
     study = Study(out)
     previous = study.load()
     resolved = {**space.resolved(), "overrides": overrides}
+    # an override of a grid axis (e.g. --set seed=0) replaces that axis for the whole study
+    resolved["grid"] = {k: ([overrides[k]] if k in overrides else v) for k, v in resolved["grid"].items()}
     if previous is not None and not (resume or extend):
         raise SpaceError(f"{out} already holds study '{previous['space']['name']}': pass --resume to continue it, "
                          f"--extend to add the grid points it lacks, or another --out")
@@ -306,6 +309,9 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
             if key not in data_refs:
                 data = prepare_data(config, data_root, progress=verbose > 0)
                 fingerprints.update(data.info["fingerprints"])
+                for entry in ("split_check", "spectrogram_standardization", "missing_extra_roots"):
+                    if entry in data.info:
+                        state.setdefault("data_info", {})[entry] = data.info[entry]
                 data_refs[key] = ray.put(data)
                 del data
         state["data_fingerprints"] = fingerprints
@@ -357,9 +363,14 @@ def _new_tuner(space, wrapped, todo, configs, experiment_dir, name, max_concurre
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     if space.search is None:
-        param_space = {"trial": tune.grid_search([{"trial_id": i, "base": c} for i, c in todo])}
+        axes = sorted(space.grid())
+        param_space = {"trial": tune.grid_search([
+            {"trial_id": i, "base": c, "label": " ".join(f"{k.split('.')[-1]}={c[k]}" for k in axes)}
+            for i, c in todo])}
         return tune.Tuner(wrapped, param_space=param_space, run_config=run_config,
-                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent))
+                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+                                                      trial_name_creator=_trial_name,
+                                                      trial_dirname_creator=_trial_dirname))
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -376,6 +387,15 @@ def _new_tuner(space, wrapped, todo, configs, experiment_dir, name, max_concurre
                                                   mode=search.get("mode", "max"),
                                                   num_samples=search.get("num_samples", 8),
                                                   max_concurrent_trials=max_concurrent))
+
+
+def _trial_name(trial) -> str:
+    """Tune's table shows a trial by its study id and grid values, not its whole config."""
+    return f"{trial.config['trial']['trial_id']} {trial.config['trial']['label']}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.config['trial']['trial_id']}"
 
 
 def _now() -> str:
@@ -427,15 +447,24 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--extend", action="store_true", help="run only the grid points the study in OUT lacks")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument("--init-checkpoint", default=None, metavar="PATH",
+                        help="AudioSet-pretrained AST state dict on local disk (YuanGongND/ast "
+                             "audioset_10_10_0.4593.pth) to start every AST trial from; sets model.init_checkpoint")
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     parser.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 Tune's trial table, 2 trial logs too")
     args = parser.parse_args(argv)
     try:
         space = load_space(args.space, args.scale)
         out = Path(args.out or Path("results") / space.name)
+        overrides = parse_settings(args.set)
+        if args.init_checkpoint is not None:
+            checkpoint = Path(args.init_checkpoint).expanduser().resolve()
+            if not checkpoint.is_file():
+                raise ValueError(f"--init-checkpoint {args.init_checkpoint!r}: no such file")
+            overrides["model.init_checkpoint"] = str(checkpoint)
         run_study(space, out=out, data_root=args.data_root, address=args.address, storage=args.storage,
                   resume=args.resume,
-                  extend=args.extend, max_concurrent=args.max_concurrent, overrides=parse_settings(args.set),
+                  extend=args.extend, max_concurrent=args.max_concurrent, overrides=overrides,
                   report=not args.no_report, verbose=args.verbose)
     except (SpaceError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch.nn.functional as F
 from analysis.perturbations import apply_perturbation, parse_perturbation_suite
 
 from .cache import FeatureSet, extract_features
-from .config import model_config_of, profile_of, section
-from .data import assign_validation, load_dataset
+from .config import apply_recipe, model_config_of, profile_of, section
+from .data import LoadedDataset, assign_validation, load_dataset
 from .metrics import binary_metrics, choose_threshold, multiclass_metrics
-from .models import create_model
+from .models import create_model, load_ast_checkpoint
 from .sam import SAM, disable_running_stats, enable_running_stats
 
 
@@ -52,7 +53,7 @@ class SplitData:
         # np.array copies memory-mapped cache packs into memory once, instead of every epoch
         return cls(name, features.table, torch.from_numpy(np.array(features.images))[:, None],
                    torch.from_numpy(np.array(features.waves))[:, None],
-                   torch.from_numpy(features.item_index), torch.as_tensor(features.table["label"].to_numpy()))
+                   torch.from_numpy(np.array(features.item_index)), torch.as_tensor(features.table["label"].to_numpy()))
 
     @property
     def n_items(self) -> int:
@@ -83,7 +84,65 @@ class TrialData:
 
 def data_settings(config: dict) -> dict:
     """The settings that decide a trial's data: trials sharing them share one TrialData."""
-    return {k: v for k, v in config.items() if k.startswith(("data.", "features."))}
+    return {k: v for k, v in apply_recipe(config).items() if k.startswith(("data.", "features."))}
+
+
+def combine_datasets(first: LoadedDataset, second: LoadedDataset) -> LoadedDataset:
+    """One dataset holding the recordings of both (e.g. synthetic ICBHI plus a few real recordings).
+
+    Raises ValueError when an item id or a patient (group) appears in both: whether they
+    are the same recording or person cannot be known, and a merged patient would break
+    patient-level splits and the analysis' cluster bootstrap.
+    """
+    for column in ("id", "group"):
+        shared = set(first.table[column].dropna()) & set(second.table[column].dropna())
+        if shared:
+            raise ValueError(f"datasets at {first.root} and {second.root} share {column} values "
+                             f"{sorted(map(str, shared))[:5]}; they cannot be combined")
+    table = pd.concat([first.table, second.table], ignore_index=True)
+    info = {**first.info, "combined_roots": first.info.get("combined_roots", [str(first.root)]) + [str(second.root)]}
+    return LoadedDataset(first.name, first.root, table, first.problems + second.problems,
+                         first.duplicates + second.duplicates, info)
+
+
+def split_check(table: pd.DataFrame) -> dict:
+    """Recordings and patients on both sides of a train/test split (train includes validation).
+
+    Raises ValueError when a recording (audio file) lies on both sides: an official
+    split by recording must never share one. Patients may be shared; they are listed.
+    """
+    train = table[table["split"].isin(["train", "val"])]
+    test = table[table["split"] == "test"]
+    shared_recordings = sorted(set(train["path"]) & set(test["path"]))
+    if shared_recordings:
+        raise ValueError(f"{len(shared_recordings)} recording(s) are in both train and test, "
+                         f"e.g. {shared_recordings[0]}")
+    train_patients, test_patients = set(train["group"].dropna()), set(test["group"].dropna())
+    return {"recordings_train": int(train["path"].nunique()), "recordings_test": int(test["path"].nunique()),
+            "recordings_in_train_and_test": 0, "patients_train": len(train_patients),
+            "patients_test": len(test_patients),
+            "patients_in_train_and_test": sorted(map(str, train_patients & test_patients))}
+
+
+@torch.no_grad()
+def standardize_spectrograms(splits: list[SplitData], reference: SplitData, chunk: int = 256) -> dict:
+    """Standardise every split's images in place with the mean and std of ``reference``'s
+    (the training split's) pixels, as AST does for its fbank input; returns the statistics."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(reference.images), chunk):
+        block = reference.images[start:start + chunk].double()
+        total, total_sq, count = total + block.sum().item(), total_sq + block.square().sum().item(), count + block.numel()
+    if count == 0:
+        raise ValueError("cannot standardise spectrograms: the training split has no windows")
+    mean = total / count
+    std = max(total_sq / count - mean ** 2, 0.0) ** 0.5
+    if std == 0.0:
+        raise ValueError("cannot standardise spectrograms: the training spectrograms are constant")
+    for split in splits:
+        for start in range(0, len(split.images), chunk):
+            block = split.images[start:start + chunk]
+            block.copy_((block.float() - mean) / std)
+    return {"mean": mean, "std": std, "from": "training split, all pixels"}
 
 
 def _cap(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
@@ -100,18 +159,34 @@ def _cap(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
 
 
 def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None) -> TrialData:
-    """Load datasets, draw the validation split, extract (cached) features for every split."""
+    """Load datasets, draw the validation split, extract (cached) features for every split.
+
+    ``data.extra_roots`` adds recordings from more roots to a dataset. With an ``fbank``
+    feature profile every split's spectrograms are standardised with the training
+    split's mean and std (recorded in ``info["spectrogram_standardization"]``). When
+    the training dataset has a test split, ``info["split_check"]`` counts the
+    recordings and patients on each side; a recording on both sides is an error.
+    """
+    config = apply_recipe(config)
     data = section(config, "data")
     root = Path(data_root)
     profile = profile_of(config)
-    loaded = {}
+    loaded, missing_roots = {}, []
 
     def dataset(name):
         if name not in loaded:
             options = {"skip_bad": data["skip_bad"]}
             if name == "pascal":
                 options["mapping"] = data["pascal_mapping"]
-            loaded[name] = load_dataset(name, root / name, **options)
+            combined = load_dataset(name, root / name, **options)
+            for extra in data["extra_roots"].get(name, []):
+                extra_root = Path(extra).expanduser()
+                if not extra_root.exists():
+                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it")
+                    missing_roots.append(str(extra_root))
+                    continue
+                combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
+            loaded[name] = combined
         return loaded[name]
 
     train_set = dataset(data["train_set"])
@@ -147,8 +222,19 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
                      for name, ds in loaded.items()},
         "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
     }
-    return TrialData(features("train", train_rows), features("val", val_rows),
-                     {spec: features(spec, rows) for spec, rows in eval_tables.items()}, profile, info, perturbed)
+    for name, ds in loaded.items():
+        info["datasets"][name]["roots"] = ds.info.get("combined_roots", [str(ds.root)])
+    if missing_roots:
+        info["missing_extra_roots"] = missing_roots
+    if (table["split"] == "test").any():
+        info["split_check"] = {data["train_set"]: split_check(table)}
+    trial_data = TrialData(features("train", train_rows), features("val", val_rows),
+                           {spec: features(spec, rows) for spec, rows in eval_tables.items()}, profile, info,
+                           perturbed)
+    if profile.spectrogram == "fbank":
+        splits = [trial_data.train, trial_data.val, *trial_data.evals.values(), *(p.split for p in perturbed)]
+        info["spectrogram_standardization"] = standardize_spectrograms(splits, trial_data.train)
+    return trial_data
 
 
 def perturb(name: str, severity: int, options: dict, wave: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -232,7 +318,8 @@ def _monitor_value(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:
     if probs.ndim == 2:
         return float(multiclass_metrics(labels, probs)["score"] if metric != "accuracy"
                      else np.mean(probs.argmax(1) == labels))
-    value = binary_metrics(labels, probs, 0.5)[metric]
+    # the ICBHI Score of two classes, (sensitivity + specificity) / 2, is balanced accuracy
+    value = binary_metrics(labels, probs, 0.5)["balanced_accuracy" if metric == "score" else metric]
     return -np.inf if np.isnan(value) else value
 
 
@@ -270,11 +357,16 @@ def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial"
     ``resume_state`` (such a state) continues a run: same seed, same data, same
     result as a run that was never interrupted.
     """
+    config = apply_recipe(config)
     train_cfg = section(config, "train")
     torch.set_num_threads(train_cfg["threads"])
     seed_everything(int(config["seed"]))
     device = pick_device(train_cfg["device"])
-    model = create_model(model_config_of(config, data.profile)).to(device)
+    model = create_model(model_config_of(config, data.profile))
+    # a pretrained AST starts AST trials only: the other architectures' ViTs have no AST layout
+    if config.get("model.init_checkpoint") and model.config.architecture == "ast" and resume_state is None:
+        load_ast_checkpoint(model, Path(config["model.init_checkpoint"]).expanduser())
+    model = model.to(device)
     binary = model.config.num_classes == 1
     optimizer_kwargs = {"lr": train_cfg["lr"], "weight_decay": train_cfg["weight_decay"]}
     if train_cfg["sam"]:

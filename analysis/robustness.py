@@ -1,0 +1,524 @@
+"""The robustness report of a study: metric vs perturbation severity, fusion vs each branch, branch ablation.
+
+    python -m analysis robustness results/NAME [--perturb SUITE] [--resamples N] [--correction holm|bh]
+        [--alpha 0.05] [--ci-method bca|percentile] [--seed 0] [--device cpu] [--jobs N] [--no-plots]
+
+Without ``--perturb`` it analyses the perturbed predictions already in
+``OUT/predictions.parquet``. With ``--perturb`` (a suite in the format of a
+space's ``perturbations``, YAML or JSON, e.g.
+``'[{name: codec, codec: opus, severities: [1, 2]}]'``) it first re-evaluates
+every trial's checkpoint on that suite (:func:`study.evaluate.reevaluate_study`)
+and merges the new rows into ``OUT/predictions.parquet``.
+
+Outputs: ``OUT/tables/robustness_{auc,tests,ablation}.md|csv|tex``,
+``OUT/plots/robustness_EVALSET.png`` and a "Robustness" section of
+``OUT/report.md`` with the paper's claim and what the numbers say.
+
+Method, in short:
+
+* A condition is an evaluation set under one perturbation at one severity
+  (clean: "none" at 0) and one test-time branch ablation ("none", or a fusion
+  model's branch features replaced by their training mean or by zeros).
+* ROC-AUC per configuration and condition: the seed mean with a 95 %
+  bootstrap interval over recordings (stratified by label) and seeds, exactly
+  as :mod:`analysis.report` computes it. Every condition of an evaluation set
+  uses the same recording and seed draws, so the drop from clean, the
+  fusion-minus-branch difference and the ablation drop are paired
+  differences with percentile intervals from the same draws.
+* Fusion vs each single branch (the configurations that differ only in
+  ``model.*`` settings) at every condition without ablation: the two-level
+  paired bootstrap p-value over common seeds, adjusted (Holm by default, or
+  BH) over that whole family.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from analysis import stats
+from analysis.perturbations import describe, parse_perturbation_suite
+from analysis.plots import _save, plt
+from analysis.report import (CONFIDENCE_LEVEL, CORRECTIONS, Configuration, EvalSet, Interval, Resampled, SeedDraws, StudyError,
+                             _generator, _interval_cell, _slug, _Writer, build_eval_sets, find_configurations, read_study,
+                             resample, seed_mean_interval, verdict)
+from analysis.tables import atomic_write_text, format_interval, format_p, format_value
+
+CLEAN = ("none", 0, "none")  # (perturbation, severity, ablation)
+ARCHITECTURE = "model.architecture"
+SINGLE_BRANCHES = ("spectrogram", "waveform")
+SECTION_START, SECTION_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
+_LEVELS = [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2]
+
+
+@dataclass(frozen=True)
+class RobustnessOptions:
+    correction: str = "holm"
+    n_resamples: int = 10_000
+    alpha: float = 0.05
+    ci_method: str = "bca"
+    seed: int = 0
+    plots: bool = True
+
+    def __post_init__(self):
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if not isinstance(self.n_resamples, (int, np.integer)) or self.n_resamples < 100:
+            raise ValueError(f"n_resamples must be an integer >= 100, got {self.n_resamples!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if self.ci_method not in stats.CI_METHODS:
+            raise ValueError(f"ci_method must be one of {stats.CI_METHODS}, got {self.ci_method!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+def with_conditions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """predictions with the perturbation, severity and ablation columns (clean defaults where a study lacks them)."""
+    defaults = {"perturbation": "none", "severity": 0, "ablation": "none"}
+    frame = predictions.assign(**{c: v for c, v in defaults.items() if c not in predictions})
+    return frame.astype({"perturbation": str, "severity": "int64", "ablation": str})
+
+
+def has_robustness_rows(predictions: pd.DataFrame) -> bool:
+    """Whether predictions hold any perturbed or branch-ablated row."""
+    frame = with_conditions(predictions)
+    return bool(((frame["perturbation"] != "none") | (frame["severity"] != 0) | (frame["ablation"] != "none")).any())
+
+
+def _auc_kernel(eval_set: EvalSet):
+    return lambda weights: {"roc_auc": stats._auc_kernel(eval_set.binary, eval_set.probs, weights)}
+
+
+class _Robustness:
+    """Every condition of a study resampled on shared draws, and the configurations' intervals on them."""
+
+    def __init__(self, out: Path, options: RobustnessOptions):
+        self.out, self.options = Path(out), options
+        self.state, trials, predictions = read_study(self.out)
+        self.space = self.state.get("space", {})
+        if self.space.get("study") == "respiratory":
+            raise StudyError("the robustness report covers heart (binary) studies; this study is respiratory")
+        self.name = self.space.get("name") or self.out.name
+        compare = self.space.get("compare") or {}
+        self.configurations, _ = find_configurations(trials, compare.get("axis"), self.space.get("grid") or {})
+        self.notes: list[str] = []
+        self.seed_draws = SeedDraws(options.n_resamples, options.seed)
+        # trials.parquet's metrics are clean ones: without them build_eval_sets does not check perturbed AUCs against them
+        trials = trials[[c for c in trials.columns if "/" not in c or c.startswith("config/")]]
+        predictions = with_conditions(predictions)
+        self.resampled: dict[tuple, Resampled] = {}
+        self.eval_set_names: list[str] = []
+        for (perturbation, severity, ablation), rows in predictions.groupby(["perturbation", "severity", "ablation"], sort=False):
+            relabelled = rows.assign(perturbation="none", severity=0, ablation="none")
+            try:
+                eval_sets = build_eval_sets(trials, relabelled, self.configurations, False, [], [])
+            except StudyError as error:
+                self.notes.append(f"{perturbation}@{severity}, ablation {ablation}: not analysed ({error})")
+                continue
+            for eval_set in eval_sets:
+                self.resampled[(eval_set.name, perturbation, int(severity), ablation)] = resample(
+                    eval_set, _auc_kernel(eval_set), options.n_resamples, _generator(options.seed, eval_set.name))
+                if eval_set.name not in self.eval_set_names:
+                    self.eval_set_names.append(eval_set.name)
+        if not self.resampled:
+            raise StudyError(f"{self.out}/predictions.parquet holds no condition that can be analysed: " + "; ".join(self.notes))
+        self.suites = self._known_perturbations()
+        self._intervals: dict[tuple, Interval | None] = {}
+
+    def _known_perturbations(self) -> dict[str, dict]:
+        """perturbation id -> its keyword options, from the space's suite and every suite merged later."""
+        known = {}
+        for suite in [self.space.get("perturbations") or [], *self.state.get("robustness_suites", [])]:
+            for item in parse_perturbation_suite(suite):
+                known[item.id] = item.kwargs
+        return known
+
+    def level(self, perturbation: str, severity: int) -> str:
+        """describe()'s label of a perturbation level ("MP3 32 kbps"); the raw id for one no suite names."""
+        if perturbation == "none":
+            return "clean"
+        if perturbation in self.suites:
+            return describe(perturbation.split(":", 1)[0], severity, **self.suites[perturbation])
+        return f"{perturbation} @ {severity}"
+
+    def conditions(self, eval_set: str, ablation: str = "none") -> list[tuple[str, int]]:
+        """(perturbation, severity) of an evaluation set, clean first, then by perturbation and severity."""
+        found = {(p, s) for (e, p, s, a) in self.resampled if e == eval_set and a == ablation}
+        return sorted(found, key=lambda c: (c[0] != "none", c[0], c[1]))
+
+    def trial_ids(self, configuration: Configuration, key: tuple, seeds=None) -> list[str]:
+        rows = self.resampled[key].rows
+        return [t for s, t in zip(configuration.seeds, configuration.trial_ids) if t in rows and (seeds is None or s in seeds)]
+
+    def interval(self, configuration: Configuration, key: tuple) -> Interval | None:
+        if key not in self.resampled:
+            return None
+        cache_key = (configuration.name, key)
+        if cache_key not in self._intervals:
+            trial_ids = self.trial_ids(configuration, key)
+            self._intervals[cache_key] = (seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.seed_draws,
+                                                             self.options.ci_method) if trial_ids else None)
+        return self._intervals[cache_key]
+
+    def paired(self, key_a: tuple, key_b: tuple) -> bool:
+        """Whether two conditions scored the same recordings (so their draws coincide)."""
+        a, b = self.resampled[key_a].eval_set, self.resampled[key_b].eval_set
+        return a.recordings.size == b.recordings.size and bool((a.recordings == b.recordings).all())
+
+    def drop(self, configuration: Configuration, key: tuple, reference: tuple) -> tuple[Interval | None, Interval | None]:
+        """(absolute drop reference − key, relative drop 1 − key / reference) of a configuration, with percentile CIs."""
+        a, b = self.interval(configuration, reference), self.interval(configuration, key)
+        if a is None or b is None or a.n_seeds != b.n_seeds or not self.paired(key, reference):
+            return None, None
+        absolute = a.distribution - b.distribution
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = 1 - b.distribution / a.distribution
+        return (_percentile(a.estimate - b.estimate, absolute), _percentile(1 - b.estimate / a.estimate, relative))
+
+    def fusion_pairs(self) -> list[tuple[Configuration, Configuration]]:
+        """(fusion configuration, single-branch configuration) pairs that share every non-model setting."""
+
+        def rest(c):
+            return json.dumps({k: str(v) for k, v in c.settings.items() if not k.startswith("model.")}, sort_keys=True)
+
+        fusions = [c for c in self.configurations if c.settings.get(ARCHITECTURE) == "fusion"]
+        singles = [c for c in self.configurations if c.settings.get(ARCHITECTURE) in SINGLE_BRANCHES]
+        return [(f, s) for f in fusions for s in singles if rest(f) == rest(s)]
+
+    def compare(self, a: Configuration, b: Configuration, key: tuple) -> dict | None:
+        """Paired two-level bootstrap of ROC-AUC a − b on one condition over common seeds (as report._Analysis.compare)."""
+        if key not in self.resampled:
+            return None
+        resampled = self.resampled[key]
+        seeds_b = {s for s, t in zip(b.seeds, b.trial_ids) if t in resampled.rows}
+        common = [s for s, t in zip(a.seeds, a.trial_ids) if t in resampled.rows and s in seeds_b]
+        if not common:
+            return None
+        rows_a = [resampled.rows[t] for t in self.trial_ids(a, key, common)]
+        rows_b = [resampled.rows[t] for t in self.trial_ids(b, key, common)]
+        per_resample = resampled.per_resample["roc_auc"]
+        differences = ((per_resample[rows_a] - per_resample[rows_b]) * self.seed_draws(len(common))).sum(axis=0)
+        value_a, value_b = (float(resampled.point["roc_auc"][rows].mean()) for rows in (rows_a, rows_b))
+        tail = int(min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0)))
+        low, high = np.quantile(differences, _LEVELS)
+        return {"value_a": value_a, "value_b": value_b, "difference": value_a - value_b, "low": float(low),
+                "high": float(high), "p": min(1.0, 2 * (tail + 1) / (differences.size + 1)), "n_seeds": len(common)}
+
+
+def _percentile(estimate: float, distribution: np.ndarray) -> Interval:
+    finite = distribution[np.isfinite(distribution)]
+    if finite.size < distribution.size:
+        return Interval(estimate, math.nan, math.nan, "undefined in some resamples", 0, distribution)
+    low, high = np.quantile(finite, _LEVELS)
+    return Interval(estimate, float(low), float(high), "percentile", 0, distribution)
+
+
+def _percent_cell(interval: Interval | None) -> str:
+    if interval is None:
+        return "n/a"
+    return format_interval(100 * interval.estimate, 100 * interval.low, 100 * interval.high, digits=1, signed=True) + " %"
+
+
+def _numbers(prefix: str, interval: Interval | None) -> dict:
+    if interval is None:
+        return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
+    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _auc_table(analysis: _Robustness, writer: _Writer) -> None:
+    display, numbers = [], []
+    for eval_set in analysis.eval_set_names:
+        clean = (eval_set, *CLEAN)
+        for configuration in analysis.configurations:
+            for perturbation, severity in analysis.conditions(eval_set):
+                key = (eval_set, perturbation, severity, "none")
+                interval = analysis.interval(configuration, key)
+                if interval is None:
+                    continue
+                absolute, relative = analysis.drop(configuration, key, clean) if key != clean else (None, None)
+                display.append({"configuration": configuration.name, "evaluation set": eval_set, "perturbation": perturbation,
+                                "severity": severity, "level": analysis.level(perturbation, severity),
+                                "seeds": interval.n_seeds, "ROC-AUC": _interval_cell(interval),
+                                "drop from clean": _interval_cell(absolute) if absolute else "–",
+                                "relative drop": _percent_cell(relative) if relative else "–"})
+                numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
+                                "severity": severity, "level": analysis.level(perturbation, severity),
+                                "seeds": interval.n_seeds, **_numbers("roc_auc", interval),
+                                **_numbers("drop", absolute), **_numbers("relative_drop", relative)})
+    caption = ("ROC-AUC under each perturbation and severity: seed mean [95 % bootstrap CI over recordings stratified by label "
+               "and seeds]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
+               "[95 % percentile CI of the paired difference on the same draws].")
+    writer.table("robustness_auc", pd.DataFrame(display), pd.DataFrame(numbers), caption,
+                 "ROC-AUC per configuration, evaluation set, perturbation and severity with CIs and the drop from clean")
+
+
+def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
+    rows = []
+    for fusion, single in analysis.fusion_pairs():
+        for eval_set in analysis.eval_set_names:
+            for perturbation, severity in analysis.conditions(eval_set):
+                result = analysis.compare(fusion, single, (eval_set, perturbation, severity, "none"))
+                if result is not None:
+                    rows.append({"fusion": fusion.name, "branch": single.name, "eval_set": eval_set,
+                                 "perturbation": perturbation, "severity": severity,
+                                 "level": analysis.level(perturbation, severity), **result})
+    if not rows:
+        analysis.notes.append("no fusion vs single-branch test: the study lacks fusion and single-branch configurations "
+                              "with the same other settings")
+        return []
+    adjusted = stats.adjust_pvalues([r["p"] for r in rows], analysis.options.correction)
+    for row, p in zip(rows, adjusted):
+        row["adjusted_p"] = float(p)
+        row["verdict"] = verdict(row["fusion"], row["branch"], row["difference"], row["adjusted_p"], analysis.options.alpha)
+    display = pd.DataFrame([{"fusion": r["fusion"], "vs": r["branch"], "evaluation set": r["eval_set"], "level": r["level"],
+                             "seeds": r["n_seeds"], "fusion ROC-AUC": format_value(r["value_a"]),
+                             "branch ROC-AUC": format_value(r["value_b"]),
+                             "Δ [95 % CI]": format_interval(r["difference"], r["low"], r["high"], signed=True),
+                             "p": format_p(r["p"]), f"p ({analysis.options.correction})": format_p(r["adjusted_p"]),
+                             "verdict": r["verdict"]} for r in rows])
+    caption = (f"Fusion vs each single branch at every severity: Δ ROC-AUC (fusion − branch, seed means over common seeds) "
+               f"with the paired two-level bootstrap (recordings and seeds) 95 % CI and p-value, "
+               f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}.")
+    writer.table("robustness_tests", display, pd.DataFrame(rows), caption,
+                 "paired tests of fusion vs each single branch at each perturbation severity, with correction")
+    return rows
+
+
+def _ablation_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
+    display, numbers = [], []
+    for configuration in analysis.configurations:
+        if configuration.settings.get(ARCHITECTURE) != "fusion":
+            continue
+        for eval_set in analysis.eval_set_names:
+            ablations = sorted({a for (e, _, _, a) in analysis.resampled if e == eval_set and a != "none"})
+            for perturbation, severity in analysis.conditions(eval_set):
+                reference = (eval_set, perturbation, severity, "none")
+                for ablation in ablations:
+                    key = (eval_set, perturbation, severity, ablation)
+                    interval = analysis.interval(configuration, key)
+                    if interval is None:
+                        continue
+                    absolute, _ = analysis.drop(configuration, key, reference)
+                    base = analysis.interval(configuration, reference)
+                    display.append({"configuration": configuration.name, "evaluation set": eval_set,
+                                    "level": analysis.level(perturbation, severity), "ablation": ablation,
+                                    "seeds": interval.n_seeds, "ROC-AUC intact": _interval_cell(base),
+                                    "ROC-AUC ablated": _interval_cell(interval), "drop": _interval_cell(absolute)})
+                    numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
+                                    "severity": severity, "ablation": ablation, "seeds": interval.n_seeds,
+                                    **_numbers("roc_auc_intact", base), **_numbers("roc_auc_ablated", interval),
+                                    **_numbers("drop", absolute)})
+    if not display:
+        analysis.notes.append("no branch-ablation rows: the study has no fusion model evaluated with a branch ablated")
+        return []
+    caption = ("Test-time branch ablation of the fusion models: ROC-AUC with one branch's features replaced by their training "
+               "mean (or zeros) before the fusion head, and the drop (intact − ablated) [95 % percentile CI of the paired "
+               "difference over recordings and seeds]. A large drop for waveform=… means the head relies on the waveform branch.")
+    writer.table("robustness_ablation", pd.DataFrame(display), pd.DataFrame(numbers), caption,
+                 "fusion ROC-AUC with each branch replaced by its training mean / zeros, per evaluation set and perturbation")
+    return numbers
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plots(analysis: _Robustness, writer: _Writer) -> None:
+    colours = plt.get_cmap("tab10")
+    for eval_set in analysis.eval_set_names:
+        conditions = analysis.conditions(eval_set)
+        perturbations = [p for p in dict.fromkeys(p for p, _ in conditions) if p != "none"]
+        if not perturbations:
+            continue
+        figure, axes = plt.subplots(1, len(perturbations), figsize=(3.6 * len(perturbations), 3.8), squeeze=False,
+                                    sharey=True, layout="constrained")
+        for panel, perturbation in zip(axes[0], perturbations):
+            severities = [0] * ((eval_set, *CLEAN) in analysis.resampled) + [s for p, s in conditions if p == perturbation]
+            for k, configuration in enumerate(analysis.configurations):
+                keys = [(eval_set, *CLEAN) if s == 0 else (eval_set, perturbation, s, "none") for s in severities]
+                intervals = [analysis.interval(configuration, key) for key in keys]
+                points = [(x, i) for x, i in enumerate(intervals) if i is not None]
+                if not points:
+                    continue
+                x = np.array([p[0] for p in points])
+                colour = colours(k % colours.N)
+                panel.plot(x, [p[1].estimate for p in points], marker="o", color=colour, lw=1.4, label=configuration.name)
+                panel.fill_between(x, [p[1].low for p in points], [p[1].high for p in points], color=colour, alpha=0.15, lw=0)
+            panel.axhline(0.5, ls=":", color="grey", lw=1)
+            panel.set_xticks(range(len(severities)),
+                             [analysis.level(perturbation, s) if s else "clean" for s in severities], rotation=30,
+                             ha="right", fontsize=7)
+            panel.set_title(perturbation, fontsize=9)
+        axes[0][0].set_ylabel("ROC-AUC (seed mean)")
+        axes[0][-1].legend(fontsize=7, loc="lower left")
+        figure.suptitle(f"{analysis.name}: ROC-AUC vs severity on {eval_set}", fontsize=10)
+        figure.supxlabel("Bands: 95 % bootstrap CI over recordings (stratified) and seeds.", fontsize=7)
+        path = _save(figure, writer.plots_dir / f"robustness_{_slug(eval_set)}.png")
+        writer.plot(path, f"ROC-AUC vs severity per configuration with 95 % CI bands on {eval_set}, one panel per perturbation")
+
+
+# ---------------------------------------------------------------------------- the claim and the index
+
+
+def _claim(analysis: _Robustness, tests: list[dict], ablation: list[dict]) -> list[str]:
+    """The paper's claim and what this study's numbers say about it, as Markdown lines."""
+    lines = ["AudioFuse's claim: the waveform (temporal) branch makes fusion robust to domain shift: on PASCAL, fusion keeps "
+             "ROC-AUC 0.718 where the spectrogram ViT falls to chance (0.487) and the waveform CNN alone holds 0.678.", ""]
+    by_architecture = {c.settings.get(ARCHITECTURE): c for c in analysis.configurations}
+    primary = next((e for e in analysis.eval_set_names if e.startswith("physionet2016")), analysis.eval_set_names[0])
+    shifted = next((e for e in analysis.eval_set_names if e.startswith("pascal")), None)
+    if shifted and (primary, *CLEAN) in analysis.resampled and (shifted, *CLEAN) in analysis.resampled:
+        cells = []
+        for architecture in ("fusion", *SINGLE_BRANCHES):
+            if architecture in by_architecture:
+                a = analysis.interval(by_architecture[architecture], (primary, *CLEAN))
+                b = analysis.interval(by_architecture[architecture], (shifted, *CLEAN))
+                if a and b:
+                    cells.append(f"{architecture} {format_value(a.estimate)} → {format_value(b.estimate)} "
+                                 f"(Δ {format_value(b.estimate - a.estimate, signed=True)})")
+        if cells:
+            lines.append(f"- Domain shift, clean audio ({primary} → {shifted}, ROC-AUC): " + "; ".join(cells) + ".")
+    for row in tests:
+        severities = [r["severity"] for r in tests if r["eval_set"] == row["eval_set"] and r["perturbation"] == row["perturbation"]]
+        if row["eval_set"] in (primary, shifted) and (row["perturbation"] == "none" or row["severity"] == max(severities)):
+            lines.append(f"- {row['eval_set']}, {row['level']}: fusion − {row['branch']} = "
+                         f"{format_interval(row['difference'], row['low'], row['high'], signed=True)} "
+                         f"(p_{analysis.options.correction} {format_p(row['adjusted_p'])}: {row['verdict']}).")
+    fusion = by_architecture.get("fusion")
+    for eval_set in [e for e in (primary, shifted) if e] if fusion is not None else []:
+        perturbed = [c for c in analysis.conditions(eval_set) if c[0] != "none"]
+        strongest = [(p, s) for p, s in perturbed if s == max(t for q, t in perturbed if q == p)]
+        clean = (eval_set, *CLEAN)
+        for architecture in [a for a in SINGLE_BRANCHES if a in by_architecture]:
+            cells = []
+            for perturbation, severity in strongest:
+                key = (eval_set, perturbation, severity, "none")
+                fusion_drop, _ = analysis.drop(fusion, key, clean)
+                branch_drop, _ = analysis.drop(by_architecture[architecture], key, clean)
+                if fusion_drop and branch_drop:
+                    larger = "fusion" if fusion_drop.estimate > branch_drop.estimate else architecture
+                    cells.append(f"{analysis.level(perturbation, severity)}: fusion {format_value(fusion_drop.estimate)} "
+                                 f"vs {architecture} {format_value(branch_drop.estimate)} (larger: {larger})")
+            if cells:
+                lines.append(f"- ROC-AUC drop from clean on {eval_set} at each perturbation's highest severity, fusion vs "
+                             f"{architecture}-only: " + "; ".join(cells) + ".")
+    for eval_set in [e for e in (primary, shifted) if e]:
+        cells = [f"{r['ablation']} {format_interval(r['drop'], r['drop_low'], r['drop_high'], signed=True)}"
+                 for r in ablation if r["eval_set"] == eval_set and r["perturbation"] == "none" and r["ablation"].endswith("=mean")]
+        if cells:
+            lines.append(f"- Branch ablation of the fusion model on clean {eval_set} (ROC-AUC drop): " + "; ".join(cells) + ".")
+    verdict_line = _claim_verdict(analysis, tests, primary, shifted)
+    return lines + ["", verdict_line]
+
+
+def _claim_verdict(analysis: _Robustness, tests: list[dict], primary: str, shifted: str | None) -> str:
+    """One sentence: is fusion significantly better than the spectrogram branch under shift, and not worse than waveform?"""
+    shift_rows = [r for r in tests if r["branch"] == "spectrogram" and (
+        (r["eval_set"] == shifted and r["perturbation"] == "none") or (r["eval_set"] == primary and r["perturbation"] != "none"))]
+    if not shift_rows:
+        return ("**What our numbers say:** not testable here: the study lacks a fusion and a spectrogram-only configuration "
+                "evaluated under shift.")
+    better = [r for r in shift_rows if r["adjusted_p"] < analysis.options.alpha and r["difference"] > 0]
+    worse = [r for r in shift_rows if r["adjusted_p"] < analysis.options.alpha and r["difference"] < 0]
+    return (f"**What our numbers say:** under shift (PASCAL, perturbations) fusion beats the spectrogram-only model "
+            f"significantly in {len(better)} of {len(shift_rows)} conditions and is significantly worse in {len(worse)} "
+            f"({analysis.options.correction}-adjusted, α = {analysis.options.alpha}); "
+            + ("the claim is supported where those conditions are." if better and not worse
+               else "the claim is not supported by this study." if not better else "the evidence is mixed."))
+
+
+def _update_index(out: Path, section: list[str]) -> Path:
+    """Put the robustness section into OUT/report.md, replacing an earlier one (creating the file if absent)."""
+    path = out / "report.md"
+    text = path.read_text() if path.is_file() else f"# Report: study `{out.name}`\n"
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        text = head.rstrip("\n") + "\n" + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    return atomic_write_text(path, text.rstrip("\n") + "\n\n" + "\n".join([SECTION_START, *section, SECTION_END]) + "\n")
+
+
+def report_robustness(out: Path, **options) -> dict:
+    """Write the robustness tables, plots and report.md section of the study in ``out``; returns a summary.
+
+    Options (see :class:`RobustnessOptions`): correction ("holm" or "bh"),
+    n_resamples (10,000), alpha (0.05), ci_method ("bca" or "percentile"),
+    seed, plots. Returns dict with tables and plots (paths), tests (the rows
+    of robustness_tests), claim (the section's lines), notes, seconds.
+    """
+    started = time.perf_counter()
+    analysis = _Robustness(Path(out), RobustnessOptions(**options))
+    writer = _Writer(analysis.out)
+    _auc_table(analysis, writer)
+    tests = _tests_table(analysis, writer)
+    ablation = _ablation_table(analysis, writer)
+    if analysis.options.plots:
+        _plots(analysis, writer)
+    claim = _claim(analysis, tests, ablation)
+    seconds = time.perf_counter() - started
+    section = (["## Robustness", "", *claim, ""]
+               + [f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {text}" for name, text in writer.tables]
+               + [f"- [plots/{name}](plots/{name}): {text}" for name, text in writer.plots]
+               + [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
+               + ["", f"Robustness method: {analysis.options.n_resamples} bootstrap resamples of recordings (stratified) and "
+                      f"seeds shared by every condition of an evaluation set; {analysis.options.ci_method} intervals for "
+                      f"ROC-AUC, percentile intervals for paired differences; {analysis.options.correction} correction over "
+                      f"the fusion-vs-branch family; took {seconds:.1f} s."])
+    _update_index(analysis.out, section)
+    return {"tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
+            "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "tests": tests, "claim": claim,
+            "notes": analysis.notes, "seconds": seconds}
+
+
+def parse_suite_argument(text: str) -> list:
+    """A --perturb value (YAML or JSON list of suite entries), validated by parse_perturbation_suite."""
+    try:
+        suite = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--perturb is not valid YAML or JSON: {error}") from None
+    parse_perturbation_suite(suite)
+    return suite
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis robustness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/robustness")
+    parser.add_argument("--perturb", default=None,
+                        help="re-evaluate every checkpoint on this suite first, e.g. '[{name: codec, codec: opus, severities: [1, 2]}]'")
+    parser.add_argument("--correction", choices=CORRECTIONS, default="holm", help="multiple-comparison correction (default holm)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10,000)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--ci-method", choices=stats.CI_METHODS, default="bca", help="bootstrap interval (default bca)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the resampling (default 0)")
+    parser.add_argument("--device", default="cpu", help="device for re-evaluation (cpu, cuda, auto; default cpu)")
+    parser.add_argument("--jobs", type=int, default=None, help="feature worker processes for re-evaluation (default: all cores)")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables and the report.md section only")
+    args = parser.parse_args(argv)
+    try:
+        if args.perturb is not None:
+            from study.evaluate import reevaluate_study
+
+            suite = parse_suite_argument(args.perturb)
+            new = reevaluate_study(args.study, suite, device=args.device, n_jobs=args.jobs)
+            print(f"re-evaluated {new['trial_id'].nunique()} trials on {len(parse_perturbation_suite(suite))} perturbation "
+                  f"levels: {len(new)} rows merged into {args.study}/predictions.parquet")
+        summary = report_robustness(args.study, correction=args.correction, n_resamples=args.resamples, alpha=args.alpha,
+                                    ci_method=args.ci_method, seed=args.seed, plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(summary['tables']) // 3} robustness tables, {len(summary['plots'])} plots in {summary['seconds']:.1f} s")
+    for line in summary["claim"]:
+        if line:
+            print(f"  {line}")
+    return 0

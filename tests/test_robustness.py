@@ -1,0 +1,205 @@
+"""The robustness report on a small fake study in study.run's exact file format, and checkpoint re-evaluation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import special
+from sklearn.metrics import roc_auc_score
+
+from analysis import report, robustness
+from analysis.__main__ import main as analysis_main
+from study.config import load_space
+from study.evaluate import merge_predictions, reevaluate_study
+from study.train import prepare_data, train_and_evaluate
+from study.trial import save_trial
+
+N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 12 tests
+SEEDS = (0, 1, 2)
+PHYSIONET = "physionet2016:test"
+MP3 = "codec:mp3"
+# separation of the classes in logit units, per (perturbation, severity, ablation)
+SEPARATION = {
+    "fusion": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 3.0, (MP3, 2, "none"): 2.9,
+               ("none", 0, "waveform=mean"): 0.4, ("none", 0, "spectrogram=mean"): 2.8},
+    "waveform": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 3.0, (MP3, 2, "none"): 2.9},
+    "spectrogram": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 1.2, (MP3, 2, "none"): 0.2},  # degraded by the codec
+}
+
+
+def _recordings(n: int, sources: tuple[str, ...], prefix: str) -> pd.DataFrame:
+    per_source = n // len(sources)
+    label = np.tile(np.r_[np.zeros(per_source // 2), np.ones(per_source - per_source // 2)], len(sources))
+    return pd.DataFrame({"recording_id": [f"{prefix}{i:03d}" for i in range(n)], "source": np.repeat(sources, per_source),
+                         "label": label.astype(np.int8)})
+
+
+def _probs(table: pd.DataFrame, architecture: str, seed: int, eval_set: str, condition: tuple) -> np.ndarray:
+    # each architecture and seed draws its own noise, shared across conditions (so the pairing is real)
+    noise = np.random.default_rng([seed, len(eval_set), len(architecture)]).standard_normal(len(table))
+    return special.expit(SEPARATION[architecture][condition] * (table["label"].to_numpy() - 0.5) + noise)
+
+
+def write_robustness_study(folder):
+    sets = {PHYSIONET: _recordings(90, ("training-a", "training-b", "training-e"), "p"),
+            "pascal": _recordings(40, ("set_a", "set_b"), "q")}
+    trials, frames = [], []
+    for architecture in SEPARATION:
+        for seed in SEEDS:
+            trial_id = f"{architecture}-s{seed}"
+            row = {"trial_id": trial_id, "config/seed": seed, "config/model.architecture": architecture,
+                   "config/model.fusion": "concat", "config/data.eval_sets": json.dumps(list(sets)), "threshold": 0.5}
+            for name, table in sets.items():
+                for condition in SEPARATION[architecture]:
+                    prob = _probs(table, architecture, seed, name, condition)
+                    if condition == ("none", 0, "none"):
+                        row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
+                    frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": name, "recording_id": table["recording_id"],
+                                                "source": table["source"], "group": table["recording_id"],
+                                                "label": table["label"], "prob": prob, "perturbation": condition[0],
+                                                "severity": condition[1], "ablation": condition[2]}))
+            trials.append(row)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
+    pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
+    space = {"name": folder.name, "scale": "cpu", "study": "heart", "fixed": {"model.fusion": "concat"},
+             "grid": {"model.architecture": list(SEPARATION), "seed": list(SEEDS)},
+             "perturbations": [{"name": "codec", "codec": "mp3", "severities": [1, 2]}],
+             "compare": {"axis": "model.architecture", "baseline": "fusion", "metric": "roc_auc"}}
+    (folder / "study.json").write_text(json.dumps({"space": space}))
+    return folder, sets
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder, sets = write_robustness_study(tmp_path_factory.mktemp("studies") / "robustness")
+    summary = report.report_study(folder, n_resamples=N_RESAMPLES)  # calls the robustness report: perturbed rows exist
+    return folder, sets, summary
+
+
+def test_tables_plots_and_index_section_are_written(study):
+    folder, _, summary = study
+    for name in ("robustness_auc", "robustness_tests", "robustness_ablation"):
+        for extension in ("md", "csv", "tex"):
+            path = folder / "tables" / f"{name}.{extension}"
+            assert path.stat().st_size > 200, path
+            assert str(path) in summary["tables"]
+    for plot in ("robustness_physionet2016-test.png", "robustness_pascal.png"):
+        assert (folder / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (folder / "report.md").read_text()
+    assert index.count(robustness.SECTION_START) == 1 and "## Robustness" in index
+    for name in ("robustness_auc.md", "robustness_tests.md", "robustness_ablation.md", "robustness_pascal.png"):
+        assert name in index
+    assert "MP3 32 kbps" in (folder / "tables" / "robustness_auc.md").read_text()  # levels labelled by describe()
+    # running it again replaces the section instead of appending a second one
+    robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
+    assert (folder / "report.md").read_text().count(robustness.SECTION_START) == 1
+
+
+def test_auc_values_and_the_degraded_configuration_drops_more(study):
+    folder, sets, _ = study
+    table = pd.read_csv(folder / "tables" / "robustness_auc.csv")
+    row = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET)
+                & (table["perturbation"] == MP3) & (table["severity"] == 2)].iloc[0]
+    expected = np.mean([roc_auc_score(sets[PHYSIONET]["label"], _probs(sets[PHYSIONET], "spectrogram", s, PHYSIONET, (MP3, 2, "none")))
+                        for s in SEEDS])
+    assert row["roc_auc"] == pytest.approx(expected, abs=1e-9)
+    assert row["roc_auc_low"] < row["roc_auc"] < row["roc_auc_high"]
+    clean = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["perturbation"] == "none")]
+    assert row["drop"] == pytest.approx(clean["roc_auc"].iloc[0] - row["roc_auc"], abs=1e-9)
+    worst = table[(table["eval_set"] == PHYSIONET) & (table["perturbation"] == MP3) & (table["severity"] == 2)].set_index("configuration")
+    assert worst.at["spectrogram", "relative_drop"] > 0.2 and worst.at["spectrogram", "relative_drop_low"] > 0
+    assert worst.at["fusion", "relative_drop"] < 0.05
+    assert worst.at["spectrogram", "relative_drop"] > worst.at["fusion", "relative_drop"] + 0.15
+    severity_1 = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["severity"] == 1)]
+    assert severity_1["drop"].iloc[0] < row["drop"]  # the drop grows with severity
+
+
+def test_paired_test_flags_the_planted_difference_and_not_the_null(study):
+    folder, _, summary = study
+    tests = pd.read_csv(folder / "tables" / "robustness_tests.csv")
+    # 2 branches x (physionet: clean + 2 severities, pascal: clean + 2 severities)
+    assert len(tests) == 12
+    planted = tests[(tests["branch"] == "spectrogram") & (tests["perturbation"] == MP3) & (tests["severity"] == 2)]
+    assert (planted["adjusted_p"] < 0.05).all() and (planted["verdict"] == "fusion > spectrogram").all()
+    assert (planted["low"] > 0).all()
+    null = tests[tests["branch"] == "waveform"]
+    assert (null["adjusted_p"] > 0.05).all() and (null["verdict"] == "no significant difference").all()
+    assert (null["low"] < 0).all() and (null["high"] > 0).all()
+    # Holm: the adjusted p-values are at least the raw ones, and the family is every row
+    assert (tests["adjusted_p"] >= tests["p"] - 1e-12).all()
+    claim = "\n".join(summary and (folder / "report.md").read_text().split(robustness.SECTION_START)[1:])
+    assert "significantly in" in claim and "fusion − spectrogram" in claim
+
+
+def test_ablation_table_shows_the_waveform_branch_carries_the_fusion(study):
+    folder, _, _ = study
+    table = pd.read_csv(folder / "tables" / "robustness_ablation.csv")
+    assert set(table["configuration"]) == {"fusion"}
+    clean = table[(table["eval_set"] == PHYSIONET) & (table["perturbation"] == "none")].set_index("ablation")
+    assert clean.at["waveform=mean", "drop"] > 0.2 and clean.at["waveform=mean", "drop_low"] > 0
+    assert clean.at["spectrogram=mean", "drop"] < 0.05
+    assert clean.at["waveform=mean", "roc_auc_intact"] - clean.at["waveform=mean", "roc_auc_ablated"] == pytest.approx(
+        clean.at["waveform=mean", "drop"])
+
+
+def test_bad_arguments_are_rejected(study, capsys):
+    folder, _, _ = study
+    with pytest.raises(ValueError, match="correction"):
+        robustness.report_robustness(folder, correction="bonferroni")
+    with pytest.raises(ValueError, match="n_resamples"):
+        robustness.report_robustness(folder, n_resamples=5)
+    with pytest.raises(ValueError, match="'name' must be one of"):
+        robustness.parse_suite_argument("[{name: wobble}]")
+    assert analysis_main(["robustness", str(folder), "--perturb", "[{name: codec, codec: flac}]"]) == 2
+    assert "codec" in capsys.readouterr().err
+
+
+def test_merge_replaces_rows_of_the_same_condition():
+    def rows(trial, perturbation, severity, prob):
+        return pd.DataFrame({"trial_id": trial, "eval_set": "e", "recording_id": ["a", "b"], "source": "s", "group": "g",
+                             "label": [0, 1], "prob": prob, "perturbation": perturbation, "severity": severity, "ablation": "none"})
+
+    existing = pd.concat([rows("t", "none", 0, 0.1), rows("t", "band_limit", 2, 0.2)], ignore_index=True)
+    merged = merge_predictions(existing, pd.concat([rows("t", "band_limit", 2, 0.9), rows("t", "band_limit", 4, 0.8)]))
+    assert len(merged) == 6
+    assert merged.loc[merged["severity"] == 2, "prob"].tolist() == [0.9, 0.9]
+    assert merged.loc[merged["perturbation"] == "none", "prob"].tolist() == [0.1, 0.1]
+    with pytest.raises(ValueError, match="ablation"):
+        merge_predictions(existing, rows("t", "x", 1, 0.5).drop(columns="ablation"))
+
+
+def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root, tmp_path):
+    torch.set_num_threads(1)
+    config = load_space("smoke").trial_configs({"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1,
+                                                "data.max_eval": 16})[0]
+    data = prepare_data(config, synth_root, progress=False, n_jobs=1)
+    result = train_and_evaluate(config, data, trial_id="t0")
+    out = tmp_path / "study"
+    save_trial(out / "trials" / "t0", config, result, data.info, "t0")
+    pd.DataFrame([{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion",
+                   "threshold": result.threshold}]).to_parquet(out / "trials.parquet", index=False)
+    result.predictions.to_parquet(out / "predictions.parquet", index=False)
+    (out / "study.json").write_text(json.dumps({"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)}))
+    before = pd.read_parquet(out / "predictions.parquet")
+
+    # severity 0 is the identity: the re-loaded checkpoint must reproduce the trial's own clean predictions
+    suite = [{"name": "band_limit", "severities": [0, 4]}]
+    new = reevaluate_study(out, suite, n_jobs=1)
+    n_recordings = sum(split.n_items for split in data.evals.values())
+    assert len(new) == n_recordings * 2 * 5  # 2 severities x (intact + 4 branch ablations)
+    after = pd.read_parquet(out / "predictions.parquet")
+    assert len(after) == len(before) + len(new)
+    clean = before[(before["perturbation"] == "none") & (before["ablation"] == "none")].set_index(["eval_set", "recording_id"])
+    identity = new[(new["severity"] == 0) & (new["ablation"] == "none")].set_index(["eval_set", "recording_id"])
+    np.testing.assert_allclose(identity["prob"], clean.loc[identity.index, "prob"], atol=1e-5)
+    low_passed = new[(new["severity"] == 4) & (new["ablation"] == "none")].set_index(["eval_set", "recording_id"])
+    assert not np.allclose(low_passed["prob"], clean.loc[low_passed.index, "prob"], atol=1e-4)
+    assert json.loads((out / "study.json").read_text())["robustness_suites"] == [suite]
+
+    # the same suite again replaces its rows instead of adding them
+    reevaluate_study(out, [{"name": "band_limit", "severities": [4]}], n_jobs=1)
+    assert len(pd.read_parquet(out / "predictions.parquet")) == len(after)
