@@ -81,6 +81,19 @@ class StudyError(ValueError):
     """The study folder is incomplete or inconsistent; the message names what is missing or differs."""
 
 
+def check_common_options(options) -> None:
+    """Validate the settings every analysis shares (correction, resamples, alpha, CI method, seed)."""
+    if options.correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {options.correction!r}")
+    if not isinstance(options.n_resamples, (int, np.integer)) or options.n_resamples < 100:
+        raise ValueError(f"n_resamples must be an integer >= 100, got {options.n_resamples!r}")
+    if not 0 < options.alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {options.alpha!r}")
+    if options.ci_method not in stats.CI_METHODS:
+        raise ValueError(f"ci_method must be one of {stats.CI_METHODS}, got {options.ci_method!r}")
+    if not isinstance(options.seed, (int, np.integer)) or options.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {options.seed!r}")
+
 @dataclass(frozen=True)
 class ReportOptions:
     baseline: str | None = None
@@ -94,16 +107,7 @@ class ReportOptions:
     plots: bool = True
 
     def __post_init__(self):
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
-        if not isinstance(self.n_resamples, (int, np.integer)) or self.n_resamples < 100:
-            raise ValueError(f"n_resamples must be an integer >= 100, got {self.n_resamples!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if self.ci_method not in stats.CI_METHODS:
-            raise ValueError(f"ci_method must be one of {stats.CI_METHODS}, got {self.ci_method!r}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_common_options(self)
         if not 0 < self.carry_drop < 1:
             raise ValueError(f"carry_drop must be in (0, 1), got {self.carry_drop!r}")
 
@@ -1121,6 +1125,13 @@ def _index(analysis: _Analysis, writer: _Writer, claims: list[dict], flags: list
               f"- options: {options.n_resamples} bootstrap resamples and permutations, {options.ci_method} intervals, "
               f"{options.correction} correction, α = {options.alpha}, random seed {options.seed}; took {seconds:.1f} s", ""]
     lines += [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
+    for dataset, check in analysis.state.get("data_info", {}).get("split_check", {}).items():
+        shared = check["patients_in_train_and_test"]
+        lines += [f"- split of `{dataset}`: {check['recordings_train']} train / {check['recordings_test']} test "
+                  f"recordings (none in both); {check['patients_train']} train / {check['patients_test']} test "
+                  f"patients, **{len(shared)} in both**" + (f" ({', '.join(shared)}): the split is by recording, so "
+                                                            "these patients' cycles leak between train and test"
+                                                            if shared else "")]
     if claims:
         lines += ["## Paper claims", "", to_markdown(pd.DataFrame(claims)), "(details: [tables/claims.md](tables/claims.md))", ""]
     if flags:

@@ -47,7 +47,7 @@ import yaml
 from analysis import stats
 from analysis.perturbations import describe, parse_perturbation_suite
 from analysis.plots import _save, plt
-from analysis.report import (CONFIDENCE_LEVEL, CORRECTIONS, Configuration, EvalSet, Interval, Resampled, SeedDraws, StudyError,
+from analysis.report import (CONFIDENCE_LEVEL, CORRECTIONS, check_common_options, Configuration, EvalSet, Interval, Resampled, SeedDraws, StudyError,
                              _generator, _interval_cell, _slug, _Writer, build_eval_sets, find_configurations, read_study,
                              resample, seed_mean_interval, verdict)
 from analysis.tables import atomic_write_text, format_interval, format_p, format_value
@@ -69,16 +69,7 @@ class RobustnessOptions:
     plots: bool = True
 
     def __post_init__(self):
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
-        if not isinstance(self.n_resamples, (int, np.integer)) or self.n_resamples < 100:
-            raise ValueError(f"n_resamples must be an integer >= 100, got {self.n_resamples!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if self.ci_method not in stats.CI_METHODS:
-            raise ValueError(f"ci_method must be one of {stats.CI_METHODS}, got {self.ci_method!r}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_common_options(self)
 
 
 def with_conditions(predictions: pd.DataFrame) -> pd.DataFrame:
