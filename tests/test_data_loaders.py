@@ -51,7 +51,7 @@ def test_icbhi_real_cycles(real_root):
     assert set(ds.table["label"]) <= {0, 1, 2, 3}
     assert (ds.table["end_s"] > ds.table["start_s"]).all()
     # train and test share no recording; patients shared are reported
-    by_split = ds.table.groupby("split")["path"].agg(lambda s: set(s))
+    by_split = {split: set(paths) for split, paths in ds.table.groupby("split")["path"]}
     assert not (by_split["train"] & by_split["test"])
     assert "patients_in_train_and_test" in ds.info
 
