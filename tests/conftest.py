@@ -16,6 +16,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def isolated_cache(tmp_path_factory):
     """Tests never read or write the user's ~/.cache/audiofuse."""
     os.environ["AUDIOFUSE_CACHE"] = str(tmp_path_factory.mktemp("audiofuse-cache"))
+    # the `ray` command of this interpreter's environment, also when the venv is not activated
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
