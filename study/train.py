@@ -53,7 +53,8 @@ class SplitData:
         # np.array copies memory-mapped cache packs into memory once, instead of every epoch
         return cls(name, features.table, torch.from_numpy(np.array(features.images))[:, None],
                    torch.from_numpy(np.array(features.waves))[:, None],
-                   torch.from_numpy(np.array(features.item_index)), torch.as_tensor(features.table["label"].to_numpy()))
+                   torch.from_numpy(np.array(features.item_index)),
+                   torch.as_tensor(np.array(features.table["label"].to_numpy())))
 
     @property
     def n_items(self) -> int:
