@@ -55,15 +55,18 @@ FINAL_DIR = "final"  # inside a trial's last checkpoint: its result files
 STATE_FILE = "state.pt"  # inside a per-epoch checkpoint: what resuming needs
 
 
+def _json_digest(obj, digest_size: int) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=digest_size).hexdigest()
+
+
 def trial_id_of(config: dict) -> str:
     """Stable id of a trial config: the same grid point always gets the same id."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+    return _json_digest(config, 5)
 
 
 def data_key_of(config: dict) -> str:
-    return hashlib.blake2b(json.dumps(data_settings(config), sort_keys=True, default=str).encode(),
-                           digest_size=6).hexdigest()
+    """Key of the data and feature settings: trials sharing it share one TrialData in the object store."""
+    return _json_digest(data_settings(config), 6)
 
 
 # ---------------------------------------------------------------- the trainable (runs on workers)
