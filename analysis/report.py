@@ -715,12 +715,24 @@ class _Analysis:
         families: dict[tuple, list[ComparisonRow]] = {}
         for row in rows:
             families.setdefault((row.test, row.metric), []).append(row)
-        for family in families.values():
+        floors: dict[tuple[str, str], list[str]] = {}  # (test, warning) -> metrics
+        for (test, metric), family in families.items():
+            if test in _RESAMPLING_TESTS:
+                floor = stats.resampling_floor_warning(self.options.n_resamples, len(family), self.options.correction,
+                                                       self.options.alpha, what=_RESAMPLING_TESTS[test],
+                                                       two_sided=test == "paired bootstrap")
+                if floor:
+                    floors.setdefault((test, floor), []).append(metric)
             adjusted = stats.adjust_pvalues([r.p for r in family], self.options.correction)
             for row, p in zip(family, adjusted):
                 row.adjusted_p = float(p)
                 row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
+        self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
         return rows
+
+
+# Tests whose p-values come from resampling (floor 2 / (B + 1) two-sided bootstrap, 1 / (B + 1) permutation).
+_RESAMPLING_TESTS = {"paired bootstrap": "bootstrap", "paired permutation": "permutation"}
 
 
 def _delong_possible(y: np.ndarray) -> bool:
@@ -1194,12 +1206,13 @@ def report_study(out: Path, **options) -> dict:
     summary = {"out": str(analysis.out), "report": str(report),
                "tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
                "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "claims": claims, "source_flags": flags,
-               "problems": analysis.problems, "seconds": seconds}
+               "problems": analysis.problems, "notes": list(dict.fromkeys(analysis.notes)), "seconds": seconds}
     if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
         robustness = report_robustness(analysis.out, correction=settings.correction, n_resamples=settings.n_resamples,
                                        alpha=settings.alpha, ci_method=settings.ci_method, seed=settings.seed,
                                        plots=settings.plots)
         summary.update(tables=summary["tables"] + robustness["tables"], plots=summary["plots"] + robustness["plots"],
+                       notes=list(dict.fromkeys(summary["notes"] + robustness["notes"])),
                        seconds=time.perf_counter() - started)
     return summary
 
@@ -1230,4 +1243,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  claim: {claim['claim']}: {claim['verdict']}")
     for flag in summary["source_flags"]:
         print(f"  {flag['configuration']} on {flag['eval_set']}: {flag['source']} carries the pooled ROC-AUC ({flag['reason']})")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
     return 0

@@ -270,6 +270,10 @@ def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
                               "with the same other settings")
         return []
     adjusted = stats.adjust_pvalues([r["p"] for r in rows], analysis.options.correction)
+    floor = stats.resampling_floor_warning(analysis.options.n_resamples, len(rows), analysis.options.correction,
+                                           analysis.options.alpha)
+    if floor:
+        analysis.notes.append(f"fusion vs branch tests: {floor}")
     for row, p in zip(rows, adjusted):
         row["adjusted_p"] = float(p)
         row["verdict"] = verdict(row["fusion"], row["branch"], row["difference"], row["adjusted_p"], analysis.options.alpha)
@@ -281,7 +285,8 @@ def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
                              "verdict": r["verdict"]} for r in rows])
     caption = (f"Fusion vs each single branch at every severity: Δ ROC-AUC (fusion − branch, seed means over common seeds) "
                f"with the paired two-level bootstrap (recordings and seeds) 95 % CI and p-value, "
-               f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}.")
+               f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}."
+               + (f" **Warning:** {floor}." if floor else ""))
     writer.table("robustness_tests", display, pd.DataFrame(rows), caption,
                  "paired tests of fusion vs each single branch at each perturbation severity, with correction")
     return rows
@@ -420,6 +425,11 @@ def _claim_verdict(analysis: _Robustness, tests: list[dict], primary: str, shift
     if not shift_rows:
         return ("**What our numbers say:** not testable here: the study lacks a fusion and a spectrogram-only configuration "
                 "evaluated under shift.")
+    if stats.resampling_floor_warning(analysis.options.n_resamples, len(tests), analysis.options.correction,
+                                      analysis.options.alpha):
+        return (f"**What our numbers say:** nothing yet: with {analysis.options.n_resamples:,} resamples no test of "
+                f"{len(tests)} can be significant after {analysis.options.correction} correction (see the note below); "
+                f"rerun `python -m analysis robustness` with more resamples.")
     better = [r for r in shift_rows if r["adjusted_p"] < analysis.options.alpha and r["difference"] > 0]
     worse = [r for r in shift_rows if r["adjusted_p"] < analysis.options.alpha and r["difference"] < 0]
     return (f"**What our numbers say:** under shift (PASCAL, perturbations) fusion beats the spectrogram-only model "
@@ -512,4 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary["claim"]:
         if line:
             print(f"  {line}")
+    for note in dict.fromkeys(summary["notes"]):
+        print(f"  note: {note}")
     return 0

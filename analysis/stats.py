@@ -14,6 +14,7 @@ when its score >= threshold; pass 0/1 predictions to use thresholds of your own)
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -865,6 +866,46 @@ def adjust_pvalues(p, method: str = "holm") -> np.ndarray:
     adjusted = np.empty(m)
     adjusted[order] = stepped
     return adjusted
+
+
+def smallest_adjusted_p(p_floor: float, n_tests: int, method: str = "holm") -> float:
+    """The smallest adjusted p a family of ``n_tests`` can reach when no raw p falls below ``p_floor``.
+
+    Resampling p-values have a floor set by the number of resamples (2 / (B + 1)
+    for the two-sided bootstrap p here, 1 / (B + 1) for a permutation p). Holm
+    multiplies the smallest raw p by n_tests; Benjamini-Hochberg reaches the
+    floor itself only when every test sits there.
+    """
+    n_tests = _check_count(n_tests, "n_tests")
+    if not 0 < p_floor <= 1:
+        raise ValueError(f"p_floor must be in (0, 1], got {p_floor!r}")
+    if method == "holm":
+        return min(1.0, n_tests * p_floor)
+    if method == "bh":
+        return p_floor
+    raise ValueError(f"method must be 'holm' or 'bh', got {method!r}")
+
+
+def resampling_floor_warning(n_resamples: int, n_tests: int, method: str, alpha: float, *,
+                             what: str = "bootstrap", two_sided: bool = True) -> str | None:
+    """A sentence saying the family cannot reach significance at ``alpha`` with this many resamples, else None.
+
+    The floor of a resampling p is (1 + 1) / (B + 1) for the two-sided bootstrap
+    p (:func:`paired_bootstrap_test`) and 1 / (B + 1) for a permutation p; with
+    Holm over m tests no adjusted p can fall below m times that. The sentence
+    names the number of resamples that would lift the floor below alpha / 10.
+    """
+    n_resamples = _check_count(n_resamples, "n_resamples")
+    tails = 2 if two_sided else 1
+    floor = tails / (n_resamples + 1)
+    reachable = smallest_adjusted_p(floor, n_tests, method)
+    if reachable < alpha:
+        return None
+    factor = n_tests if method == "holm" else 1
+    needed = math.ceil(10 * tails * factor / alpha)
+    return (f"with {n_resamples:,} {what} resamples no {method}-adjusted p over these {n_tests} tests can fall below "
+            f"{reachable:.3g} (raw p ≥ {floor:.2g}), so none can be significant at α = {alpha:g} whatever the data; "
+            f"rerun with --resamples {needed:,} or more")
 
 
 def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:

@@ -4,7 +4,8 @@
 :func:`reevaluate_study`: every trial's best weights (``OUT/trials/ID/checkpoint.pt``)
 are scored on every evaluation set with each perturbation of the suite applied
 (and, for fusion models, with each branch ablated), and the new rows replace
-rows with the same key in ``OUT/predictions.parquet``.
+rows with the same key in ``OUT/predictions.parquet`` and in each trial's
+``OUT/trials/ID/predictions.parquet``.
 """
 from __future__ import annotations
 
@@ -108,9 +109,13 @@ def reevaluate_study(out: str | Path, suite: list, *, device: str = "cpu", progr
                      n_jobs: int | None = None) -> pd.DataFrame:
     """Re-evaluate every trial of the study in ``out`` on ``suite`` and merge the rows into OUT/predictions.parquet.
 
-    Returns the new rows; the suite is added to study.json's ``robustness_suites``. The study's trials are those of ``trials.parquet``;
-    each must have ``OUT/trials/ID/checkpoint.pt``. The file is replaced
-    atomically, so an interrupted run leaves the old predictions intact.
+    Returns the new rows; the suite is added to study.json's ``robustness_suites``.
+    The study's trials are those of ``trials.parquet``; each must have
+    ``OUT/trials/ID/checkpoint.pt``. Each trial's ``predictions.parquet`` gets
+    its rows too, so a later ``--resume`` or ``--extend`` (which rebuilds the
+    study's file from them) keeps them; trials added by ``--extend`` lack the
+    suite until it is re-run. Every file is replaced atomically, and re-running
+    a suite replaces its rows, so an interrupted run is repaired by running it again.
     """
     out = Path(out)
     state = json.loads((out / "study.json").read_text())
@@ -119,6 +124,11 @@ def reevaluate_study(out: str | Path, suite: list, *, device: str = "cpu", progr
     trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
     checkpoints = {t: load_checkpoint(out / "trials" / t / "checkpoint.pt") for t in trial_ids}
     new = reevaluate_trials(checkpoints, state["data_root"], suite, device=device, progress=progress, n_jobs=n_jobs)
+    # Each trial's own file first: `study.run --resume/--extend` rebuilds OUT/predictions.parquet from them.
+    for trial_id, rows in new.groupby("trial_id", sort=False):
+        trial_file = out / "trials" / trial_id / "predictions.parquet"
+        existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
+        write_parquet(trial_file, merge_predictions(existing, rows))
     merged = merge_predictions(pd.read_parquet(out / "predictions.parquet"), new)
     write_parquet(out / "predictions.parquet", merged)
     # the report labels a perturbation level with its options, so the study remembers the suites merged in

@@ -430,7 +430,10 @@ def _report(out: Path) -> None:
         from analysis.report import report_study
     except ImportError:
         return  # the analysis package is optional for running a study
-    report_study(out)
+    summary = report_study(out)
+    print(f"report: {summary['report']}")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
 
 
 def main(argv: list[str] | None = None) -> int:

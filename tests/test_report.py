@@ -328,7 +328,13 @@ def test_command_line(fusion_study, tmp_path, capsys):
     for name in report.REQUIRED_FILES:  # a copy, so the shared study's tables stay as the other tests expect
         shutil.copy(fusion_study[0] / name, folder / name)
     assert analysis_main(["report", str(folder), "--resamples", "200", "--baseline", "film", "--no-plots"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
+    # 3 pairs x 2 evaluation sets = 6 tests; 6 x 2 / 201 > 0.05 for the bootstrap, 6 / 201 < 0.05 for permutations
+    assert ("note: paired bootstrap of roc_auc, mcc, f1, accuracy: with 200 bootstrap resamples no holm-adjusted p over "
+            "these 6 tests can fall below 0.0597") in printed
+    assert "paired permutation of roc_auc: with" not in printed
+    assert "with 200 bootstrap resamples" in (folder / "report.md").read_text()
     assert set(_comparisons(folder)["b"]) == {"film"}
     assert not (folder / "plots").exists()
     assert analysis_main(["report", str(folder), "--baseline", "gru"]) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,22 @@ def test_paired_test_flags_the_planted_difference_and_not_the_null(study):
     assert "significantly in" in claim and "fusion − spectrogram" in claim
 
 
+def test_too_few_resamples_for_the_corrected_family_is_said_not_hidden(study, tmp_path, capsys):
+    folder = tmp_path / "study"
+    shutil.copytree(study[0], folder)
+    # 12 tests, Holm: the smallest adjusted p is 12 x 2 / 201 = 0.12, so nothing can be significant
+    assert analysis_main(["robustness", str(folder), "--resamples", "200", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "no holm-adjusted p over these 12 tests can fall below 0.119" in printed
+    assert "--resamples 4,800 or more" in printed
+    section = (folder / "report.md").read_text().split(robustness.SECTION_START)[1]
+    assert "nothing yet" in section and "significantly in" not in section
+    assert "**Warning:**" in (folder / "tables" / "robustness_tests.md").read_text()
+    # Benjamini-Hochberg's floor is the raw floor (2 / 201 < 0.05): no warning
+    summary = robustness.report_robustness(folder, n_resamples=200, correction="bh", plots=False)
+    assert not [n for n in summary["notes"] if "resamples" in n]
+
+
 def test_ablation_table_shows_the_waveform_branch_carries_the_fusion(study):
     folder, _, _ = study
     table = pd.read_csv(folder / "tables" / "robustness_ablation.csv")
@@ -199,7 +216,10 @@ def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root,
     low_passed = new[(new["severity"] == 4) & (new["ablation"] == "none")].set_index(["eval_set", "recording_id"])
     assert not np.allclose(low_passed["prob"], clean.loc[low_passed.index, "prob"], atol=1e-4)
     assert json.loads((out / "study.json").read_text())["robustness_suites"] == [suite]
+    # the trial's own file holds the rows too, so rebuilding the study's file from trials/ (--resume, --extend) keeps them
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "trials" / "t0" / "predictions.parquet"), after)
 
     # the same suite again replaces its rows instead of adding them
     reevaluate_study(out, [{"name": "band_limit", "severities": [4]}], n_jobs=1)
     assert len(pd.read_parquet(out / "predictions.parquet")) == len(after)
+    assert len(pd.read_parquet(out / "trials" / "t0" / "predictions.parquet")) == len(after)

@@ -361,6 +361,23 @@ def test_wilcoxon_seeds_ties_and_zeros_enumerate_sign_flips():
     assert (result.statistic, result.p_value) == pytest.approx((reference.statistic, reference.pvalue))
 
 
+def test_resampling_floor_of_corrected_families():
+    # two-sided bootstrap p >= 2 / (B + 1); Holm multiplies the smallest by the family size
+    assert stats.smallest_adjusted_p(2 / 2001, 60, "holm") == pytest.approx(120 / 2001)
+    assert stats.smallest_adjusted_p(2 / 2001, 60, "bh") == pytest.approx(2 / 2001)
+    assert stats.smallest_adjusted_p(0.5, 60, "holm") == 1.0
+    warning = stats.resampling_floor_warning(2000, 60, "holm", 0.05)
+    assert "0.06" in warning and "2,000 bootstrap resamples" in warning and "--resamples 24,000" in warning
+    assert stats.resampling_floor_warning(10_000, 60, "holm", 0.05) is None  # 120 / 10001 = 0.012
+    assert stats.resampling_floor_warning(2000, 60, "bh", 0.05) is None
+    # a permutation p's floor is 1 / (B + 1): 40 tests x 1 / 1001 = 0.04 < 0.05, two-sided bootstrap 0.08 is not
+    assert stats.resampling_floor_warning(1000, 40, "holm", 0.05, what="permutation", two_sided=False) is None
+    assert stats.resampling_floor_warning(1000, 40, "holm", 0.05) is not None
+    for bad in ({"p_floor": 0.0, "n_tests": 3}, {"p_floor": 0.01, "n_tests": 0}, {"p_floor": 0.01, "n_tests": 3, "method": "x"}):
+        with pytest.raises(ValueError):
+            stats.smallest_adjusted_p(**bad)
+
+
 def test_adjust_pvalues_hand_computed():
     p = np.array([0.01, 0.04, 0.03, 0.005])
     np.testing.assert_allclose(stats.adjust_pvalues(p, "holm"), [0.03, 0.06, 0.06, 0.02])
