@@ -412,7 +412,8 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
     for error in errors:
         print(f"  failed: {error.error}")
     compare = space.compare
-    metric_columns = [c for c in trials.columns if c.endswith("/roc_auc") and not c.startswith("val/")]
+    # clean evaluation sets only: perturbed ones ("SET~PERTURBATION@SEVERITY/...") are for the robustness report
+    metric_columns = [c for c in trials.columns if c.endswith("/roc_auc") and not c.startswith("val/") and "~" not in c]
     if len(trials) and metric_columns:
         key = metric_columns[0]
         best = trials.loc[trials[key].idxmax()]
