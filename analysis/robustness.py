@@ -500,8 +500,8 @@ def _claim_verdict(analysis: _Robustness, tests: list[dict], primary: str, shift
     The real shift (a second database, ``shifted``) and the simulated one (perturbations of ``primary``) are
     judged apart: the paper's claim is about the first, and the second cannot stand in for it.
     """
-    if stats.resampling_floor_warning(analysis.options.n_resamples, len(tests), analysis.options.correction,
-                                      analysis.options.alpha):
+    if tests and stats.resampling_floor_warning(analysis.options.n_resamples, len(tests), analysis.options.correction,
+                                                analysis.options.alpha):
         return (f"**What our numbers say:** nothing yet: with {analysis.options.n_resamples:,} resamples no test of "
                 f"{len(tests)} can be significant after {analysis.options.correction} correction (see the note below); "
                 f"rerun `python -m analysis robustness` with more resamples.")
