@@ -250,6 +250,11 @@ class EvalSet:
     def row_of(self) -> dict[str, int]:
         return {trial_id: k for k, trial_id in enumerate(self.trial_ids)}
 
+    def auc_by_source(self, sources: list[str], *, leave_out: bool = False) -> np.ndarray:
+        """ROC-AUC (T, S) of every trial within each source, or on everything but it (``leave_out``); NaN: one class."""
+        within = np.stack([self.sources == s for s in sources], axis=1).astype(np.float64)
+        return stats._auc_kernel(self.binary, self.probs, 1.0 - within if leave_out else within)
+
     def subset(self, mask: np.ndarray, name: str) -> "EvalSet":
         return EvalSet(name, self.recordings[mask], self.labels[mask], self.sources[mask],
                        None if self.groups is None else self.groups[mask], self.trial_ids, self.probs[:, mask],
@@ -983,11 +988,9 @@ def _per_source(analysis: _Analysis, writer: _Writer) -> list[dict]:
         # Leave-one-source-out ROC-AUC of every trial: one 0/1 weighting per source.
         without = {}
         if len(sources) > 1:
-            masks = np.stack([data.sources != s for s in sources], axis=1).astype(np.float64)
-            positives = masks.T @ data.binary
-            usable = (positives > 0) & (positives < masks.sum(axis=0))
-            auc_without = stats._auc_kernel(data.binary, data.probs, masks)
-            without = {s: auc_without[:, k] for k, s in enumerate(sources) if usable[k]}
+            auc_without = data.auc_by_source(sources, leave_out=True)
+            # a column is NaN exactly when the recordings left hold one class
+            without = {s: auc_without[:, k] for k, s in enumerate(sources) if np.isfinite(auc_without[:, k]).all()}
         for configuration in analysis.configurations:
             seeds, trial_ids = analysis.trials_in(configuration, eval_set)
             if not trial_ids:

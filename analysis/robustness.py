@@ -327,12 +327,6 @@ def _ablation_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
     return numbers
 
 
-def _source_aucs(data: EvalSet, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """ROC-AUC (T, S) of every trial within each source and (T, S) on everything but that source (NaN: one class)."""
-    within = np.stack([data.sources == s for s in sources], axis=1).astype(np.float64)
-    return stats._auc_kernel(data.binary, data.probs, within), stats._auc_kernel(data.binary, data.probs, 1.0 - within)
-
-
 def _per_source_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
     """Each source's share of every perturbation's ROC-AUC drop (point estimates); returns the flagged rows.
 
@@ -349,13 +343,15 @@ def _per_source_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
         sources = sorted(set(clean.eval_set.sources))
         if len(sources) < 2:
             continue
-        clean_within, clean_without = _source_aucs(clean.eval_set, sources)
+        clean_within = clean.eval_set.auc_by_source(sources)
+        clean_without = clean.eval_set.auc_by_source(sources, leave_out=True)
         for perturbation, severity in [c for c in analysis.conditions(eval_set) if c[0] != "none"]:
             key = (eval_set, perturbation, severity, "none")
             if not analysis.paired(key, clean_key):
                 continue
             perturbed = analysis.resampled[key]
-            within, without = _source_aucs(perturbed.eval_set, sources)
+            within = perturbed.eval_set.auc_by_source(sources)
+            without = perturbed.eval_set.auc_by_source(sources, leave_out=True)
             for configuration in analysis.configurations:
                 trial_ids = [t for t in analysis.trial_ids(configuration, key) if t in clean.rows]
                 if not trial_ids:
