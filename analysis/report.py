@@ -1147,6 +1147,17 @@ def _index(analysis: _Analysis, writer: _Writer, claims: list[dict], flags: list
                   f"patients, **{len(shared)} in both**" + (f" ({', '.join(shared)}): the split is by recording, so "
                                                             "these patients' cycles leak between train and test"
                                                             if shared else "")]
+    search = analysis.state.get("search") or {}
+    if search.get("complete"):
+        best = search["best"]
+        lines += ["", "## Hyperparameter search", "",
+                  f"- {search['trials']} trials in [search/trials.parquet](search/trials.parquet), "
+                  f"{search['stopped_early']} of them stopped early by ASHA; every one evaluated with the weights it "
+                  f"kept. Ranked by `{search['metric']}` ({search['mode']}) on the validation split only.",
+                  f"- best: trial `{best['trial_id']}`, {search['metric']} = {best['value']:.4f}, settings "
+                  + ", ".join(f"`{k}={setting_text(v)}`" for k, v in best["params"].items()),
+                  "- configuration `best` is those settings and `default` the space's own, each retrained over the "
+                  "seeds of the scale; the comparisons below test `best` against `default` on held-out sets.", ""]
     if claims:
         lines += ["## Paper claims", "", to_markdown(pd.DataFrame(claims)), "(details: [tables/claims.md](tables/claims.md))", ""]
     if flags:

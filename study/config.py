@@ -24,6 +24,7 @@ Space file layout::
     resources: {cpu: 1, gpu: 0}       # per trial
     compare: {axis: model.fusion, baseline: concat, metric: roc_auc}
     perturbations: [{name: codec, codec: mp3, severities: [1, 2]}]
+    eval_variants: {features.padding: [cyclic]}   # evaluation-time variants of each trained model
 
 A recipe is applied where a config is consumed (:func:`apply_recipe`), over every
 other setting, so a trial's config keeps the recipe's name as its one varying
@@ -53,6 +54,11 @@ DEFAULTS: dict = {
     "data.max_eval": None,  # cap on recordings per evaluation set
     "data.skip_bad": False,
     "data.perturbations": [],  # robustness suite applied to every evaluation set (the space's `perturbations`)
+    # feature settings under which every clean evaluation set is scored again by the same trained model
+    # (the space's `eval_variants`, e.g. {"features.padding": ["cyclic"]}): for settings that change no
+    # training input, such as padding when every training recording is longer than the window.
+    # Each variant is an evaluation set of its own, named "SET[padding=cyclic]".
+    "data.eval_variants": {},
     # more roots of the same dataset, whose recordings join it: {"icbhi2017": ["~/real/icbhi2017"]};
     # a root that does not exist is skipped with a warning and recorded in the trial's data info
     "data.extra_roots": {},
@@ -82,7 +88,15 @@ DEFAULTS: dict = {
     "train.monitor": "accuracy",
     "train.threshold_criterion": "balanced_accuracy",  # how the validation-optimal threshold is chosen
     "train.threads": 1,  # torch CPU threads per trial
-    "train.device": "auto",  # auto | cpu | cuda
+    # assigned: CUDA exactly when Ray gave the trial a GPU (an error if CUDA is then missing; outside
+    # Ray, CUDA when there is one) | auto: CUDA when there is one, else the CPU | cpu | cuda
+    "train.device": "assigned",
+    "train.precision": "auto",  # auto: bf16 autocast on a CUDA device with bf16, fp32 elsewhere | bf16 | fp32
+    # off until measured to help (python -m study.bench): torch.compile of the training forward pass,
+    # channels-last spectrogram images
+    "train.compile": False,
+    "train.channels_last": False,
+    "train.eval_batch_size": None,  # windows per evaluation batch; None: 1024 on a GPU, 128 on the CPU
 }
 
 # Settings every space gets at a scale before its own: a CPU-sized run uses tiny
@@ -111,11 +125,10 @@ SCALE_PRESETS: dict = {
         "features.profile": "paper",
         "train.max_epochs": 200,
         "train.patience": 30,
-        "train.threads": 4,
     },
 }
 TOP_LEVEL_KEYS = {"name", "description", "study", "default_scale", "fixed", "grid", "scales", "search", "resources",
-                  "compare", "perturbations", "notes", "recipes"}
+                  "compare", "perturbations", "notes", "recipes", "eval_variants"}
 CHOICES = {
     "data.validation": ("per_source_balanced", "stratified"),
     "data.pascal_mapping": ("paper", "clinical"),
@@ -123,7 +136,10 @@ CHOICES = {
     "train.balance": ("class_weights", "sampler", "none"),
     "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy", "score"),
     "train.threshold_criterion": ("balanced_accuracy", "accuracy", "mcc", "f1"),
-    "train.device": ("auto", "cpu", "cuda"),
+    "train.device": ("assigned", "auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "train.compile": (False, True),
+    "train.channels_last": (False, True),
 }
 
 
@@ -189,16 +205,69 @@ def validate_trial_config(config: dict, where: str) -> None:
         parse_perturbation_suite(config["data.perturbations"])
     except ValueError as exc:
         raise SpaceError(f"{where}: perturbations: {exc}") from exc
+    variants = config["data.eval_variants"]
+    if not isinstance(variants, dict):
+        raise SpaceError(f"{where}: eval_variants must map a features.* setting to a list of values, got {variants!r}")
+    for key, values in variants.items():
+        if not key.startswith("features.") or key == "features.profile" or key not in _allowed_keys():
+            raise SpaceError(f"{where}: eval_variants: '{key}' is not a feature setting (features.padding, ...)")
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}: eval_variants.{key} must be a non-empty list of values, got {values!r}")
+        for value in values:
+            try:
+                profile_of({**config, key: value})
+            except (ValueError, TypeError) as exc:
+                raise SpaceError(f"{where}: eval_variants.{key}: {exc}") from exc
     for key in ("train.lr", "train.weight_decay", "train.sam_rho", "data.validation_fraction"):
         if not isinstance(config[key], (int, float)) or config[key] < 0:
             raise SpaceError(f"{where}: '{key}' must be a non-negative number, got {config[key]!r}")
-    for key in ("train.batch_size", "train.max_epochs", "train.patience", "train.threads"):
-        if not isinstance(config[key], int) or config[key] < 1:
+    for key in ("train.batch_size", "train.max_epochs", "train.patience", "train.threads", "train.eval_batch_size"):
+        if key == "train.eval_batch_size" and config[key] is None:
+            continue
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
             raise SpaceError(f"{where}: '{key}' must be a positive integer, got {config[key]!r}")
     extra = config["data.extra_roots"]
     if not isinstance(extra, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
                                               for v in extra.values()):
         raise SpaceError(f"{where}: 'data.extra_roots' must map a dataset name to a list of folders, got {extra!r}")
+
+
+def check_resources(resources: dict, where: str) -> dict:
+    """Check per-trial resources ``{"cpu": n, "gpu": g}``; returns them. Ray shares a GPU between
+    trials only in fractions of one, so a GPU count above 1 must be whole."""
+    if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
+        raise SpaceError(f"{where}: resources must be a mapping with keys cpu and gpu, got {resources!r}")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SpaceError(f"{where}: resources.{key} must be a non-negative number, got {value!r}")
+    gpu = resources.get("gpu", 0)
+    if gpu > 1 and gpu != int(gpu):
+        raise SpaceError(f"{where}: resources.gpu {gpu} must be a fraction of one GPU or a whole number of GPUs")
+    if resources.get("cpu", 1) == 0 and gpu == 0:
+        raise SpaceError(f"{where}: a trial needs some CPU or GPU; got {resources!r}")
+    return resources
+
+
+SEARCH_KEYS = {"metric", "mode", "num_samples", "grace_period", "reduction_factor", "params"}
+
+
+def _check_search(search: dict, where: str) -> None:
+    """A space's ``search`` block: known keys, and every searched parameter a known setting."""
+    if not isinstance(search, dict) or set(search) - SEARCH_KEYS:
+        raise SpaceError(f"{where}: search must be a mapping with keys among {sorted(SEARCH_KEYS)}, got "
+                         f"{sorted(search) if isinstance(search, dict) else search!r}")
+    if search.get("mode", "max") not in ("max", "min"):
+        raise SpaceError(f"{where}: search.mode must be max or min, got {search['mode']!r}")
+    metric = search.get("metric", "kept_val_roc_auc")
+    if not (isinstance(metric, str) and metric.startswith(("kept_val_", "val_"))):
+        raise SpaceError(f"{where}: search.metric must be a validation metric the trials report "
+                         f"(kept_val_roc_auc, kept_val_accuracy, ...), got {metric!r}")
+    allowed = _allowed_keys()
+    for key in search.get("params", {}):
+        if key not in allowed:
+            close = sorted(k for k in allowed if k.split(".")[-1] == key.split(".")[-1])
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SpaceError(f"{where}: search.params: unknown setting '{key}'{hint}")
 
 
 def section(config: dict, name: str) -> dict:
@@ -249,6 +318,7 @@ class Space:
 
     @property
     def resources(self) -> dict:
+        """Ray resources per trial at this scale: ``{"cpu": CPUs, "gpu": GPUs or a fraction of one}``."""
         return {"cpu": 1, "gpu": 0, **self.raw.get("resources", {}),
                 **self.raw.get("scales", {}).get(self.scale, {}).get("resources", {})}
 
@@ -269,10 +339,15 @@ class Space:
     def perturbations(self) -> list:
         return list(self.raw.get("perturbations", []))
 
+    @property
+    def eval_variants(self) -> dict:
+        return copy.deepcopy(self.raw.get("eval_variants") or {})
+
     def trial_configs(self, overrides: dict | None = None) -> list[dict]:
         """Every grid point as a resolved flat config, in a stable order."""
         base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(),
-                "data.perturbations": self.perturbations, "recipes": self.recipes, **(overrides or {})}
+                "data.perturbations": self.perturbations, "data.eval_variants": self.eval_variants,
+                "recipes": self.recipes, **(overrides or {})}
         grid = {k: v for k, v in self.grid().items() if k not in (overrides or {})}
         keys = sorted(grid)
         configs = []
@@ -287,6 +362,7 @@ class Space:
         return {"name": self.name, "scale": self.scale, "fixed": self.fixed(), "grid": self.grid(),
                 "resources": self.resources, "compare": self.compare, "search": self.search,
                 "perturbations": self.perturbations, "study": self.study,
+                **({"eval_variants": self.eval_variants} if self.eval_variants else {}),
                 **({"recipes": self.recipes} if self.recipes else {})}
 
 
@@ -328,6 +404,13 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
             if not isinstance(values, list) or not values:
                 raise SpaceError(f"{path}: '{where}.{key}' must be a non-empty list of values, got {values!r}")
         check_config({k: v[0] for k, v in grid.items()}, f"{path} ({where})")
+    for where, part in [("resources", raw.get("resources", {}))] + [(f"scales.{s}.resources", v.get("resources", {}))
+                                                                    for s, v in scales.items()]:
+        check_resources(part, f"{path} ({where})")
+    for where, search in [("search", raw.get("search"))] + [(f"scales.{s}.search", v.get("search"))
+                                                           for s, v in scales.items()]:
+        if search is not None:
+            _check_search(search, f"{path} ({where})")
     space = Space(raw["name"], path, raw, scale)
     compare = space.compare
     if compare:

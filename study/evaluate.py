@@ -18,7 +18,7 @@ import torch
 
 from analysis.perturbations import parse_perturbation_suite
 
-from .config import model_config_of, profile_of
+from .config import apply_recipe, model_config_of, profile_of
 from .io import write_json, write_parquet
 from .models import create_model
 from .train import PREDICTION_COLUMNS, data_settings, evaluate_model, pick_device, prepare_data
@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def load_model(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint, in eval mode."""
-    config = checkpoint["config"]
+    config = apply_recipe(checkpoint["config"])  # a recipe may set the architecture
     model = create_model(model_config_of(config, profile_of(config)))
     model.load_state_dict(checkpoint["model"])
     return model.eval()

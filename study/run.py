@@ -36,13 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from .config import Space, SpaceError, load_space
+from .config import Space, SpaceError, check_resources, load_space, validate_trial_config
 from .data import DataError
 from .data.__main__ import parse_settings
 from .io import write_json, write_parquet
@@ -80,6 +81,7 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
     from .train import train_and_evaluate
     from .trial import save_trial
 
+    started_at = time.time()
     trial = tune_config["trial"]  # nested so that a grid is one grid_search axis over whole configs
     config = {**trial["base"], **trial.get("params", {})}
     trial_id = trial.get("trial_id") or tune.get_context().get_trial_id()
@@ -96,14 +98,16 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
             torch.save(get_state(), Path(folder) / STATE_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = train_and_evaluate(config, data, trial_id=trial_id, report=report, resume_state=resume_state)
+    gpu_assigned = bool(ray.get_gpu_ids())
+    result = train_and_evaluate(config, data, trial_id=trial_id, report=report, resume_state=resume_state,
+                                gpu_assigned=gpu_assigned)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": platform.node()}
     with tempfile.TemporaryDirectory() as folder:
         final = Path(folder) / FINAL_DIR
         save_trial(final, config, result, data.info, trial_id)
         write_json(final / "run.json", {"trial_id": trial_id, **node, "resumed_at": result.resumed_at,
-                                        "config": config})
+                                        "config": config, "started_at": started_at, "finished_at": time.time()})
         # the full metrics travel in the checkpoint's files; Tune's table shows the headline ones
         headline = {k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc")
                     or k.endswith("/score")}
@@ -203,32 +207,90 @@ def _search_space(search: dict):
     return params
 
 
-def _collect(results, study: Study) -> list[str]:
-    """Copy each finished trial's final files from its last checkpoint into OUT/trials/ID."""
-    collected = []
+def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tuple[list[str], list[str]]:
+    """Copy each finished trial's final files from its last checkpoint into ``target_dir/ID``.
+
+    A trial that a scheduler stopped (ASHA stops trials at its rungs, and at ``max_t``, before the
+    trainable's final report) has no final files: its best weights are evaluated from its last
+    epoch checkpoint, on the trial's resources, and it is marked ``stopped_early`` when it trained
+    fewer epochs than ``train.max_epochs``. Returns (collected ids, ids stopped early).
+    """
+    collected, stopped_early, pending = [], [], []
     for result in results:
         checkpoint = getattr(result, "checkpoint", None)
         if checkpoint is None or result.error is not None:
             continue
         with checkpoint.as_directory() as folder:
             final = Path(folder) / FINAL_DIR
-            if not (final / "metrics.json").is_file():
-                continue
-            trial_id = json.loads((final / "run.json").read_text())["trial_id"]
-            target = study.out / TRIALS_DIR / trial_id
-            staging = study.out / TRIALS_DIR / f".{trial_id}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(final, staging)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            if (final / "metrics.json").is_file():
+                trial_id = json.loads((final / "run.json").read_text())["trial_id"]
+                _install(target_dir, trial_id, lambda staging: shutil.copytree(final, staging))
+                collected.append(trial_id)
+            elif (Path(folder) / STATE_FILE).is_file():
+                pending.append((result, (Path(folder) / STATE_FILE).read_bytes()))
+    if pending:
+        import ray
+
+        finish = ray.remote(_finish_stopped_trial).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+        futures = []
+        for result, state in pending:
+            trial = result.config["trial"]
+            config = {**trial["base"], **trial.get("params", {})}
+            trial_id = trial.get("trial_id") or result.metrics["trial_id"]
+            futures.append((trial_id, finish.remote(config, data_refs[data_key_of(config)], state, trial_id)))
+        for trial_id, future in futures:
+            files, early = ray.get(future)
+            _install(target_dir, trial_id, lambda staging: _write_files(staging, files))
             collected.append(trial_id)
-    return collected
+            if early:
+                stopped_early.append(trial_id)
+    return collected, stopped_early
 
 
-def write_results(study: Study, state: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials.parquet (one row per trial) and predictions.parquet from OUT/trials/*."""
+def _finish_stopped_trial(config: dict, data, state_bytes: bytes, trial_id: str) -> tuple[dict, bool]:
+    """Ray task: evaluate a stopped trial's kept weights; returns its final files (name → bytes)."""
+    import io
+
+    import ray
+    import torch
+
+    from .train import finish_from_state
+    from .trial import save_trial
+
+    state = torch.load(io.BytesIO(state_bytes), weights_only=False)
+    result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
+    early = result.epochs < config["train.max_epochs"] and state["since_best"] < config["train.patience"]
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": platform.node()}
+    with tempfile.TemporaryDirectory() as folder:
+        save_trial(Path(folder), config, result, data.info, trial_id)
+        write_json(Path(folder) / "run.json", {"trial_id": trial_id, **node, "resumed_at": result.resumed_at,
+                                               "config": config, "stopped_early": early})
+        return {p.name: p.read_bytes() for p in Path(folder).iterdir()}, early
+
+
+def _write_files(folder: Path, files: dict) -> None:
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+
+
+def _install(target_dir: Path, trial_id: str, fill) -> None:
+    """Replace ``target_dir/trial_id`` with a folder filled by ``fill(staging)``, atomically."""
+    target = target_dir / trial_id
+    staging = target_dir / f".{trial_id}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    fill(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def write_results(study: Study, state: dict, trials_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.parquet (one row per trial) and predictions.parquet from the trials' folders
+    (``OUT/trials/*``, or another folder such as a search's), written beside that folder."""
+    trials_dir = trials_dir or study.out / TRIALS_DIR
     rows, predictions = [], []
-    for folder in sorted((study.out / TRIALS_DIR).glob("*/metrics.json")):
+    for folder in sorted(trials_dir.glob("*/metrics.json")):
         folder = folder.parent
         metrics = json.loads((folder / "metrics.json").read_text())
         run = json.loads((folder / "run.json").read_text())
@@ -239,26 +301,57 @@ def write_results(study: Study, state: dict) -> tuple[pd.DataFrame, pd.DataFrame
         row.update({"epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
                     "threshold": metrics["threshold"], "wall_time_s": metrics["wall_time_s"],
                     "node_id": run["node_id"], "node_ip": run["node_ip"], "hostname": run["hostname"],
-                    "retries": len(run["resumed_at"]), "experiment": run.get("experiment")})
+                    "retries": len(run["resumed_at"]), "experiment": run.get("experiment"),
+                    "stopped_early": bool(run.get("stopped_early", False)),
+                    "started_at": run.get("started_at"), "finished_at": run.get("finished_at")})
+        device = metrics.get("device", {})
+        row.update({"device": device.get("type"), "device_name": device.get("name"),
+                    "precision": device.get("precision")})
+        if metrics["history"]:
+            row.update({k: v for k, v in metrics["history"][-1].items() if k.startswith("kept_val_")})
         rows.append(row)
         predictions.append(pd.read_parquet(folder / "predictions.parquet"))
     trials = pd.DataFrame(rows)
     preds = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
-    write_parquet(study.out / "trials.parquet", trials)
-    write_parquet(study.out / "predictions.parquet", preds)
+    write_parquet(trials_dir.parent / "trials.parquet", trials)
+    write_parquet(trials_dir.parent / "predictions.parquet", preds)
     return trials, preds
+
+
+def replicate_configs(space: Space, configs: list[dict], best_params: dict) -> list[dict]:
+    """After a search: the best configuration and the space's default one as two recipes,
+    ``best`` and ``default``, each over the scale's seeds, for the report's paired tests."""
+    recipes = {**space.recipes, "default": {}, "best": dict(best_params)}
+    replicated = []
+    for config in configs:
+        for name in ("default", "best"):
+            replicated.append({**config, "recipe": name, "recipes": recipes})
+    for config in replicated:
+        validate_trial_config(config, f"{space.path} (recipe {config['recipe']}, seed {config['seed']})")
+    return replicated
+
+
+def best_search_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    """The search trial whose kept weights score best on the search metric (validation only)."""
+    if metric not in trials or trials[metric].isna().all():
+        raise SpaceError(f"search.metric {metric!r} was reported by no search trial; "
+                         f"the trials report {sorted(c for c in trials if c.startswith('kept_val_'))}")
+    values = trials[metric] if mode == "max" else -trials[metric]
+    return trials.loc[values.idxmax()]
 
 
 def run_study(space: Space, *, out: Path, data_root: Path | None = None, address: str | None = None,
               storage: str | None = None, resume: bool = False, extend: bool = False, max_concurrent: int | None = None,
-              overrides: dict | None = None, report: bool = True, verbose: int = 1) -> dict:
-    """Run (or resume, or extend) a study; returns its summary. See the module docstring."""
-    import ray
-    from ray import tune
+              overrides: dict | None = None, resources: dict | None = None, report: bool = True,
+              verbose: int = 1) -> dict:
+    """Run (or resume, or extend) a study; returns its summary. See the module docstring.
 
-    from .train import prepare_data
-
+    ``resources`` overrides the space's per-trial ``{"cpu": n, "gpu": g}`` (either key alone).
+    A space with a ``search`` first runs the search (Optuna + ASHA) into ``OUT/search/``, then
+    trains its best configuration and the default one over the scale's seeds into ``OUT/trials``.
+    """
     overrides = overrides or {}
+    resources = trial_resources(space, resources)
     study = Study(out)
     previous = study.load()
     resolved = {**space.resolved(), "overrides": overrides}
@@ -275,27 +368,57 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
         if extend and previous["space"].get("search") is not None:
             raise SpaceError("--extend applies to grid spaces; an hpo search is resumed with --resume")
     configs = space.trial_configs(overrides)
-    ids = [trial_id_of(c) for c in configs]
     data_root = Path(data_root) if data_root else default_data_root()
     state = previous or {"space": resolved, "experiments": [], "started": _now()}
     state.update(space=resolved if extend or previous is None else state["space"], data_root=str(data_root),
-                 code=code_version(), packages=package_versions())
-    finished = study.finished_ids()
+                 code=code_version(), packages=package_versions(), resources=resources)
     # Tune's checkpoints: OUT/tune on one machine; on a multi-node cluster a storage every node
     # reaches (s3://bucket/prefix, or a shared file system), as Ray requires.
-    storage = storage or state.get("storage") or str(out.resolve() / TUNE_DIR)
-    state["storage"] = storage
-    experiment_dir = storage.rstrip("/")
-    latest = state["experiments"][-1] if state["experiments"] else None
-    restore = (resume and latest is not None and not latest.get("complete")
-               and tune.Tuner.can_restore(f"{experiment_dir}/{latest['name']}"))
-    todo = [(i, c) for i, c in zip(ids, configs) if i not in finished]
-    nothing_left = (not todo) if space.search is None else bool(latest and latest.get("complete"))
-    if nothing_left and not restore:
+    state["storage"] = storage or state.get("storage") or str(out.resolve() / TUNE_DIR)
+    if space.search is not None and state.get("search", {}).get("complete"):
+        configs = replicate_configs(space, configs, state["search"]["best"]["params"])
+    if _nothing_left(study, state, configs, resume) and (space.search is None or state.get("search", {}).get("complete")):
         trials, _ = write_results(study, state)
         study.save(state)
-        print(f"{space.name}: all {len(ids)} trials already finished in {out}; nothing to train")
+        print(f"{space.name}: all {len(trials)} trials already finished in {out}; nothing to train")
         return {"trials": len(trials), "trained": 0, "out": str(out)}
+
+    started = time.perf_counter()
+    with _ray_session(address, verbose):
+        data_refs = _share_data(configs, data_root, state, verbose)
+        study.save(state)
+        wrapped = _trainable_with(data_refs, resources)
+        if space.search is not None and not state.get("search", {}).get("complete"):
+            _run_search(space, study, state, configs[0], wrapped, data_refs, resources, resume, max_concurrent,
+                        verbose)
+            configs = replicate_configs(space, configs, state["search"]["best"]["params"])
+        collected, errors = _run_grid(space, study, state, configs, wrapped, data_refs, resources, resume,
+                                      max_concurrent, verbose)
+    trials, _ = write_results(study, state)
+    state["finished"] = _now()
+    study.save(state)
+    summary = {"trials": len(trials), "trained": len(collected), "failed": len(errors),
+               "retried": int(trials["retries"].gt(0).sum()) if len(trials) else 0,
+               "seconds": round(time.perf_counter() - started, 1), "out": str(out)}
+    if "search" in state:
+        summary["search"] = {k: state["search"][k] for k in ("trials", "stopped_early", "best")}
+    _print_summary(space, trials, summary, errors)
+    if report and len(trials) and not errors:
+        _report(out)
+    return summary
+
+
+def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) -> bool:
+    latest = state["experiments"][-1] if state["experiments"] else None
+    finished = study.finished_ids()
+    interrupted = resume and latest is not None and not latest.get("complete")
+    return not interrupted and all(trial_id_of(c) in finished for c in configs)
+
+
+@contextmanager
+def _ray_session(address: str | None, verbose: int):
+    """Ray for the length of a study: connected here (and shut down after) unless already up."""
+    import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -304,89 +427,156 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1,
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None)
     try:
-        # Features once, before any trial; trials fetch them from the object store.
-        data_refs, fingerprints = {}, {}
-        needed = configs if space.search is None else configs[:1]
-        for config in needed:
-            key = data_key_of(config)
-            if key not in data_refs:
-                data = prepare_data(config, data_root, progress=verbose > 0)
-                fingerprints.update(data.info["fingerprints"])
-                for entry in ("split_check", "spectrogram_standardization", "missing_extra_roots"):
-                    if entry in data.info:
-                        state.setdefault("data_info", {})[entry] = data.info[entry]
-                data_refs[key] = ray.put(data)
-                del data
-        state["data_fingerprints"] = fingerprints
-        study.save(state)
-        wrapped = tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs),
-                                      {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})
-        if restore:
-            tuner = tune.Tuner.restore(f"{experiment_dir}/{latest['name']}", trainable=wrapped,
-                                       resume_unfinished=True, resume_errored=True)
-            experiment = latest
-        else:
-            experiment = {"name": f"run-{len(state['experiments']) + 1}", "trial_ids": [i for i, _ in todo],
-                          "started": _now(), "complete": False}
-            state["experiments"].append(experiment)
-            study.save(state)
-            tuner = _new_tuner(space, wrapped, todo, configs, experiment_dir, experiment["name"], max_concurrent,
-                               verbose)
-        started = time.perf_counter()
-        results = tuner.fit()
-        collected = _collect(results, study)
-        errors = [r for r in results if r.error is not None]
-        experiment.update(complete=not errors, finished=_now())
-        for trial_id in collected:
-            run_file = study.out / TRIALS_DIR / trial_id / "run.json"
-            run = json.loads(run_file.read_text())
-            run["experiment"] = experiment["name"]
-            write_json(run_file, run)
+        yield
     finally:
         if started_here:
             ray.shutdown()
-    trials, _ = write_results(study, state)
-    state["finished"] = _now()
-    study.save(state)
-    summary = {"trials": len(trials), "trained": len(collected), "failed": len(errors),
-               "retried": int(trials["retries"].gt(0).sum()) if len(trials) else 0,
-               "seconds": round(time.perf_counter() - started, 1), "out": str(out)}
-    _print_summary(space, trials, summary, errors)
-    if report and len(trials) and not errors:
-        _report(out)
-    return summary
 
 
-def _new_tuner(space, wrapped, todo, configs, experiment_dir, name, max_concurrent, verbose):
+def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) -> dict:
+    """Features once, before any trial, into the object store: {data key: ObjectRef}."""
+    import ray
+
+    from .train import prepare_data
+
+    data_refs, fingerprints = {}, {}
+    for config in configs:
+        key = data_key_of(config)
+        if key not in data_refs:
+            data = prepare_data(config, data_root, progress=verbose > 0)
+            fingerprints.update(data.info["fingerprints"])
+            for entry in ("split_check", "spectrogram_standardization", "missing_extra_roots"):
+                if entry in data.info:
+                    state.setdefault("data_info", {})[entry] = data.info[entry]
+            data_refs[key] = ray.put(data)
+            del data
+    state["data_fingerprints"] = fingerprints
+    return data_refs
+
+
+def _trainable_with(data_refs: dict, resources: dict):
     from ray import tune
 
-    run_config = tune.RunConfig(
+    return tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs), dict(resources))
+
+
+def _run_search(space, study, state, base, wrapped, data_refs, resources, resume, max_concurrent, verbose) -> None:
+    """The search phase: Optuna + ASHA trials into OUT/search/; records the best in state["search"]."""
+    from ray import tune
+
+    experiment_dir = state["storage"].rstrip("/")
+    search_state = state.setdefault("search", {"complete": False})
+    name = search_state.get("experiment")
+    if resume and name and tune.Tuner.can_restore(f"{experiment_dir}/{name}"):
+        tuner = tune.Tuner.restore(f"{experiment_dir}/{name}", trainable=wrapped, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        name = search_state["experiment"] = "search-1"
+        study.save(state)
+        tuner = _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose)
+    results = tuner.fit()
+    search_dir = study.out / "search"
+    _, stopped_early = _collect(results, search_dir / TRIALS_DIR, data_refs, resources)
+    errors = [r for r in results if r.error is not None]
+    trials, _ = write_results(study, state, search_dir / TRIALS_DIR)
+    if errors or trials.empty:
+        raise RuntimeError(f"the search failed: {len(errors)} of its trials errored "
+                           + "; ".join(str(e.error).splitlines()[0] for e in errors[:3]))
+    search = space.search
+    metric, mode = search.get("metric", "kept_val_roc_auc"), search.get("mode", "max")
+    best = best_search_trial(trials, metric, mode)
+    params = {key: _plain(best[f"config/{key}"]) for key in search["params"]}
+    search_state.update(complete=True, trials=len(trials), stopped_early=int(trials["stopped_early"].sum()),
+                        metric=metric, mode=mode,
+                        best={"trial_id": best["trial_id"], "value": float(best[metric]), "params": params})
+    study.save(state)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _run_grid(space, study, state, configs, wrapped, data_refs, resources, resume, max_concurrent, verbose):
+    """Train every config the study lacks (or continue the interrupted experiment); returns (collected, errors)."""
+    from ray import tune
+
+    experiment_dir = state["storage"].rstrip("/")
+    latest = state["experiments"][-1] if state["experiments"] else None
+    restore = (resume and latest is not None and not latest.get("complete")
+               and tune.Tuner.can_restore(f"{experiment_dir}/{latest['name']}"))
+    finished = study.finished_ids()
+    todo = [(trial_id_of(c), c) for c in configs if trial_id_of(c) not in finished]
+    if not todo and not restore:
+        return [], []
+    if restore:
+        tuner = tune.Tuner.restore(f"{experiment_dir}/{latest['name']}", trainable=wrapped,
+                                   resume_unfinished=True, resume_errored=True)
+        experiment = latest
+    else:
+        experiment = {"name": f"run-{len(state['experiments']) + 1}", "trial_ids": [i for i, _ in todo],
+                      "started": _now(), "complete": False}
+        state["experiments"].append(experiment)
+        study.save(state)
+        tuner = _grid_tuner(space, wrapped, todo, experiment_dir, experiment["name"], max_concurrent, verbose)
+    results = tuner.fit()
+    collected, _ = _collect(results, study.out / TRIALS_DIR, data_refs, resources)
+    errors = [r for r in results if r.error is not None]
+    experiment.update(complete=not errors, finished=_now())
+    for trial_id in collected:
+        run_file = study.out / TRIALS_DIR / trial_id / "run.json"
+        run = json.loads(run_file.read_text())
+        run["experiment"] = experiment["name"]
+        write_json(run_file, run)
+    return collected, errors
+
+
+def trial_resources(space: Space, override: dict | None = None) -> dict:
+    """Per-trial Ray resources: the space's at its scale, with the command line's override."""
+    override = {k: v for k, v in (override or {}).items() if v is not None}
+    return check_resources({**space.resources, **override}, "--cpus-per-trial/--gpus-per-trial")
+
+
+def trial_label(config: dict, axes: list[str]) -> str:
+    """A trial's grid values, as Tune's table and the dry run show them."""
+    return " ".join(f"{k.split('.')[-1]}={config[k]}" for k in axes)
+
+
+def _run_config(name, experiment_dir, verbose):
+    from ray import tune
+
+    return tune.RunConfig(
         name=name, storage_path=experiment_dir, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=3),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
-    if space.search is None:
-        axes = sorted(space.grid())
-        param_space = {"trial": tune.grid_search([
-            {"trial_id": i, "base": c, "label": " ".join(f"{k.split('.')[-1]}={c[k]}" for k in axes)}
-            for i, c in todo])}
-        return tune.Tuner(wrapped, param_space=param_space, run_config=run_config,
-                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
-                                                      trial_name_creator=_trial_name,
-                                                      trial_dirname_creator=_trial_dirname))
+
+
+def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verbose):
+    from ray import tune
+
+    axes = sorted(set(space.grid()) | ({"recipe"} if space.search is not None else set()))
+    param_space = {"trial": tune.grid_search([
+        {"trial_id": i, "base": c, "label": trial_label(c, axes)} for i, c in todo])}
+    return tune.Tuner(wrapped, param_space=param_space, run_config=_run_config(name, experiment_dir, verbose),
+                      tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+                                                  trial_name_creator=_trial_name,
+                                                  trial_dirname_creator=_trial_dirname))
+
+
+def _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose):
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     search = space.search
-    base = configs[0]
     scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train.max_epochs"],
                               grace_period=search.get("grace_period", 3),
                               reduction_factor=search.get("reduction_factor", 3))
     searcher = OptunaSearch(seed=base["seed"])
     return tune.Tuner(wrapped, param_space={"trial": {"base": base, "params": _search_space(search)}},
-                      run_config=run_config,
+                      run_config=_run_config(name, experiment_dir, verbose),
                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                  metric=search.get("metric", "val_roc_auc"),
+                                                  metric=search.get("metric", "kept_val_roc_auc"),
                                                   mode=search.get("mode", "max"),
                                                   num_samples=search.get("num_samples", 8),
                                                   max_concurrent_trials=max_concurrent))
@@ -411,6 +601,10 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
           f"({summary['seconds']:.0f} s)")
     for error in errors:
         print(f"  failed: {error.error}")
+    if "search" in summary:
+        search = summary["search"]
+        print(f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by ASHA); best by "
+              f"validation: {search['best']['params']} ({search['best']['value']:.4f}, trial {search['best']['trial_id']})")
     compare = space.compare
     # clean evaluation sets only: perturbed ones ("SET~PERTURBATION@SEVERITY/...") are for the robustness report
     metric_columns = [c for c in trials.columns if c.endswith("/roc_auc") and not c.startswith("val/") and "~" not in c]
@@ -453,11 +647,19 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--resume", action="store_true", help="continue an interrupted study in OUT")
     group.add_argument("--extend", action="store_true", help="run only the grid points the study in OUT lacks")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
+    parser.add_argument("--cpus-per-trial", type=float, default=None,
+                        help="CPUs Ray reserves per trial (default: the space's resources at the scale)")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs per trial, a fraction to share one GPU (default: the space's; "
+                             "paper scale 0.25, cpu scale 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--init-checkpoint", default=None, metavar="PATH",
                         help="AudioSet-pretrained AST state dict on local disk (YuanGongND/ast "
                              "audioset_10_10_0.4593.pth) to start every AST trial from; sets model.init_checkpoint")
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (trials, resources, concurrency, feature sizes against the "
+                             "object store, grid axes that change no training input) and train nothing")
     parser.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 Tune's trial table, 2 trial logs too")
     args = parser.parse_args(argv)
     try:
@@ -469,9 +671,19 @@ def main(argv: list[str] | None = None) -> int:
             if not checkpoint.is_file():
                 raise ValueError(f"--init-checkpoint {args.init_checkpoint!r}: no such file")
             overrides["model.init_checkpoint"] = str(checkpoint)
+        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+        if args.dry_run:
+            from .plan import build_plan, format_plan
+
+            plan = build_plan(space, overrides=overrides, data_root=Path(args.data_root or default_data_root()),
+                              resources=trial_resources(space, resources), address=args.address,
+                              max_concurrent=args.max_concurrent)
+            print(format_plan(plan))
+            return 0
         run_study(space, out=out, data_root=args.data_root, address=args.address, storage=args.storage,
                   resume=args.resume,
                   extend=args.extend, max_concurrent=args.max_concurrent, overrides=overrides,
+                  resources=resources,
                   report=not args.no_report, verbose=args.verbose)
     except (SpaceError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, tr
         "trial_id": trial_id, "metrics": result.metrics, "threshold": result.threshold,
         "threshold_criterion": config["train.threshold_criterion"], "epochs": result.epochs,
         "best_epoch": result.best_epoch, "wall_time_s": result.wall_time_s, "history": result.history,
-        "data": data_info,
+        "device": result.device, "data": data_info,
     })
 
 

@@ -35,12 +35,15 @@ def test_physionet_real_counts(real_root):
 @pytest.mark.real_data
 def test_pascal_real_matches_every_labelled_row(real_root):
     summary = _inspect_json("pascal", real_root / "pascal")
-    assert summary["csv_rows"]["labelled_rows"] == summary["csv_rows"]["matched"] == 45
-    assert summary["recordings"] == 45 and summary["problems"] == []
+    # the whole release: 832 files, 585 of them labelled (set_a 124 at 44.1 kHz, set_b 461 at 4 kHz)
+    assert summary["csv_rows"]["labelled_rows"] == summary["csv_rows"]["matched"] == 585
+    assert summary["csv_rows"]["unlabelled_rows"] == 832 - 585
+    assert summary["recordings"] == 585 and summary["problems"] == []
     assert summary["label_mapping"] == "paper"
-    assert summary["sample_rates"] == {"4000": 23, "44100": 22}
+    assert summary["sample_rates"] == {"4000": 461, "44100": 124}
     clinical = load_dataset("pascal", real_root / "pascal", mapping="clinical")
-    assert len(clinical.table) == 45 - summary["labels"]["artifact"]
+    assert summary["labels"]["artifact"] == 40
+    assert len(clinical.table) == 585 - summary["labels"]["artifact"]
     assert clinical.info["label_mapping"] == "clinical"
 
 
