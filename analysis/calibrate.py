@@ -130,7 +130,7 @@ def _single_run_pvalues(y, a, b, thresholds, rng, n_resamples, n_permutations) -
     # Each model has its own threshold: the threshold tests get 0/1 predictions.
     pred_a, pred_b = (a >= thresholds[0]).astype(int), (b >= thresholds[1]).astype(int)
     return {
-        "DeLong (ROC-AUC)": stats.delong_test(y, a, b).p,
+        "DeLong (ROC-AUC)": stats.delong_test(y, a, b).p_value,
         "paired bootstrap (ROC-AUC)": stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng).p_value,
         "paired permutation (ROC-AUC)": stats.paired_permutation_test(y, a, b, "roc_auc", n_permutations, rng).p_value,
         "paired bootstrap (MCC)": stats.paired_bootstrap_test(y, pred_a, pred_b, "mcc", n_resamples, rng).p_value,
@@ -188,7 +188,7 @@ def _single_run(design: Design, rng, n_sims, n_resamples, n_permutations) -> tup
     coverage = {key: [] for key in ("auc_percentile", "auc_bca", "mcc_percentile", "mcc_bca")}
     null_pairs = _simulated_pairs(design, rng, n_sims, (base, base), 1, False)
     power_pairs = _simulated_pairs(design, rng, n_sims, (better, base), 1, False)
-    for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs):
+    for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs, strict=True):
         null_p.append(_single_run_pvalues(y, a, b, (base / 2, base / 2), rng, n_resamples, n_permutations))
         power_p.append(_single_run_pvalues(y, a_power, b_power, (better / 2, base / 2), rng, n_resamples, n_permutations))
         delong = stats.delong_test(y, a, b)
@@ -218,7 +218,7 @@ def _seeds(design: Design, rng, n_sims, n_resamples) -> tuple[list, dict]:
         same = architecture == "same"
         null_pairs = _simulated_pairs(design, rng, n_sims, (base, base), design.n_seeds, True, same)
         power_pairs = _simulated_pairs(design, rng, n_sims, (better, base), design.n_seeds, True, same)
-        for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs):
+        for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs, strict=True):
             pvalues[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a, b))
             power[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a_power, b_power))
             if same:
@@ -275,7 +275,7 @@ def run_calibration(n_sims: int = 2000, seed: int = 0, n_resamples: int = 500, n
     y = labels(design)
     mde = stats.auc_difference_mde(design.n_pos, design.n_neg, design.auc_baseline, auc_correlation)
     shifts = (separation(design.auc_baseline + mde), separation(design.auc_baseline))
-    mde_power = _rejection_rate([stats.delong_test(y, a, b).p for a, b in _simulated_pairs(design, rng, n_sims, shifts, 1, False)])
+    mde_power = _rejection_rate([stats.delong_test(y, a, b).p_value for a, b in _simulated_pairs(design, rng, n_sims, shifts, 1, False)])
 
     return {
         "settings": {"n_sims": n_sims, "seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "alpha": ALPHA, **asdict(design)},

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+__all__ = ["AUDIOFUSE_RESULTS", "SAM_AST_ICBHI", "Claim", "CLAIMS", "paper_model"]
+
 # Model name in the paper -> metric -> value. "pascal_roc_auc" is the zero-shot PASCAL ROC-AUC.
 AUDIOFUSE_RESULTS: dict[str, dict[str, float]] = {
     "spectrogram ViT": {"roc_auc": 0.8066, "mcc": 0.4444, "f1": 0.7383, "accuracy": 0.7193, "pascal_roc_auc": 0.4873},

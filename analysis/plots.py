@@ -1,11 +1,11 @@
-"""Report figures: ROC curves with pointwise bootstrap bands, and a forest plot of paired effects.
+"""Report figures: ROC curves with pointwise bootstrap bands, a forest plot of paired effects, ROC-AUC vs severity.
 
 Figures are drawn with matplotlib's Agg backend (no display needed) and
-written atomically like the tables.
+written atomically (:func:`study.io.atomic_path`) like the tables.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +14,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+
+from study.io import atomic_path  # noqa: E402
+
+__all__ = ["FPR_GRID", "RocCurve", "ForestRow", "SeverityCurve", "SeverityPanel", "roc_tpr_on_grid", "save_figure",
+           "plot_roc_curves", "plot_forest", "plot_auc_vs_severity"]
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -31,6 +36,23 @@ class ForestRow(NamedTuple):
     low: float
     high: float
     significant: bool
+
+
+class SeverityCurve(NamedTuple):
+    """One configuration's ROC-AUC at the levels of a perturbation it was scored on."""
+
+    label: str
+    colour: int  # index into the tab10 palette, the same in every panel for one configuration
+    x: np.ndarray  # (k,) positions among the panel's levels
+    estimate: Sequence[float]  # (k,)
+    low: Sequence[float]  # (k,) interval ends
+    high: Sequence[float]
+
+
+class SeverityPanel(NamedTuple):
+    title: str  # the perturbation
+    levels: list[str]  # tick labels, clean first
+    curves: list[SeverityCurve]
 
 
 def roc_tpr_on_grid(y, scores, weights, fpr_grid=FPR_GRID) -> np.ndarray:
@@ -82,16 +104,14 @@ def roc_tpr_on_grid(y, scores, weights, fpr_grid=FPR_GRID) -> np.ndarray:
     return tpr_on_grid
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Write ``figure`` to ``path`` as a 120 dpi PNG, atomically, and close it; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(temporary, format="png", dpi=120)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=120)
     finally:
         plt.close(figure)
-        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -111,7 +131,7 @@ def plot_roc_curves(path: Path, curves: list[RocCurve], title: str, fpr_grid=FPR
     axes.legend(loc="lower right", fontsize=7 if len(curves) > 6 else 8)
     if band_note:
         figure.supxlabel(band_note, fontsize=7, wrap=True)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_forest(path: Path, panels: list[tuple[str, list[ForestRow], float | None]], x_label: str, note: str = "") -> Path:
@@ -126,12 +146,12 @@ def plot_forest(path: Path, panels: list[tuple[str, list[ForestRow], float | Non
     heights = [max(len(rows), 1) for _, rows, _ in panels]
     figure, axes_list = plt.subplots(len(panels), 1, figsize=(7.0, 1.2 + 0.38 * sum(heights) + 0.6 * len(panels)),
                                      gridspec_kw={"height_ratios": heights}, squeeze=False, layout="constrained")
-    for axes, (title, rows, resolution) in zip(axes_list[:, 0], panels):
+    for axes, (title, rows, resolution) in zip(axes_list[:, 0], panels, strict=True):
         positions = np.arange(len(rows))[::-1]
         if resolution is not None and np.isfinite(resolution):
             axes.axvspan(-resolution, resolution, color="0.9", lw=0, label=f"±{resolution:.3f}: below 80 % power")
         axes.axvline(0, color="grey", lw=1)
-        for y_position, row in zip(positions, rows):
+        for y_position, row in zip(positions, rows, strict=True):
             axes.plot([row.low, row.high], [y_position, y_position], color="C0", lw=1.6)
             axes.plot(row.estimate, y_position, "o", color="C0", markerfacecolor="C0" if row.significant else "white")
         axes.set_yticks(positions, [row.label for row in rows], fontsize=8)
@@ -142,4 +162,27 @@ def plot_forest(path: Path, panels: list[tuple[str, list[ForestRow], float | Non
     axes_list[-1, 0].set_xlabel(x_label)
     if note:
         figure.supxlabel(note, fontsize=7, wrap=True)
-    return _save(figure, path)
+    return save_figure(figure, path)
+
+
+def plot_auc_vs_severity(path: Path, panels: list[SeverityPanel], title: str, note: str = "") -> Path:
+    """One panel per perturbation: each configuration's seed-mean ROC-AUC over the levels, with its interval band."""
+    if not panels:
+        raise ValueError("panels must hold at least one SeverityPanel")
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False, sharey=True,
+                                layout="constrained")
+    for axis, panel in zip(axes[0], panels, strict=True):
+        for curve in panel.curves:
+            colour = colours(curve.colour % colours.N)
+            axis.plot(curve.x, curve.estimate, marker="o", color=colour, lw=1.4, label=curve.label)
+            axis.fill_between(curve.x, curve.low, curve.high, color=colour, alpha=0.15, lw=0)
+        axis.axhline(0.5, ls=":", color="grey", lw=1)
+        axis.set_xticks(range(len(panel.levels)), panel.levels, rotation=30, ha="right", fontsize=7)
+        axis.set_title(panel.title, fontsize=9)
+    axes[0][0].set_ylabel("ROC-AUC (seed mean)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    figure.suptitle(title, fontsize=10)
+    if note:
+        figure.supxlabel(note, fontsize=7)
+    return save_figure(figure, path)

@@ -6,7 +6,15 @@
 ``study.run`` calls :func:`report_study` at the end of a study. Inputs are the
 files ``study.run`` writes (``study.json``, ``trials.parquet``,
 ``predictions.parquet``); outputs are ``results/NAME/tables/*.md|csv|tex``,
-``results/NAME/plots/*.png`` and the index ``results/NAME/report.md``.
+``results/NAME/plots/*.png`` and the index ``results/NAME/report.md``. Where
+the predictions hold perturbed or branch-ablated rows (a heart study),
+:func:`report_study` then runs :func:`analysis.robustness.report_robustness`,
+which adds its tables, plots and a section to ``report.md``.
+
+Layers: :mod:`analysis.study_data` reads the study, :mod:`analysis.resampling`
+draws and computes intervals, :mod:`analysis.output` and
+:mod:`analysis.tables` / :mod:`analysis.plots` write; this module and
+:mod:`analysis.robustness` build the reports on them.
 
 Method, in short (``report.md`` states it too):
 
@@ -41,486 +49,69 @@ Method, in short (``report.md`` states it too):
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from itertools import product
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 from scipy import special
 
 from analysis import paper, stats
+from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
+from analysis.output import ReportWriter, interval_cell, interval_numbers, slug, verdict
 from analysis.plots import ForestRow, RocCurve, plot_forest, plot_roc_curves, roc_tpr_on_grid
-from analysis.tables import atomic_write_text, format_interval, format_p, format_value, to_markdown, write_table
-from study.metrics import confusion_metrics
+from analysis.resampling import (
+    CONFIDENCE_LEVEL,
+    HEART_METRICS,
+    RESPIRATORY_METRICS,
+    Kernel,
+    Resampled,
+    SeedDraws,
+    heart_kernel,
+    named_generator,
+    paired_bootstrap,
+    resample,
+    respiratory_kernel,
+    seed_mean_interval,
+)
+from analysis.robustness import has_robustness_rows, report_robustness
+from analysis.study_data import (
+    Configuration,
+    EvalSet,
+    StudyError,
+    build_eval_sets,
+    completeness_problems,
+    find_configurations,
+    read_study,
+    setting_text,
+)
+from analysis.tables import format_interval, format_p, format_value, to_markdown
+from study.io import write_text
 
-REQUIRED_FILES = ("study.json", "trials.parquet", "predictions.parquet")
-PREDICTION_COLUMNS = ("trial_id", "eval_set", "recording_id", "source", "group", "label", "prob")
-HEART_METRICS = ("roc_auc", "mcc", "f1", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
+__all__ = ["HEART_MAIN", "METRIC_LABELS", "CARRY_DROP", "ReportOptions", "ComparisonRow", "report_study", "main"]
+
 HEART_MAIN = ("roc_auc", "mcc", "f1", "accuracy")
-RESPIRATORY_METRICS = ("score", "sensitivity", "specificity", "accuracy", "roc_auc")
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "sensitivity": "sensitivity",
                  "specificity": "specificity", "balanced_accuracy": "balanced accuracy", "score": "ICBHI Score"}
-CORRECTIONS = ("holm", "bh")
-CONFIDENCE_LEVEL = 0.95  # every interval; alpha only sets the verdicts
 CARRY_DROP = 0.05
-ROC_BAND_RESAMPLES = 1000
-_SEED_STREAM = 7919  # keeps the seed draws' random stream apart from the recording draws'
-_AUC_TOLERANCE = 1e-6  # trials.parquet vs the ROC-AUC recomputed from predictions.parquet
 
-
-class StudyError(ValueError):
-    """The study folder is incomplete or inconsistent; the message names what is missing or differs."""
-
-
-def check_common_options(options) -> None:
-    """Validate the settings every analysis shares (correction, resamples, alpha, CI method, seed)."""
-    if options.correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {options.correction!r}")
-    if not isinstance(options.n_resamples, (int, np.integer)) or options.n_resamples < 100:
-        raise ValueError(f"n_resamples must be an integer >= 100, got {options.n_resamples!r}")
-    if not 0 < options.alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {options.alpha!r}")
-    if options.ci_method not in stats.CI_METHODS:
-        raise ValueError(f"ci_method must be one of {stats.CI_METHODS}, got {options.ci_method!r}")
-    if not isinstance(options.seed, (int, np.integer)) or options.seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {options.seed!r}")
 
 @dataclass(frozen=True)
-class ReportOptions:
-    baseline: str | None = None
-    correction: str = "holm"
-    n_resamples: int = 10_000
-    alpha: float = 0.05
-    allow_incomplete: bool = False
-    ci_method: str = "bca"
-    seed: int = 0
-    carry_drop: float = CARRY_DROP
-    plots: bool = True
+class ReportOptions(AnalysisOptions):
+    """The shared settings (:class:`analysis.options.AnalysisOptions`) and the report's own."""
+
+    baseline: str | None = None  # a value of the compare axis; None: the space's
+    allow_incomplete: bool = False  # analyse an incomplete or mismatched study instead of raising StudyError
+    carry_drop: float = CARRY_DROP  # the leave-one-source-out ROC-AUC drop that flags a source
 
     def __post_init__(self):
-        check_common_options(self)
+        super().__post_init__()
         if not 0 < self.carry_drop < 1:
             raise ValueError(f"carry_drop must be in (0, 1), got {self.carry_drop!r}")
-
-
-# ---------------------------------------------------------------------------- the study's files
-
-
-def setting_text(value) -> str:
-    """A setting as text, the same for a value read from parquet, JSON or the command line ("false", "0.3")."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, dict, tuple)) and pd.isna(value):
-        return "null"
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (np.integer, np.floating)):
-        value = value.item()
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def read_study(out: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """study.json, trials.parquet and predictions.parquet of a study folder; FileNotFoundError names what is missing."""
-    out = Path(out)
-    if not out.is_dir():
-        raise FileNotFoundError(f"study folder {out} does not exist")
-    missing = [name for name in REQUIRED_FILES if not (out / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{out} is not a finished study: {', '.join(missing)} missing "
-                                "(python -m study.run writes them when a study ends; --resume finishes one)")
-    state = json.loads((out / "study.json").read_text())
-    trials = pd.read_parquet(out / "trials.parquet")
-    predictions = pd.read_parquet(out / "predictions.parquet")
-    if trials.empty or "trial_id" not in trials:
-        raise StudyError(f"{out}/trials.parquet holds no trials")
-    if "config/seed" not in trials:
-        raise StudyError(f"{out}/trials.parquet has no config/seed column, so seeds cannot be told apart")
-    absent = [c for c in PREDICTION_COLUMNS if c not in predictions]
-    if absent:
-        raise StudyError(f"{out}/predictions.parquet lacks the column(s) {absent}")
-    if trials["trial_id"].duplicated().any():
-        raise StudyError(f"trials.parquet lists trial(s) {sorted(trials.loc[trials['trial_id'].duplicated(), 'trial_id'])} twice")
-    return state, trials, predictions
-
-
-@dataclass
-class Configuration:
-    name: str
-    settings: dict  # setting key (no "config/") -> value, as in the trials
-    seeds: list  # sorted
-    trial_ids: list[str]  # in seed order
-    axis_value: str | None  # setting_text of the compare axis value
-    others: tuple  # setting_text of every other varying setting: the key that pairs it with its baseline
-
-
-def find_configurations(trials: pd.DataFrame, axis: str | None, grid: dict) -> tuple[list[Configuration], list[str]]:
-    """The configurations of a study and the names of the settings that vary between them.
-
-    A configuration is named by its compare-axis value when that is the only
-    setting that varies, else by every varying setting ("key=value, ...").
-    Raises StudyError when a configuration holds two trials of one seed.
-    """
-    columns = [c for c in trials.columns if c.startswith("config/") and c != "config/seed"]
-    text = pd.DataFrame({c: trials[c].map(setting_text) for c in columns}, index=trials.index)
-    axis_column = f"config/{axis}" if axis else None
-    varying = [c for c in columns if text[c].nunique() > 1]
-    if axis_column in varying:
-        varying.remove(axis_column)
-        varying.insert(0, axis_column)
-    named_by_axis = axis_column in text and varying in ([], [axis_column])
-    keys = text[varying].agg("\x1f".join, axis=1) if varying else pd.Series("", index=trials.index)
-    grid_order = {setting_text(v): k for k, v in enumerate(grid.get(axis, []))} if axis else {}
-    configurations = []
-    for _, members in trials.groupby(keys, sort=False):
-        members = members.assign(_seed=members["config/seed"]).sort_values("_seed")
-        duplicated = members["_seed"].duplicated(keep=False)
-        first = members.iloc[0]
-        values = [text.at[first.name, c] for c in varying]
-        settings = {c[len("config/"):]: first[c] for c in columns}
-        axis_value = setting_text(first[axis_column]) if axis_column in trials else None
-        if named_by_axis:
-            name = axis_value
-        elif varying:
-            name = ", ".join(f"{c[len('config/'):]}={v}" for c, v in zip(varying, values))
-        else:
-            name = "all trials"
-        if duplicated.any():
-            raise StudyError(f"configuration '{name}' has more than one trial for seed(s) "
-                             f"{sorted(set(members.loc[duplicated, '_seed'].tolist()))}: trials "
-                             f"{members.loc[duplicated, 'trial_id'].tolist()}")
-        others = tuple(v for c, v in zip(varying, values) if c != axis_column)
-        configurations.append(Configuration(name, settings, members["_seed"].tolist(), members["trial_id"].tolist(),
-                                            axis_value, others))
-    configurations.sort(key=lambda c: (grid_order.get(c.axis_value, len(grid_order)), c.others, c.name))
-    return configurations, [c[len("config/"):] for c in varying]
-
-
-def completeness_problems(configurations: list[Configuration], grid: dict, trials: pd.DataFrame) -> list[str]:
-    """What a complete study would have and this one lacks: grid points without trials, seeds missing."""
-    problems = []
-    expected_seeds = sorted(grid["seed"]) if isinstance(grid.get("seed"), list) else sorted(
-        {s for c in configurations for s in c.seeds})
-    axes = {k: v for k, v in grid.items() if k != "seed" and isinstance(v, list) and f"config/{k}" in trials}
-    if axes:
-        present = {tuple(setting_text(c.settings[k]) for k in axes) for c in configurations}
-        for point in product(*[[setting_text(v) for v in values] for values in axes.values()]):
-            if point not in present:
-                label = ", ".join(f"{k}={v}" for k, v in zip(axes, point))
-                problems.append(f"configuration {label}: no trials (expected seeds {expected_seeds})")
-    for configuration in configurations:
-        lacking = [s for s in expected_seeds if s not in configuration.seeds]
-        if lacking:
-            problems.append(f"configuration '{configuration.name}' lacks seed(s) {lacking} "
-                            f"(has {configuration.seeds}; the study expects {expected_seeds})")
-    return problems
-
-
-@dataclass
-class EvalSet:
-    """The clean predictions of one evaluation set (or one source of it), as arrays."""
-
-    name: str
-    recordings: np.ndarray  # (n,) recording ids
-    labels: np.ndarray  # (n,) 0/1 (heart) or classes 0..K-1 (respiratory)
-    sources: np.ndarray  # (n,)
-    groups: np.ndarray | None  # (n,) patient ids for a cluster bootstrap (respiratory), else None
-    trial_ids: list[str]  # one per row of probs
-    probs: np.ndarray  # (T, n) P(abnormal)
-    class_probs: np.ndarray | None  # (T, n, K) for multi-class studies
-    thresholds: np.ndarray  # (T,) validation-chosen thresholds (heart)
-    dropped_recordings: int = 0
-
-    @property
-    def binary(self) -> np.ndarray:
-        return (self.labels > 0).astype(np.int8)
-
-    @property
-    def n_pos(self) -> int:
-        return int(self.binary.sum())
-
-    def row_of(self) -> dict[str, int]:
-        return {trial_id: k for k, trial_id in enumerate(self.trial_ids)}
-
-    def auc_by_source(self, sources: list[str], *, leave_out: bool = False) -> np.ndarray:
-        """ROC-AUC (T, S) of every trial within each source, or on everything but it (``leave_out``); NaN: one class."""
-        within = np.stack([self.sources == s for s in sources], axis=1).astype(np.float64)
-        return stats._auc_kernel(self.binary, self.probs, 1.0 - within if leave_out else within)
-
-    def subset(self, mask: np.ndarray, name: str) -> "EvalSet":
-        return EvalSet(name, self.recordings[mask], self.labels[mask], self.sources[mask],
-                       None if self.groups is None else self.groups[mask], self.trial_ids, self.probs[:, mask],
-                       None if self.class_probs is None else self.class_probs[:, mask], self.thresholds)
-
-
-def _clean_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
-    keep = np.ones(len(predictions), dtype=bool)
-    if "perturbation" in predictions:
-        keep &= predictions["perturbation"].astype(str).to_numpy() == "none"
-    if "severity" in predictions:
-        keep &= predictions["severity"].to_numpy() == 0
-    if "ablation" in predictions:
-        keep &= predictions["ablation"].astype(str).to_numpy() == "none"
-    return predictions[keep]
-
-
-def _eval_set_order(trials: pd.DataFrame, names) -> list[str]:
-    declared = []
-    if "config/data.eval_sets" in trials:
-        for value in trials["config/data.eval_sets"].dropna().unique():
-            declared += [v for v in (json.loads(value) if isinstance(value, str) else list(value)) if v not in declared]
-    return [n for n in declared if n in names] + sorted(n for n in names if n not in declared)
-
-
-def _describe_trial(trial_id: str, trial_info: dict) -> str:
-    name, seed = trial_info[trial_id]
-    return f"'{name}' seed {seed} ({trial_id})"
-
-
-def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurations: list[Configuration],
-                    respiratory: bool, problems: list[str], notes: list[str]) -> list[EvalSet]:
-    """Arrays per evaluation set; appends what is missing to ``problems`` (and what was done to ``notes``).
-
-    Raises StudyError for what cannot be analysed at all: predictions of
-    trials that trials.parquet does not list, duplicate rows, a recording
-    with different labels in different trials, missing thresholds, or
-    trials.parquet metrics that the predictions do not reproduce.
-    """
-    clean = _clean_predictions(predictions)
-    trial_info = {t: (c.name, s) for c in configurations for s, t in zip(c.seeds, c.trial_ids)}
-    strangers = sorted(set(clean["trial_id"]) - set(trial_info))
-    if strangers:
-        raise StudyError(f"predictions.parquet holds trials that trials.parquet does not list: {strangers[:5]}"
-                         f"{' …' if len(strangers) > 5 else ''} (are the two files from different runs?)")
-    duplicated = clean.duplicated(["trial_id", "eval_set", "recording_id"])
-    if duplicated.any():
-        row = clean[duplicated].iloc[0]
-        raise StudyError(f"predictions.parquet has {int(duplicated.sum())} duplicate clean rows, e.g. trial "
-                         f"{row['trial_id']}, evaluation set '{row['eval_set']}', recording {row['recording_id']}")
-    without = sorted(set(trial_info) - set(clean["trial_id"]))
-    if without:
-        problems.append("no clean predictions at all from trial(s) " + ", ".join(_describe_trial(t, trial_info) for t in without))
-    thresholds = trials.set_index("trial_id")["threshold"] if "threshold" in trials else pd.Series(dtype=float)
-    class_columns = sorted((c for c in clean.columns if re.fullmatch(r"prob_\d+", c)), key=lambda c: int(c[5:]))
-    eval_sets = []
-    for name in _eval_set_order(trials, clean["eval_set"].unique()):
-        rows = clean[clean["eval_set"] == name]
-        scored = set(rows["trial_id"])
-        present = [t for t in trial_info if t in scored]
-        absent = [t for t in trial_info if t not in scored and t not in without]
-        if absent:
-            problems.append(f"evaluation set '{name}': no predictions from " + ", ".join(_describe_trial(t, trial_info) for t in absent))
-        labels_per_recording = rows.groupby("recording_id")["label"].nunique()
-        if (labels_per_recording > 1).any():
-            conflicting = labels_per_recording[labels_per_recording > 1].index[:5].tolist()
-            raise StudyError(f"evaluation set '{name}': recording(s) {conflicting} carry different labels in different trials")
-        counts = rows.groupby("recording_id")["trial_id"].nunique()
-        complete = counts.index[counts == len(present)]
-        if len(complete) < len(counts):
-            per_trial = rows.groupby("trial_id")["recording_id"].agg(set)
-            everything = set(counts.index)
-            examples = []
-            for trial_id in present:
-                lacking = sorted(everything - per_trial[trial_id])
-                if lacking:
-                    examples.append(f"{_describe_trial(trial_id, trial_info)} lacks {len(lacking)} (e.g. {', '.join(map(str, lacking[:3]))})")
-            problems.append(f"evaluation set '{name}': recordings differ between trials: {len(counts) - len(complete)} of "
-                            f"{len(counts)} recordings are missing from some trials; " + "; ".join(examples[:4])
-                            + (" …" if len(examples) > 4 else ""))
-        if len(complete) == 0:
-            notes.append(f"evaluation set '{name}' skipped: no recording is scored by every trial")
-            continue
-        rows = rows[rows["recording_id"].isin(complete)]
-        first = rows.drop_duplicates("recording_id").set_index("recording_id").loc[sorted(complete)]
-        labels = first["label"].to_numpy().astype(np.int64)
-        if len(np.unique(labels > 0)) < 2:
-            notes.append(f"evaluation set '{name}' skipped: its recordings hold only one class")
-            continue
-        probs = rows.pivot(index="trial_id", columns="recording_id", values="prob").loc[present, first.index]
-        class_probs = None
-        if respiratory:
-            if not class_columns:
-                raise StudyError(f"evaluation set '{name}': a respiratory study needs prob_0 … prob_K columns in predictions.parquet")
-            class_probs = np.stack([rows.pivot(index="trial_id", columns="recording_id", values=c).loc[present, first.index].to_numpy()
-                                    for c in class_columns], axis=-1)
-        trial_thresholds = thresholds.reindex(present).to_numpy(dtype=np.float64)
-        if not respiratory and not np.isfinite(trial_thresholds).all():
-            lacking = [t for t, v in zip(present, trial_thresholds) if not np.isfinite(v)]
-            raise StudyError("trials.parquet has no validation-chosen threshold for trial(s) "
-                             + ", ".join(_describe_trial(t, trial_info) for t in lacking[:5]))
-        eval_set = EvalSet(name, first.index.to_numpy(), labels, first["source"].astype(str).to_numpy(),
-                           first["group"].astype(str).to_numpy() if respiratory else None, present,
-                           probs.to_numpy(dtype=np.float64), class_probs, trial_thresholds,
-                           dropped_recordings=len(counts) - len(complete))
-        if not respiratory and eval_set.dropped_recordings == 0:
-            _check_recorded_auc(eval_set, trials, trial_info)
-        eval_sets.append(eval_set)
-    if not eval_sets:
-        raise StudyError("no evaluation set can be analysed: " + "; ".join(notes or ["predictions.parquet has no clean rows"]))
-    return eval_sets
-
-
-def _check_recorded_auc(eval_set: EvalSet, trials: pd.DataFrame, trial_info: dict) -> None:
-    column = f"{eval_set.name}/roc_auc"
-    if column not in trials:
-        return
-    recorded = trials.set_index("trial_id")[column].reindex(eval_set.trial_ids).to_numpy(dtype=np.float64)
-    recomputed = stats.weighted_auc(eval_set.binary, eval_set.probs, np.ones((1, eval_set.labels.size)))[:, 0]
-    wrong = np.isfinite(recorded) & (np.abs(recorded - recomputed) > _AUC_TOLERANCE)
-    if wrong.any():
-        k = int(np.flatnonzero(wrong)[0])
-        raise StudyError(f"trials.parquet and predictions.parquet disagree: trial {_describe_trial(eval_set.trial_ids[k], trial_info)} "
-                         f"has {column} = {recorded[k]:.4f} but its predictions give {recomputed[k]:.4f} "
-                         f"({int(wrong.sum())} trial(s) differ; are the files from different runs?)")
-
-
-# ---------------------------------------------------------------------------- bootstrap on shared draws
-
-
-def heart_kernel(eval_set: EvalSet) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Metrics (T, B) of every trial under recording weights (n, B): ROC-AUC and the threshold metrics.
-
-    The confusion counts of all trials are one matrix product per count, the
-    same arithmetic as :func:`analysis.stats.bootstrap_ci` does per model.
-    """
-    y = eval_set.binary.astype(np.float64)
-    decisions = (eval_set.probs >= eval_set.thresholds[:, None]).astype(np.float64)
-    positive_decisions, negative_decisions = decisions * y, decisions * (1 - y)
-
-    def kernel(weights: np.ndarray) -> dict[str, np.ndarray]:
-        tp, fp = positive_decisions @ weights, negative_decisions @ weights
-        n_pos = y @ weights
-        n_neg = weights.sum(axis=0) - n_pos
-        metrics = confusion_metrics(tp, fp, n_neg - fp, n_pos - tp)
-        metrics["roc_auc"] = stats._auc_kernel(eval_set.binary, eval_set.probs, weights)
-        return {m: metrics[m] for m in HEART_METRICS}
-
-    return kernel
-
-
-def respiratory_kernel(eval_set: EvalSet) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """ICBHI Score, sensitivity, specificity (argmax class), accuracy and ROC-AUC of abnormal, (T, B) each."""
-    classes = eval_set.labels
-    predicted = eval_set.class_probs.argmax(axis=-1)  # (T, n)
-    normal = (classes == 0).astype(np.float64)
-    exact_abnormal = ((predicted == classes) & (classes > 0)).astype(np.float64)
-    normal_kept = ((predicted == 0) & (classes == 0)).astype(np.float64)
-    correct = (predicted == classes).astype(np.float64)
-
-    def kernel(weights: np.ndarray) -> dict[str, np.ndarray]:
-        n_normal = normal @ weights
-        n_abnormal = weights.sum(axis=0) - n_normal
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sensitivity = exact_abnormal @ weights / n_abnormal
-            specificity = normal_kept @ weights / n_normal
-            accuracy = correct @ weights / weights.sum(axis=0)
-        return {"score": (sensitivity + specificity) / 2, "sensitivity": sensitivity, "specificity": specificity,
-                "accuracy": accuracy, "roc_auc": stats._auc_kernel(eval_set.binary, eval_set.probs, weights)}
-
-    return kernel
-
-
-@dataclass
-class Resampled:
-    """Every trial's metrics on one evaluation set: on all recordings, per bootstrap resample and left-one-out."""
-
-    eval_set: EvalSet
-    kernel: Callable
-    point: dict[str, np.ndarray]  # metric -> (T,)
-    per_resample: dict[str, np.ndarray]  # metric -> (T, B)
-    jackknife: dict[str, list[np.ndarray]]  # metric -> one (T, m) array per resampled stratum
-    band_weights: np.ndarray  # (n, ≤ ROC_BAND_RESAMPLES) the first resamples' recording weights
-    rows: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.rows = self.eval_set.row_of()
-
-
-def resample(eval_set: EvalSet, kernel: Callable, n_resamples: int, rng: np.random.Generator) -> Resampled:
-    """Run ``kernel`` on ``n_resamples`` stratified bootstrap resamples of ``eval_set``, block by block.
-
-    The draws are :func:`analysis.stats.bootstrap_ci`'s (label strata, or
-    patient groups stratified by their label mix); the leave-one-unit-out
-    values are the multi-sample jackknife its BCa interval needs.
-    """
-    units, strata = stats._resampling_units(eval_set.binary, eval_set.groups)
-    blocks, band = [], []
-    for weights in stats._bootstrap_blocks(units, strata, n_resamples, rng):
-        blocks.append(kernel(weights))
-        if sum(b.shape[1] for b in band) < ROC_BAND_RESAMPLES:
-            band.append(weights[:, :ROC_BAND_RESAMPLES - sum(b.shape[1] for b in band)])
-    per_resample = {m: np.concatenate([block[m] for block in blocks], axis=1) for m in blocks[0]}
-    point = {m: values[:, 0] for m, values in kernel(np.ones((units.size, 1))).items()}
-    n_units = int(units.max()) + 1
-    columns_per_block = max(1, stats._BLOCK_CELLS // units.size)
-    left_out = [kernel((units[:, None] != np.arange(start, min(start + columns_per_block, n_units))[None, :]).astype(np.float64))
-                for start in range(0, n_units, columns_per_block)]
-    jackknife = {m: [np.concatenate([block[m] for block in left_out], axis=1)[:, stratum] for stratum in strata] for m in point}
-    return Resampled(eval_set, kernel, point, per_resample, jackknife, np.concatenate(band, axis=1))
-
-
-class SeedDraws:
-    """Seed multiplicities (S, B) / S, drawn once per number of seeds and shared by every configuration and set."""
-
-    def __init__(self, n_resamples: int, seed: int):
-        self.n_resamples, self.seed, self._cache = n_resamples, seed, {}
-
-    def __call__(self, n_seeds: int) -> np.ndarray:
-        if n_seeds not in self._cache:
-            if n_seeds == 1:
-                self._cache[n_seeds] = np.ones((1, self.n_resamples))
-            else:
-                rng = np.random.default_rng([self.seed, _SEED_STREAM, n_seeds])
-                self._cache[n_seeds] = stats._unit_counts([np.arange(n_seeds)], n_seeds, self.n_resamples, rng) / n_seeds
-        return self._cache[n_seeds]
-
-
-def _generator(seed: int, *names: str) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(name.encode()) for name in names)])
-
-
-@dataclass
-class Interval:
-    estimate: float
-    low: float
-    high: float
-    method: str
-    n_seeds: int
-    distribution: np.ndarray  # (B,) bootstrap distribution of the seed-mean metric
-
-
-def seed_mean_interval(resampled: Resampled, trial_ids: list[str], metric: str, seed_draws: SeedDraws,
-                       method: str, confidence_level: float = CONFIDENCE_LEVEL) -> Interval:
-    """The seed-mean metric of some trials with its bootstrap interval (what stats.bootstrap_ci computes)."""
-    alpha = 1 - confidence_level
-    rows = [resampled.rows[t] for t in trial_ids]
-    n_seeds = len(rows)
-    distribution = (resampled.per_resample[metric][rows] * seed_draws(n_seeds)).sum(axis=0)
-    full = resampled.point[metric][rows]
-    estimate = float(full.mean())
-    if not np.isfinite(distribution).all():
-        return Interval(estimate, math.nan, math.nan, "undefined in some resamples", n_seeds, distribution)
-    if np.ptp(distribution) == 0:
-        return Interval(estimate, float(distribution[0]), float(distribution[0]), method, n_seeds, distribution)
-    levels, used = np.array([alpha / 2, 1 - alpha / 2]), "percentile"
-    if method == "bca":
-        jackknife = [values[rows].mean(axis=0) for values in resampled.jackknife[metric]]
-        if n_seeds > 1:
-            jackknife.append((full.sum() - full) / (n_seeds - 1))
-        if all(np.isfinite(values).all() for values in jackknife):
-            levels, used = stats._bca_levels(distribution, estimate, jackknife, alpha), "bca"
-        else:
-            used = "percentile (BCa undefined: a left-out unit leaves one class)"
-    low, high = (float(q) for q in np.quantile(distribution, levels))
-    return Interval(estimate, low, high, used, n_seeds, distribution)
 
 
 # ---------------------------------------------------------------------------- the analysis
@@ -538,7 +129,7 @@ class ComparisonRow:
     difference: float
     low: float
     high: float
-    p: float
+    p_value: float
     n_seeds: int
     note: str = ""
     adjusted_p: float = math.nan
@@ -573,12 +164,13 @@ class _Analysis:
         self.n_trials = len(trials)
         self.baseline = self._baseline_value(options.baseline)
         self.seed_draws = SeedDraws(options.n_resamples, options.seed)
-        self._intervals: dict[tuple, Interval | None] = {}
-        self.resampled = {e.name: resample(e, self._kernel(e), options.n_resamples, _generator(options.seed, e.name))
+        self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
+        self.resampled = {e.name: resample(e, self.kernel(e), options.n_resamples,
+                                           named_generator(options.seed, e.name))
                           for e in self.eval_sets}
         self.primary = next((e.name for e in self.eval_sets if e.name == "physionet2016:test"), self.eval_sets[0].name)
 
-    def _kernel(self, eval_set: EvalSet) -> Callable:
+    def kernel(self, eval_set: EvalSet) -> Kernel:
         return respiratory_kernel(eval_set) if self.respiratory else heart_kernel(eval_set)
 
     def _baseline_value(self, requested: str | None) -> str | None:
@@ -597,11 +189,12 @@ class _Analysis:
     def trials_in(self, configuration: Configuration, eval_set: str, seeds=None) -> tuple[list, list[str]]:
         """(seeds, trial ids) of a configuration that scored ``eval_set`` (optionally only the given seeds)."""
         rows = self.resampled[eval_set].rows
-        pairs = [(s, t) for s, t in zip(configuration.seeds, configuration.trial_ids)
+        pairs = [(s, t) for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
                  if t in rows and (seeds is None or s in seeds)]
         return [s for s, _ in pairs], [t for _, t in pairs]
 
-    def interval(self, eval_set: str, configuration: Configuration, metric: str, resampled: Resampled | None = None) -> Interval | None:
+    def interval(self, eval_set: str, configuration: Configuration, metric: str,
+                 resampled: Resampled | None = None) -> stats.BootstrapCI | None:
         """Seed-mean ``metric`` of a configuration over all its seeds on ``eval_set`` (or one source's ``resampled``)."""
         resampled = resampled or self.resampled[eval_set]
         key = (resampled.eval_set.name, configuration.name, metric)
@@ -650,20 +243,14 @@ class _Analysis:
         rows_a = [resampled.rows[t] for t in trials_a]
         rows_b = [resampled.rows[t] for t in trials_b]
         n_seeds = len(common)
-        draws = self.seed_draws(n_seeds)
-        levels = [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2]
-        z = special.ndtri(levels[1])
-        out, bootstrap_ci = [], {}
+        z = special.ndtri((1 + CONFIDENCE_LEVEL) / 2)
+        out, bootstrap_intervals = [], {}
         for metric in metrics:
-            differences = ((resampled.per_resample[metric][rows_a] - resampled.per_resample[metric][rows_b]) * draws).sum(axis=0)
-            value_a, value_b = (float(resampled.point[metric][rows].mean()) for rows in (rows_a, rows_b))
-            low, high = (float(q) for q in np.quantile(differences, levels))
-            # Two-sided p of stats.paired_bootstrap_test, on the shared draws.
-            tail = int(min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0)))
-            p = min(1.0, 2 * (tail + 1) / (differences.size + 1))
-            bootstrap_ci[metric] = (low, high)
-            out.append(ComparisonRow(eval_set, a.name, b.name, metric, "paired bootstrap", value_a, value_b,
-                                     value_a - value_b, low, high, p, n_seeds, "recordings and seeds resampled"))
+            paired = paired_bootstrap(resampled, trials_a, trials_b, metric, self.seed_draws)
+            bootstrap_intervals[metric] = (paired.low, paired.high)
+            out.append(ComparisonRow(eval_set, a.name, b.name, metric, "paired bootstrap", paired.value_a,
+                                     paired.value_b, paired.difference, paired.low, paired.high, paired.p_value,
+                                     n_seeds, "recordings and seeds resampled"))
         if not full:
             return out
         metric = self.compare_metric
@@ -674,15 +261,17 @@ class _Analysis:
             if metric == "roc_auc" and _delong_possible(y):
                 delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0))
                 half_width = z * math.sqrt(max(delong.var_a + delong.var_b - 2 * delong.cov, 0.0))
-                out.append(ComparisonRow(eval_set, a.name, b.name, metric, "DeLong", delong.auc_a, delong.auc_b, delong.diff,
-                                         delong.diff - half_width, delong.diff + half_width, delong.p, n_seeds,
+                out.append(ComparisonRow(eval_set, a.name, b.name, metric, "DeLong", delong.auc_a, delong.auc_b,
+                                         delong.difference, delong.difference - half_width,
+                                         delong.difference + half_width, delong.p_value, n_seeds,
                                          "seed-averaged probabilities; Wald CI"))
             # Scores minus their trial's threshold put every trial's decision at 0 (ROC-AUC is unchanged).
             shifted_a = probs_a - eval_data.thresholds[rows_a, None]
             shifted_b = probs_b - eval_data.thresholds[rows_b, None]
             permutation = stats.paired_permutation_test(y, shifted_a, shifted_b, metric, self.options.n_resamples,
-                                                        _generator(self.options.seed, eval_set, a.name, b.name), threshold=0.0)
-            low, high = bootstrap_ci[metric]
+                                                        named_generator(self.options.seed, eval_set, a.name, b.name),
+                                                        threshold=0.0)
+            low, high = bootstrap_intervals[metric]
             out.append(ComparisonRow(eval_set, a.name, b.name, metric, "paired permutation", permutation.value_a,
                                      permutation.value_b, permutation.difference, low, high, permutation.p_value,
                                      n_seeds, "outputs swapped per recording; CI from the paired bootstrap"))
@@ -701,7 +290,7 @@ class _Analysis:
         low = high = math.nan
         if n_seeds >= 2:
             interval = stats.seed_mean_ci(differences, confidence_level=CONFIDENCE_LEVEL, method="percentile",
-                                          rng=_generator(self.options.seed, "wilcoxon", eval_set, a.name))
+                                          rng=named_generator(self.options.seed, "wilcoxon", eval_set, a.name))
             low, high = interval.low, interval.high
         note = "over per-seed metrics: asks about these recordings, not new ones; CI of the mean seed difference"
         out.append(ComparisonRow(eval_set, a.name, b.name, metric, "Wilcoxon signed-rank", float(per_seed_a.mean()),
@@ -728,8 +317,8 @@ class _Analysis:
                                                        two_sided=test == "paired bootstrap")
                 if floor:
                     floors.setdefault((test, floor), []).append(metric)
-            adjusted = stats.adjust_pvalues([r.p for r in family], self.options.correction)
-            for row, p in zip(family, adjusted):
+            adjusted = stats.adjust_pvalues([r.p_value for r in family], self.options.correction)
+            for row, p in zip(family, adjusted, strict=True):
                 row.adjusted_p = float(p)
                 row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
         self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
@@ -745,27 +334,7 @@ def _delong_possible(y: np.ndarray) -> bool:
     return min(n_pos, y.size - n_pos) >= 2
 
 
-def verdict(a: str, b: str, difference: float, p: float, alpha: float) -> str:
-    if not p < alpha:
-        return "no significant difference"
-    return f"{a} > {b}" if difference > 0 else f"{a} < {b}"
-
-
 # ---------------------------------------------------------------------------- the report's tables
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-
-
-def _interval_cell(interval: Interval | None) -> str:
-    return "n/a" if interval is None else format_interval(interval.estimate, interval.low, interval.high)
-
-
-def _interval_numbers(prefix: str, interval: Interval | None) -> dict:
-    if interval is None:
-        return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
-    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
 
 
 def _methods_of(intervals) -> str:
@@ -773,23 +342,7 @@ def _methods_of(intervals) -> str:
     return ", ".join("BCa" if m == "bca" else m for m in methods)
 
 
-class _Writer:
-    """Collects the written files and their one-line descriptions for the index."""
-
-    def __init__(self, out: Path):
-        self.tables_dir, self.plots_dir = out / "tables", out / "plots"
-        self.tables: list[tuple[str, str]] = []
-        self.plots: list[tuple[str, str]] = []
-
-    def table(self, name, display, numbers, caption, description, notes=None):
-        write_table(self.tables_dir, name, display, numbers, caption, notes)
-        self.tables.append((name, description))
-
-    def plot(self, path: Path, description: str):
-        self.plots.append((path.name, description))
-
-
-def _main_table(analysis: _Analysis, writer: _Writer) -> None:
+def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
     eval_set = analysis.primary
     display, numbers, intervals = [], [], []
     has_paper = not analysis.respiratory and any(paper.paper_model(c.settings) for c in analysis.configurations)
@@ -800,8 +353,8 @@ def _main_table(analysis: _Analysis, writer: _Writer) -> None:
         for metric in analysis.main_metrics:
             interval = analysis.interval(eval_set, configuration, metric)
             intervals.append(interval)
-            row[METRIC_LABELS[metric]] = _interval_cell(interval)
-            numeric.update(_interval_numbers(metric, interval))
+            row[METRIC_LABELS[metric]] = interval_cell(interval)
+            numeric.update(interval_numbers(metric, interval))
         if has_paper:
             model = paper.paper_model(configuration.settings)
             values = paper.AUDIOFUSE_RESULTS.get(model, {})
@@ -825,7 +378,7 @@ def _main_table(analysis: _Analysis, writer: _Writer) -> None:
                  + (" and the paper's numbers" if has_paper or analysis.respiratory else ""), notes)
 
 
-def _pascal_table(analysis: _Analysis, writer: _Writer) -> None:
+def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
     options = analysis.options
     for eval_set in [e for e in analysis.resampled if e.startswith("pascal") and e != analysis.primary]:
         display, numbers, intervals = [], [], []
@@ -838,12 +391,16 @@ def _pascal_table(analysis: _Analysis, writer: _Writer) -> None:
                                                   "roc_auc", analysis.seed_draws, options.ci_method)
                                for name in (eval_set, analysis.primary))
             intervals.append(pascal)
-            change = pascal.distribution - primary.distribution
-            low, high = (float(q) for q in np.quantile(change, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2]))
-            row = {"configuration": configuration.name, "seeds": len(seeds), f"{eval_set} ROC-AUC": _interval_cell(pascal),
-                   f"change vs {analysis.primary}": format_interval(pascal.estimate - primary.estimate, low, high, signed=True)}
-            numeric = {"configuration": configuration.name, "seeds": len(seeds), **_interval_numbers("roc_auc", pascal),
-                       "change": pascal.estimate - primary.estimate, "change_low": low, "change_high": high}
+            # seed k of one set paired with seed k of the other: the same seed draws, so the difference is paired
+            change = stats.bootstrap_interval(pascal.distribution - primary.distribution,
+                                              pascal.estimate - primary.estimate, confidence_level=CONFIDENCE_LEVEL,
+                                              n_seeds=len(seeds))
+            row = {"configuration": configuration.name, "seeds": len(seeds),
+                   f"{eval_set} ROC-AUC": interval_cell(pascal),
+                   f"change vs {analysis.primary}": format_interval(change.estimate, change.low, change.high,
+                                                                     signed=True)}
+            numeric = {"configuration": configuration.name, "seeds": len(seeds), **interval_numbers("roc_auc", pascal),
+                       "change": change.estimate, "change_low": change.low, "change_high": change.high}
             if has_paper:
                 model = paper.paper_model(configuration.settings)
                 values = paper.AUDIOFUSE_RESULTS.get(model)
@@ -855,11 +412,11 @@ def _pascal_table(analysis: _Analysis, writer: _Writer) -> None:
             numbers.append(numeric)
         caption = (f"Zero-shot {eval_set}: seed-mean ROC-AUC [95 % {_methods_of(intervals)} CI] and its change from "
                    f"{analysis.primary} [95 % percentile CI; seeds paired, recordings of the two sets resampled independently].")
-        writer.table(_slug(eval_set), pd.DataFrame(display), pd.DataFrame(numbers), caption,
+        writer.table(slug(eval_set), pd.DataFrame(display), pd.DataFrame(numbers), caption,
                      f"ROC-AUC on {eval_set} and its change vs {analysis.primary}" + (", with the paper's numbers" if has_paper else ""))
 
 
-def _intervals_table(analysis: _Analysis, writer: _Writer) -> None:
+def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
     display, numbers = [], []
     for eval_set, resampled in analysis.resampled.items():
         for configuration in analysis.configurations:
@@ -869,7 +426,7 @@ def _intervals_table(analysis: _Analysis, writer: _Writer) -> None:
                     continue
                 display.append({"evaluation set": eval_set, "n": resampled.eval_set.labels.size, "n pos": resampled.eval_set.n_pos,
                                 "configuration": configuration.name, "seeds": interval.n_seeds, "metric": METRIC_LABELS[metric],
-                                "estimate [95 % CI]": _interval_cell(interval), "CI method": interval.method})
+                                "estimate [95 % CI]": interval_cell(interval), "CI method": interval.method})
                 numbers.append({"eval_set": eval_set, "n": resampled.eval_set.labels.size, "n_pos": resampled.eval_set.n_pos,
                                 "configuration": configuration.name, "seeds": interval.n_seeds, "metric": metric,
                                 "estimate": interval.estimate, "low": interval.low, "high": interval.high, "method": interval.method})
@@ -879,14 +436,15 @@ def _intervals_table(analysis: _Analysis, writer: _Writer) -> None:
                  "every metric × configuration × evaluation set with its 95 % interval and the interval method")
 
 
-def _comparisons_table(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow]) -> None:
+def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> None:
     display = [{"evaluation set": r.eval_set, "A vs B": f"{r.a} vs {r.b}", "metric": METRIC_LABELS[r.metric], "test": r.test,
                 "A": format_value(r.value_a), "B": format_value(r.value_b),
-                "Δ = A − B [95 % CI]": format_interval(r.difference, r.low, r.high, signed=True), "p": format_p(r.p),
+                "Δ = A − B [95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
+                "p": format_p(r.p_value),
                 f"adjusted p ({analysis.options.correction})": format_p(r.adjusted_p),
                 f"verdict (α = {analysis.options.alpha})": r.verdict, "seeds": r.n_seeds, "note": r.note} for r in rows]
     numbers = [{"eval_set": r.eval_set, "a": r.a, "b": r.b, "metric": r.metric, "test": r.test, "value_a": r.value_a,
-                "value_b": r.value_b, "difference": r.difference, "low": r.low, "high": r.high, "p": r.p,
+                "value_b": r.value_b, "difference": r.difference, "low": r.low, "high": r.high, "p": r.p_value,
                 "adjusted_p": r.adjusted_p, "correction": analysis.options.correction, "verdict": r.verdict,
                 "seeds": r.n_seeds, "note": r.note} for r in rows]
     n_pairs = len({(r.a, r.b) for r in rows})
@@ -909,25 +467,27 @@ def _comparisons_table(analysis: _Analysis, writer: _Writer, rows: list[Comparis
                  "every configuration vs the baseline: Δ [CI], test, p, adjusted p, verdict", notes)
 
 
-def _claims_table(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow]) -> list[dict]:
+def _matching(configurations: list[Configuration], claim: paper.Claim, value: str) -> list[Configuration]:
+    """The configurations with ``value`` on the claim's axis and the claim's fixed settings."""
+    wanted = {claim.axis: value, **claim.fixed}
+    return [c for c in configurations
+            if all(setting_text(c.settings.get(k)) == setting_text(v) for k, v in wanted.items())]
+
+
+def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> list[dict]:
     by_pair = {(r.eval_set, r.a, r.b, r.metric): r for r in rows if r.test == "paired bootstrap"}
     display, numbers, summaries = [], [], []
     for claim in paper.CLAIMS:
         if claim.eval_set not in analysis.resampled:
             continue
-
-        def matching(value):
-            wanted = {claim.axis: value, **claim.fixed}
-            return [c for c in analysis.configurations
-                    if all(setting_text(c.settings.get(k)) == setting_text(v) for k, v in wanted.items())]
-
-        winners = matching(claim.winner)
+        winners = _matching(analysis.configurations, claim, claim.winner)
         components = []
         for winner in winners:
             for loser_value in claim.losers:
                 # Same settings apart from the claim's axis.
-                loser = next((c for c in matching(loser_value) if all(setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
-                                                                      for k in c.settings if k != claim.axis)), None)
+                loser = next((c for c in _matching(analysis.configurations, claim, loser_value)
+                              if all(setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
+                                     for k in c.settings if k != claim.axis)), None)
                 if loser is not None:
                     components.append((winner, loser, loser_value))
         if not components or len(components) < len(claim.losers):
@@ -936,13 +496,13 @@ def _claims_table(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow
         for winner, loser, loser_value in components:
             row = by_pair.get((claim.eval_set, loser.name, winner.name, claim.metric))
             if row is not None:  # the family compares loser vs winner (the baseline): turn it round
-                difference, low, high, p, adjusted = -row.difference, -row.high, -row.low, row.p, row.adjusted_p
+                difference, low, high, adjusted = -row.difference, -row.high, -row.low, row.adjusted_p
                 decided_by = f"paired bootstrap, family-adjusted ({analysis.options.correction})"
             else:
                 row = by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric)) or analysis.compare(
                     winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
-                difference, low, high, p = row.difference, row.low, row.high, row.p
-                adjusted = row.adjusted_p if math.isfinite(row.adjusted_p) else p
+                difference, low, high = row.difference, row.low, row.high
+                adjusted = row.adjusted_p if math.isfinite(row.adjusted_p) else row.p_value
                 decided_by = ("paired bootstrap, family-adjusted" if math.isfinite(row.adjusted_p)
                               else "paired bootstrap, unadjusted (intersection-union: each part at α)")
             significant = adjusted < analysis.options.alpha
@@ -972,7 +532,7 @@ def _claims_table(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow
     return summaries
 
 
-def _per_source(analysis: _Analysis, writer: _Writer) -> list[dict]:
+def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     display, numbers, flags = [], [], []
     drop = analysis.options.carry_drop
     for eval_set, resampled in analysis.resampled.items():
@@ -983,8 +543,8 @@ def _per_source(analysis: _Analysis, writer: _Writer) -> list[dict]:
             mask = data.sources == source
             subset = data.subset(mask, f"{eval_set} / {source}")
             if len(np.unique(subset.binary)) == 2:
-                per_source[source] = resample(subset, analysis._kernel(subset), analysis.options.n_resamples,
-                                              _generator(analysis.options.seed, eval_set, source))
+                per_source[source] = resample(subset, analysis.kernel(subset), analysis.options.n_resamples,
+                                              named_generator(analysis.options.seed, eval_set, source))
         # Leave-one-source-out ROC-AUC of every trial: one 0/1 weighting per source.
         without = {}
         if len(sources) > 1:
@@ -1005,8 +565,8 @@ def _per_source(analysis: _Analysis, writer: _Writer) -> list[dict]:
                 numeric = {"eval_set": eval_set, "source": source, "n": n, "n_pos": n_pos, "configuration": configuration.name}
                 for metric in analysis.metrics:
                     interval = analysis.interval(eval_set, configuration, metric, per_source[source]) if source in per_source else None
-                    row[METRIC_LABELS[metric]] = _interval_cell(interval) if source in per_source else "one class only"
-                    numeric.update(_interval_numbers(metric, interval))
+                    row[METRIC_LABELS[metric]] = interval_cell(interval) if source in per_source else "one class only"
+                    numeric.update(interval_numbers(metric, interval))
                 reasons = []
                 if source in without:
                     auc_without = float(without[source][rows].mean())
@@ -1034,7 +594,7 @@ def _per_source(analysis: _Analysis, writer: _Writer) -> list[dict]:
     return flags
 
 
-def _resolution_table(analysis: _Analysis, writer: _Writer) -> list[dict]:
+def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     display, numbers = [], []
     pairs = analysis.pairs() if analysis.baseline is not None else []
     for eval_set, resampled in analysis.resampled.items():
@@ -1057,7 +617,7 @@ def _resolution_table(analysis: _Analysis, writer: _Writer) -> list[dict]:
                 if delong.var_a > 0 and delong.var_b > 0:
                     rhos.append(delong.cov / math.sqrt(delong.var_a * delong.var_b))
                 base_aucs.append(delong.auc_b)
-                observed.append(abs(delong.diff))
+                observed.append(abs(delong.difference))
             if rhos:
                 rho = float(np.median(rhos))
                 base_auc = float(np.median(base_aucs))
@@ -1083,7 +643,7 @@ def _resolution_table(analysis: _Analysis, writer: _Writer) -> list[dict]:
     return numbers
 
 
-def _plots(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
     for eval_set, resampled in analysis.resampled.items():
         data = resampled.eval_set
         n_band = resampled.band_weights.shape[1]
@@ -1099,8 +659,8 @@ def _plots(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow], reso
             point = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0].mean(axis=0)
             low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")
-            curves.append(RocCurve(f"{configuration.name}: {_interval_cell(auc)}", point, low, high))
-        path = writer.plots_dir / f"roc_{_slug(eval_set)}.png"
+            curves.append(RocCurve(f"{configuration.name}: {interval_cell(auc)}", point, low, high))
+        path = writer.plots_dir / f"roc_{slug(eval_set)}.png"
         plot_roc_curves(path, curves, f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
                         band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
                                   f"{n_band} bootstrap resamples of recordings and seeds. Legend: seed-mean ROC-AUC [95 % CI].")
@@ -1118,7 +678,7 @@ def _plots(analysis: _Analysis, writer: _Writer, rows: list[ComparisonRow], reso
         writer.plot(path, f"forest plot of Δ {METRIC_LABELS[analysis.compare_metric]} vs the baseline with 95 % CIs, per evaluation set")
 
 
-def _index(analysis: _Analysis, writer: _Writer, claims: list[dict], flags: list[dict], seconds: float) -> Path:
+def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags: list[dict], seconds: float) -> Path:
     options = analysis.options
     lines = [f"# Report: study `{analysis.name}`", "",
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `python -m analysis report` from "
@@ -1163,10 +723,7 @@ def _index(analysis: _Analysis, writer: _Writer, claims: list[dict], flags: list
     if flags:
         lines += ["## Sources carrying a pooled ROC-AUC", ""]
         lines += [f"- `{f['configuration']}` on {f['eval_set']}: **{f['source']}** ({f['reason']})" for f in flags] + [""]
-    lines += ["## Tables", ""]
-    lines += [f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {description}" for name, description in writer.tables]
-    lines += ["", "## Plots", ""]
-    lines += [f"- [plots/{name}](plots/{name}): {description}" for name, description in writer.plots]
+    lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
     lines += ["", "## Method", "",
               "- A configuration is every setting except the seed; seeds are replicates. Only clean predictions are "
               "analysed (no perturbation, no test-time branch ablation).",
@@ -1181,29 +738,29 @@ def _index(analysis: _Analysis, writer: _Writer, claims: list[dict], flags: list
               f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
               f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
               "source's CI contains 0.5."]
-    return atomic_write_text(analysis.out / "report.md", "\n".join(lines) + "\n")
+    return write_text(analysis.out / "report.md", "\n".join(lines) + "\n")
 
 
 def report_study(out: Path, **options) -> dict:
-    """Write the analysis report of the finished study in ``out``; returns a summary.
+    """Write the analysis report of the finished study in ``out``, and its robustness report where it has one.
 
     Options (see :class:`ReportOptions`): baseline (a value of the compare
     axis; default the space's), correction ("holm" or "bh"), n_resamples
     (bootstrap resamples and permutations, default 10,000), alpha (0.05),
     allow_incomplete (analyse an incomplete or mismatched study instead of
     raising StudyError), ci_method ("bca" or "percentile"), seed, carry_drop,
-    plots (False writes the tables only).
+    plots (False writes the tables only). A heart study whose predictions
+    hold perturbed or branch-ablated rows also gets
+    :func:`analysis.robustness.report_robustness` with the shared options.
 
     Returns dict with out, report (path of report.md), tables and plots
-    (paths), claims (claim and verdict), source_flags, problems (what an
-    incomplete study lacks), seconds.
+    (paths, the robustness report's included), claims (claim and verdict),
+    source_flags, problems (what an incomplete study lacks), notes, seconds.
     """
-    from analysis.robustness import has_robustness_rows, report_robustness  # it imports this module
-
     started = time.perf_counter()
     settings = ReportOptions(**options)
     analysis = _Analysis(Path(out), settings)
-    writer = _Writer(analysis.out)
+    writer = ReportWriter(analysis.out)
     rows = analysis.comparisons()
     _main_table(analysis, writer)
     _pascal_table(analysis, writer)
@@ -1217,14 +774,11 @@ def report_study(out: Path, **options) -> dict:
         _plots(analysis, writer, rows, resolution)
     seconds = time.perf_counter() - started
     report = _index(analysis, writer, claims, flags, seconds)
-    summary = {"out": str(analysis.out), "report": str(report),
-               "tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
-               "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "claims": claims, "source_flags": flags,
+    summary = {"out": str(analysis.out), "report": str(report), "tables": writer.table_paths(),
+               "plots": writer.plot_paths(), "claims": claims, "source_flags": flags,
                "problems": analysis.problems, "notes": list(dict.fromkeys(analysis.notes)), "seconds": seconds}
     if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
-        robustness = report_robustness(analysis.out, correction=settings.correction, n_resamples=settings.n_resamples,
-                                       alpha=settings.alpha, ci_method=settings.ci_method, seed=settings.seed,
-                                       plots=settings.plots)
+        robustness = report_robustness(analysis.out, **settings.shared())
         summary.update(tables=summary["tables"] + robustness["tables"], plots=summary["plots"] + robustness["plots"],
                        notes=list(dict.fromkeys(summary["notes"] + robustness["notes"])),
                        seconds=time.perf_counter() - started)
@@ -1235,19 +789,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis report", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/branches")
     parser.add_argument("--baseline", default=None, help="value of the compare axis to compare against (default: the space's)")
-    parser.add_argument("--correction", choices=CORRECTIONS, default="holm", help="multiple-comparison correction (default holm)")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples and permutations (default 10,000)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    parser.add_argument("--ci-method", choices=stats.CI_METHODS, default="bca", help="bootstrap interval (default bca)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the resampling (default 0)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="analyse an incomplete or mismatched study as it is (the report says so)")
-    parser.add_argument("--no-plots", action="store_true", help="write the tables and report.md only")
+    add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        summary = report_study(args.study, baseline=args.baseline, correction=args.correction, n_resamples=args.resamples,
-                               alpha=args.alpha, ci_method=args.ci_method, seed=args.seed,
-                               allow_incomplete=args.allow_incomplete, plots=not args.no_plots)
+        summary = report_study(args.study, baseline=args.baseline, allow_incomplete=args.allow_incomplete,
+                               **analysis_options(args))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

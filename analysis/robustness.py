@@ -20,8 +20,8 @@ Method, in short:
   (clean: "none" at 0) and one test-time branch ablation ("none", or a fusion
   model's branch features replaced by their training mean or by zeros).
 * ROC-AUC per configuration and condition: the seed mean with a 95 %
-  bootstrap interval over recordings (stratified by label) and seeds, exactly
-  as :mod:`analysis.report` computes it. Every condition of an evaluation set
+  bootstrap interval over recordings (stratified by label) and seeds, on
+  :mod:`analysis.resampling`'s engine as the main report. Every condition of an evaluation set
   uses the same recording and seed draws, so the drop from clean, the
   fusion-minus-branch difference and the ablation drop are paired
   differences with percentile intervals from the same draws.
@@ -29,6 +29,9 @@ Method, in short:
   ``model.*`` settings) at every condition without ablation: the two-level
   paired bootstrap p-value over common seeds, adjusted (Holm by default, or
   BH) over that whole family.
+
+:func:`analysis.report.report_study` runs this report after its own when a
+heart study's predictions hold perturbed or ablated rows.
 """
 from __future__ import annotations
 
@@ -37,7 +40,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,31 +47,31 @@ import pandas as pd
 import yaml
 
 from analysis import stats
-from analysis.perturbations import describe, parse_perturbation_suite
-from analysis.plots import _save, plt
-from analysis.report import (CONFIDENCE_LEVEL, CORRECTIONS, check_common_options, Configuration, EvalSet, Interval, Resampled, SeedDraws, StudyError,
-                             _generator, _interval_cell, _slug, _Writer, build_eval_sets, find_configurations, read_study,
-                             resample, seed_mean_interval, verdict)
-from analysis.tables import atomic_write_text, format_interval, format_p, format_value
+from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
+from analysis.output import ReportWriter, interval_cell, interval_numbers, slug, verdict
+from analysis.plots import SeverityCurve, SeverityPanel, plot_auc_vs_severity
+from analysis.resampling import (
+    CONFIDENCE_LEVEL,
+    Resampled,
+    SeedDraws,
+    named_generator,
+    paired_bootstrap,
+    resample,
+    roc_auc_kernel,
+    seed_mean_interval,
+)
+from analysis.study_data import Configuration, StudyError, build_eval_sets, find_configurations, read_study
+from analysis.tables import format_interval, format_p, format_value
+from study.io import write_text
+from study.perturbations import describe, parse_perturbation_suite
+
+__all__ = ["CLEAN", "ARCHITECTURE", "SINGLE_BRANCHES", "SECTION_START", "SECTION_END", "with_conditions",
+           "has_robustness_rows", "report_robustness", "parse_suite_argument", "main"]
 
 CLEAN = ("none", 0, "none")  # (perturbation, severity, ablation)
 ARCHITECTURE = "model.architecture"
 SINGLE_BRANCHES = ("spectrogram", "waveform")
 SECTION_START, SECTION_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
-_LEVELS = [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2]
-
-
-@dataclass(frozen=True)
-class RobustnessOptions:
-    correction: str = "holm"
-    n_resamples: int = 10_000
-    alpha: float = 0.05
-    ci_method: str = "bca"
-    seed: int = 0
-    plots: bool = True
-
-    def __post_init__(self):
-        check_common_options(self)
 
 
 def with_conditions(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -85,14 +87,10 @@ def has_robustness_rows(predictions: pd.DataFrame) -> bool:
     return bool(((frame["perturbation"] != "none") | (frame["severity"] != 0) | (frame["ablation"] != "none")).any())
 
 
-def _auc_kernel(eval_set: EvalSet):
-    return lambda weights: {"roc_auc": stats._auc_kernel(eval_set.binary, eval_set.probs, weights)}
-
-
 class _Robustness:
     """Every condition of a study resampled on shared draws, and the configurations' intervals on them."""
 
-    def __init__(self, out: Path, options: RobustnessOptions):
+    def __init__(self, out: Path, options: AnalysisOptions):
         self.out, self.options = Path(out), options
         self.state, trials, predictions = read_study(self.out)
         self.space = self.state.get("space", {})
@@ -117,13 +115,14 @@ class _Robustness:
                 continue
             for eval_set in eval_sets:
                 self.resampled[(eval_set.name, perturbation, int(severity), ablation)] = resample(
-                    eval_set, _auc_kernel(eval_set), options.n_resamples, _generator(options.seed, eval_set.name))
+                    eval_set, roc_auc_kernel(eval_set), options.n_resamples,
+                    named_generator(options.seed, eval_set.name))
                 if eval_set.name not in self.eval_set_names:
                     self.eval_set_names.append(eval_set.name)
         if not self.resampled:
             raise StudyError(f"{self.out}/predictions.parquet holds no condition that can be analysed: " + "; ".join(self.notes))
         self.suites = self._known_perturbations()
-        self._intervals: dict[tuple, Interval | None] = {}
+        self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
 
     def _known_perturbations(self) -> dict[str, dict]:
         """perturbation id -> its keyword options, from the space's suite and every suite merged later."""
@@ -148,9 +147,10 @@ class _Robustness:
 
     def trial_ids(self, configuration: Configuration, key: tuple, seeds=None) -> list[str]:
         rows = self.resampled[key].rows
-        return [t for s, t in zip(configuration.seeds, configuration.trial_ids) if t in rows and (seeds is None or s in seeds)]
+        return [t for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
+                if t in rows and (seeds is None or s in seeds)]
 
-    def interval(self, configuration: Configuration, key: tuple) -> Interval | None:
+    def interval(self, configuration: Configuration, key: tuple) -> stats.BootstrapCI | None:
         if key not in self.resampled:
             return None
         cache_key = (configuration.name, key)
@@ -165,15 +165,22 @@ class _Robustness:
         a, b = self.resampled[key_a].eval_set, self.resampled[key_b].eval_set
         return a.recordings.size == b.recordings.size and bool((a.recordings == b.recordings).all())
 
-    def drop(self, configuration: Configuration, key: tuple, reference: tuple) -> tuple[Interval | None, Interval | None]:
-        """(absolute drop reference − key, relative drop 1 − key / reference) of a configuration, with percentile CIs."""
+    def drop(self, configuration: Configuration, key: tuple,
+             reference: tuple) -> tuple[stats.BootstrapCI | None, stats.BootstrapCI | None]:
+        """(absolute drop reference − key, relative drop 1 − key / reference) of a configuration, with percentile CIs.
+
+        The relative drop is undefined (NaN, no interval) where the reference ROC-AUC is 0.
+        """
         a, b = self.interval(configuration, reference), self.interval(configuration, key)
         if a is None or b is None or a.n_seeds != b.n_seeds or not self.paired(key, reference):
             return None, None
-        absolute = a.distribution - b.distribution
         with np.errstate(divide="ignore", invalid="ignore"):
             relative = 1 - b.distribution / a.distribution
-        return (_percentile(a.estimate - b.estimate, absolute), _percentile(1 - b.estimate / a.estimate, relative))
+        relative_estimate = 1 - b.estimate / a.estimate if a.estimate != 0 else math.nan
+        return (stats.bootstrap_interval(a.distribution - b.distribution, a.estimate - b.estimate,
+                                         confidence_level=CONFIDENCE_LEVEL, n_seeds=a.n_seeds),
+                stats.bootstrap_interval(relative, relative_estimate, confidence_level=CONFIDENCE_LEVEL,
+                                         n_seeds=a.n_seeds))
 
     def fusion_pairs(self) -> list[tuple[Configuration, Configuration]]:
         """(fusion configuration, single-branch configuration) pairs that share every non-model setting."""
@@ -186,49 +193,30 @@ class _Robustness:
         return [(f, s) for f in fusions for s in singles if rest(f) == rest(s)]
 
     def compare(self, a: Configuration, b: Configuration, key: tuple) -> dict | None:
-        """Paired two-level bootstrap of ROC-AUC a − b on one condition over common seeds (as report._Analysis.compare)."""
+        """Paired two-level bootstrap of ROC-AUC a − b on one condition over common seeds; a robustness_tests row."""
         if key not in self.resampled:
             return None
         resampled = self.resampled[key]
-        seeds_b = {s for s, t in zip(b.seeds, b.trial_ids) if t in resampled.rows}
-        common = [s for s, t in zip(a.seeds, a.trial_ids) if t in resampled.rows and s in seeds_b]
+        seeds_b = {s for s, t in zip(b.seeds, b.trial_ids, strict=True) if t in resampled.rows}
+        common = [s for s, t in zip(a.seeds, a.trial_ids, strict=True) if t in resampled.rows and s in seeds_b]
         if not common:
             return None
-        rows_a = [resampled.rows[t] for t in self.trial_ids(a, key, common)]
-        rows_b = [resampled.rows[t] for t in self.trial_ids(b, key, common)]
-        per_resample = resampled.per_resample["roc_auc"]
-        differences = ((per_resample[rows_a] - per_resample[rows_b]) * self.seed_draws(len(common))).sum(axis=0)
-        value_a, value_b = (float(resampled.point["roc_auc"][rows].mean()) for rows in (rows_a, rows_b))
-        tail = int(min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0)))
-        low, high = np.quantile(differences, _LEVELS)
-        return {"value_a": value_a, "value_b": value_b, "difference": value_a - value_b, "low": float(low),
-                "high": float(high), "p": min(1.0, 2 * (tail + 1) / (differences.size + 1)), "n_seeds": len(common)}
+        paired = paired_bootstrap(resampled, self.trial_ids(a, key, common), self.trial_ids(b, key, common), "roc_auc",
+                                  self.seed_draws)
+        return {"value_a": paired.value_a, "value_b": paired.value_b, "difference": paired.difference,
+                "low": paired.low, "high": paired.high, "p": paired.p_value, "n_seeds": len(common)}
 
 
-def _percentile(estimate: float, distribution: np.ndarray) -> Interval:
-    finite = distribution[np.isfinite(distribution)]
-    if finite.size < distribution.size:
-        return Interval(estimate, math.nan, math.nan, "undefined in some resamples", 0, distribution)
-    low, high = np.quantile(finite, _LEVELS)
-    return Interval(estimate, float(low), float(high), "percentile", 0, distribution)
-
-
-def _percent_cell(interval: Interval | None) -> str:
+def _percent_cell(interval: stats.BootstrapCI | None) -> str:
     if interval is None:
         return "n/a"
     return format_interval(100 * interval.estimate, 100 * interval.low, 100 * interval.high, digits=1, signed=True) + " %"
 
 
-def _numbers(prefix: str, interval: Interval | None) -> dict:
-    if interval is None:
-        return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
-    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
-
-
 # ---------------------------------------------------------------------------- tables
 
 
-def _auc_table(analysis: _Robustness, writer: _Writer) -> None:
+def _auc_table(analysis: _Robustness, writer: ReportWriter) -> None:
     display, numbers = [], []
     for eval_set in analysis.eval_set_names:
         clean = (eval_set, *CLEAN)
@@ -241,13 +229,13 @@ def _auc_table(analysis: _Robustness, writer: _Writer) -> None:
                 absolute, relative = analysis.drop(configuration, key, clean) if key != clean else (None, None)
                 display.append({"configuration": configuration.name, "evaluation set": eval_set, "perturbation": perturbation,
                                 "severity": severity, "level": analysis.level(perturbation, severity),
-                                "seeds": interval.n_seeds, "ROC-AUC": _interval_cell(interval),
-                                "drop from clean": _interval_cell(absolute) if absolute else "–",
+                                "seeds": interval.n_seeds, "ROC-AUC": interval_cell(interval),
+                                "drop from clean": interval_cell(absolute) if absolute else "–",
                                 "relative drop": _percent_cell(relative) if relative else "–"})
                 numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
                                 "severity": severity, "level": analysis.level(perturbation, severity),
-                                "seeds": interval.n_seeds, **_numbers("roc_auc", interval),
-                                **_numbers("drop", absolute), **_numbers("relative_drop", relative)})
+                                "seeds": interval.n_seeds, **interval_numbers("roc_auc", interval),
+                                **interval_numbers("drop", absolute), **interval_numbers("relative_drop", relative)})
     caption = ("ROC-AUC under each perturbation and severity: seed mean [95 % bootstrap CI over recordings stratified by label "
                "and seeds]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
                "[95 % percentile CI of the paired difference on the same draws].")
@@ -255,7 +243,7 @@ def _auc_table(analysis: _Robustness, writer: _Writer) -> None:
                  "ROC-AUC per configuration, evaluation set, perturbation and severity with CIs and the drop from clean")
 
 
-def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
+def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     rows = []
     for fusion, single in analysis.fusion_pairs():
         for eval_set in analysis.eval_set_names:
@@ -274,7 +262,7 @@ def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
                                            analysis.options.alpha)
     if floor:
         analysis.notes.append(f"fusion vs branch tests: {floor}")
-    for row, p in zip(rows, adjusted):
+    for row, p in zip(rows, adjusted, strict=True):
         row["adjusted_p"] = float(p)
         row["verdict"] = verdict(row["fusion"], row["branch"], row["difference"], row["adjusted_p"], analysis.options.alpha)
     display = pd.DataFrame([{"fusion": r["fusion"], "vs": r["branch"], "evaluation set": r["eval_set"], "level": r["level"],
@@ -292,7 +280,7 @@ def _tests_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
     return rows
 
 
-def _ablation_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
+def _ablation_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     display, numbers = [], []
     for configuration in analysis.configurations:
         if configuration.settings.get(ARCHITECTURE) != "fusion":
@@ -310,12 +298,13 @@ def _ablation_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
                     base = analysis.interval(configuration, reference)
                     display.append({"configuration": configuration.name, "evaluation set": eval_set,
                                     "level": analysis.level(perturbation, severity), "ablation": ablation,
-                                    "seeds": interval.n_seeds, "ROC-AUC intact": _interval_cell(base),
-                                    "ROC-AUC ablated": _interval_cell(interval), "drop": _interval_cell(absolute)})
+                                    "seeds": interval.n_seeds, "ROC-AUC intact": interval_cell(base),
+                                    "ROC-AUC ablated": interval_cell(interval), "drop": interval_cell(absolute)})
                     numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
                                     "severity": severity, "ablation": ablation, "seeds": interval.n_seeds,
-                                    **_numbers("roc_auc_intact", base), **_numbers("roc_auc_ablated", interval),
-                                    **_numbers("drop", absolute)})
+                                    **interval_numbers("roc_auc_intact", base),
+                                    **interval_numbers("roc_auc_ablated", interval),
+                                    **interval_numbers("drop", absolute)})
     if not display:
         analysis.notes.append("no branch-ablation rows: the study has no fusion model evaluated with a branch ablated")
         return []
@@ -327,7 +316,7 @@ def _ablation_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
     return numbers
 
 
-def _per_source_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
+def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     """Each source's share of every perturbation's ROC-AUC drop (point estimates); returns the flagged rows.
 
     A pooled drop can be one database's: a model that separated one source's classes by a cue the
@@ -395,37 +384,29 @@ def _per_source_table(analysis: _Robustness, writer: _Writer) -> list[dict]:
 # ---------------------------------------------------------------------------- plots
 
 
-def _plots(analysis: _Robustness, writer: _Writer) -> None:
-    colours = plt.get_cmap("tab10")
+def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
     for eval_set in analysis.eval_set_names:
         conditions = analysis.conditions(eval_set)
         perturbations = [p for p in dict.fromkeys(p for p, _ in conditions) if p != "none"]
         if not perturbations:
             continue
-        figure, axes = plt.subplots(1, len(perturbations), figsize=(3.6 * len(perturbations), 3.8), squeeze=False,
-                                    sharey=True, layout="constrained")
-        for panel, perturbation in zip(axes[0], perturbations):
+        panels = []
+        for perturbation in perturbations:
             severities = [0] * ((eval_set, *CLEAN) in analysis.resampled) + [s for p, s in conditions if p == perturbation]
+            curves = []
             for k, configuration in enumerate(analysis.configurations):
                 keys = [(eval_set, *CLEAN) if s == 0 else (eval_set, perturbation, s, "none") for s in severities]
                 intervals = [analysis.interval(configuration, key) for key in keys]
                 points = [(x, i) for x, i in enumerate(intervals) if i is not None]
-                if not points:
-                    continue
-                x = np.array([p[0] for p in points])
-                colour = colours(k % colours.N)
-                panel.plot(x, [p[1].estimate for p in points], marker="o", color=colour, lw=1.4, label=configuration.name)
-                panel.fill_between(x, [p[1].low for p in points], [p[1].high for p in points], color=colour, alpha=0.15, lw=0)
-            panel.axhline(0.5, ls=":", color="grey", lw=1)
-            panel.set_xticks(range(len(severities)),
-                             [analysis.level(perturbation, s) if s else "clean" for s in severities], rotation=30,
-                             ha="right", fontsize=7)
-            panel.set_title(perturbation, fontsize=9)
-        axes[0][0].set_ylabel("ROC-AUC (seed mean)")
-        axes[0][-1].legend(fontsize=7, loc="lower left")
-        figure.suptitle(f"{analysis.name}: ROC-AUC vs severity on {eval_set}", fontsize=10)
-        figure.supxlabel("Bands: 95 % bootstrap CI over recordings (stratified) and seeds.", fontsize=7)
-        path = _save(figure, writer.plots_dir / f"robustness_{_slug(eval_set)}.png")
+                if points:
+                    curves.append(SeverityCurve(configuration.name, k, np.array([p[0] for p in points]),
+                                                [p[1].estimate for p in points], [p[1].low for p in points],
+                                                [p[1].high for p in points]))
+            levels = [analysis.level(perturbation, s) if s else "clean" for s in severities]
+            panels.append(SeverityPanel(perturbation, levels, curves))
+        path = plot_auc_vs_severity(writer.plots_dir / f"robustness_{slug(eval_set)}.png", panels,
+                                    f"{analysis.name}: ROC-AUC vs severity on {eval_set}",
+                                    note="Bands: 95 % bootstrap CI over recordings (stratified) and seeds.")
         writer.plot(path, f"ROC-AUC vs severity per configuration with 95 % CI bands on {eval_set}, one panel per perturbation")
 
 
@@ -545,20 +526,20 @@ def _update_index(out: Path, section: list[str]) -> Path:
     if SECTION_START in text and SECTION_END in text:
         head, rest = text.split(SECTION_START, 1)
         text = head.rstrip("\n") + "\n" + rest.split(SECTION_END, 1)[1].lstrip("\n")
-    return atomic_write_text(path, text.rstrip("\n") + "\n\n" + "\n".join([SECTION_START, *section, SECTION_END]) + "\n")
+    return write_text(path, text.rstrip("\n") + "\n\n" + "\n".join([SECTION_START, *section, SECTION_END]) + "\n")
 
 
 def report_robustness(out: Path, **options) -> dict:
     """Write the robustness tables, plots and report.md section of the study in ``out``; returns a summary.
 
-    Options (see :class:`RobustnessOptions`): correction ("holm" or "bh"),
+    Options (see :class:`analysis.options.AnalysisOptions`): correction ("holm" or "bh"),
     n_resamples (10,000), alpha (0.05), ci_method ("bca" or "percentile"),
     seed, plots. Returns dict with tables and plots (paths), tests (the rows
     of robustness_tests), claim (the section's lines), notes, seconds.
     """
     started = time.perf_counter()
-    analysis = _Robustness(Path(out), RobustnessOptions(**options))
-    writer = _Writer(analysis.out)
+    analysis = _Robustness(Path(out), AnalysisOptions(**options))
+    writer = ReportWriter(analysis.out)
     _auc_table(analysis, writer)
     tests = _tests_table(analysis, writer)
     ablation = _ablation_table(analysis, writer)
@@ -568,16 +549,14 @@ def report_robustness(out: Path, **options) -> dict:
     claim = _claim(analysis, tests, ablation, carried)
     seconds = time.perf_counter() - started
     section = (["## Robustness", "", *claim, ""]
-               + [f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {text}" for name, text in writer.tables]
-               + [f"- [plots/{name}](plots/{name}): {text}" for name, text in writer.plots]
+               + writer.table_links() + writer.plot_links()
                + [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
                + ["", f"Robustness method: {analysis.options.n_resamples} bootstrap resamples of recordings (stratified) and "
                       f"seeds shared by every condition of an evaluation set; {analysis.options.ci_method} intervals for "
                       f"ROC-AUC, percentile intervals for paired differences; {analysis.options.correction} correction over "
                       f"the fusion-vs-branch family; took {seconds:.1f} s."])
     _update_index(analysis.out, section)
-    return {"tables": [str(writer.tables_dir / f"{name}.{ext}") for name, _ in writer.tables for ext in ("md", "csv", "tex")],
-            "plots": [str(writer.plots_dir / name) for name, _ in writer.plots], "tests": tests, "claim": claim,
+    return {"tables": writer.table_paths(), "plots": writer.plot_paths(), "tests": tests, "claim": claim,
             "notes": analysis.notes, "seconds": seconds}
 
 
@@ -596,14 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/robustness")
     parser.add_argument("--perturb", default=None,
                         help="re-evaluate every checkpoint on this suite first, e.g. '[{name: codec, codec: opus, severities: [1, 2]}]'")
-    parser.add_argument("--correction", choices=CORRECTIONS, default="holm", help="multiple-comparison correction (default holm)")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10,000)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    parser.add_argument("--ci-method", choices=stats.CI_METHODS, default="bca", help="bootstrap interval (default bca)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the resampling (default 0)")
     parser.add_argument("--device", default="cpu", help="device for re-evaluation (cpu, cuda, auto; default cpu)")
     parser.add_argument("--jobs", type=int, default=None, help="feature worker processes for re-evaluation (default: all cores)")
-    parser.add_argument("--no-plots", action="store_true", help="write the tables and the report.md section only")
+    add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.perturb is not None:
@@ -613,8 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             new = reevaluate_study(args.study, suite, device=args.device, n_jobs=args.jobs)
             print(f"re-evaluated {new['trial_id'].nunique()} trials on {len(parse_perturbation_suite(suite))} perturbation "
                   f"levels: {len(new)} rows merged into {args.study}/predictions.parquet")
-        summary = report_robustness(args.study, correction=args.correction, n_resamples=args.resamples, alpha=args.alpha,
-                                    ci_method=args.ci_method, seed=args.seed, plots=not args.no_plots)
+        summary = report_robustness(args.study, **analysis_options(args))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ when its score >= threshold; pass 0/1 predictions to use thresholds of your own)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -29,16 +30,39 @@ CI_METHODS = ("percentile", "bca")
 # cells, so memory stays near 16 MB per array whatever n_resamples and n are.
 _BLOCK_CELLS = 2_000_000
 
+__all__ = [
+    "METRICS", "CI_METHODS",
+    "BootstrapCI", "DelongVariance", "DelongResult", "PairedBootstrapResult", "PermutationResult", "McNemarResult",
+    "WilcoxonResult",
+    "auc_kernel", "weighted_auc", "auc_resampled",
+    "resampling_units", "stratified_bootstrap_indices", "bootstrap_weight_blocks", "leave_one_out_weights",
+    "seed_weights",
+    "bootstrap_interval", "bootstrap_p_value", "bootstrap_ci", "seed_mean_ci",
+    "delong_variance", "delong_test", "paired_bootstrap_test", "paired_permutation_test", "mcnemar_test",
+    "wilcoxon_seeds",
+    "adjust_pvalues", "smallest_adjusted_p", "resampling_floor_warning", "hanley_mcneil_variance", "auc_difference_mde",
+]
+
 
 class BootstrapCI(NamedTuple):
-    metric: str
+    """An estimate with its bootstrap confidence interval, and the bootstrap distribution it came from."""
+
     estimate: float
     low: float
     high: float
-    method: str
-    n_resamples: int
+    method: str  # the interval built: "bca", "percentile", or why BCa fell back / no interval exists
     confidence_level: float
-    standard_error: float
+    distribution: np.ndarray  # (B,) the statistic in each bootstrap resample
+    n_seeds: int = 0  # training seeds the estimate averages over (0: not a seed mean)
+
+    @property
+    def n_resamples(self) -> int:
+        return int(self.distribution.size)
+
+    @property
+    def standard_error(self) -> float:
+        """The standard deviation of the bootstrap distribution."""
+        return float(self.distribution.std(ddof=1))
 
 
 class DelongVariance(NamedTuple):
@@ -49,12 +73,12 @@ class DelongVariance(NamedTuple):
 class DelongResult(NamedTuple):
     auc_a: float
     auc_b: float
-    diff: float
+    difference: float
     var_a: float
     var_b: float
     cov: float
     z: float
-    p: float
+    p_value: float
 
 
 class PairedBootstrapResult(NamedTuple):
@@ -93,7 +117,7 @@ class WilcoxonResult(NamedTuple):
     p_value: float
     n_seeds: int
     n_nonzero: int
-    median_difference: float
+    mean_difference: float
     method: str
     note: str
 
@@ -167,9 +191,11 @@ def _half_below(values: np.ndarray, sorted_reference: np.ndarray) -> np.ndarray:
     return (left + right) / 2
 
 
-def _auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC-AUC (S, B) of scores (S, n) under recording weights (n, B).
+def auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC-AUC (S, B) of scores (S, n) under recording weights (n, B); NaN where a weighting leaves one class.
 
+    Unchecked: ``y`` is a 0/1 array (n,), scores and weights are finite
+    float64 (weights non-negative); :func:`weighted_auc` is the checked form.
     A positive scored s counts each negative below s fully and each tie by
     half (Mann-Whitney U with midranks). With the negatives sorted once,
     C[k] = total weight of the k lowest negatives, so the weight below a
@@ -199,7 +225,7 @@ def _auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.nd
 def _metric_kernel(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Metric (S, B) of scores (S, n) under recording weights (n, B)."""
     if metric == "roc_auc":
-        return _auc_kernel(y, scores, weights)
+        return auc_kernel(y, scores, weights)
     predicted = (scores >= threshold[:, None]).astype(np.float64)
     positive = y.astype(np.float64)
     tp = (predicted * positive) @ weights
@@ -231,7 +257,7 @@ def weighted_auc(y, scores, weights) -> np.ndarray:
         raise ValueError(f"weights must have shape (B, {labels.size}), got {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("weights must be finite and non-negative")
-    aucs = _auc_kernel(labels, values, np.ascontiguousarray(w.T))
+    aucs = auc_kernel(labels, values, np.ascontiguousarray(w.T))
     return aucs[0] if np.ndim(scores) == 1 else aucs
 
 
@@ -261,7 +287,7 @@ def auc_resampled(y, scores, idx) -> np.ndarray:
     # Multiplicities laid out recording-major (n, B), as the kernel wants them.
     flat = (rows * n_resamples + np.arange(n_resamples)[:, None]).ravel()
     counts = np.bincount(flat, minlength=labels.size * n_resamples).reshape(labels.size, n_resamples)
-    aucs = _auc_kernel(labels, values, counts.astype(np.float64))
+    aucs = auc_kernel(labels, values, counts.astype(np.float64))
     return aucs[0] if np.ndim(scores) == 1 else aucs
 
 
@@ -269,8 +295,8 @@ def auc_resampled(y, scores, idx) -> np.ndarray:
 # resampling plans
 
 
-def _resampling_units(y: np.ndarray, groups) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Unit of each recording, and the strata of units resampled separately.
+def resampling_units(y: np.ndarray, groups) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unit of each recording (n,), and the strata of units resampled separately (arrays of unit ids).
 
     Without groups a unit is a recording and the strata are the two labels.
     With groups a unit is a group (patient), stratified by whether it holds
@@ -318,20 +344,42 @@ def stratified_bootstrap_indices(y, n_resamples: int, rng=None, groups=None) -> 
     labels = _check_labels(y)
     n_resamples = _check_count(n_resamples, "n_resamples")
     generator = _as_rng(rng)
-    units, strata = _resampling_units(labels, groups)
+    units, strata = resampling_units(labels, groups)
     if groups is None:
         return np.concatenate([stratum[generator.integers(0, stratum.size, size=(n_resamples, stratum.size))] for stratum in strata], axis=1)
     return _unit_counts(strata, units.max() + 1, n_resamples, generator)[units].T
 
 
-def _bootstrap_blocks(units: np.ndarray, strata: list[np.ndarray], n_resamples: int, rng: np.random.Generator):
-    """Yield recording weights (n, rows) for n_resamples stratified resamples, block by block."""
+def bootstrap_weight_blocks(units: np.ndarray, strata: list[np.ndarray], n_resamples: int, rng: np.random.Generator):
+    """Yield recording weights (n, rows) for n_resamples stratified resamples, block by block.
+
+    ``units`` and ``strata`` are :func:`resampling_units`'; the weights are
+    multiplicities (float64), the rows of all blocks add up to n_resamples.
+    """
     n_units = units.max() + 1
     rows_per_block = max(1, _BLOCK_CELLS // units.size)
     identity = np.array_equal(units, np.arange(units.size))
     for start in range(0, n_resamples, rows_per_block):
         counts = _unit_counts(strata, n_units, min(rows_per_block, n_resamples - start), rng)
         yield (counts if identity else counts[units]).astype(np.float64)
+
+
+def leave_one_out_weights(units: np.ndarray, left_out: np.ndarray):
+    """Yield recording weights (n, k) that each leave out one unit of ``left_out`` (unit ids), block by block.
+
+    Column j of the blocks in turn is 0 for the recordings of unit left_out[j] and 1 elsewhere.
+    """
+    per_block = max(1, _BLOCK_CELLS // units.size)
+    for start in range(0, left_out.size, per_block):
+        yield (units[:, None] != left_out[None, start : start + per_block]).astype(np.float64)
+
+
+def seed_weights(n_seeds: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Weights (n_seeds, n_resamples) that average seeds drawn with replacement: multiplicity / n_seeds.
+
+    Column b times per-seed statistics (n_seeds, ...) summed over seeds is resample b's seed mean.
+    """
+    return _unit_counts([np.arange(n_seeds)], n_seeds, n_resamples, rng) / n_seeds
 
 
 def _two_level_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
@@ -344,13 +392,14 @@ def _two_level_bootstrap(metric, y, models, units, strata, n_resamples, rng, res
     of one model with seed k of the other); its statistic is the mean metric
     over the drawn seeds.
     """
-    blocks = [[_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models] for w in _bootstrap_blocks(units, strata, n_resamples, rng)]
+    blocks = [[_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
+              for w in bootstrap_weight_blocks(units, strata, n_resamples, rng)]
     per_seed = [np.concatenate([block[k] for block in blocks], axis=1) for k in range(len(models))]
     n_seeds = models[0][0].shape[0]
     if not resample_seeds or n_seeds == 1:
         return np.stack([values.mean(axis=0) for values in per_seed])
-    seed_weights = _unit_counts([np.arange(n_seeds)], n_seeds, n_resamples, rng) / n_seeds
-    return np.stack([(values * seed_weights).sum(axis=0) for values in per_seed])
+    drawn = seed_weights(n_seeds, n_resamples, rng)
+    return np.stack([(values * drawn).sum(axis=0) for values in per_seed])
 
 
 def _leave_one_out(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -391,15 +440,9 @@ def _jackknife_values(metric, y, scores, threshold, units, strata, resample_seed
         per_recording = _leave_one_out(metric, y, scores, threshold).mean(axis=0)
         samples = [per_recording[stratum] for stratum in strata]
     else:
-        rows_per_block = max(1, _BLOCK_CELLS // units.size)
-        samples = []
-        for stratum in strata:
-            values = []
-            for start in range(0, stratum.size, rows_per_block):
-                left_out = stratum[start : start + rows_per_block]
-                weights = (units[:, None] != left_out[None, :]).astype(np.float64)
-                values.append(_metric_kernel(metric, y, scores, threshold, weights).mean(axis=0))
-            samples.append(np.concatenate(values))
+        samples = [np.concatenate([_metric_kernel(metric, y, scores, threshold, weights).mean(axis=0)
+                                   for weights in leave_one_out_weights(units, stratum)])
+                   for stratum in strata]
     if resample_seeds and n_seeds > 1:
         full = _metric_kernel(metric, y, scores, threshold, np.ones((y.size, 1)))[:, 0]
         samples.append((full.sum() - full) / (n_seeds - 1))
@@ -421,6 +464,52 @@ def _bca_levels(distribution: np.ndarray, estimate: float, jackknife: list[np.nd
     acceleration = numerator / (6 * denominator**1.5) if denominator > 0 else 0.0
     z = special.ndtri(np.array([alpha / 2, 1 - alpha / 2])) + z0
     return special.ndtr(z0 + z / (1 - acceleration * z))
+
+
+def bootstrap_interval(distribution: np.ndarray, estimate: float, *, confidence_level: float = 0.95,
+                       method: str = "percentile", jackknife: Callable[[], list[np.ndarray]] | None = None,
+                       n_seeds: int = 0) -> BootstrapCI:
+    """The confidence interval of a statistic from its bootstrap distribution (B,).
+
+    "percentile" takes the distribution's alpha/2 and 1 - alpha/2 quantiles;
+    "bca" corrects those levels for bias and skew (Efron & Tibshirani 1993,
+    14.3) with the acceleration from ``jackknife()``: the statistic's
+    leave-one-out values, one array per resampled population (the
+    multi-sample jackknife; called only when BCa needs it). Where a
+    leave-one-out value is not finite the interval falls back to percentile
+    and ``method`` says so; where some resample has no finite statistic
+    there is no interval (low = high = NaN). A constant distribution gives
+    low = high = that constant.
+    """
+    if method not in CI_METHODS or (method == "bca" and jackknife is None):
+        raise ValueError(f"method must be one of {CI_METHODS} (bca needs jackknife), got {method!r}")
+    alpha = 1 - confidence_level
+    if not np.isfinite(distribution).all():
+        return BootstrapCI(estimate, math.nan, math.nan, "undefined in some resamples", confidence_level, distribution,
+                           n_seeds)
+    if np.ptp(distribution) == 0:
+        value = float(distribution[0])
+        return BootstrapCI(estimate, value, value, method, confidence_level, distribution, n_seeds)
+    levels, used = np.array([alpha / 2, 1 - alpha / 2]), "percentile"
+    if method == "bca":
+        leave_one_out = jackknife()
+        if all(np.isfinite(values).all() for values in leave_one_out):
+            levels, used = _bca_levels(distribution, estimate, leave_one_out, alpha), "bca"
+        else:
+            used = "percentile (BCa undefined: a left-out unit leaves one class)"
+    low, high = (float(q) for q in np.quantile(distribution, levels))
+    return BootstrapCI(estimate, low, high, used, confidence_level, distribution, n_seeds)
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided bootstrap p of "no difference" from a paired difference's bootstrap distribution (B,).
+
+    The smallest alpha at which the percentile interval excludes 0:
+    p = 2 min(#{d <= 0}, #{d >= 0}) with the +1 correction of Davison &
+    Hinkley, (2 (tail + 1)) / (B + 1) capped at 1, so p > 0 and its floor is 2 / (B + 1).
+    """
+    tail = int(min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0)))
+    return min(1.0, 2 * (tail + 1) / (differences.size + 1))
 
 
 def bootstrap_ci(
@@ -466,9 +555,9 @@ def bootstrap_ci(
 
     Returns
     -------
-    BootstrapCI(metric, estimate, low, high, method, n_resamples,
-    confidence_level, standard_error); estimate is the seed-mean metric on
-    all recordings, standard_error the SD of the bootstrap distribution.
+    BootstrapCI(estimate, low, high, method, confidence_level, distribution,
+    n_seeds) (see :func:`bootstrap_interval`); estimate is the seed-mean
+    metric on all recordings, distribution its (n_resamples,) bootstrap values.
     """
     labels = _check_labels(y)
     scores = _check_scores(probs, labels.size, "probs")
@@ -478,20 +567,12 @@ def bootstrap_ci(
     confidence_level = _check_confidence(confidence_level)
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
-    units, strata = _resampling_units(labels, groups)
+    units, strata = resampling_units(labels, groups)
     distribution = _two_level_bootstrap(metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds)[0]
     estimate = float(_metric_kernel(metric, labels, scores, thresholds, np.ones((labels.size, 1))).mean())
-    alpha = 1 - confidence_level
-    if np.ptp(distribution) == 0:
-        low = high = float(distribution[0])
-    else:
-        if method == "bca":
-            jackknife = _jackknife_values(metric, labels, scores, thresholds, units, strata, resample_seeds)
-            levels = _bca_levels(distribution, estimate, jackknife, alpha)
-        else:
-            levels = np.array([alpha / 2, 1 - alpha / 2])
-        low, high = (float(q) for q in np.quantile(distribution, levels))
-    return BootstrapCI(metric, estimate, low, high, method, n_resamples, confidence_level, float(distribution.std(ddof=1)))
+    return bootstrap_interval(
+        distribution, estimate, confidence_level=confidence_level, method=method, n_seeds=scores.shape[0],
+        jackknife=lambda: _jackknife_values(metric, labels, scores, thresholds, units, strata, resample_seeds))
 
 
 def seed_mean_ci(values, *, confidence_level: float = 0.95, method: str = "bca", n_resamples: int = 9_999, rng=None) -> BootstrapCI:
@@ -511,13 +592,15 @@ def seed_mean_ci(values, *, confidence_level: float = 0.95, method: str = "bca",
     n_resamples = _check_count(n_resamples, "n_resamples", 2)
     estimate = float(sample.mean())
     if np.ptp(sample) == 0:
-        return BootstrapCI("mean", estimate, estimate, estimate, method, n_resamples, confidence_level, 0.0)
+        constant = np.full(n_resamples, estimate)
+        return BootstrapCI(estimate, estimate, estimate, method, confidence_level, constant, sample.size)
     result = sps.bootstrap(
         (sample,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level,
         method="BCa" if method == "bca" else "percentile", rng=_as_rng(rng),
     )
     interval = result.confidence_interval
-    return BootstrapCI("mean", estimate, float(interval.low), float(interval.high), method, n_resamples, confidence_level, float(result.standard_error))
+    return BootstrapCI(estimate, float(interval.low), float(interval.high), method, confidence_level,
+                       result.bootstrap_distribution, sample.size)
 
 
 # ----------------------------------------------------------------------------
@@ -573,21 +656,22 @@ def delong_test(y, scores_a, scores_b) -> DelongResult:
 
     Returns
     -------
-    DelongResult(auc_a, auc_b, diff = auc_a - auc_b, var_a, var_b, cov, z, p).
+    DelongResult(auc_a, auc_b, difference = auc_a - auc_b, var_a, var_b, cov, z, p_value).
     """
     labels = _check_delong_labels(y)
     values = np.concatenate([_check_scores(scores_a, labels.size, "scores_a"), _check_scores(scores_b, labels.size, "scores_b")])
     if values.shape[0] != 2:
         raise ValueError("scores_a and scores_b must each be one vector of shape (n,); average seeds first")
     aucs, covariance = _delong_covariance(labels, values)
-    diff = aucs[0] - aucs[1]
-    var_diff = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
-    if var_diff > 0:
-        z = diff / np.sqrt(var_diff)
+    difference = aucs[0] - aucs[1]
+    var_difference = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    if var_difference > 0:
+        z = difference / np.sqrt(var_difference)
     else:  # identical or perfectly separating models: no sampling variance
-        z = 0.0 if diff == 0 else np.copysign(np.inf, diff)
-    p = float(2 * sps.norm.sf(abs(z)))
-    return DelongResult(float(aucs[0]), float(aucs[1]), float(diff), float(covariance[0, 0]), float(covariance[1, 1]), float(covariance[0, 1]), float(z), p)
+        z = 0.0 if difference == 0 else np.copysign(np.inf, difference)
+    p_value = float(2 * sps.norm.sf(abs(z)))
+    return DelongResult(float(aucs[0]), float(aucs[1]), float(difference), float(covariance[0, 0]), float(covariance[1, 1]),
+                        float(covariance[0, 1]), float(z), p_value)
 
 
 # ----------------------------------------------------------------------------
@@ -623,9 +707,8 @@ def paired_bootstrap_test(
     Both models are scored on the same resamples (recordings, and seeds when
     a and b are (n_seeds, n): seed k of a is paired with seed k of b); see
     :func:`bootstrap_ci` for the resampling. The interval is the percentile
-    interval of the difference, and the two-sided p is the smallest alpha at
-    which that interval excludes 0: p = 2 min(P*(d <= 0), P*(d >= 0)), with
-    the +1 correction of Davison & Hinkley so that p > 0.
+    interval of the difference, and the two-sided p is
+    :func:`bootstrap_p_value`'s, the smallest alpha at which that interval excludes 0.
 
     Returns PairedBootstrapResult(metric, value_a, value_b, difference, low,
     high, p_value, n_resamples, confidence_level).
@@ -633,17 +716,15 @@ def paired_bootstrap_test(
     labels, scores_a, scores_b, metric, thresholds = _paired_inputs(y, a, b, metric, threshold)
     n_resamples = _check_count(n_resamples, "n_resamples", 2)
     confidence_level = _check_confidence(confidence_level)
-    units, strata = _resampling_units(labels, groups)
+    units, strata = resampling_units(labels, groups)
     models = [(scores_a, thresholds), (scores_b, thresholds)]
     stats_a, stats_b = _two_level_bootstrap(metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds)
     differences = stats_a - stats_b
     ones = np.ones((labels.size, 1))
     value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
-    alpha = 1 - confidence_level
-    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
-    tail = int(min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0)))
-    p_value = min(1.0, 2 * (tail + 1) / (n_resamples + 1))
-    return PairedBootstrapResult(metric, value_a, value_b, value_a - value_b, float(low), float(high), p_value, n_resamples, confidence_level)
+    interval = bootstrap_interval(differences, value_a - value_b, confidence_level=confidence_level)
+    return PairedBootstrapResult(metric, value_a, value_b, value_a - value_b, interval.low, interval.high,
+                                 bootstrap_p_value(differences), n_resamples, confidence_level)
 
 
 def _auc_swap_effects(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
@@ -708,7 +789,8 @@ def paired_permutation_test(
     value_b = float(_metric_kernel(metric, labels, scores_b, thresholds, ones).mean())
     positive = labels == 1
     if metric == "roc_auc":
-        effects = np.mean([_auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b)], axis=0)
+        effects = np.mean([_auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b, strict=True)],
+                          axis=0)
 
         def differences(swap):
             return effects.sum() - 2 * swap @ effects
@@ -804,7 +886,7 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
     (for that, use :func:`paired_bootstrap_test` with seeds).
 
     Returns WilcoxonResult(statistic, p_value, n_seeds, n_nonzero,
-    mean_difference, method, note).
+    mean_difference (zeros included), method, note).
     """
     a = np.asarray(metric_a, dtype=np.float64)
     b = np.asarray(metric_b, dtype=np.float64)

@@ -2,15 +2,19 @@
 
 A report table is two pandas DataFrames with the same rows: ``display`` holds
 the formatted cells (Markdown and LaTeX), ``numbers`` the raw estimates and
-interval ends as separate columns (CSV, for anyone re-plotting).
+interval ends as separate columns (CSV, for anyone re-plotting). Files are
+written through :func:`study.io.write_text`.
 """
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from study.io import write_text
+
+__all__ = ["format_value", "format_interval", "format_p", "to_markdown", "latex_escape", "to_latex", "write_table"]
 
 # Characters that LaTeX reads as commands, and the few non-ASCII symbols the tables use.
 _LATEX_ESCAPES = {
@@ -69,19 +73,6 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 def write_table(folder: Path, name: str, display: pd.DataFrame, numbers: pd.DataFrame, caption: str,
                 notes: list[str] | None = None) -> list[Path]:
     """Write ``folder/name.md`` (caption, table, notes), ``name.csv`` (numbers) and ``name.tex``.
@@ -99,7 +90,7 @@ def write_table(folder: Path, name: str, display: pd.DataFrame, numbers: pd.Data
         markdown += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     latex = to_latex(display, caption + (" " + " ".join(notes) if notes else ""), name)
     return [
-        atomic_write_text(folder / f"{name}.md", markdown),
-        atomic_write_text(folder / f"{name}.csv", numbers.to_csv(index=False)),
-        atomic_write_text(folder / f"{name}.tex", latex),
+        write_text(folder / f"{name}.md", markdown),
+        write_text(folder / f"{name}.csv", numbers.to_csv(index=False)),
+        write_text(folder / f"{name}.tex", latex),
     ]

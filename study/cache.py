@@ -11,16 +11,18 @@ once never see a half-written entry.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -52,7 +54,7 @@ class FeatureSet:
     profile: FeatureProfile
     stats: dict = field(default_factory=dict)
 
-    def select(self, rows: np.ndarray | pd.Series) -> "FeatureSet":
+    def select(self, rows: np.ndarray | pd.Series) -> FeatureSet:
         """The items at boolean mask or positions ``rows`` of the table, re-indexed from 0."""
         rows = np.flatnonzero(np.asarray(rows)) if np.asarray(rows).dtype == bool else np.asarray(rows)
         keep = np.isin(self.item_index, rows)
@@ -140,6 +142,30 @@ def _init_worker() -> None:
     threadpool_limits(1)
 
 
+_pool: tuple[int, ProcessPoolExecutor] | None = None
+
+
+def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
+    """One pool of ``n_jobs`` feature workers per process, reused by every call: a spawned worker
+    pays for importing librosa and compiling its numba kernels (seconds), which a robustness suite
+    calling this once per evaluation set and perturbation would otherwise pay dozens of times."""
+    global _pool
+    if _pool is None or _pool[0] != n_jobs:
+        _close_pool()
+        _pool = (n_jobs, ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker))
+    return _pool[1]
+
+
+def _close_pool() -> None:
+    global _pool
+    if _pool is not None:
+        _pool[1].shutdown(cancel_futures=True)
+        _pool = None
+
+
+atexit.register(_close_pool)
+
+
 def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: FeatureCache | None = None,
                      transform: Transform | None = None, transform_key: str = "", n_jobs: int | None = None,
                      progress: bool = True, desc: str = "features") -> FeatureSet:
@@ -177,16 +203,17 @@ def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: Fea
     if n_jobs == 1:
         results = map(_compute_item, tasks)
     else:
-        pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker)
-        results = pool.map(_compute_item, tasks, chunksize=max(1, min(32, len(tasks) // (4 * n_jobs))))
+        results = _worker_pool(n_jobs).map(_compute_item, tasks,
+                                           chunksize=max(1, min(32, len(tasks) // (4 * n_jobs))))
     try:
         for position, item_images, item_waves in results:
             images[position], waves[position] = item_images, item_waves
             bar.update()
+    except BrokenProcessPool:
+        _close_pool()  # a worker died: the next call starts a fresh pool
+        raise
     finally:
         bar.close()
-        if n_jobs > 1:
-            pool.shutdown(cancel_futures=True)
     counts = np.array([len(w) for w in waves], dtype=np.int64)
     if len(table):
         images, waves = np.concatenate(images), np.concatenate(waves)

@@ -26,9 +26,10 @@ Space file layout::
     perturbations: [{name: codec, codec: mp3, severities: [1, 2]}]
     eval_variants: {features.padding: [cyclic]}   # evaluation-time variants of each trained model
 
-A recipe is applied where a config is consumed (:func:`apply_recipe`), over every
-other setting, so a trial's config keeps the recipe's name as its one varying
-setting and the analysis names configurations by it.
+A recipe's settings are laid over the grid point when the configs are resolved
+(:meth:`Space.trial_configs`), below command-line overrides; the config keeps the
+recipe's name as ``recipe``, its one varying setting, by which the analysis names
+configurations. Every consumer then reads one resolved config.
 """
 from __future__ import annotations
 
@@ -41,62 +42,134 @@ import yaml
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
-DEFAULTS: dict = {
-    "seed": 0,
-    # data
-    "data.train_set": "physionet2016",  # dataset trained on
-    "data.eval_sets": ["physionet2016:test", "pascal"],  # dataset[:split] evaluated at recording level
-    "data.validation": "per_source_balanced",  # or stratified (see study.data.splits)
-    "data.validation_fraction": 0.1,
-    "data.validation_seed": 0,  # fixed across model seeds: every trial sees the same split
-    "data.pascal_mapping": "paper",  # or clinical
-    "data.max_train": None,  # cap on training recordings (CPU-sized runs): a fixed stratified subset
-    "data.max_eval": None,  # cap on recordings per evaluation set
-    "data.skip_bad": False,
-    "data.perturbations": [],  # robustness suite applied to every evaluation set (the space's `perturbations`)
+CHOICES = {
+    "data.validation": ("per_source_balanced", "stratified"),
+    "data.pascal_mapping": ("paper", "clinical"),
+    "train.optimizer": ("adamw",),
+    "train.balance": ("class_weights", "sampler", "none"),
+    "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy", "score"),
+    "train.threshold_criterion": ("balanced_accuracy", "accuracy", "mcc", "f1"),
+    "train.device": ("assigned", "auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "train.compile": (False, True),
+    "train.channels_last": (False, True),
+}
+
+
+def _check_fields(obj, section_name: str, numbers: dict) -> None:
+    """Validate a settings dataclass: CHOICES for its choice fields, ``numbers`` maps a field to
+    (kind, minimum, optional) with kind "int" or "number"; raises ValueError naming the setting."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{section_name}.{f.name}", getattr(obj, f.name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"'{key}' must be one of {list(CHOICES[key])}, got {value!r}")
+        if f.name in numbers:
+            kind, minimum, optional = numbers[f.name]
+            if value is None and optional:
+                continue
+            integer = isinstance(value, int) and not isinstance(value, bool)
+            number = integer or isinstance(value, float)
+            if not (integer if kind == "int" else number) or value < minimum:
+                what = "an integer" if kind == "int" else "a number"
+                raise ValueError(f"'{key}' must be {what} ≥ {minimum}{' or null' if optional else ''}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The ``data.*`` settings of a trial: what it trains and is evaluated on."""
+
+    train_set: str = "physionet2016"  # dataset trained on
+    # dataset[:split] evaluated at recording level
+    eval_sets: list = dataclasses.field(default_factory=lambda: ["physionet2016:test", "pascal"])
+    validation: str = "per_source_balanced"  # or stratified (see study.data.splits)
+    validation_fraction: float = 0.1
+    validation_seed: int = 0  # fixed across model seeds: every trial sees the same split
+    pascal_mapping: str = "paper"  # or clinical
+    max_train: int | None = None  # cap on training recordings (CPU-sized runs): a fixed stratified subset
+    max_eval: int | None = None  # cap on recordings per evaluation set
+    skip_bad: bool = False
+    # robustness suite applied to every evaluation set (the space's `perturbations`)
+    perturbations: list = dataclasses.field(default_factory=list)
     # feature settings under which every clean evaluation set is scored again by the same trained model
     # (the space's `eval_variants`, e.g. {"features.padding": ["cyclic"]}): for settings that change no
     # training input, such as padding when every training recording is longer than the window.
     # Each variant is an evaluation set of its own, named "SET[padding=cyclic]".
-    "data.eval_variants": {},
+    eval_variants: dict = dataclasses.field(default_factory=dict)
     # more roots of the same dataset, whose recordings join it: {"icbhi2017": ["~/real/icbhi2017"]};
     # a root that does not exist is skipped with a warning and recorded in the trial's data info
-    "data.extra_roots": {},
-    # features (study.features.FeatureProfile fields)
-    "features.profile": "native",
-    # model (study.models.ModelConfig fields)
+    extra_roots: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_fields(self, "data", {"validation_fraction": ("number", 0, False), "validation_seed": ("int", 0, False),
+                                     "max_train": ("int", 1, True), "max_eval": ("int", 1, True)})
+        extra = self.extra_roots
+        if not isinstance(extra, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
+                                                  for v in extra.values()):
+            raise ValueError(f"'data.extra_roots' must map a dataset name to a list of folders, got {extra!r}")
+        if not isinstance(self.eval_variants, dict):
+            raise ValueError(f"eval_variants must map a features.* setting to a list of values, got "
+                             f"{self.eval_variants!r}")
+
+    @classmethod
+    def from_config(cls, config: dict) -> DataConfig:
+        return cls(**section(config, "data"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The ``train.*`` settings of a trial: optimiser, recipe, stopping, device."""
+
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    sam: bool = False
+    sam_rho: float = 0.05
+    balance: str = "class_weights"  # class_weights (BCE weights) | sampler (weighted random sampler) | none
+    batch_size: int = 32
+    max_epochs: int = 100
+    patience: int = 30  # epochs without a better validation score before stopping
+    # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy | score (ICBHI Score;
+    # for a binary model the same as balanced accuracy). A multi-class model monitors accuracy or Score.
+    monitor: str = "accuracy"
+    threshold_criterion: str = "balanced_accuracy"  # how the validation-optimal threshold is chosen
+    threads: int = 1  # torch CPU threads per trial
+    # assigned: CUDA exactly when Ray gave the trial a GPU (an error if CUDA is then missing; outside
+    # Ray, CUDA when there is one) | auto: CUDA when there is one, else the CPU | cpu | cuda
+    device: str = "assigned"
+    precision: str = "auto"  # auto: bf16 autocast on a CUDA device with bf16, fp32 elsewhere | bf16 | fp32
+    # off until measured to help: torch.compile of the training forward pass, channels-last images
+    compile: bool = False
+    channels_last: bool = False
+    eval_batch_size: int | None = None  # windows per evaluation batch; None: 1024 on a GPU, 128 on the CPU
+
+    def __post_init__(self):
+        _check_fields(self, "train", {"lr": ("number", 0, False), "weight_decay": ("number", 0, False),
+                                      "sam_rho": ("number", 0, False), "batch_size": ("int", 1, False),
+                                      "max_epochs": ("int", 1, False), "patience": ("int", 1, False),
+                                      "threads": ("int", 1, False), "eval_batch_size": ("int", 1, True)})
+
+    @classmethod
+    def from_config(cls, config: dict) -> TrainConfig:
+        return cls(**section(config, "train"))
+
+
+def _defaults(settings_class, section_name: str) -> dict:
+    instance = settings_class()
+    return {f"{section_name}.{f.name}": getattr(instance, f.name) for f in dataclasses.fields(settings_class)}
+
+
+DEFAULTS: dict = {
+    "seed": 0,
+    **_defaults(DataConfig, "data"),
+    "features.profile": "native",  # the other features.* settings: study.features.FeatureProfile fields
+    # the other model.* settings: study.models.ModelConfig fields
     "model.architecture": "fusion",
     "model.fusion": "concat",
     # local AudioSet-pretrained AST state dict (study.models.load_ast_checkpoint) that AST models start
     # from; models of other architectures train from scratch
     "model.init_checkpoint": None,
-    # recipes
-    "recipe": None,  # name of one of `recipes`, applied over every other setting
-    "recipes": {},  # the space's named bundles of settings
-    # training
-    "train.optimizer": "adamw",
-    "train.lr": 3e-4,
-    "train.weight_decay": 1e-4,
-    "train.sam": False,
-    "train.sam_rho": 0.05,
-    "train.balance": "class_weights",  # class_weights (BCE weights) | sampler (weighted random sampler) | none
-    "train.batch_size": 32,
-    "train.max_epochs": 100,
-    "train.patience": 30,  # epochs without a better validation accuracy before stopping
-    # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy | score (ICBHI Score;
-    # for a binary model the same as balanced accuracy). A multi-class model monitors accuracy or Score.
-    "train.monitor": "accuracy",
-    "train.threshold_criterion": "balanced_accuracy",  # how the validation-optimal threshold is chosen
-    "train.threads": 1,  # torch CPU threads per trial
-    # assigned: CUDA exactly when Ray gave the trial a GPU (an error if CUDA is then missing; outside
-    # Ray, CUDA when there is one) | auto: CUDA when there is one, else the CPU | cpu | cuda
-    "train.device": "assigned",
-    "train.precision": "auto",  # auto: bf16 autocast on a CUDA device with bf16, fp32 elsewhere | bf16 | fp32
-    # off until measured to help (python -m study.bench): torch.compile of the training forward pass,
-    # channels-last spectrogram images
-    "train.compile": False,
-    "train.channels_last": False,
-    "train.eval_batch_size": None,  # windows per evaluation batch; None: 1024 on a GPU, 128 on the CPU
+    "recipe": None,  # name of the space's recipe whose settings this config holds (a label)
+    **_defaults(TrainConfig, "train"),
 }
 
 # Settings every space gets at a scale before its own: a CPU-sized run uses tiny
@@ -129,18 +202,6 @@ SCALE_PRESETS: dict = {
 }
 TOP_LEVEL_KEYS = {"name", "description", "study", "default_scale", "fixed", "grid", "scales", "search", "resources",
                   "compare", "perturbations", "notes", "recipes", "eval_variants"}
-CHOICES = {
-    "data.validation": ("per_source_balanced", "stratified"),
-    "data.pascal_mapping": ("paper", "clinical"),
-    "train.optimizer": ("adamw",),
-    "train.balance": ("class_weights", "sampler", "none"),
-    "train.monitor": ("accuracy", "roc_auc", "balanced_accuracy", "score"),
-    "train.threshold_criterion": ("balanced_accuracy", "accuracy", "mcc", "f1"),
-    "train.device": ("assigned", "auto", "cpu", "cuda"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.compile": (False, True),
-    "train.channels_last": (False, True),
-}
 
 
 class SpaceError(ValueError):
@@ -157,15 +218,21 @@ def _allowed_keys() -> set[str]:
     return keys
 
 
-def apply_recipe(config: dict) -> dict:
-    """The config with its recipe's settings laid over it (unchanged when ``recipe`` is None)."""
-    name = config.get("recipe")
-    if name is None:
-        return config
-    recipes = config.get("recipes") or {}
-    if name not in recipes:
-        raise SpaceError(f"recipe {name!r} is not defined; the space's recipes are {sorted(recipes)}")
-    return {**config, **recipes[name]}
+def parse_settings(pairs: list[str]) -> dict:
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``, values parsed as YAML scalars/lists."""
+    settings = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        settings[key.strip()] = parsed
+    return settings
 
 
 def check_config(config: dict, where: str) -> dict:
@@ -186,29 +253,20 @@ def validate_trial_config(config: dict, where: str) -> None:
     from .models import ModelConfig
 
     check_config(config, where)
-    for name, settings in (config.get("recipes") or {}).items():
-        if not isinstance(settings, dict) or {"recipe", "recipes"} & set(settings):
-            raise SpaceError(f"{where}: recipe {name!r} must be a mapping of settings (not recipe/recipes)")
-        check_config(settings, f"{where} (recipe {name!r})")
     try:
-        config = apply_recipe(config)
-    except SpaceError as exc:
-        raise SpaceError(f"{where}: {exc}") from exc
-    try:
+        DataConfig.from_config(config)
+        TrainConfig.from_config(config)
         profile_of(config)
         ModelConfig.from_dict(model_settings(config))
     except (ValueError, TypeError) as exc:
         raise SpaceError(f"{where}: {exc}") from exc
     try:
-        from analysis.perturbations import parse_perturbation_suite
+        from .perturbations import parse_perturbation_suite
 
         parse_perturbation_suite(config["data.perturbations"])
     except ValueError as exc:
         raise SpaceError(f"{where}: perturbations: {exc}") from exc
-    variants = config["data.eval_variants"]
-    if not isinstance(variants, dict):
-        raise SpaceError(f"{where}: eval_variants must map a features.* setting to a list of values, got {variants!r}")
-    for key, values in variants.items():
+    for key, values in config["data.eval_variants"].items():
         if not key.startswith("features.") or key == "features.profile" or key not in _allowed_keys():
             raise SpaceError(f"{where}: eval_variants: '{key}' is not a feature setting (features.padding, ...)")
         if not isinstance(values, list) or not values:
@@ -218,18 +276,6 @@ def validate_trial_config(config: dict, where: str) -> None:
                 profile_of({**config, key: value})
             except (ValueError, TypeError) as exc:
                 raise SpaceError(f"{where}: eval_variants.{key}: {exc}") from exc
-    for key in ("train.lr", "train.weight_decay", "train.sam_rho", "data.validation_fraction"):
-        if not isinstance(config[key], (int, float)) or config[key] < 0:
-            raise SpaceError(f"{where}: '{key}' must be a non-negative number, got {config[key]!r}")
-    for key in ("train.batch_size", "train.max_epochs", "train.patience", "train.threads", "train.eval_batch_size"):
-        if key == "train.eval_batch_size" and config[key] is None:
-            continue
-        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
-            raise SpaceError(f"{where}: '{key}' must be a positive integer, got {config[key]!r}")
-    extra = config["data.extra_roots"]
-    if not isinstance(extra, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
-                                              for v in extra.values()):
-        raise SpaceError(f"{where}: 'data.extra_roots' must map a dataset name to a list of folders, got {extra!r}")
 
 
 def check_resources(resources: dict, where: str) -> dict:
@@ -344,16 +390,26 @@ class Space:
         return copy.deepcopy(self.raw.get("eval_variants") or {})
 
     def trial_configs(self, overrides: dict | None = None) -> list[dict]:
-        """Every grid point as a resolved flat config, in a stable order."""
+        """Every grid point as a resolved flat config, in a stable order: DEFAULTS ← scale preset ←
+        fixed ← grid point ← its recipe's settings ← ``overrides``."""
+        overrides = overrides or {}
         base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(),
-                "data.perturbations": self.perturbations, "data.eval_variants": self.eval_variants,
-                "recipes": self.recipes, **(overrides or {})}
-        grid = {k: v for k, v in self.grid().items() if k not in (overrides or {})}
+                "data.perturbations": self.perturbations, "data.eval_variants": self.eval_variants}
+        grid = {k: v for k, v in self.grid().items() if k not in overrides}
         keys = sorted(grid)
         configs = []
         for values in itertools.product(*(grid[k] for k in keys)):
-            config = {**base, **dict(zip(keys, values))}
-            validate_trial_config(config, f"{self.path} (grid point {dict(zip(keys, values))})")
+            point = dict(zip(keys, values))
+            where = f"{self.path} (grid point {point})"
+            config = {**base, **point}
+            recipe = {**config, **overrides}.get("recipe")
+            if recipe is not None:
+                if recipe not in self.recipes:
+                    raise SpaceError(f"{where}: recipe {recipe!r} is not defined; the space's recipes are "
+                                     f"{sorted(self.recipes)}")
+                config.update(self.recipes[recipe])
+            config.update(overrides)
+            validate_trial_config(config, where)
             configs.append(config)
         return configs
 
@@ -404,6 +460,13 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
             if not isinstance(values, list) or not values:
                 raise SpaceError(f"{path}: '{where}.{key}' must be a non-empty list of values, got {values!r}")
         check_config({k: v[0] for k, v in grid.items()}, f"{path} ({where})")
+    recipes = raw.get("recipes") or {}
+    if not isinstance(recipes, dict):
+        raise SpaceError(f"{path}: 'recipes' must map a recipe name to its settings")
+    for name, settings in recipes.items():
+        if not isinstance(settings, dict) or "recipe" in settings:
+            raise SpaceError(f"{path}: recipe {name!r} must be a mapping of settings (other than recipe)")
+        check_config(settings, f"{path} (recipe {name!r})")
     for where, part in [("resources", raw.get("resources", {}))] + [(f"scales.{s}.resources", v.get("resources", {}))
                                                                     for s, v in scales.items()]:
         check_resources(part, f"{path} ({where})")

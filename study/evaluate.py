@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis.perturbations import parse_perturbation_suite
-
-from .config import apply_recipe, model_config_of, profile_of
+from .config import model_config_of, profile_of
 from .io import write_json, write_parquet
 from .models import create_model
-from .train import PREDICTION_COLUMNS, data_settings, evaluate_model, pick_device, prepare_data
+from .perturbations import parse_perturbation_suite
+from .train import PREDICTION_COLUMNS, evaluate_model, pick_device
+from .trial_data import data_settings, prepare_data
 
 ROW_KEY = ["trial_id", "eval_set", "recording_id", "perturbation", "severity", "ablation"]
 CONDITION_KEY = ["trial_id", "eval_set", "perturbation", "severity", "ablation"]
@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def load_model(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint, in eval mode."""
-    config = apply_recipe(checkpoint["config"])  # a recipe may set the architecture
+    config = checkpoint["config"]  # resolved: a recipe's settings are in it
     model = create_model(model_config_of(config, profile_of(config)))
     model.load_state_dict(checkpoint["model"])
     return model.eval()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 # Bump when the computation changes so cached features of older code are not reused.
 FEATURE_VERSION = 1
+# Bumped per spectrogram kind: 2 = fbank computed by torchaudio's Kaldi fbank instead of librosa.
+SPECTROGRAM_VERSION = {"db_minmax": 1, "fbank": 2}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class FeatureProfile:
         settings = dataclasses.asdict(self)
         settings.pop("name")
         settings["version"] = FEATURE_VERSION
+        if SPECTROGRAM_VERSION[self.spectrogram] > 1:  # other kinds keep the keys of their cached features
+            settings["spectrogram_version"] = SPECTROGRAM_VERSION[self.spectrogram]
         return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
@@ -108,9 +111,9 @@ PROFILES = {
     "native": FeatureProfile("native", sample_rate=2000, n_fft=256, hop_length=32, n_mels=64, fmin=20.0,
                              fmax=1000.0, waveform_norm="zscore"),
     # AST / SAM-AST on ICBHI cycles: 16 kHz, 8 s with cyclic padding, 128 Mel bands of 25 ms windows
-    # every 10 ms (Kaldi fbank as torchaudio.compliance.kaldi.fbank computes it, here with librosa:
-    # 512-point FFT of a 400-sample window, pre-emphasis 0.97, HTK Mel from 20 Hz, natural log),
-    # 128 x 798 frames, standardised with training-set statistics in study.train.
+    # every 10 ms (torchaudio.compliance.kaldi.fbank with AST's settings: 512-point FFT of a 400-sample
+    # Hann window, per-frame DC removal and pre-emphasis 0.97, HTK Mel from 20 Hz, natural log),
+    # 128 x 798 frames, standardised with training-set statistics in study.trial_data.
     "ast": FeatureProfile("ast", sample_rate=16000, window_s=8.0, padding="cyclic", n_fft=512, win_length=400,
                           hop_length=160, n_mels=128, fmin=20.0, spectrogram="fbank", preemphasis=0.97,
                           waveform_norm="zscore"),
@@ -167,30 +170,31 @@ def make_windows(wave: np.ndarray, profile: FeatureProfile) -> np.ndarray:
 
 
 def fbank_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:
-    """Kaldi-fbank-style log-Mel of windows (n, samples) → float32 (n, n_mels, frames), natural log.
+    """Kaldi fbank of windows (n, samples) → float32 (n, n_mels, frames), natural log, as AST computes it.
 
-    Frame k covers samples [k * hop, k * hop + win_length) (Kaldi's snip_edges framing):
-    each window is zero-padded by (n_fft - win_length) / 2 on both sides so librosa's
-    centred-in-frame analysis window lands there. HTK Mel triangles without area
-    normalisation and a Hann window (Kaldi: povey, a Hann raised to 0.85).
+    Each window's mean is removed, then ``torchaudio.compliance.kaldi.fbank`` with AST's settings
+    (``htk_compat=True, use_energy=False, window_type="hanning", dither=0.0``) and the profile's
+    framing: frame k covers samples [k * hop, k * hop + win_length) (snip_edges), per-frame DC
+    removal and pre-emphasis, a Hann window, an ``n_fft``-point power spectrum (Kaldi's next power
+    of two above the window), HTK Mel triangles from ``fmin``, log floored at float32 epsilon.
     """
-    import librosa
+    import torch
+    from torchaudio.compliance import kaldi
 
-    if profile.preemphasis:
-        windows = librosa.effects.preemphasis(windows, coef=profile.preemphasis)
-    margin = (profile.n_fft - profile.frame_length) // 2
-    padded = np.pad(windows, ((0, 0), (margin, profile.n_fft - profile.frame_length - margin)))
-    with warnings.catch_warnings():
-        # 128 bands from 20 Hz are narrower than a 31 Hz FFT bin at the bottom: some are empty,
-        # exactly as in Kaldi's fbank (their log is the floor)
-        warnings.filterwarnings("ignore", message="Empty filters detected")
-        power = librosa.feature.melspectrogram(
-            y=padded, sr=profile.sample_rate, n_fft=profile.n_fft, hop_length=profile.hop_length,
-            win_length=profile.frame_length, center=False, n_mels=profile.n_mels, fmin=profile.fmin,
-            fmax=profile.fmax, htk=True, norm=None,
-        )
-    # Kaldi floors the energy at float epsilon before the log
-    return np.log(np.maximum(power, np.finfo(np.float32).eps)).astype(np.float32)
+    if profile.n_fft != 1 << (profile.frame_length - 1).bit_length():
+        raise ValueError(f"Kaldi's fbank uses an FFT of the next power of two above the window "
+                         f"({profile.frame_length} samples), not n_fft={profile.n_fft}")
+    options = dict(sample_frequency=profile.sample_rate, num_mel_bins=profile.n_mels,
+                   frame_length=1000 * profile.frame_length / profile.sample_rate,
+                   frame_shift=1000 * profile.hop_length / profile.sample_rate, low_freq=profile.fmin,
+                   high_freq=profile.fmax or 0.0, preemphasis_coefficient=profile.preemphasis,
+                   htk_compat=True, use_energy=False, window_type="hanning", dither=0.0)
+    images = np.empty((len(windows), profile.n_mels, profile.n_fbank_frames), np.float32)
+    with torch.no_grad():
+        # kaldi.fbank takes one signal at a time; a recording has one window or a few
+        for i, window in enumerate(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))):
+            images[i] = kaldi.fbank((window - window.mean())[None], **options).T.numpy()
+    return images
 
 
 def log_mel_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:

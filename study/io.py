@@ -1,9 +1,14 @@
-"""Atomic writes: a crash leaves the previous file or the new one, never half of one."""
+"""Atomic writes: a crash leaves the previous file or the new one, never half of one.
+
+Every file the study and the analysis write goes through :func:`atomic_path`;
+the writers return the path written. Text is UTF-8 whatever the locale (the
+report's tables hold Δ, ρ, α).
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,31 +17,39 @@ import pandas as pd
 
 @contextmanager
 def atomic_path(target: str | Path):
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success.
+
+    The temporary file is created with the process umask's permissions (as
+    ``open`` would create ``target``), not mkstemp's owner-only 0600, so a
+    shared results folder stays readable.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
-def write_json(target: str | Path, obj) -> None:
+def write_json(target: str | Path, obj) -> Path:
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=_jsonable, allow_nan=True) + "\n")
+        tmp.write_text(json.dumps(obj, indent=1, default=_jsonable, allow_nan=True) + "\n", encoding="utf-8")
+    return Path(target)
 
 
-def write_parquet(target: str | Path, frame: pd.DataFrame) -> None:
+def write_parquet(target: str | Path, frame: pd.DataFrame) -> Path:
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
+    return Path(target)
 
 
-def write_text(target: str | Path, text: str) -> None:
+def write_text(target: str | Path, text: str) -> Path:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
 
 
 def _jsonable(value):

@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.perturbations import TEMPO_RATES, parse_perturbation_suite
-
 from .cache import STORE_DTYPE
-from .config import Space, SpaceError, apply_recipe, profile_of, section
+from .config import DataConfig, Space, SpaceError, profile_of
 from .data import assign_validation, load_dataset
 from .features import FeatureProfile
+from .perturbations import TEMPO_RATES, parse_perturbation_suite
 from .run import data_key_of, trial_id_of, trial_label
-from .train import _cap, combine_datasets, variant_name
+from .trial_data import cap_rows, combine_datasets, variant_name
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
 INDEX_ITEMSIZE = 8  # bytes per window (item_index) and per item (labels): int64
@@ -209,45 +208,45 @@ def _blocked_note(nodes: list[Node], resources: dict, where: str) -> str:
 
 def split_tables(config: dict, data_root: Path, datasets: dict | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(train, val, {eval spec: table}) of a trial config, as study.train.prepare_data selects them.
+    """(train, val, {eval spec: table}) of a trial config, as study.trial_data.prepare_data selects them.
 
     ``datasets`` memoizes loaded datasets between configs (keyed by name and loading options).
     """
     datasets = {} if datasets is None else datasets
-    data = section(apply_recipe(config), "data")
+    data = DataConfig.from_config(config)
     root = Path(data_root)
 
     def dataset(name: str) -> pd.DataFrame:
-        options = {"skip_bad": data["skip_bad"]}
+        options = {"skip_bad": data.skip_bad}
         if name == "pascal":
-            options["mapping"] = data["pascal_mapping"]
-        extra_roots = tuple(data["extra_roots"].get(name, []))
+            options["mapping"] = data.pascal_mapping
+        extra_roots = tuple(data.extra_roots.get(name, []))
         key = (name, tuple(sorted(options.items())), extra_roots)
         if key not in datasets:
             combined = load_dataset(name, root / name, **options)
             for extra in extra_roots:
                 extra_root = Path(extra).expanduser()
                 if not extra_root.exists():
-                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it")
+                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2)
                     continue
                 combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
             datasets[key] = combined
         return datasets[key].table
 
-    table = assign_validation(dataset(data["train_set"]), fraction=data["validation_fraction"],
-                              seed=data["validation_seed"], method=data["validation"])
-    train = _cap(table[table["split"] == "train"], data["max_train"], seed=data["validation_seed"])
+    table = assign_validation(dataset(data.train_set), fraction=data.validation_fraction,
+                              seed=data.validation_seed, method=data.validation)
+    train = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
     val = table[table["split"] == "val"]
     evals = {}
-    for spec in data["eval_sets"]:
+    for spec in data.eval_sets:
         name, _, split = spec.partition(":")
         rows = dataset(name)
         if split:
-            rows = table if name == data["train_set"] else rows
+            rows = table if name == data.train_set else rows
             rows = rows[rows["split"] == split]
         if rows.empty:
             raise PlanError(f"evaluation set '{spec}' has no recordings")
-        evals[spec] = _cap(rows, data["max_eval"], seed=data["validation_seed"])
+        evals[spec] = cap_rows(rows, data.max_eval, seed=data.validation_seed)
     return train, val, evals
 
 
@@ -292,17 +291,16 @@ def feature_object(config: dict, data_root: Path, configs: int, datasets: dict |
     """Size of the TrialData study.run puts for ``config``: train, val, each evaluation set, one copy
     of every evaluation set per eval_variants value (named SET[KEY=VALUE], with that value's
     features) and per perturbation and severity (named SET~PERTURBATION@SEVERITY)."""
-    config = apply_recipe(config)
-    data = section(config, "data")
+    data = DataConfig.from_config(config)
     profile = profile_of(config)
     train, val, evals = split_tables(config, data_root, datasets)
     splits = [split_size("train", train, profile), split_size("val", val, profile)]
     splits += [split_size(spec, rows, profile) for spec, rows in evals.items()]
-    for key, values in data["eval_variants"].items():
+    for key, values in data.eval_variants.items():
         for value in values:
             variant = profile_of({**config, key: value})
             splits += [split_size(variant_name(spec, key, value), rows, variant) for spec, rows in evals.items()]
-    for item in parse_perturbation_suite(data["perturbations"]):
+    for item in parse_perturbation_suite(data.perturbations):
         tempo = TEMPO_RATES.get(item.severity, 1.0) if item.name == "time_stretch" else 1.0  # the one length change
         splits += [split_size(f"{spec}~{item.id}@{item.severity}", rows, profile, tempo, perturbed=True)
                    for spec, rows in evals.items()]
@@ -363,7 +361,7 @@ def inert_training_axes(space: Space, overrides: dict | None, data_root: Path,
             groups.setdefault(_rest_key(config, axis), []).append(config)
         evidence, eval_changes, repeated = [], {}, 0
         for group in groups.values():
-            profiles = [profile_of(apply_recipe(c)) for c in group]
+            profiles = [profile_of(c) for c in group]
             fields = {f.name for f in dataclasses.fields(FeatureProfile)
                       if len({getattr(p, f.name) for p in profiles}) > 1}
             if not fields <= set(WINDOWING_FIELDS):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
@@ -38,17 +39,24 @@ import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
-from .config import Space, SpaceError, check_resources, load_space, validate_trial_config
+from .config import Space, SpaceError, check_resources, load_space, parse_settings, validate_trial_config
 from .data import DataError
-from .data.__main__ import parse_settings
 from .io import write_json, write_parquet
 from .synthetic import default_data_root
-from .train import data_settings
+from .train import finish_from_state, train_and_evaluate
+from .trial import save_trial
+from .trial_data import data_settings, prepare_data
 
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
@@ -74,12 +82,6 @@ def data_key_of(config: dict) -> str:
 
 def trainable(tune_config: dict, data_refs: dict) -> None:
     """Ray Tune function trainable: one trial, resumable from its last checkpoint."""
-    import ray
-    import torch
-    from ray import tune
-
-    from .train import train_and_evaluate
-    from .trial import save_trial
 
     started_at = time.time()
     trial = tune_config["trial"]  # nested so that a grid is one grid_search axis over whole configs
@@ -190,7 +192,6 @@ def code_version() -> dict:
 
 def _search_space(search: dict):
     """Optuna-searchable Tune distributions from the space's ``search.params``."""
-    from ray import tune
 
     kinds = {"loguniform": lambda p: tune.loguniform(p["low"], p["high"]),
              "uniform": lambda p: tune.uniform(p["low"], p["high"]),
@@ -224,12 +225,11 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
             final = Path(folder) / FINAL_DIR
             if (final / "metrics.json").is_file():
                 trial_id = json.loads((final / "run.json").read_text())["trial_id"]
-                _install(target_dir, trial_id, lambda staging: shutil.copytree(final, staging))
+                _install(target_dir, trial_id, partial(shutil.copytree, final))
                 collected.append(trial_id)
             elif (Path(folder) / STATE_FILE).is_file():
                 pending.append((result, (Path(folder) / STATE_FILE).read_bytes()))
     if pending:
-        import ray
 
         finish = ray.remote(_finish_stopped_trial).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
         futures = []
@@ -240,7 +240,7 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
             futures.append((trial_id, finish.remote(config, data_refs[data_key_of(config)], state, trial_id)))
         for trial_id, future in futures:
             files, early = ray.get(future)
-            _install(target_dir, trial_id, lambda staging: _write_files(staging, files))
+            _install(target_dir, trial_id, partial(_write_files, files))
             collected.append(trial_id)
             if early:
                 stopped_early.append(trial_id)
@@ -249,13 +249,8 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
 
 def _finish_stopped_trial(config: dict, data, state_bytes: bytes, trial_id: str) -> tuple[dict, bool]:
     """Ray task: evaluate a stopped trial's kept weights; returns its final files (name → bytes)."""
-    import io
 
-    import ray
-    import torch
 
-    from .train import finish_from_state
-    from .trial import save_trial
 
     state = torch.load(io.BytesIO(state_bytes), weights_only=False)
     result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
@@ -269,7 +264,7 @@ def _finish_stopped_trial(config: dict, data, state_bytes: bytes, trial_id: str)
         return {p.name: p.read_bytes() for p in Path(folder).iterdir()}, early
 
 
-def _write_files(folder: Path, files: dict) -> None:
+def _write_files(files: dict, folder: Path) -> None:
     folder.mkdir(parents=True)
     for name, content in files.items():
         (folder / name).write_bytes(content)
@@ -319,13 +314,11 @@ def write_results(study: Study, state: dict, trials_dir: Path | None = None) -> 
 
 
 def replicate_configs(space: Space, configs: list[dict], best_params: dict) -> list[dict]:
-    """After a search: the best configuration and the space's default one as two recipes,
+    """After a search: the best configuration and the space's default one, labelled as the recipes
     ``best`` and ``default``, each over the scale's seeds, for the report's paired tests."""
-    recipes = {**space.recipes, "default": {}, "best": dict(best_params)}
     replicated = []
     for config in configs:
-        for name in ("default", "best"):
-            replicated.append({**config, "recipe": name, "recipes": recipes})
+        replicated += [{**config, "recipe": "default"}, {**config, **best_params, "recipe": "best"}]
     for config in replicated:
         validate_trial_config(config, f"{space.path} (recipe {config['recipe']}, seed {config['seed']})")
     return replicated
@@ -353,31 +346,17 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
     overrides = overrides or {}
     resources = trial_resources(space, resources)
     study = Study(out)
-    previous = study.load()
-    resolved = {**space.resolved(), "overrides": overrides}
-    # an override of a grid axis (e.g. --set seed=0) replaces that axis for the whole study
-    resolved["grid"] = {k: ([overrides[k]] if k in overrides else v) for k, v in resolved["grid"].items()}
-    if previous is not None and not (resume or extend):
-        raise SpaceError(f"{out} already holds study '{previous['space']['name']}': pass --resume to continue it, "
-                         f"--extend to add the grid points it lacks, or another --out")
-    if previous is not None:
-        differences = space_differences(previous["space"], resolved)
-        if differences and not extend:
-            raise SpaceError(f"the space changed since {study.path} was written; refusing to resume:\n  "
-                             + "\n  ".join(differences) + "\npass --extend to run only the trials the study lacks")
-        if extend and previous["space"].get("search") is not None:
-            raise SpaceError("--extend applies to grid spaces; an hpo search is resumed with --resume")
+    state = _study_state(space, study, overrides, resume, extend)
     configs = space.trial_configs(overrides)
     data_root = Path(data_root) if data_root else default_data_root()
-    state = previous or {"space": resolved, "experiments": [], "started": _now()}
-    state.update(space=resolved if extend or previous is None else state["space"], data_root=str(data_root),
-                 code=code_version(), packages=package_versions(), resources=resources)
+    state.update(data_root=str(data_root), code=code_version(), packages=package_versions(), resources=resources)
     # Tune's checkpoints: OUT/tune on one machine; on a multi-node cluster a storage every node
     # reaches (s3://bucket/prefix, or a shared file system), as Ray requires.
     state["storage"] = storage or state.get("storage") or str(out.resolve() / TUNE_DIR)
-    if space.search is not None and state.get("search", {}).get("complete"):
+    searched = space.search is None or state.get("search", {}).get("complete")
+    if space.search is not None and searched:
         configs = replicate_configs(space, configs, state["search"]["best"]["params"])
-    if _nothing_left(study, state, configs, resume) and (space.search is None or state.get("search", {}).get("complete")):
+    if searched and _nothing_left(study, state, configs, resume):
         trials, _ = write_results(study, state)
         study.save(state)
         print(f"{space.name}: all {len(trials)} trials already finished in {out}; nothing to train")
@@ -408,6 +387,31 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
     return summary
 
 
+def _study_state(space: Space, study: Study, overrides: dict, resume: bool, extend: bool) -> dict:
+    """The study's state to run with: new, or the one in OUT when resuming or extending it.
+
+    Raises SpaceError when OUT holds a study and neither --resume nor --extend was given, when the
+    space changed since and --extend was not given, and when --extend is asked of a search."""
+    previous = study.load()
+    resolved = {**space.resolved(), "overrides": overrides}
+    # an override of a grid axis (e.g. --set seed=0) replaces that axis for the whole study
+    resolved["grid"] = {k: ([overrides[k]] if k in overrides else v) for k, v in resolved["grid"].items()}
+    if previous is None:
+        return {"space": resolved, "experiments": [], "started": _now()}
+    if not (resume or extend):
+        raise SpaceError(f"{study.out} already holds study '{previous['space']['name']}': pass --resume to continue "
+                         f"it, --extend to add the grid points it lacks, or another --out")
+    differences = space_differences(previous["space"], resolved)
+    if differences and not extend:
+        raise SpaceError(f"the space changed since {study.path} was written; refusing to resume:\n  "
+                         + "\n  ".join(differences) + "\npass --extend to run only the trials the study lacks")
+    if extend and previous["space"].get("search") is not None:
+        raise SpaceError("--extend applies to grid spaces; an hpo search is resumed with --resume")
+    if extend:
+        previous["space"] = resolved
+    return previous
+
+
 def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) -> bool:
     latest = state["experiments"][-1] if state["experiments"] else None
     finished = study.finished_ids()
@@ -418,7 +422,6 @@ def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) 
 @contextmanager
 def _ray_session(address: str | None, verbose: int):
     """Ray for the length of a study: connected here (and shut down after) unless already up."""
-    import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -435,9 +438,6 @@ def _ray_session(address: str | None, verbose: int):
 
 def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) -> dict:
     """Features once, before any trial, into the object store: {data key: ObjectRef}."""
-    import ray
-
-    from .train import prepare_data
 
     data_refs, fingerprints = {}, {}
     for config in configs:
@@ -455,14 +455,12 @@ def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int)
 
 
 def _trainable_with(data_refs: dict, resources: dict):
-    from ray import tune
 
     return tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs), dict(resources))
 
 
 def _run_search(space, study, state, base, wrapped, data_refs, resources, resume, max_concurrent, verbose) -> None:
     """The search phase: Optuna + ASHA trials into OUT/search/; records the best in state["search"]."""
-    from ray import tune
 
     experiment_dir = state["storage"].rstrip("/")
     search_state = state.setdefault("search", {"complete": False})
@@ -498,7 +496,6 @@ def _plain(value):
 
 def _run_grid(space, study, state, configs, wrapped, data_refs, resources, resume, max_concurrent, verbose):
     """Train every config the study lacks (or continue the interrupted experiment); returns (collected, errors)."""
-    from ray import tune
 
     experiment_dir = state["storage"].rstrip("/")
     latest = state["experiments"][-1] if state["experiments"] else None
@@ -542,7 +539,6 @@ def trial_label(config: dict, axes: list[str]) -> str:
 
 
 def _run_config(name, experiment_dir, verbose):
-    from ray import tune
 
     return tune.RunConfig(
         name=name, storage_path=experiment_dir, verbose=verbose,
@@ -552,7 +548,6 @@ def _run_config(name, experiment_dir, verbose):
 
 
 def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verbose):
-    from ray import tune
 
     axes = sorted(set(space.grid()) | ({"recipe"} if space.search is not None else set()))
     param_space = {"trial": tune.grid_search([
@@ -564,9 +559,6 @@ def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verb
 
 
 def _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     search = space.search
     scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train.max_epochs"],

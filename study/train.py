@@ -1,309 +1,32 @@
 """Training and recording-level evaluation of one trial.
 
-:func:`prepare_data` loads the datasets, draws the validation split and reads
-the cached features once; :func:`train_and_evaluate` trains a model on them
-with the paper's recipe (or its ablations) and evaluates the best weights on
-every evaluation set. Ray Tune calls the second with data it shared through
-its object store; ``python -m study.trial`` calls both in one process.
+:func:`train_and_evaluate` trains a model on a trial's data (a
+:class:`study.tensors.TrialData`, assembled by :func:`study.trial_data.prepare_data`)
+with the paper's recipe or its ablations, on the device the trial was given, and
+evaluates the best weights on every evaluation set. Ray Tune calls it with data it
+shared through its object store; ``python -m study.trial`` in one process.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import os
 import platform
 import random
 import time
-import warnings
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from analysis.perturbations import apply_perturbation, parse_perturbation_suite
-
-from .cache import FeatureSet, extract_features
-from .config import apply_recipe, model_config_of, profile_of, section
-from .data import LoadedDataset, assign_validation, load_dataset
+from .config import TrainConfig, model_config_of
 from .metrics import binary_metrics, choose_threshold, multiclass_metrics
 from .models import create_model, load_ast_checkpoint
 from .sam import SAM, disable_running_stats, enable_running_stats
-
-
-@dataclass
-class SplitData:
-    """Features of one split as tensors kept in memory (float16; cast per batch).
-
-    images : (n_windows, 1, H, W); waves : (n_windows, 1, L); item_index : (n_windows,)
-    row of ``table`` per window; labels : (n_items,) task labels.
-    """
-
-    name: str
-    table: pd.DataFrame
-    images: torch.Tensor
-    waves: torch.Tensor
-    item_index: torch.Tensor
-    labels: torch.Tensor
-
-    @classmethod
-    def from_features(cls, name: str, features: FeatureSet) -> "SplitData":
-        # np.array copies memory-mapped cache packs into memory once, instead of every epoch
-        return cls(name, features.table, torch.from_numpy(np.array(features.images))[:, None],
-                   torch.from_numpy(np.array(features.waves))[:, None],
-                   torch.from_numpy(np.array(features.item_index)),
-                   torch.as_tensor(np.array(features.table["label"].to_numpy())))
-
-    @property
-    def n_items(self) -> int:
-        return len(self.table)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.images, self.waves, self.item_index, self.labels))
-
-    def to(self, device: torch.device, pin: bool = False) -> "SplitData":
-        """The same split with its tensors on ``device`` (this object when they are there already);
-        ``pin`` page-locks host tensors so per-batch copies to a GPU run asynchronously."""
-        tensors = [self.images, self.waves, self.item_index, self.labels]
-        if pin and device.type == "cpu":
-            moved = [t.pin_memory() for t in tensors]
-        elif all(t.device == device for t in tensors):
-            return self
-        else:
-            moved = [t.to(device) for t in tensors]
-        return dataclasses.replace(self, images=moved[0], waves=moved[1], item_index=moved[2], labels=moved[3])
-
-
-@dataclass
-class PerturbedSplit:
-    """An evaluation set with one perturbation at one severity applied to its audio."""
-
-    eval_set: str
-    perturbation: str  # id, e.g. "codec:mp3"
-    severity: int
-    split: SplitData
-
-
-@dataclass
-class TrialData:
-    """Everything a trial reads: train/val splits, evaluation sets (clean and perturbed), the profile."""
-
-    train: SplitData
-    val: SplitData
-    evals: dict[str, SplitData]
-    profile: object
-    info: dict = field(default_factory=dict)
-    perturbed: list[PerturbedSplit] = field(default_factory=list)
-
-
-def place_splits(data: TrialData, device: torch.device, headroom: float = 0.5) -> tuple[TrialData, bool]:
-    """Put every split's tensors on ``device`` once, when they fit in ``headroom`` of its free memory.
-
-    Returns (data, on_device). On a GPU the training step then draws batches by index on the
-    device, with no host copy; when the features do not fit they stay in pinned host memory and
-    each batch is copied asynchronously. On the CPU the data is returned as it is.
-    """
-    if device.type != "cuda":
-        return data, False
-    splits = [data.train, data.val, *data.evals.values(), *(p.split for p in data.perturbed)]
-    free, _total = torch.cuda.mem_get_info(device)
-    on_device = sum(split.nbytes for split in splits) <= headroom * free
-
-    def move(split: SplitData) -> SplitData:
-        return split.to(device) if on_device else split.to(torch.device("cpu"), pin=True)
-
-    placed = dataclasses.replace(
-        data, train=move(data.train), val=move(data.val), evals={k: move(v) for k, v in data.evals.items()},
-        perturbed=[dataclasses.replace(p, split=move(p.split)) for p in data.perturbed])
-    return placed, on_device
-
-
-def data_settings(config: dict) -> dict:
-    """The settings that decide a trial's data: trials sharing them share one TrialData."""
-    return {k: v for k, v in apply_recipe(config).items() if k.startswith(("data.", "features."))}
-
-
-def combine_datasets(first: LoadedDataset, second: LoadedDataset) -> LoadedDataset:
-    """One dataset holding the recordings of both (e.g. synthetic ICBHI plus a few real recordings).
-
-    Raises ValueError when an item id or a patient (group) appears in both: whether they
-    are the same recording or person cannot be known, and a merged patient would break
-    patient-level splits and the analysis' cluster bootstrap.
-    """
-    for column in ("id", "group"):
-        shared = set(first.table[column].dropna()) & set(second.table[column].dropna())
-        if shared:
-            raise ValueError(f"datasets at {first.root} and {second.root} share {column} values "
-                             f"{sorted(map(str, shared))[:5]}; they cannot be combined")
-    table = pd.concat([first.table, second.table], ignore_index=True)
-    info = {**first.info, "combined_roots": first.info.get("combined_roots", [str(first.root)]) + [str(second.root)]}
-    return LoadedDataset(first.name, first.root, table, first.problems + second.problems,
-                         first.duplicates + second.duplicates, info)
-
-
-def split_check(table: pd.DataFrame) -> dict:
-    """Recordings and patients on both sides of a train/test split (train includes validation).
-
-    Raises ValueError when a recording (audio file) lies on both sides: an official
-    split by recording must never share one. Patients may be shared; they are listed.
-    """
-    train = table[table["split"].isin(["train", "val"])]
-    test = table[table["split"] == "test"]
-    shared_recordings = sorted(set(train["path"]) & set(test["path"]))
-    if shared_recordings:
-        raise ValueError(f"{len(shared_recordings)} recording(s) are in both train and test, "
-                         f"e.g. {shared_recordings[0]}")
-    train_patients, test_patients = set(train["group"].dropna()), set(test["group"].dropna())
-    return {"recordings_train": int(train["path"].nunique()), "recordings_test": int(test["path"].nunique()),
-            "recordings_in_train_and_test": 0, "patients_train": len(train_patients),
-            "patients_test": len(test_patients),
-            "patients_in_train_and_test": sorted(map(str, train_patients & test_patients))}
-
-
-@torch.no_grad()
-def standardize_spectrograms(splits: list[SplitData], reference: SplitData, chunk: int = 256) -> dict:
-    """Standardise every split's images in place with the mean and std of ``reference``'s
-    (the training split's) pixels, as AST does for its fbank input; returns the statistics."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for start in range(0, len(reference.images), chunk):
-        block = reference.images[start:start + chunk].double()
-        total, total_sq, count = total + block.sum().item(), total_sq + block.square().sum().item(), count + block.numel()
-    if count == 0:
-        raise ValueError("cannot standardise spectrograms: the training split has no windows")
-    mean = total / count
-    std = max(total_sq / count - mean ** 2, 0.0) ** 0.5
-    if std == 0.0:
-        raise ValueError("cannot standardise spectrograms: the training spectrograms are constant")
-    for split in splits:
-        for start in range(0, len(split.images), chunk):
-            block = split.images[start:start + chunk]
-            block.copy_((block.float() - mean) / std)
-    return {"mean": mean, "std": std, "from": "training split, all pixels"}
-
-
-def _cap(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A fixed label-stratified subset of at most ``limit`` rows (all rows when None)."""
-    if limit is None or len(table) <= limit:
-        return table
-    rng = np.random.default_rng(seed)
-    shares = table["label"].value_counts(normalize=True)
-    picked = []
-    for label, share in shares.sort_index().items():
-        rows = table.index[table["label"] == label].to_numpy()
-        picked.extend(rng.choice(rows, size=max(1, int(round(limit * share))), replace=False))
-    return table.loc[sorted(picked)]
-
-
-def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None) -> TrialData:
-    """Load datasets, draw the validation split, extract (cached) features for every split.
-
-    ``data.extra_roots`` adds recordings from more roots to a dataset. With an ``fbank``
-    feature profile every split's spectrograms are standardised with the training
-    split's mean and std (recorded in ``info["spectrogram_standardization"]``). When
-    the training dataset has a test split, ``info["split_check"]`` counts the
-    recordings and patients on each side; a recording on both sides is an error.
-    """
-    config = apply_recipe(config)
-    data = section(config, "data")
-    root = Path(data_root)
-    profile = profile_of(config)
-    loaded, missing_roots = {}, []
-
-    def dataset(name):
-        if name not in loaded:
-            options = {"skip_bad": data["skip_bad"]}
-            if name == "pascal":
-                options["mapping"] = data["pascal_mapping"]
-            combined = load_dataset(name, root / name, **options)
-            for extra in data["extra_roots"].get(name, []):
-                extra_root = Path(extra).expanduser()
-                if not extra_root.exists():
-                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it")
-                    missing_roots.append(str(extra_root))
-                    continue
-                combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
-            loaded[name] = combined
-        return loaded[name]
-
-    train_set = dataset(data["train_set"])
-    table = assign_validation(train_set.table, fraction=data["validation_fraction"], seed=data["validation_seed"],
-                              method=data["validation"])
-    train_rows = _cap(table[table["split"] == "train"], data["max_train"], seed=data["validation_seed"])
-    val_rows = table[table["split"] == "val"]
-    eval_tables = {}
-    for spec in data["eval_sets"]:
-        name, _, split = spec.partition(":")
-        rows = dataset(name).table
-        if split:
-            rows = (table if name == data["train_set"] else rows)
-            rows = rows[rows["split"] == split]
-        if rows.empty:
-            raise ValueError(f"evaluation set '{spec}' has no recordings")
-        eval_tables[spec] = _cap(rows, data["max_eval"], seed=data["validation_seed"])
-
-    clean = {}  # evaluation sets under eval_variants, scored by the same model
-
-    def features(name, rows):
-        return SplitData.from_features(name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs,
-                                                              desc=name))
-
-    for key, values in data["eval_variants"].items():
-        for value in values:
-            variant = profile_of({**config, key: value})
-            for spec, rows in list(eval_tables.items()):
-                name = variant_name(spec, key, value)
-                clean[name] = SplitData.from_features(name, extract_features(
-                    rows, variant, progress=progress, n_jobs=n_jobs, desc=name))
-    perturbed = [PerturbedSplit(spec, item.id, item.severity, SplitData.from_features(
-        spec, extract_features(rows, profile, transform=partial(perturb, item.name, item.severity, item.kwargs),
-                               transform_key=f"{item.id}@{item.severity}", progress=progress, n_jobs=n_jobs,
-                               desc=f"{spec} {item.id}@{item.severity}")))
-        for spec, rows in eval_tables.items() for item in parse_perturbation_suite(data["perturbations"])]
-    info = {
-        "validation": {"method": data["validation"], "fraction": data["validation_fraction"],
-                       "seed": data["validation_seed"]},
-        "datasets": {name: {"root": str(ds.root), "items": len(ds.table), "problems": [str(p) for p in ds.problems],
-                            **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))}}
-                     for name, ds in loaded.items()},
-        "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
-    }
-    for name, ds in loaded.items():
-        info["datasets"][name]["roots"] = ds.info.get("combined_roots", [str(ds.root)])
-    if missing_roots:
-        info["missing_extra_roots"] = missing_roots
-    if (table["split"] == "test").any():
-        info["split_check"] = {data["train_set"]: split_check(table)}
-    trial_data = TrialData(features("train", train_rows), features("val", val_rows),
-                           {**{spec: features(spec, rows) for spec, rows in eval_tables.items()}, **clean},
-                           profile, info, perturbed)
-    if profile.spectrogram == "fbank":
-        splits = [trial_data.train, trial_data.val, *trial_data.evals.values(), *(p.split for p in perturbed)]
-        info["spectrogram_standardization"] = standardize_spectrograms(splits, trial_data.train)
-    return trial_data
-
-
-def variant_name(eval_set: str, key: str, value) -> str:
-    """The evaluation-set name of ``eval_set`` scored with feature setting ``key`` = ``value``."""
-    return f"{eval_set}[{key.split('.', 1)[1]}={value}]"
-
-
-def perturb(name: str, severity: int, options: dict, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """A feature-cache transform applying one perturbation; random ones are seeded by the
-    audio's content, so every recording gets its own, repeatable draw."""
-    seed = int.from_bytes(hashlib.blake2b(wave.tobytes(), digest_size=4).digest(), "little")
-    return apply_perturbation(name, wave, sample_rate, severity, seed=seed, **options)
-
-
-def fingerprint(table: pd.DataFrame) -> str:
-    """Hash of a table's ids, labels, splits and audio: equal fingerprints, equal data."""
-    text = pd.util.hash_pandas_object(table[["id", "label", "split", "audio_hash", "start_s", "end_s"]], index=False)
-    return hashlib.blake2b(text.to_numpy().tobytes(), digest_size=8).hexdigest()
+from .tensors import SplitData, TrialData, place_splits
 
 
 def seed_everything(seed: int) -> None:
@@ -470,7 +193,7 @@ class _Setup:
     """A trial's model, optimizer and device, built the same way for training and for finishing."""
 
     config: dict
-    train_cfg: dict
+    train_cfg: TrainConfig
     data: TrialData
     model: torch.nn.Module
     device: torch.device
@@ -480,23 +203,92 @@ class _Setup:
 
 
 def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> _Setup:
-    config = apply_recipe(config)
-    train_cfg = section(config, "train")
-    torch.set_num_threads(train_cfg["threads"])
+    train_cfg = TrainConfig.from_config(config)
+    torch.set_num_threads(train_cfg.threads)
     seed_everything(int(config["seed"]))
-    device, note = resolve_device(train_cfg["device"], gpu_assigned)
-    dtype = autocast_dtype(train_cfg["precision"], device)
+    device, note = resolve_device(train_cfg.device, gpu_assigned)
+    dtype = autocast_dtype(train_cfg.precision, device)
     model = create_model(model_config_of(config, data.profile))
     # a pretrained AST starts AST trials only: the other architectures' ViTs have no AST layout
     if config.get("model.init_checkpoint") and model.config.architecture == "ast" and fresh:
         load_ast_checkpoint(model, Path(config["model.init_checkpoint"]).expanduser())
     model = model.to(device)
-    if train_cfg["channels_last"]:
+    if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data, on_device = place_splits(data, device)
-    eval_batch_size = train_cfg["eval_batch_size"] or (1024 if device.type == "cuda" else 128)
+    eval_batch_size = train_cfg.eval_batch_size or (1024 if device.type == "cuda" else 128)
     return _Setup(config, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device),
                   eval_batch_size)
+
+
+@dataclass
+class TrainState:
+    """Where training stands after an epoch: what resuming needs besides the model and optimizer."""
+
+    epoch: int = 0
+    best_score: float = -np.inf  # validation monitor of the best epoch so far
+    best_epoch: int = 0
+    since_best: int = 0  # epochs without a better validation monitor
+    history: list[dict] = field(default_factory=list)  # one row per epoch (see train_epoch)
+    best_state: dict | None = None  # the best epoch's weights, on the CPU
+    seconds: float = 0.0  # wall time, summed over resumptions
+    resumed_at: list[int] = field(default_factory=list)  # epochs this trial was resumed from
+
+    def running(self, train_cfg: TrainConfig) -> bool:
+        return self.epoch < train_cfg.max_epochs and self.since_best < train_cfg.patience
+
+    def to_checkpoint(self, model, optimizer, generator: torch.Generator) -> dict:
+        """Everything needed to continue exactly from this epoch (a dict torch.save can write)."""
+        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                **copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self)})}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> TrainState:
+        return cls(**{f.name: checkpoint[f.name] for f in fields(cls)})
+
+    def restore_into(self, checkpoint: dict, model, optimizer, generator: torch.Generator) -> None:
+        """Load a checkpoint's model, optimizer and random states; record the resumption."""
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.resumed_at = self.resumed_at + [self.epoch]
+
+    def record(self, row: dict, score: float, model) -> dict:
+        """Count one finished epoch with validation monitor ``score``; keeps the best weights and adds
+        the kept weights' validation metrics (``kept_val_*``, what a search compares) to ``row``."""
+        self.epoch += 1
+        row["epoch"] = self.epoch
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.since_best = score, self.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since_best += 1
+        kept = row if self.best_epoch == self.epoch else self.history[self.best_epoch - 1]
+        row.update({f"kept_{k}": kept[k] for k in list(row) if k.startswith("val_")})
+        row["best_epoch"] = self.best_epoch
+        self.history.append(row)
+        return row
+
+
+def build_optimizer(model, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, wrapped in SAM when ``train.sam``."""
+    kwargs = {"lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay}
+    if train_cfg.sam:
+        return SAM(model.parameters(), torch.optim.AdamW, rho=train_cfg.sam_rho, **kwargs)
+    return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
+def class_weights_of(window_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Balanced class weights n / (K * n_c), as sklearn's class_weight="balanced"; (max(2, K),) float32.
+
+    Raises ValueError when the training windows lack a class."""
+    n_classes = max(2, num_classes)
+    counts = torch.bincount(window_labels, minlength=n_classes).double()
+    if (counts[: 2 if num_classes == 1 else n_classes] == 0).any():
+        raise ValueError(f"training data lacks a class: window counts per class {counts.tolist()}")
+    return (counts.sum() / (n_classes * counts.clamp(min=1))).float()
 
 
 def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial",
@@ -505,114 +297,105 @@ def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial"
     """Train one model and evaluate its best weights on every evaluation set.
 
     ``report(epoch_metrics, get_state)`` is called after every epoch; ``get_state()``
-    returns everything needed to continue exactly from that epoch, and
-    ``resume_state`` (such a state) continues a run: same seed, same data, same
-    result as a run that was never interrupted. ``gpu_assigned`` says whether Ray gave
-    the trial a GPU (None outside Ray); see :func:`resolve_device`.
+    returns everything needed to continue exactly from that epoch (a
+    :meth:`TrainState.to_checkpoint`), and ``resume_state`` (such a state) continues a
+    run: same seed, same data, same result as a run that was never interrupted.
+    ``gpu_assigned`` says whether Ray gave the trial a GPU (None outside Ray); see
+    :func:`resolve_device`.
     """
     run = _setup(config, data, gpu_assigned, fresh=resume_state is None)
-    train_cfg, model, device, train = run.train_cfg, run.model, run.device, run.data.train
-    binary = model.config.num_classes == 1
-    optimizer_kwargs = {"lr": train_cfg["lr"], "weight_decay": train_cfg["weight_decay"]}
-    if train_cfg["sam"]:
-        optimizer = SAM(model.parameters(), torch.optim.AdamW, rho=train_cfg["sam_rho"], **optimizer_kwargs)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), **optimizer_kwargs)
-
+    optimizer = build_optimizer(run.model, run.train_cfg)
+    train = run.data.train
     window_labels = train.labels.cpu()[train.item_index.cpu()]
-    n_classes = max(2, model.config.num_classes)
-    class_counts = torch.bincount(window_labels, minlength=n_classes).double()
-    if (class_counts[: 2 if binary else n_classes] == 0).any():
-        raise ValueError(f"training data lacks a class: window counts per class {class_counts.tolist()}")
-    # balanced weights n / (K * n_c), as sklearn's class_weight="balanced"
-    class_weights = (class_counts.sum() / (n_classes * class_counts.clamp(min=1))).float().to(device)
-    generator = torch.Generator().manual_seed(int(run.config["seed"]))
-
-    state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "since_best": 0, "history": [],
-             "best_state": None, "seconds": 0.0, "resumed_at": []}
+    class_weights = class_weights_of(window_labels, run.model.config.num_classes).to(run.device)
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    state = TrainState()
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        generator.set_state(resume_state["generator"])
-        torch.set_rng_state(resume_state["torch_rng"])
-        state = {k: resume_state[k] for k in state}
-        state["resumed_at"] = state["resumed_at"] + [state["epoch"]]
-    segment_start = time.perf_counter() - state["seconds"]  # wall time accumulates across resumptions
+        state = TrainState.from_checkpoint(resume_state)
+        state.restore_into(resume_state, run.model, optimizer, generator)
+    segment_start = time.perf_counter() - state.seconds  # wall time accumulates across resumptions
 
     def get_state() -> dict:
-        state["seconds"] = time.perf_counter() - segment_start
-        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **copy.deepcopy(state)}
+        state.seconds = time.perf_counter() - segment_start
+        return state.to_checkpoint(run.model, optimizer, generator)
 
-    step = _train_step(run, optimizer, class_weights, binary)
-    forward = torch.compile(model) if train_cfg["compile"] else model
-    val_labels = run.data.val.labels.cpu().numpy()
-    targets_all = train.labels[train.item_index]  # on the data's device
-    n, batch_size = len(window_labels), train_cfg["batch_size"]
-    # batch boundaries are known on the host: no step needs to ask the device anything
-    batches = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size) if min(lo + batch_size, n) - lo >= 2
-               or n == 1]
-    while state["epoch"] < train_cfg["max_epochs"] and state["since_best"] < train_cfg["patience"]:
-        epoch_start = time.perf_counter()
-        model.train()
-        order = epoch_order(window_labels, train_cfg["balance"] == "sampler", generator).to(train.images.device)
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for lo, hi in batches:
-            rows = order[lo:hi]
-            loss = step(forward, _inputs(model, train, rows, device, train_cfg["channels_last"]),
-                        targets_all[rows].to(device, non_blocking=True))
-            total_loss += loss.double() * (hi - lo)
-        train_loss = float(total_loss) / max(n, 1)  # the epoch's one host synchronisation
-        train_s = time.perf_counter() - epoch_start
-        val_probs = predict(model, run.data.val, device, run.eval_batch_size, dtype=run.dtype)
-        score = _monitor_value(train_cfg["monitor"], val_labels, val_probs)
-        state["epoch"] += 1
-        row = {"epoch": state["epoch"], "train_loss": train_loss, f"val_{train_cfg['monitor']}": score}
-        if binary and 0 < val_labels.sum() < len(val_labels):
-            row["val_roc_auc"] = binary_metrics(val_labels, val_probs)["roc_auc"]
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=state["epoch"], since_best=0,
-                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            state["since_best"] += 1
-        kept = row if state["best_epoch"] == state["epoch"] else state["history"][state["best_epoch"] - 1]
-        # the validation metrics of the weights the trial keeps: what a search must compare
-        row.update({f"kept_{k}": kept[k] for k in list(row) if k.startswith("val_")})
-        row.update(best_epoch=state["best_epoch"], train_s=train_s, epoch_s=time.perf_counter() - epoch_start)
-        state["history"].append(row)
+    epoch = _EpochTrainer(run, optimizer, class_weights, window_labels, generator)
+    while state.running(run.train_cfg):
+        row = state.record(*epoch.one_epoch(), run.model)
         if report is not None:
             report(row, get_state)
-    state["seconds"] = time.perf_counter() - segment_start
+    state.seconds = time.perf_counter() - segment_start
     return _finish(run, state, trial_id, segment_start)
 
 
-def finish_from_state(config: dict, data: TrialData, state: dict, *, trial_id: str = "trial",
+class _EpochTrainer:
+    """One epoch of training and validation, with everything that stays fixed between epochs."""
+
+    def __init__(self, run: _Setup, optimizer, class_weights: torch.Tensor, window_labels: torch.Tensor,
+                 generator: torch.Generator):
+        self.run, self.window_labels, self.generator = run, window_labels, generator
+        train = run.data.train
+        self.step = _train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
+        self.forward = torch.compile(run.model) if run.train_cfg.compile else run.model
+        self.targets = train.labels[train.item_index]  # on the data's device
+        self.val_labels = run.data.val.labels.cpu().numpy()
+        n, size = len(window_labels), run.train_cfg.batch_size
+        # batch bounds are known on the host, so no step asks the device anything; a last batch of
+        # one window is dropped (BatchNorm cannot train on it)
+        self.batches = [(lo, min(lo + size, n)) for lo in range(0, n, size) if min(lo + size, n) - lo >= 2 or n == 1]
+
+    def one_epoch(self) -> tuple[dict, float]:
+        """Train one epoch and validate: (the epoch's row, its validation monitor value)."""
+        run, train_cfg, model, device = self.run, self.run.train_cfg, self.run.model, self.run.device
+        train = run.data.train
+        started = time.perf_counter()
+        model.train()
+        order = epoch_order(self.window_labels, train_cfg.balance == "sampler", self.generator).to(train.images.device)
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for lo, hi in self.batches:
+            rows = order[lo:hi]
+            loss = self.step(self.forward, _inputs(model, train, rows, device, train_cfg.channels_last),
+                             self.targets[rows].to(device, non_blocking=True))
+            total_loss += loss.double() * (hi - lo)
+        train_loss = float(total_loss) / max(len(self.window_labels), 1)  # the epoch's one host synchronisation
+        train_s = time.perf_counter() - started
+        val_probs = predict(model, run.data.val, device, run.eval_batch_size, dtype=run.dtype)
+        score = _monitor_value(train_cfg.monitor, self.val_labels, val_probs)
+        row = {"epoch": None, "train_loss": train_loss, f"val_{train_cfg.monitor}": score}
+        if model.config.num_classes == 1 and 0 < self.val_labels.sum() < len(self.val_labels):
+            row["val_roc_auc"] = binary_metrics(self.val_labels, val_probs)["roc_auc"]
+        row.update(train_s=train_s, epoch_s=time.perf_counter() - started)
+        return row, score
+
+
+def finish_from_state(config: dict, data: TrialData, checkpoint: dict, *, trial_id: str = "trial",
                       gpu_assigned: bool | None = None) -> TrialResult:
-    """Evaluate the best weights kept in a per-epoch state (``get_state()``) as a finished trial
+    """Evaluate the best weights kept in a per-epoch checkpoint (``get_state()``) as a finished trial
     would: for a trial a scheduler stopped early, whose own evaluation never ran."""
     run = _setup(config, data, gpu_assigned, fresh=False)
-    return _finish(run, dict(state), trial_id, time.perf_counter() - state["seconds"])
+    state = TrainState.from_checkpoint(checkpoint)
+    return _finish(run, state, trial_id, time.perf_counter() - state.seconds)
 
 
-def _finish(run: _Setup, state: dict, trial_id: str, segment_start: float) -> TrialResult:
+def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float) -> TrialResult:
+    """Evaluate the kept weights: threshold on validation, every evaluation set, branch ablation."""
     model, device, data = run.model, run.device, run.data
     binary = model.config.num_classes == 1
-    model.load_state_dict(state["best_state"])
+    model.load_state_dict(state.best_state)
     val_labels = data.val.labels.cpu().numpy()
     val_probs = predict(model, data.val, device, run.eval_batch_size, dtype=run.dtype)
-    threshold = choose_threshold(val_labels, val_probs, run.train_cfg["threshold_criterion"]) if binary else 0.5
+    threshold = choose_threshold(val_labels, val_probs, run.train_cfg.threshold_criterion) if binary else 0.5
     means = branch_feature_means(model, data.train, device, run.eval_batch_size)
     metrics, predictions = evaluate_model(model, data, device, trial_id, threshold, means,
                                           batch_size=run.eval_batch_size, dtype=run.dtype)
     metrics = {"val": evaluate_probs(val_labels, val_probs, threshold), **metrics}
-    return TrialResult(metrics, predictions, state["best_state"], threshold, state["epoch"], state["best_epoch"],
-                       state["history"], time.perf_counter() - segment_start, state["resumed_at"], means, run.record)
+    return TrialResult(metrics, predictions, state.best_state, threshold, state.epoch, state.best_epoch,
+                       state.history, time.perf_counter() - segment_start, state.resumed_at, means, run.record)
 
 
 def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: bool):
     """One optimizer update on a batch; returns the (device) loss, never a host number."""
-    model, device, dtype, balance = run.model, run.device, run.dtype, run.train_cfg["balance"]
+    model, device, dtype, balance = run.model, run.device, run.dtype, run.train_cfg.balance
 
     def loss_of(forward, inputs, targets):
         with _autocast(device, dtype):
@@ -625,7 +408,7 @@ def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: boo
     def step(forward, inputs, targets) -> torch.Tensor:
         loss = loss_of(forward, inputs, targets)
         loss.backward()
-        if run.train_cfg["sam"]:
+        if run.train_cfg.sam:
             optimizer.first_step(zero_grad=True)
             disable_running_stats(model)  # the ascent pass must not move BatchNorm statistics
             loss_of(forward, inputs, targets).backward()

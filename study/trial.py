@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .config import SpaceError, load_space
+from .config import SpaceError, load_space, parse_settings
 from .data import DataError
-from .data.__main__ import parse_settings
 from .io import atomic_path, write_json, write_parquet
 from .synthetic import default_data_root
-from .train import TrialResult, prepare_data, train_and_evaluate
+from .train import TrialResult, train_and_evaluate
+from .trial_data import prepare_data
 
 
 def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, trial_id: str) -> None:

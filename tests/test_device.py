@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from study.config import SpaceError, load_space
-from study.train import (autocast_dtype, place_splits, prepare_data, resolve_device, train_and_evaluate,
-                         variant_name)
+from study.tensors import place_splits
+from study.train import autocast_dtype, resolve_device, train_and_evaluate
+from study.trial_data import prepare_data, variant_name
 
 
 def _config(**overrides):
@@ -111,3 +112,25 @@ def test_cpu_results_do_not_depend_on_the_gpu_settings_being_off(data):
     explicit = train_and_evaluate(_config(**{"train.eval_batch_size": 128, "train.precision": "fp32"}), data)
     np.testing.assert_array_equal(base.predictions["prob"].to_numpy(), explicit.predictions["prob"].to_numpy())
     assert dataclasses.asdict(data.train.to(torch.device("cpu")))["name"] == "train"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the GPU data path runs there only")
+def test_training_steps_never_synchronise_with_the_host_on_a_gpu(data):
+    from study.train import _inputs, _setup, _train_step
+
+    run = _setup(_config(), data, gpu_assigned=True, fresh=True)
+    assert run.device.type == "cuda" and run.record["data_on_device"]
+    optimizer = torch.optim.AdamW(run.model.parameters(), lr=1e-3)
+    weights = torch.ones(2, device=run.device)
+    step = _train_step(run, optimizer, weights, binary=True)
+    train = run.data.train
+    targets = train.labels[train.item_index]
+    order = torch.randperm(len(train.item_index), device=train.images.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for lo in range(0, len(order) - 16, 16):
+            rows = order[lo:lo + 16]
+            step(run.model, _inputs(run.model, train, rows, run.device), targets[rows])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,4 +1,4 @@
-"""Tests of analysis.perturbations: identities, durations, codec round trips,
+"""Tests of study.perturbations: identities, durations, codec round trips,
 warps, quantisation, band limits, registry and argument checks."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from analysis import perturbations as P
+from study import perturbations as P
 
 SEVERITIES = range(1, P.MAX_SEVERITY + 1)
 

@@ -11,9 +11,10 @@ import pytest
 from scipy import special
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from analysis import report, stats
+from analysis import report, resampling, stats
 from analysis.__main__ import main as analysis_main
 from analysis.plots import FPR_GRID, roc_tpr_on_grid
+from analysis.study_data import REQUIRED_FILES, EvalSet, StudyError
 from study.metrics import icbhi_scores
 
 N_RESAMPLES = 400
@@ -156,7 +157,7 @@ def test_holm_and_bh_adjust_over_the_family(fusion_study, tmp_path):
     report.report_study(bh_folder, correction="bh", **FAST)
     bh = _comparisons(bh_folder)
     np.testing.assert_array_equal(holm["p"], bh["p"])
-    for (test, metric), family in holm.groupby(["test", "metric"]):
+    for _, family in holm.groupby(["test", "metric"]):
         assert len(family) == 6  # 3 configurations x 2 evaluation sets
         np.testing.assert_allclose(family["adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "holm"))
         np.testing.assert_allclose(bh.loc[family.index, "adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "bh"))
@@ -201,7 +202,7 @@ def test_incomplete_study_raises_naming_what_is_missing_unless_allowed(tmp_path)
     models = {"concat": binormal(0.8), "film": binormal(3.0)}
     folder = write_study(tmp_path / "fusion", models, axis="model.fusion", baseline="concat")
     _drop_trial(folder, "film-s2")
-    with pytest.raises(report.StudyError, match=r"'film' lacks seed\(s\) \[2\]"):
+    with pytest.raises(StudyError, match=r"'film' lacks seed\(s\) \[2\]"):
         report.report_study(folder, **FAST)
     summary = report.report_study(folder, allow_incomplete=True, **FAST)
     assert any("'film' lacks seed(s) [2]" in p for p in summary["problems"])
@@ -211,7 +212,7 @@ def test_incomplete_study_raises_naming_what_is_missing_unless_allowed(tmp_path)
     assert (_comparisons(folder)["seeds"] == 2).all()  # paired over the seeds both have
     for seed in SEEDS:
         _drop_trial(folder, f"film-s{seed}")
-    with pytest.raises(report.StudyError, match=r"model.fusion=film: no trials"):
+    with pytest.raises(StudyError, match=r"model.fusion=film: no trials"):
         report.report_study(folder, **FAST)
 
 
@@ -220,14 +221,14 @@ def test_mismatched_recordings_and_missing_files_raise(tmp_path):
     predictions = pd.read_parquet(folder / "predictions.parquet")
     dropped = (predictions["trial_id"] == "film-s1") & (predictions["recording_id"] == "q007")
     predictions[~dropped].to_parquet(folder / "predictions.parquet", index=False)
-    with pytest.raises(report.StudyError, match=r"'pascal': recordings differ between trials.*'film' seed 1.*q007"):
+    with pytest.raises(StudyError, match=r"'pascal': recordings differ between trials.*'film' seed 1.*q007"):
         report.report_study(folder, **FAST)
     report.report_study(folder, allow_incomplete=True, **FAST)
     assert pd.read_csv(folder / "tables" / "resolution.csv").set_index("eval_set").loc["pascal", "n"] == 39
     relabelled = predictions.copy()
     relabelled.loc[(relabelled["trial_id"] == "film-s0") & (relabelled["recording_id"] == "p000"), "label"] = 1
     relabelled.to_parquet(folder / "predictions.parquet", index=False)
-    with pytest.raises(report.StudyError, match=r"\['p000'\] carry different labels"):
+    with pytest.raises(StudyError, match=r"\['p000'\] carry different labels"):
         report.report_study(folder, allow_incomplete=True, **FAST)
     (folder / "predictions.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="predictions.parquet missing"):
@@ -240,16 +241,20 @@ def test_intervals_and_paired_bootstrap_match_the_statistics_core():
     y = np.r_[np.zeros(70, dtype=int), np.ones(50, dtype=int)]
     probs = special.expit(np.array([[1.2], [0.6]]) * y + rng.standard_normal((2, 120)))
     thresholds = np.array([0.55, 0.45])
-    eval_set = report.EvalSet("test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds)
-    resampled = report.resample(eval_set, report.heart_kernel(eval_set), 1000, report._generator(0, "test"))
-    draws = report.SeedDraws(1000, 0)
+    eval_set = EvalSet("test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds)
+    resampled = resampling.resample(eval_set, resampling.heart_kernel(eval_set), 1000, resampling.named_generator(0, "test"))
+    draws = resampling.SeedDraws(1000, 0)
     for metric in ("roc_auc", "mcc", "sensitivity"):
-        mine = report.seed_mean_interval(resampled, ["a"], metric, draws, "bca")
-        core = stats.bootstrap_ci(y, probs[0] - thresholds[0], metric, threshold=0.0, n_resamples=1000, rng=report._generator(0, "test"))
+        mine = resampling.seed_mean_interval(resampled, ["a"], metric, draws, "bca")
+        core = stats.bootstrap_ci(y, probs[0] - thresholds[0], metric, threshold=0.0, n_resamples=1000,
+                                  rng=resampling.named_generator(0, "test"))
         assert (mine.estimate, mine.low, mine.high) == pytest.approx((core.estimate, core.low, core.high), abs=1e-12)
-    core = stats.paired_bootstrap_test(y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, report._generator(0, "test"), threshold=0.0)
-    differences = resampled.per_resample["mcc"][0] - resampled.per_resample["mcc"][1]
-    assert np.quantile(differences, [0.025, 0.975]) == pytest.approx([core.low, core.high], abs=1e-12)
+        np.testing.assert_allclose(mine.distribution, core.distribution, atol=1e-12)
+    core = stats.paired_bootstrap_test(y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, resampling.named_generator(0, "test"),
+                                       threshold=0.0)
+    mine = resampling.paired_bootstrap(resampled, ["a"], ["b"], "mcc", draws)
+    assert (mine.difference, mine.low, mine.high, mine.p_value) == pytest.approx(
+        (core.difference, core.low, core.high, core.p_value), abs=1e-12)
 
 
 def test_roc_on_grid_matches_sklearn_roc_curve():
@@ -325,7 +330,7 @@ def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
 def test_command_line(fusion_study, tmp_path, capsys):
     folder = tmp_path / "fusion"
     folder.mkdir()
-    for name in report.REQUIRED_FILES:  # a copy, so the shared study's tables stay as the other tests expect
+    for name in REQUIRED_FILES:  # a copy, so the shared study's tables stay as the other tests expect
         shutil.copy(fusion_study[0] / name, folder / name)
     assert analysis_main(["report", str(folder), "--resamples", "200", "--baseline", "film", "--no-plots"]) == 0
     printed = capsys.readouterr().out
@@ -342,3 +347,15 @@ def test_command_line(fusion_study, tmp_path, capsys):
     assert analysis_main(["report", str(folder / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert analysis_main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("command", ["report", "robustness"])
+def test_both_commands_take_and_check_the_shared_options(fusion_study, command, capsys):
+    folder = fusion_study[0]
+    assert analysis_main([command, str(folder), "--resamples", "50"]) == 2
+    assert "n_resamples must be an integer >= 100, got 50" in capsys.readouterr().err
+    assert analysis_main([command, str(folder), "--alpha", "1.5", "--seed", "2", "--ci-method", "percentile"]) == 2
+    assert "alpha must be in (0, 1), got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        analysis_main([command, str(folder), "--correction", "bonferroni"])
+    assert "invalid choice: 'bonferroni'" in capsys.readouterr().err

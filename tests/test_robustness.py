@@ -15,8 +15,9 @@ from analysis import report, robustness
 from analysis.__main__ import main as analysis_main
 from study.config import load_space
 from study.evaluate import merge_predictions, reevaluate_study
-from study.train import prepare_data, train_and_evaluate
+from study.train import train_and_evaluate
 from study.trial import save_trial
+from study.trial_data import prepare_data
 
 N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 12 tests
 SEEDS = (0, 1, 2)
@@ -166,7 +167,7 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     summary = robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
     table = pd.read_csv(folder / "tables" / "robustness_per_source.csv")
     flagged = table[table["carries_drop"]]
-    assert set(zip(flagged["configuration"], flagged["source"], flagged["severity"])) == {("waveform", "training-e", 2)}
+    assert set(zip(flagged["configuration"], flagged["source"], flagged["severity"], strict=True)) == {("waveform", "training-e", 2)}
     row = flagged.iloc[0]
     assert row["pooled_drop"] > 0.05 and row["pooled_drop_without_source"] < row["pooled_drop"] / 2
     # the within-source numbers are the seed means of sklearn's ROC-AUC on that source's recordings
@@ -175,6 +176,23 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     assert row["roc_auc_perturbed"] == pytest.approx(expected, abs=1e-9)
     assert any("training-e carries the ROC-AUC drop under MP3 32 kbps" in line for line in summary["claim"])
     assert "robustness_per_source.md" in (folder / "report.md").read_text()
+
+
+def test_a_clean_roc_auc_of_zero_leaves_the_relative_drop_undefined(tmp_path):
+    folder, _ = write_robustness_study(tmp_path / "robustness")
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    # the spectrogram model ranks every clean pascal recording the wrong way round: ROC-AUC 0
+    inverted = ((predictions["trial_id"].str.startswith("spectrogram-")) & (predictions["eval_set"] == "pascal")
+                & (predictions["perturbation"] == "none") & (predictions["ablation"] == "none"))
+    predictions.loc[inverted, "prob"] = 1.0 - predictions.loc[inverted, "label"]
+    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    robustness.report_robustness(folder, n_resamples=200, plots=False)
+    table = pd.read_csv(folder / "tables" / "robustness_auc.csv")
+    rows = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["perturbation"] == MP3)]
+    assert len(rows) == 2 and rows["relative_drop"].isna().all() and rows["relative_drop_low"].isna().all()
+    assert (rows["drop"] == -rows["roc_auc"]).all()  # clean 0 − perturbed
+    clean = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["severity"] == 0)]
+    assert clean["roc_auc"].tolist() == [0.0]
 
 
 def test_ablation_table_shows_the_waveform_branch_carries_the_fusion(study):

@@ -229,3 +229,52 @@ def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_r
         cluster.shutdown()
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 1 and trials["epochs"].iloc[0] >= 1
+
+
+def _most_at_once(spans) -> int:
+    """The most (start, end) intervals that overlap at one instant."""
+    return max(sum(start < other_end and other_start < end for other_start, other_end in spans)
+               for start, end in spans)
+
+
+def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_path):
+    """cluster.yaml's node types on Ray's fake autoscaling provider (a head without a GPU, GPU workers
+    started on demand): trials asking for 1/k of a GPU run k at a time on one GPU worker, and none
+    runs on the head. The fake GPUs have no CUDA behind them, so the trials train with
+    train.device=auto on the worker's CPU and record that."""
+    import ray
+
+    k = 2
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    head = config["head_node_type"]
+    worker_types = {name: {"resources": dict(t["resources"]), "node_config": {}, "min_workers": 0, "max_workers": 1}
+                    for name, t in types.items() if name != head}
+    assert all(t["resources"]["GPU"] == 1 for t in worker_types.values())
+    cluster = _fake_cluster_class()(head_resources=dict(types[head]["resources"]), worker_node_types=worker_types)
+    cluster.start()
+    out = tmp_path / "gpu"
+    try:
+        ray.init("auto")
+        head_node = ray.get_runtime_context().get_node_id()
+        space = _space_file(tmp_path, seeds=[0, 1, 2, 3], architectures=("waveform",))
+        summary = run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0,
+                            resources={"cpu": 1, "gpu": 1 / k},
+                            overrides={"train.device": "auto", "train.max_epochs": 6, "train.patience": 6})
+        nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes()}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert summary["failed"] == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 4
+    assert head_node not in set(trials["node_id"])  # no trial on the head
+    assert all(nodes[node].get("GPU", 0) >= 1 for node in trials["node_id"])  # every trial on a GPU worker
+    assert (trials["device"] == "cpu").all()  # fake GPUs: no CUDA, train.device=auto
+    metrics = json.loads(next((out / "trials").glob("*/metrics.json")).read_text())
+    assert "train.device: auto" in metrics["device"]["note"]
+    # k-way sharing: some worker ran k trials at the same time, and none ran more than k
+    most = max(_most_at_once(rows[["started_at", "finished_at"]].to_numpy()) for _, rows in trials.groupby("node_id"))
+    assert most == k, f"no GPU worker ran {k} trials at once (most: {most})"
+    print(f"GPU workers used: {trials['node_id'].nunique()}; most trials at once on one worker: {most}; "
+          f"on the head: 0")

@@ -80,7 +80,7 @@ def test_bca_matches_scipy_on_the_same_bootstrap_distribution():
     ours = stats.bootstrap_ci(y, a, n_resamples=3000, method="bca", rng=7)
     # Recompute the same draws, then let scipy build its BCa interval on them:
     # a stratified bootstrap is scipy's independent two-sample bootstrap of (positives, negatives).
-    units, strata = stats._resampling_units(y, None)
+    units, strata = stats.resampling_units(y, None)
     distribution = stats._two_level_bootstrap("roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True)[0]
 
     def auc(positives, negatives, axis=-1):
@@ -103,7 +103,8 @@ def test_identical_seeds_give_the_single_seed_interval():
     y, a, _ = _two_models(4)
     single = stats.bootstrap_ci(y, a, n_resamples=1000, rng=3)
     repeated = stats.bootstrap_ci(y, np.tile(a, (4, 1)), n_resamples=1000, rng=3)
-    assert repeated[:4] == pytest.approx(single[:4]) and repeated.method == single.method == "bca"
+    assert (repeated.estimate, repeated.low, repeated.high) == pytest.approx((single.estimate, single.low, single.high))
+    assert repeated.method == single.method == "bca" and (repeated.n_seeds, single.n_seeds) == (4, 1)
 
 
 def test_seed_resampling_widens_the_interval_by_the_seed_spread():
@@ -144,13 +145,43 @@ def test_cluster_bootstrap_sees_through_duplicated_recordings():
     assert naive.standard_error == pytest.approx(original.standard_error / np.sqrt(3), rel=0.08)
 
 
+def test_bootstrap_interval_says_when_it_falls_back():
+    rng = np.random.default_rng(9)
+    distribution = rng.normal(0.8, 0.05, 2000)
+    percentile = stats.bootstrap_interval(distribution, 0.8)
+    assert (percentile.low, percentile.high) == pytest.approx(tuple(np.quantile(distribution, [0.025, 0.975])))
+    assert percentile.method == "percentile" and percentile.n_resamples == 2000
+    jackknife = [rng.normal(0.8, 0.01, 50)]
+    bca = stats.bootstrap_interval(distribution, 0.8, method="bca", jackknife=lambda: jackknife)
+    assert bca.method == "bca" and bca.low != percentile.low
+    undefined_jackknife = stats.bootstrap_interval(distribution, 0.8, method="bca", jackknife=lambda: [np.array([0.8, np.nan])])
+    assert undefined_jackknife.method.startswith("percentile (BCa undefined")
+    assert (undefined_jackknife.low, undefined_jackknife.high) == (percentile.low, percentile.high)
+    with_nan = stats.bootstrap_interval(np.r_[distribution, np.nan], 0.8)
+    assert np.isnan(with_nan.low) and np.isnan(with_nan.high) and with_nan.method == "undefined in some resamples"
+    constant = stats.bootstrap_interval(np.full(100, 0.7), 0.7, method="bca", jackknife=lambda: pytest.fail("not needed"))
+    assert (constant.low, constant.high, constant.method) == (0.7, 0.7, "bca")
+    with pytest.raises(ValueError, match="bca needs jackknife"):
+        stats.bootstrap_interval(distribution, 0.8, method="bca")
+
+
+def test_bootstrap_p_value_has_a_floor_and_a_cap():
+    assert stats.bootstrap_p_value(np.full(999, 0.1)) == pytest.approx(2 / 1000)  # no resample at or below 0
+    assert stats.bootstrap_p_value(np.zeros(999)) == 1.0
+    differences = np.r_[-np.ones(10), np.ones(89)]
+    assert stats.bootstrap_p_value(differences) == pytest.approx(2 * 11 / 100)
+    assert stats.bootstrap_p_value(-differences) == stats.bootstrap_p_value(differences)
+
+
 def test_seed_mean_ci_uses_scipy():
     values = np.array([0.84, 0.86, 0.85, 0.88, 0.83, 0.86])
     result = stats.seed_mean_ci(values, rng=0, n_resamples=2000)
     reference = sps.bootstrap((values,), np.mean, n_resamples=2000, rng=np.random.default_rng(0))
     assert result.estimate == pytest.approx(values.mean())
     assert (result.low, result.high) == pytest.approx((reference.confidence_interval.low, reference.confidence_interval.high))
-    assert stats.seed_mean_ci([0.8, 0.8, 0.8])[1:4] == pytest.approx((0.8, 0.8, 0.8))
+    constant = stats.seed_mean_ci([0.8, 0.8, 0.8])
+    assert (constant.estimate, constant.low, constant.high, constant.standard_error) == pytest.approx((0.8, 0.8, 0.8, 0.0))
+    assert result.standard_error == pytest.approx(reference.standard_error) and result.n_resamples == 2000
 
 
 # --- DeLong ---------------------------------------------------------------------
@@ -168,7 +199,7 @@ def _slow_delong(y, a, b):
     auc_a, auc_b = components[0][0], components[1][0]
 
     def covariance(u, v, mean_u, mean_v):
-        return sum((ui - mean_u) * (vi - mean_v) for ui, vi in zip(u, v)) / (len(u) - 1)
+        return sum((ui - mean_u) * (vi - mean_v) for ui, vi in zip(u, v, strict=True)) / (len(u) - 1)
 
     s = {}
     for key, (ax, x10, x01), (ay, y10, y01) in (
@@ -187,9 +218,9 @@ def test_delong_matches_slow_structural_components(seed, ties):
     auc_a, auc_b, var_a, var_b, cov, z, p = _slow_delong(y, a, b)
     result = stats.delong_test(y, a, b)
     assert result.auc_a == pytest.approx(roc_auc_score(y, a), abs=1e-12)
-    assert result.auc_b == pytest.approx(auc_b, abs=1e-12) and result.diff == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert result.auc_b == pytest.approx(auc_b, abs=1e-12) and result.difference == pytest.approx(auc_a - auc_b, abs=1e-12)
     assert (result.var_a, result.var_b, result.cov) == pytest.approx((var_a, var_b, cov), rel=1e-10)
-    assert result.z == pytest.approx(z, rel=1e-10) and result.p == pytest.approx(p, rel=1e-8)
+    assert result.z == pytest.approx(z, rel=1e-10) and result.p_value == pytest.approx(p, rel=1e-8)
     single = stats.delong_variance(y, a)
     assert single == pytest.approx((auc_a, var_a), rel=1e-10)
 
@@ -204,7 +235,7 @@ def test_delong_hand_example():
     assert result.auc == pytest.approx(6.5 / 9)
     assert result.variance == pytest.approx(np.var(v10, ddof=1) / 3 + np.var(v01, ddof=1) / 3)
     identical = stats.delong_test(y, a, a)
-    assert identical.diff == 0 and identical.z == 0 and identical.p == 1
+    assert identical.difference == 0 and identical.z == 0 and identical.p_value == 1
 
 
 def test_delong_agrees_with_paired_bootstrap():
@@ -213,9 +244,9 @@ def test_delong_agrees_with_paired_bootstrap():
         delong = stats.delong_test(y, a, b)
         boot = stats.paired_bootstrap_test(y, a, b, n_resamples=4000, rng=seed)
         bootstrap_se = (boot.high - boot.low) / (2 * sps.norm.ppf(0.975))
-        assert boot.difference == pytest.approx(delong.diff)
+        assert boot.difference == pytest.approx(delong.difference)
         assert bootstrap_se == pytest.approx(np.sqrt(delong.var_a + delong.var_b - 2 * delong.cov), rel=0.08)
-        assert abs(boot.p_value - delong.p) < 0.03 + 0.25 * delong.p
+        assert abs(boot.p_value - delong.p_value) < 0.03 + 0.25 * delong.p_value
 
 
 def test_delong_validates():

@@ -12,7 +12,8 @@ import torch
 
 from study.config import load_space
 from study.metrics import choose_threshold
-from study.train import epoch_order, prepare_data, train_and_evaluate
+from study.train import epoch_order, train_and_evaluate
+from study.trial_data import prepare_data
 
 
 def _config(**overrides):
@@ -51,9 +52,9 @@ def test_synthetic_trial_beats_chance_and_reports_every_set(data):
 
 def test_threshold_is_chosen_on_validation_only(data):
     result = train_and_evaluate(_config(), data, trial_id="t")
-    from study.train import pick_device, predict
-    from study.models import create_model
     from study.config import model_config_of
+    from study.models import create_model
+    from study.train import pick_device, predict
 
     model = create_model(model_config_of(_config(), data.profile))
     model.load_state_dict(result.best_state)

@@ -62,27 +62,9 @@ def cmd_synth(args) -> int:
     return 0
 
 
-def parse_settings(pairs: list[str]) -> dict:
-    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``, values parsed as YAML scalars/lists."""
-    import yaml
-
-    settings = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):
-            try:
-                parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                pass
-        settings[key.strip()] = parsed
-    return settings
-
-
 def cmd_features(args) -> int:
     from ..cache import FeatureCache, extract_features
+    from ..config import parse_settings
     from ..features import get_profile
 
     profile = get_profile(args.profile, **parse_settings(args.set))

@@ -73,7 +73,8 @@ from __future__ import annotations
 import inspect
 import io
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import librosa
 import numpy as np

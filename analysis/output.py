@@ -1,0 +1,72 @@
+"""What a report writes and how it shows results: the tables and plots of a study folder, listed for report.md,
+and the cells of intervals and verdicts."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.stats import BootstrapCI
+from analysis.tables import format_interval, write_table
+
+__all__ = ["ReportWriter", "slug", "interval_cell", "interval_numbers", "verdict"]
+
+
+class ReportWriter:
+    """Writes tables to OUT/tables, names plots in OUT/plots, and keeps each file's description for the index."""
+
+    def __init__(self, out: Path):
+        self.tables_dir, self.plots_dir = out / "tables", out / "plots"
+        self.tables: list[tuple[str, str]] = []  # (table name, description)
+        self.plots: list[tuple[str, str]] = []  # (file name, description)
+
+    def table(self, name: str, display: pd.DataFrame, numbers: pd.DataFrame, caption: str, description: str,
+              notes: list[str] | None = None) -> None:
+        """Write tables/NAME.md, .csv and .tex (see :func:`analysis.tables.write_table`) and list them."""
+        write_table(self.tables_dir, name, display, numbers, caption, notes)
+        self.tables.append((name, description))
+
+    def plot(self, path: Path, description: str) -> None:
+        """List a figure already written to ``path`` (in plots_dir)."""
+        self.plots.append((path.name, description))
+
+    def table_paths(self) -> list[str]:
+        return [str(self.tables_dir / f"{name}.{extension}")
+                for name, _ in self.tables for extension in ("md", "csv", "tex")]
+
+    def plot_paths(self) -> list[str]:
+        return [str(self.plots_dir / name) for name, _ in self.plots]
+
+    def table_links(self) -> list[str]:
+        """One Markdown list item per table, linking it from report.md."""
+        return [f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {description}"
+                for name, description in self.tables]
+
+    def plot_links(self) -> list[str]:
+        return [f"- [plots/{name}](plots/{name}): {description}" for name, description in self.plots]
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of an evaluation set's name ("physionet2016:test" -> "physionet2016-test")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
+def interval_cell(interval: BootstrapCI | None) -> str:
+    """An interval as a table cell, "0.861 [0.832, 0.889]"; "n/a" where there is none."""
+    return "n/a" if interval is None else format_interval(interval.estimate, interval.low, interval.high)
+
+
+def interval_numbers(prefix: str, interval: BootstrapCI | None) -> dict:
+    """CSV columns PREFIX, PREFIX_low, PREFIX_high of an interval (NaN where there is none)."""
+    if interval is None:
+        return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
+    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
+
+
+def verdict(a: str, b: str, difference: float, p_value: float, alpha: float) -> str:
+    """The verdict of a test of a - b at ``alpha``: "a > b", "a < b" or "no significant difference"."""
+    if not p_value < alpha:
+        return "no significant difference"
+    return f"{a} > {b}" if difference > 0 else f"{a} < {b}"

@@ -1,0 +1,90 @@
+"""How the packages depend on each other: `analysis` uses `study`, never the reverse (but for the
+runner calling the report when a study ends), modules import without cycles, and the trainer loads
+no audio library, so a trial runs where only torch is installed."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("study", "analysis")
+# the one allowed study -> analysis import: the runner writes the report at the end of a study
+ALLOWED_UPWARD = {("study/run.py", "analysis.report")}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for every import in a file, relative ones resolved."""
+    tree = ast.parse(path.read_text())
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names]
+            # "from . import x" imports the submodule x; "from .m import f" imports m
+            found += [(name if _is_module(name) else base, id(node) in top_level) for name in names]
+    return found
+
+
+def _is_module(name: str) -> bool:
+    path = REPO / Path(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _files():
+    for package in PACKAGES:
+        yield from sorted((REPO / package).rglob("*.py"))
+
+
+def test_study_never_imports_analysis():
+    upward = []
+    for path in (REPO / "study").rglob("*.py"):
+        relative = str(path.relative_to(REPO))
+        for name, _ in _imports(path):
+            if name.split(".")[0] == "analysis" and (relative, name) not in ALLOWED_UPWARD:
+                upward.append(f"{relative} imports {name}")
+    assert not upward, "study must not depend on analysis:\n" + "\n".join(upward)
+
+
+def test_module_level_imports_have_no_cycle():
+    graph = {}
+    for path in _files():
+        graph[_module_name(path)] = {name for name, top in _imports(path)
+                                     if top and name.split(".")[0] in PACKAGES and _is_module(name)}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if target == node or target == node.rpartition(".")[0]:
+                continue  # a package's own __init__ is loaded first by the import system, not a cycle
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_trainer_loads_no_audio_library_and_no_analysis():
+    code = ("import sys, study.train, study.tensors, study.bench; "
+            "print(sorted(m for m in ('librosa', 'soundfile', 'soxr', 'analysis') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
