@@ -7,6 +7,7 @@
 
 ``python -m analysis COMMAND --help`` lists a command's options.
 """
+
 from __future__ import annotations
 
 import sys

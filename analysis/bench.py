@@ -13,6 +13,7 @@ folder in ``study.run``'s file format: 15 configurations (5 fusion types x 3
 dropouts) x 10 seeds, 300 PhysioNet test and 45 PASCAL recordings. It must
 finish in under 60 s; ``--no-report`` skips it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,16 @@ def _scores(rng: np.random.Generator, y: np.ndarray, n_seeds: int = 1) -> np.nda
     return 1.3 * y + rng.standard_normal((n_seeds, y.size))
 
 
-def write_synthetic_study(out: Path, *, fusions=("concat", "sum", "cross_attention", "film", "logit_ensemble"),
-                          dropouts=(0.3, 0.5, 0.7), n_seeds: int = 10, n_test: int = 300, n_pascal: int = 45,
-                          seed: int = 0) -> Path:
+def write_synthetic_study(
+    out: Path,
+    *,
+    fusions=("concat", "sum", "cross_attention", "film", "logit_ensemble"),
+    dropouts=(0.3, 0.5, 0.7),
+    n_seeds: int = 10,
+    n_test: int = 300,
+    n_pascal: int = 45,
+    seed: int = 0,
+) -> Path:
     """A finished heart study in ``out`` (study.json, trials.parquet, predictions.parquet) with simulated predictions.
 
     Each recording has a difficulty shared by every model, so configurations
@@ -70,36 +78,80 @@ def write_synthetic_study(out: Path, *, fusions=("concat", "sum", "cross_attenti
     for name, (n, sources, abnormal_share, _) in eval_sets.items():
         labels = (np.arange(n) < round(abnormal_share * n)).astype(np.int8)
         rng.shuffle(labels)
-        recordings[name] = pd.DataFrame({
-            "recording_id": [f"{name.split(':')[0]}-{i:04d}" for i in range(n)],
-            "source": np.array(sources)[rng.integers(0, len(sources), n)], "label": labels,
-            "difficulty": rng.standard_normal(n)})
+        recordings[name] = pd.DataFrame(
+            {
+                "recording_id": [f"{name.split(':')[0]}-{i:04d}" for i in range(n)],
+                "source": np.array(sources)[rng.integers(0, len(sources), n)],
+                "label": labels,
+                "difficulty": rng.standard_normal(n),
+            }
+        )
     configs = [(fusion, dropout) for fusion in fusions for dropout in dropouts]
     trial_rows, frames = [], []
     for k, (fusion, dropout) in enumerate(configs):
         for seed_value in range(n_seeds):
             trial_id = f"t{k:02d}s{seed_value:02d}"
             threshold = float(np.clip(0.5 + 0.05 * rng.standard_normal(), 0.05, 0.95))
-            row = {"trial_id": trial_id, "config/seed": seed_value, "config/model.architecture": "fusion",
-                   "config/model.fusion": fusion, "config/model.dropout": dropout,
-                   "config/data.eval_sets": json.dumps(list(eval_sets)), "config/train.lr": 3e-4}
+            row = {
+                "trial_id": trial_id,
+                "config/seed": seed_value,
+                "config/model.architecture": "fusion",
+                "config/model.fusion": fusion,
+                "config/model.dropout": dropout,
+                "config/data.eval_sets": json.dumps(list(eval_sets)),
+                "config/train.lr": 3e-4,
+            }
             for name, (_, _, _, shift) in eval_sets.items():
                 table = recordings[name]
                 separation = (1.0 + 0.04 * k) * shift
-                score = separation * (table["label"] - 0.5) + 0.5 * table["difficulty"] + 0.6 * rng.standard_normal(len(table))
+                score = (
+                    separation * (table["label"] - 0.5)
+                    + 0.5 * table["difficulty"]
+                    + 0.6 * rng.standard_normal(len(table))
+                )
                 prob = special.expit(score.to_numpy())
-                frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": name, "recording_id": table["recording_id"],
-                                            "source": table["source"], "group": table["recording_id"],
-                                            "label": table["label"], "prob": prob, "perturbation": "none", "severity": 0}))
-                row.update({f"{name}/{key}": value for key, value in binary_metrics(table["label"], prob, threshold).items()})
-            row.update({"epochs": 30, "best_epoch": 22, "threshold": threshold, "wall_time_s": 60.0, "node_id": "synthetic",
-                        "node_ip": "127.0.0.1", "hostname": "synthetic", "retries": 0, "experiment": "run-1"})
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "trial_id": trial_id,
+                            "eval_set": name,
+                            "recording_id": table["recording_id"],
+                            "source": table["source"],
+                            "group": table["recording_id"],
+                            "label": table["label"],
+                            "prob": prob,
+                            "perturbation": "none",
+                            "severity": 0,
+                        }
+                    )
+                )
+                row.update(
+                    {f"{name}/{key}": value for key, value in binary_metrics(table["label"], prob, threshold).items()}
+                )
+            row.update(
+                {
+                    "epochs": 30,
+                    "best_epoch": 22,
+                    "threshold": threshold,
+                    "wall_time_s": 60.0,
+                    "node_id": "synthetic",
+                    "node_ip": "127.0.0.1",
+                    "hostname": "synthetic",
+                    "retries": 0,
+                    "experiment": "run-1",
+                }
+            )
             trial_rows.append(row)
     pd.DataFrame(trial_rows).to_parquet(out / "trials.parquet", index=False)
     pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
-    space = {"name": "synthetic-bench", "scale": "cpu", "study": "heart", "fixed": {"model.architecture": "fusion"},
-             "grid": {"model.fusion": list(fusions), "model.dropout": list(dropouts), "seed": list(range(n_seeds))},
-             "compare": {"axis": "model.fusion", "baseline": fusions[0], "metric": "roc_auc"}}
+    space = {
+        "name": "synthetic-bench",
+        "scale": "cpu",
+        "study": "heart",
+        "fixed": {"model.architecture": "fusion"},
+        "grid": {"model.fusion": list(fusions), "model.dropout": list(dropouts), "seed": list(range(n_seeds))},
+        "compare": {"axis": "model.fusion", "baseline": fusions[0], "metric": "roc_auc"},
+    }
     (out / "study.json").write_text(json.dumps({"space": space}, indent=1))
     return out
 
@@ -113,8 +165,12 @@ def bench_report(seed: int = 0) -> dict:
         start = time.perf_counter()
         report_study(out)
         seconds = time.perf_counter() - start
-    return {"name": "report_study, 15 configs x 10 seeds (150 trials), 300 + 45 rec., 10,000 resamples",
-            "seconds": seconds, "limit_s": REPORT_LIMIT_S, "ok": seconds < REPORT_LIMIT_S}
+    return {
+        "name": "report_study, 15 configs x 10 seeds (150 trials), 300 + 45 rec., 10,000 resamples",
+        "seconds": seconds,
+        "limit_s": REPORT_LIMIT_S,
+        "ok": seconds < REPORT_LIMIT_S,
+    }
 
 
 def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict]:
@@ -134,17 +190,49 @@ def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict
             roc_auc_score(y[row], a[row])
 
     cases = [
-        ("bootstrap_ci ROC-AUC, 300 rec., 10,000 resamples, percentile", lambda: stats.bootstrap_ci(y, a, method="percentile", rng=1), CI_LIMIT_S),
-        ("bootstrap_ci ROC-AUC, 300 rec., 10,000 resamples, BCa", lambda: stats.bootstrap_ci(y, a, method="bca", rng=1), CI_LIMIT_S),
+        (
+            "bootstrap_ci ROC-AUC, 300 rec., 10,000 resamples, percentile",
+            lambda: stats.bootstrap_ci(y, a, method="percentile", rng=1),
+            CI_LIMIT_S,
+        ),
+        (
+            "bootstrap_ci ROC-AUC, 300 rec., 10,000 resamples, BCa",
+            lambda: stats.bootstrap_ci(y, a, method="bca", rng=1),
+            CI_LIMIT_S,
+        ),
         ("auc_resampled, 300 rec., 10,000 given index rows", lambda: stats.auc_resampled(y, a, idx), None),
         ("delong_test, 300 rec.", lambda: stats.delong_test(y, a, b), None),
         ("bootstrap_ci ROC-AUC, 5 seeds x 300 rec., 10,000, BCa", lambda: stats.bootstrap_ci(y, seeds_a, rng=1), None),
-        ("bootstrap_ci MCC, 5 seeds x 300 rec., 10,000, BCa", lambda: stats.bootstrap_ci(y, seeds_a, "mcc", rng=1), None),
-        ("paired_bootstrap_test ROC-AUC, 5 seeds x 300, 10,000", lambda: stats.paired_bootstrap_test(y, seeds_a, seeds_b, rng=1), None),
-        ("paired_permutation_test ROC-AUC, 5 seeds x 300, 10,000", lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, rng=1), None),
-        ("paired_permutation_test MCC, 5 seeds x 300, 10,000", lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, "mcc", rng=1, threshold=0.6), None),
-        ("bootstrap_ci ROC-AUC, 2,800 items in 120 groups, 10,000, BCa", lambda: stats.bootstrap_ci(icbhi_y, icbhi_scores, groups=icbhi_groups, rng=1), None),
-        ("bootstrap_ci ROC-AUC, 2,800 items, no groups, 10,000, BCa", lambda: stats.bootstrap_ci(icbhi_y, icbhi_scores, rng=1), None),
+        (
+            "bootstrap_ci MCC, 5 seeds x 300 rec., 10,000, BCa",
+            lambda: stats.bootstrap_ci(y, seeds_a, "mcc", rng=1),
+            None,
+        ),
+        (
+            "paired_bootstrap_test ROC-AUC, 5 seeds x 300, 10,000",
+            lambda: stats.paired_bootstrap_test(y, seeds_a, seeds_b, rng=1),
+            None,
+        ),
+        (
+            "paired_permutation_test ROC-AUC, 5 seeds x 300, 10,000",
+            lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, rng=1),
+            None,
+        ),
+        (
+            "paired_permutation_test MCC, 5 seeds x 300, 10,000",
+            lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, "mcc", rng=1, threshold=0.6),
+            None,
+        ),
+        (
+            "bootstrap_ci ROC-AUC, 2,800 items in 120 groups, 10,000, BCa",
+            lambda: stats.bootstrap_ci(icbhi_y, icbhi_scores, groups=icbhi_groups, rng=1),
+            None,
+        ),
+        (
+            "bootstrap_ci ROC-AUC, 2,800 items, no groups, 10,000, BCa",
+            lambda: stats.bootstrap_ci(icbhi_y, icbhi_scores, rng=1),
+            None,
+        ),
     ]
     rows = []
     for name, function, limit in cases:
@@ -155,7 +243,9 @@ def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict
         rows.append(row)
     # For scale: the obvious loop over resamples with scikit-learn, extrapolated from n_sklearn resamples.
     seconds = _best_time(sklearn_loop, 1) * 10_000 / n_sklearn
-    rows.append({"name": "for comparison: sklearn roc_auc_score in a loop, 10,000 resamples (extrapolated)", "seconds": seconds})
+    rows.append(
+        {"name": "for comparison: sklearn roc_auc_score in a loop, 10,000 resamples (extrapolated)", "seconds": seconds}
+    )
     if report:
         rows.append(bench_report(seed))
     return rows

@@ -40,6 +40,7 @@ permutation p-values makes them conservative by about 2/B and 1/P, i.e. 0.004
 and 0.001 of FPR). Scores are drawn for 200 simulations at once; each test is
 vectorised over its resamples. The default run takes about 3 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,7 +135,9 @@ def _single_run_pvalues(y, a, b, thresholds, rng, n_resamples, n_permutations) -
         "paired bootstrap (ROC-AUC)": stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng).p_value,
         "paired permutation (ROC-AUC)": stats.paired_permutation_test(y, a, b, "roc_auc", n_permutations, rng).p_value,
         "paired bootstrap (MCC)": stats.paired_bootstrap_test(y, pred_a, pred_b, "mcc", n_resamples, rng).p_value,
-        "paired permutation (MCC)": stats.paired_permutation_test(y, pred_a, pred_b, "mcc", n_permutations, rng).p_value,
+        "paired permutation (MCC)": stats.paired_permutation_test(
+            y, pred_a, pred_b, "mcc", n_permutations, rng
+        ).p_value,
         "McNemar (accuracy)": stats.mcnemar_test(y, pred_a, pred_b).p_value,
     }
 
@@ -175,7 +178,9 @@ def _simulated_pairs(design, rng, n_sims, separations, n_seeds, seed_effects, sa
     """Yield the score pair (a, b) of one simulation at a time, drawn in batches to bound memory."""
     batch = 200
     for start in range(0, n_sims, batch):
-        scores = simulate_scores(design, rng, min(batch, n_sims - start), separations, n_seeds, seed_effects, same_architecture)
+        scores = simulate_scores(
+            design, rng, min(batch, n_sims - start), separations, n_seeds, seed_effects, same_architecture
+        )
         yield from (scores[:, :, 0] if n_seeds == 1 else scores)
 
 
@@ -190,7 +195,9 @@ def _single_run(design: Design, rng, n_sims, n_resamples, n_permutations) -> tup
     power_pairs = _simulated_pairs(design, rng, n_sims, (better, base), 1, False)
     for (a, b), (a_power, b_power) in zip(null_pairs, power_pairs, strict=True):
         null_p.append(_single_run_pvalues(y, a, b, (base / 2, base / 2), rng, n_resamples, n_permutations))
-        power_p.append(_single_run_pvalues(y, a_power, b_power, (better / 2, base / 2), rng, n_resamples, n_permutations))
+        power_p.append(
+            _single_run_pvalues(y, a_power, b_power, (better / 2, base / 2), rng, n_resamples, n_permutations)
+        )
         delong = stats.delong_test(y, a, b)
         correlations.append(delong.cov / np.sqrt(delong.var_a * delong.var_b))
         for method in ("percentile", "bca"):
@@ -202,7 +209,16 @@ def _single_run(design: Design, rng, n_sims, n_resamples, n_permutations) -> tup
     for name in null_p[0]:
         fpr = _rejection_rate([p[name] for p in null_p])
         power = _rejection_rate([p[name] for p in power_p])
-        tests.append({"test": name, "null": "equal AUC, 1 run", "fpr": fpr, "power": power, "verdict": _fpr_verdict(name, fpr), "note": CONSERVATIVE_NOTES.get(name, "")})
+        tests.append(
+            {
+                "test": name,
+                "null": "equal AUC, 1 run",
+                "fpr": fpr,
+                "power": power,
+                "verdict": _fpr_verdict(name, fpr),
+                "note": CONSERVATIVE_NOTES.get(name, ""),
+            }
+        )
     return tests, coverage, float(np.mean(correlations))
 
 
@@ -224,7 +240,9 @@ def _seeds(design: Design, rng, n_sims, n_resamples) -> tuple[list, dict]:
             if same:
                 continue
             pvalues["bootstrap_equal"].append(stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng).p_value)
-            power["bootstrap_equal"].append(stats.paired_bootstrap_test(y, a_power, b_power, "roc_auc", n_resamples, rng).p_value)
+            power["bootstrap_equal"].append(
+                stats.paired_bootstrap_test(y, a_power, b_power, "roc_auc", n_resamples, rng).p_value
+            )
             for method in ("percentile", "bca"):
                 interval = stats.bootstrap_ci(y, a, "roc_auc", n_resamples=n_resamples, method=method, rng=rng)
                 coverage[f"seed_auc_{method}"].append(_interval_hits(interval, design.auc_baseline))
@@ -238,7 +256,16 @@ def _seeds(design: Design, rng, n_sims, n_resamples) -> tuple[list, dict]:
         fpr = _rejection_rate(pvalues[key])
         verdict = _fpr_verdict(name, fpr) if own_null else "contrast"
         note = CONSERVATIVE_NOTES.get(name, "") if own_null else CONTRAST_NOTE
-        tests.append({"test": name, "null": null, "fpr": fpr, "power": _rejection_rate(power[key]), "verdict": verdict, "note": note})
+        tests.append(
+            {
+                "test": name,
+                "null": null,
+                "fpr": fpr,
+                "power": _rejection_rate(power[key]),
+                "verdict": verdict,
+                "note": note,
+            }
+        )
     return tests, coverage
 
 
@@ -252,7 +279,9 @@ COVERAGE_LABELS = {
 }
 
 
-def run_calibration(n_sims: int = 2000, seed: int = 0, n_resamples: int = 500, n_permutations: int = 1000, design: Design = Design()) -> dict:
+def run_calibration(
+    n_sims: int = 2000, seed: int = 0, n_resamples: int = 500, n_permutations: int = 1000, design: Design = Design()
+) -> dict:
     """Run all scenarios; returns a JSON-ready dict of settings, test rows, coverage rows and the MDE check."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -263,27 +292,43 @@ def run_calibration(n_sims: int = 2000, seed: int = 0, n_resamples: int = 500, n
     for key, hits in coverage.items():
         rate = float(np.mean([hit for hit, _ in hits]))
         interval, data = COVERAGE_LABELS[key]
-        intervals.append({
-            "interval": interval,
-            "data": f"{design.n_seeds} seeds" if data == "seeds" else data,
-            "coverage": rate,
-            "mean_width": float(np.mean([width for _, width in hits])),
-            "verdict": "ok" if COVERAGE_RANGE[0] <= rate <= COVERAGE_RANGE[1] else "FAIL",
-        })
+        intervals.append(
+            {
+                "interval": interval,
+                "data": f"{design.n_seeds} seeds" if data == "seeds" else data,
+                "coverage": rate,
+                "mean_width": float(np.mean([width for _, width in hits])),
+                "verdict": "ok" if COVERAGE_RANGE[0] <= rate <= COVERAGE_RANGE[1] else "FAIL",
+            }
+        )
 
     # auc_difference_mde: DeLong's simulated power at the difference it predicts for 80 % power
     y = labels(design)
     mde = stats.auc_difference_mde(design.n_pos, design.n_neg, design.auc_baseline, auc_correlation)
     shifts = (separation(design.auc_baseline + mde), separation(design.auc_baseline))
-    mde_power = _rejection_rate([stats.delong_test(y, a, b).p_value for a, b in _simulated_pairs(design, rng, n_sims, shifts, 1, False)])
+    mde_power = _rejection_rate(
+        [stats.delong_test(y, a, b).p_value for a, b in _simulated_pairs(design, rng, n_sims, shifts, 1, False)]
+    )
 
     return {
-        "settings": {"n_sims": n_sims, "seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "alpha": ALPHA, **asdict(design)},
+        "settings": {
+            "n_sims": n_sims,
+            "seed": seed,
+            "n_resamples": n_resamples,
+            "n_permutations": n_permutations,
+            "alpha": ALPHA,
+            **asdict(design),
+        },
         "fpr_monte_carlo_se": float(np.sqrt(ALPHA * (1 - ALPHA) / n_sims)),
         "coverage_monte_carlo_se": float(np.sqrt(0.95 * 0.05 / n_sims)),
         "tests": single_tests + seed_tests,
         "coverage": intervals,
-        "mde": {"auc_correlation": auc_correlation, "predicted_mde": mde, "delong_power_at_mde": mde_power, "target_power": 0.8},
+        "mde": {
+            "auc_correlation": auc_correlation,
+            "predicted_mde": mde,
+            "delong_power_at_mde": mde_power,
+            "target_power": 0.8,
+        },
         "seconds": time.perf_counter() - start,
     }
 
@@ -302,7 +347,9 @@ def format_report(result: dict) -> str:
     ]
     for row in result["tests"]:
         lines.append(f"{row['test']:<38} {row['null']:<26} {row['fpr']:>6.3f} {row['power']:>6.3f}  {row['verdict']}")
-    notes = list(dict.fromkeys(f"  {row['test']} ({row['verdict']}): {row['note']}" for row in result["tests"] if row["note"]))
+    notes = list(
+        dict.fromkeys(f"  {row['test']} ({row['verdict']}): {row['note']}" for row in result["tests"] if row["note"])
+    )
     lines += ["notes:", *notes] if notes else []
     lines += [
         "",
@@ -310,7 +357,9 @@ def format_report(result: dict) -> str:
         f"{'interval':<38} {'data':<26} {'cover':>6} {'width':>6}  verdict",
     ]
     for row in result["coverage"]:
-        lines.append(f"{row['interval']:<38} {row['data']:<26} {row['coverage']:>6.3f} {row['mean_width']:>6.3f}  {row['verdict']}")
+        lines.append(
+            f"{row['interval']:<38} {row['data']:<26} {row['coverage']:>6.3f} {row['mean_width']:>6.3f}  {row['verdict']}"
+        )
     mde = result["mde"]
     lines += [
         "",

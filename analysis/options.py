@@ -1,5 +1,6 @@
 """The settings every analysis command shares: multiple-comparison correction, resamples, alpha, interval method,
 random seed and whether to draw plots, as one validated dataclass and one set of command-line options."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,15 @@ class AnalysisOptions:
 
 def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --correction, --resamples, --alpha, --ci-method, --seed and --no-plots; read them with analysis_options."""
-    parser.add_argument("--correction", choices=CORRECTIONS, default="holm",
-                        help="multiple-comparison correction (default holm)")
-    parser.add_argument("--resamples", type=int, default=10_000,
-                        help="bootstrap resamples, and permutations where a test permutes (default 10,000)")
+    parser.add_argument(
+        "--correction", choices=CORRECTIONS, default="holm", help="multiple-comparison correction (default holm)"
+    )
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=10_000,
+        help="bootstrap resamples, and permutations where a test permutes (default 10,000)",
+    )
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument("--ci-method", choices=CI_METHODS, default="bca", help="bootstrap interval (default bca)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the resampling (default 0)")
@@ -56,5 +62,11 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
 
 def analysis_options(args: argparse.Namespace) -> dict:
     """The options add_analysis_arguments parsed, as AnalysisOptions keyword arguments (validated when constructed)."""
-    return {"correction": args.correction, "n_resamples": args.resamples, "alpha": args.alpha,
-            "ci_method": args.ci_method, "seed": args.seed, "plots": not args.no_plots}
+    return {
+        "correction": args.correction,
+        "n_resamples": args.resamples,
+        "alpha": args.alpha,
+        "ci_method": args.ci_method,
+        "seed": args.seed,
+        "plots": not args.no_plots,
+    }

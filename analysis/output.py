@@ -1,5 +1,6 @@
 """What a report writes and how it shows results: the tables and plots of a study folder, listed for report.md,
 and the cells of intervals and verdicts."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ class ReportWriter:
         self.tables: list[tuple[str, str]] = []  # (table name, description)
         self.plots: list[tuple[str, str]] = []  # (file name, description)
 
-    def table(self, name: str, display: pd.DataFrame, numbers: pd.DataFrame, caption: str, description: str,
-              notes: list[str] | None = None) -> None:
+    def table(
+        self,
+        name: str,
+        display: pd.DataFrame,
+        numbers: pd.DataFrame,
+        caption: str,
+        description: str,
+        notes: list[str] | None = None,
+    ) -> None:
         """Write tables/NAME.md, .csv and .tex (see :func:`analysis.tables.write_table`) and list them."""
         write_table(self.tables_dir, name, display, numbers, caption, notes)
         self.tables.append((name, description))
@@ -33,16 +41,21 @@ class ReportWriter:
         self.plots.append((path.name, description))
 
     def table_paths(self) -> list[str]:
-        return [str(self.tables_dir / f"{name}.{extension}")
-                for name, _ in self.tables for extension in ("md", "csv", "tex")]
+        return [
+            str(self.tables_dir / f"{name}.{extension}")
+            for name, _ in self.tables
+            for extension in ("md", "csv", "tex")
+        ]
 
     def plot_paths(self) -> list[str]:
         return [str(self.plots_dir / name) for name, _ in self.plots]
 
     def table_links(self) -> list[str]:
         """One Markdown list item per table, linking it from report.md."""
-        return [f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {description}"
-                for name, description in self.tables]
+        return [
+            f"- [tables/{name}.md](tables/{name}.md) (also `.csv`, `.tex`): {description}"
+            for name, description in self.tables
+        ]
 
     def plot_links(self) -> list[str]:
         return [f"- [plots/{name}](plots/{name}): {description}" for name, description in self.plots]

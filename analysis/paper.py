@@ -4,6 +4,7 @@ AudioFuse (seeds/000, 001): single runs on the PhysioNet 2016 test set and
 zero-shot on PASCAL, no intervals. SAM-AST (seeds/002): ICBHI 2017 official
 split. Rates are fractions in [0, 1] like every metric in this project.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -14,7 +15,13 @@ __all__ = ["AUDIOFUSE_RESULTS", "SAM_AST_ICBHI", "Claim", "CLAIMS", "paper_model
 AUDIOFUSE_RESULTS: dict[str, dict[str, float]] = {
     "spectrogram ViT": {"roc_auc": 0.8066, "mcc": 0.4444, "f1": 0.7383, "accuracy": 0.7193, "pascal_roc_auc": 0.4873},
     "waveform 1D CNN": {"roc_auc": 0.8223, "mcc": 0.4884, "f1": 0.7057, "accuracy": 0.7376, "pascal_roc_auc": 0.6782},
-    "AudioFuse (concat fusion)": {"roc_auc": 0.8608, "mcc": 0.5508, "f1": 0.7664, "accuracy": 0.7741, "pascal_roc_auc": 0.7181},
+    "AudioFuse (concat fusion)": {
+        "roc_auc": 0.8608,
+        "mcc": 0.5508,
+        "f1": 0.7664,
+        "accuracy": 0.7741,
+        "pascal_roc_auc": 0.7181,
+    },
 }
 
 # SAM-AST on ICBHI 2017: Score 68.10 %, sensitivity 68.31 %, so specificity = 2 Score - sensitivity.
@@ -48,18 +55,39 @@ def _gap(winner: str, loser: str, metric: str) -> float:
 _FUSION, _VIT, _CNN = "AudioFuse (concat fusion)", "spectrogram ViT", "waveform 1D CNN"
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("fusion_beats_branches_physionet", "AudioFuse beats each single branch on the PhysioNet 2016 test ROC-AUC",
-          "model.architecture", "fusion", ("spectrogram", "waveform"), "physionet2016:test", "roc_auc",
-          {"model.fusion": "concat"},
-          {"spectrogram": _gap(_FUSION, _VIT, "roc_auc"), "waveform": _gap(_FUSION, _CNN, "roc_auc")}),
-    Claim("fusion_beats_branches_pascal", "AudioFuse beats each single branch zero-shot on PASCAL (ROC-AUC)",
-          "model.architecture", "fusion", ("spectrogram", "waveform"), "pascal", "roc_auc",
-          {"model.fusion": "concat"},
-          {"spectrogram": _gap(_FUSION, _VIT, "pascal_roc_auc"), "waveform": _gap(_FUSION, _CNN, "pascal_roc_auc")}),
-    Claim("concat_beats_attention_and_film", "Concatenation fusion beats cross-attention and gated FiLM (ROC-AUC, PhysioNet test)",
-          "model.fusion", "concat", ("cross_attention", "film"), "physionet2016:test", "roc_auc",
-          {"model.architecture": "fusion"},
-          {"cross_attention": None, "film": None}),
+    Claim(
+        "fusion_beats_branches_physionet",
+        "AudioFuse beats each single branch on the PhysioNet 2016 test ROC-AUC",
+        "model.architecture",
+        "fusion",
+        ("spectrogram", "waveform"),
+        "physionet2016:test",
+        "roc_auc",
+        {"model.fusion": "concat"},
+        {"spectrogram": _gap(_FUSION, _VIT, "roc_auc"), "waveform": _gap(_FUSION, _CNN, "roc_auc")},
+    ),
+    Claim(
+        "fusion_beats_branches_pascal",
+        "AudioFuse beats each single branch zero-shot on PASCAL (ROC-AUC)",
+        "model.architecture",
+        "fusion",
+        ("spectrogram", "waveform"),
+        "pascal",
+        "roc_auc",
+        {"model.fusion": "concat"},
+        {"spectrogram": _gap(_FUSION, _VIT, "pascal_roc_auc"), "waveform": _gap(_FUSION, _CNN, "pascal_roc_auc")},
+    ),
+    Claim(
+        "concat_beats_attention_and_film",
+        "Concatenation fusion beats cross-attention and gated FiLM (ROC-AUC, PhysioNet test)",
+        "model.fusion",
+        "concat",
+        ("cross_attention", "film"),
+        "physionet2016:test",
+        "roc_auc",
+        {"model.architecture": "fusion"},
+        {"cross_attention": None, "film": None},
+    ),
 )
 
 

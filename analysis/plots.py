@@ -3,6 +3,7 @@
 Figures are drawn with matplotlib's Agg backend (no display needed) and
 written atomically (:func:`study.io.atomic_path`) like the tables.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,8 +18,18 @@ import numpy as np  # noqa: E402
 
 from study.io import atomic_path  # noqa: E402
 
-__all__ = ["FPR_GRID", "RocCurve", "ForestRow", "SeverityCurve", "SeverityPanel", "roc_tpr_on_grid", "save_figure",
-           "plot_roc_curves", "plot_forest", "plot_auc_vs_severity"]
+__all__ = [
+    "FPR_GRID",
+    "RocCurve",
+    "ForestRow",
+    "SeverityCurve",
+    "SeverityPanel",
+    "roc_tpr_on_grid",
+    "save_figure",
+    "plot_roc_curves",
+    "plot_forest",
+    "plot_auc_vs_severity",
+]
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -81,7 +92,9 @@ def roc_tpr_on_grid(y, scores, weights, fpr_grid=FPR_GRID) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     grid = np.asarray(fpr_grid, dtype=np.float64)
     if labels.ndim != 1 or values.shape[1] != labels.size or w.ndim != 2 or w.shape[0] != labels.size:
-        raise ValueError(f"y (n,), scores (S, n) and weights (n, B) must agree in n, got {labels.shape}, {values.shape}, {w.shape}")
+        raise ValueError(
+            f"y (n,), scores (S, n) and weights (n, B) must agree in n, got {labels.shape}, {values.shape}, {w.shape}"
+        )
     if grid.ndim != 1 or grid.size == 0 or grid.min() < 0 or grid.max() > 1 or np.any(np.diff(grid) < 0):
         raise ValueError("fpr_grid must be a non-empty increasing 1-D array of rates in [0, 1]")
     n_resamples = w.shape[1]
@@ -126,15 +139,22 @@ def plot_roc_curves(path: Path, curves: list[RocCurve], title: str, fpr_grid=FPR
         axes.step(fpr_grid, curve.tpr, where="post", color=colour, lw=1.4, label=curve.label)
         axes.fill_between(fpr_grid, curve.low, curve.high, step="post", color=colour, alpha=0.15, lw=0)
     axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate (1 - specificity)",
-             ylabel="true-positive rate (sensitivity)", title=title)
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false-positive rate (1 - specificity)",
+        ylabel="true-positive rate (sensitivity)",
+        title=title,
+    )
     axes.legend(loc="lower right", fontsize=7 if len(curves) > 6 else 8)
     if band_note:
         figure.supxlabel(band_note, fontsize=7, wrap=True)
     return save_figure(figure, path)
 
 
-def plot_forest(path: Path, panels: list[tuple[str, list[ForestRow], float | None]], x_label: str, note: str = "") -> Path:
+def plot_forest(
+    path: Path, panels: list[tuple[str, list[ForestRow], float | None]], x_label: str, note: str = ""
+) -> Path:
     """A forest plot: one panel per evaluation set, one row per comparison.
 
     ``panels`` holds (title, rows, resolution) where resolution, if given,
@@ -144,8 +164,14 @@ def plot_forest(path: Path, panels: list[tuple[str, list[ForestRow], float | Non
     if not panels or not any(rows for _, rows, _ in panels):
         raise ValueError("panels must hold at least one ForestRow")
     heights = [max(len(rows), 1) for _, rows, _ in panels]
-    figure, axes_list = plt.subplots(len(panels), 1, figsize=(7.0, 1.2 + 0.38 * sum(heights) + 0.6 * len(panels)),
-                                     gridspec_kw={"height_ratios": heights}, squeeze=False, layout="constrained")
+    figure, axes_list = plt.subplots(
+        len(panels),
+        1,
+        figsize=(7.0, 1.2 + 0.38 * sum(heights) + 0.6 * len(panels)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+        layout="constrained",
+    )
     for axes, (title, rows, resolution) in zip(axes_list[:, 0], panels, strict=True):
         positions = np.arange(len(rows))[::-1]
         if resolution is not None and np.isfinite(resolution):
@@ -170,8 +196,9 @@ def plot_auc_vs_severity(path: Path, panels: list[SeverityPanel], title: str, no
     if not panels:
         raise ValueError("panels must hold at least one SeverityPanel")
     colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False, sharey=True,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False, sharey=True, layout="constrained"
+    )
     for axis, panel in zip(axes[0], panels, strict=True):
         for curve in panel.curves:
             colour = colours(curve.colour % colours.N)

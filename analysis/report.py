@@ -46,6 +46,7 @@ Method, in short (``report.md`` states it too):
   pooled ROC-AUC lies in that source's 95 % CI while every other source's
   CI contains 0.5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,16 @@ from study.io import write_text
 __all__ = ["HEART_MAIN", "METRIC_LABELS", "CARRY_DROP", "ReportOptions", "ComparisonRow", "report_study", "main"]
 
 HEART_MAIN = ("roc_auc", "mcc", "f1", "accuracy")
-METRIC_LABELS = {"roc_auc": "ROC-AUC", "mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "sensitivity": "sensitivity",
-                 "specificity": "specificity", "balanced_accuracy": "balanced accuracy", "score": "ICBHI Score"}
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "mcc": "MCC",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "balanced_accuracy": "balanced accuracy",
+    "score": "ICBHI Score",
+}
 CARRY_DROP = 0.05
 
 
@@ -151,23 +160,31 @@ class _Analysis:
         self.axis = compare.get("axis")
         self.compare_metric = compare.get("metric") or "roc_auc"
         if self.compare_metric not in self.metrics:
-            raise StudyError(f"the space's compare metric {self.compare_metric!r} is not one of the report's metrics {self.metrics}")
+            raise StudyError(
+                f"the space's compare metric {self.compare_metric!r} is not one of the report's metrics {self.metrics}"
+            )
         grid = self.space.get("grid") or {}
         self.configurations, self.varying = find_configurations(trials, self.axis, grid)
         self.problems = completeness_problems(self.configurations, grid, trials)
         self.notes: list[str] = []
-        self.eval_sets = build_eval_sets(trials, predictions, self.configurations, self.respiratory, self.problems, self.notes)
+        self.eval_sets = build_eval_sets(
+            trials, predictions, self.configurations, self.respiratory, self.problems, self.notes
+        )
         if self.problems and not options.allow_incomplete:
-            raise StudyError(f"study '{self.name}' in {self.out} is incomplete or mismatched:\n  - " + "\n  - ".join(self.problems)
-                             + "\nfinish it (python -m study.run --space NAME --resume) or pass --allow-incomplete "
-                             "to analyse what is there")
+            raise StudyError(
+                f"study '{self.name}' in {self.out} is incomplete or mismatched:\n  - "
+                + "\n  - ".join(self.problems)
+                + "\nfinish it (python -m study.run --space NAME --resume) or pass --allow-incomplete "
+                "to analyse what is there"
+            )
         self.n_trials = len(trials)
         self.baseline = self._baseline_value(options.baseline)
         self.seed_draws = SeedDraws(options.n_resamples, options.seed)
         self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
-        self.resampled = {e.name: resample(e, self.kernel(e), options.n_resamples,
-                                           named_generator(options.seed, e.name))
-                          for e in self.eval_sets}
+        self.resampled = {
+            e.name: resample(e, self.kernel(e), options.n_resamples, named_generator(options.seed, e.name))
+            for e in self.eval_sets
+        }
         self.primary = next((e.name for e in self.eval_sets if e.name == "physionet2016:test"), self.eval_sets[0].name)
 
     def kernel(self, eval_set: EvalSet) -> Kernel:
@@ -176,7 +193,9 @@ class _Analysis:
     def _baseline_value(self, requested: str | None) -> str | None:
         if not self.axis or all(c.axis_value is None for c in self.configurations):
             if requested is not None:
-                raise ValueError(f"--baseline {requested!r} given but the space declares no compare axis present in the trials")
+                raise ValueError(
+                    f"--baseline {requested!r} given but the space declares no compare axis present in the trials"
+                )
             return None
         values = sorted({c.axis_value for c in self.configurations})
         baseline = setting_text(requested if requested is not None else self.space.get("compare", {}).get("baseline"))
@@ -189,19 +208,26 @@ class _Analysis:
     def trials_in(self, configuration: Configuration, eval_set: str, seeds=None) -> tuple[list, list[str]]:
         """(seeds, trial ids) of a configuration that scored ``eval_set`` (optionally only the given seeds)."""
         rows = self.resampled[eval_set].rows
-        pairs = [(s, t) for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-                 if t in rows and (seeds is None or s in seeds)]
+        pairs = [
+            (s, t)
+            for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
+            if t in rows and (seeds is None or s in seeds)
+        ]
         return [s for s, _ in pairs], [t for _, t in pairs]
 
-    def interval(self, eval_set: str, configuration: Configuration, metric: str,
-                 resampled: Resampled | None = None) -> stats.BootstrapCI | None:
+    def interval(
+        self, eval_set: str, configuration: Configuration, metric: str, resampled: Resampled | None = None
+    ) -> stats.BootstrapCI | None:
         """Seed-mean ``metric`` of a configuration over all its seeds on ``eval_set`` (or one source's ``resampled``)."""
         resampled = resampled or self.resampled[eval_set]
         key = (resampled.eval_set.name, configuration.name, metric)
         if key not in self._intervals:
             _, trial_ids = self.trials_in(configuration, eval_set)
-            self._intervals[key] = (seed_mean_interval(resampled, trial_ids, metric, self.seed_draws, self.options.ci_method)
-                                    if trial_ids else None)
+            self._intervals[key] = (
+                seed_mean_interval(resampled, trial_ids, metric, self.seed_draws, self.options.ci_method)
+                if trial_ids
+                else None
+            )
         return self._intervals[key]
 
     def pairs(self) -> list[tuple[Configuration, Configuration]]:
@@ -215,8 +241,10 @@ class _Analysis:
                 continue
             partner = baselines.get(configuration.others)
             if partner is None:
-                self.notes.append(f"'{configuration.name}' has no baseline configuration ({self.axis}={self.baseline} "
-                                  "with its other settings) and is not compared")
+                self.notes.append(
+                    f"'{configuration.name}' has no baseline configuration ({self.axis}={self.baseline} "
+                    "with its other settings) and is not compared"
+                )
             else:
                 family.append((configuration, partner))
         return family
@@ -248,9 +276,23 @@ class _Analysis:
         for metric in metrics:
             paired = paired_bootstrap(resampled, trials_a, trials_b, metric, self.seed_draws)
             bootstrap_intervals[metric] = (paired.low, paired.high)
-            out.append(ComparisonRow(eval_set, a.name, b.name, metric, "paired bootstrap", paired.value_a,
-                                     paired.value_b, paired.difference, paired.low, paired.high, paired.p_value,
-                                     n_seeds, "recordings and seeds resampled"))
+            out.append(
+                ComparisonRow(
+                    eval_set,
+                    a.name,
+                    b.name,
+                    metric,
+                    "paired bootstrap",
+                    paired.value_a,
+                    paired.value_b,
+                    paired.difference,
+                    paired.low,
+                    paired.high,
+                    paired.p_value,
+                    n_seeds,
+                    "recordings and seeds resampled",
+                )
+            )
         if not full:
             return out
         metric = self.compare_metric
@@ -261,41 +303,109 @@ class _Analysis:
             if metric == "roc_auc" and _delong_possible(y):
                 delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0))
                 half_width = z * math.sqrt(max(delong.var_a + delong.var_b - 2 * delong.cov, 0.0))
-                out.append(ComparisonRow(eval_set, a.name, b.name, metric, "DeLong", delong.auc_a, delong.auc_b,
-                                         delong.difference, delong.difference - half_width,
-                                         delong.difference + half_width, delong.p_value, n_seeds,
-                                         "seed-averaged probabilities; Wald CI"))
+                out.append(
+                    ComparisonRow(
+                        eval_set,
+                        a.name,
+                        b.name,
+                        metric,
+                        "DeLong",
+                        delong.auc_a,
+                        delong.auc_b,
+                        delong.difference,
+                        delong.difference - half_width,
+                        delong.difference + half_width,
+                        delong.p_value,
+                        n_seeds,
+                        "seed-averaged probabilities; Wald CI",
+                    )
+                )
             # Scores minus their trial's threshold put every trial's decision at 0 (ROC-AUC is unchanged).
             shifted_a = probs_a - eval_data.thresholds[rows_a, None]
             shifted_b = probs_b - eval_data.thresholds[rows_b, None]
-            permutation = stats.paired_permutation_test(y, shifted_a, shifted_b, metric, self.options.n_resamples,
-                                                        named_generator(self.options.seed, eval_set, a.name, b.name),
-                                                        threshold=0.0)
+            permutation = stats.paired_permutation_test(
+                y,
+                shifted_a,
+                shifted_b,
+                metric,
+                self.options.n_resamples,
+                named_generator(self.options.seed, eval_set, a.name, b.name),
+                threshold=0.0,
+            )
             low, high = bootstrap_intervals[metric]
-            out.append(ComparisonRow(eval_set, a.name, b.name, metric, "paired permutation", permutation.value_a,
-                                     permutation.value_b, permutation.difference, low, high, permutation.p_value,
-                                     n_seeds, "outputs swapped per recording; CI from the paired bootstrap"))
+            out.append(
+                ComparisonRow(
+                    eval_set,
+                    a.name,
+                    b.name,
+                    metric,
+                    "paired permutation",
+                    permutation.value_a,
+                    permutation.value_b,
+                    permutation.difference,
+                    low,
+                    high,
+                    permutation.p_value,
+                    n_seeds,
+                    "outputs swapped per recording; CI from the paired bootstrap",
+                )
+            )
             majority_a = ((shifted_a >= 0).mean(axis=0) >= 0.5).astype(np.int8)
             majority_b = ((shifted_b >= 0).mean(axis=0) >= 0.5).astype(np.int8)
             mcnemar = stats.mcnemar_test(y, majority_a, majority_b)
             n = y.size
-            discordant, net = mcnemar.n_only_a_correct + mcnemar.n_only_b_correct, mcnemar.n_only_a_correct - mcnemar.n_only_b_correct
+            discordant, net = (
+                mcnemar.n_only_a_correct + mcnemar.n_only_b_correct,
+                mcnemar.n_only_a_correct - mcnemar.n_only_b_correct,
+            )
             # Wald interval of a difference of paired proportions (no library has it for raw counts).
             half_width = z * math.sqrt(max(discordant - net**2 / n, 0.0)) / n
-            out.append(ComparisonRow(eval_set, a.name, b.name, "accuracy", "McNemar", mcnemar.accuracy_a, mcnemar.accuracy_b,
-                                     net / n, net / n - half_width, net / n + half_width, mcnemar.p_value, n_seeds,
-                                     f"seed-majority decision at the validation thresholds; {mcnemar.method}; Wald CI"))
+            out.append(
+                ComparisonRow(
+                    eval_set,
+                    a.name,
+                    b.name,
+                    "accuracy",
+                    "McNemar",
+                    mcnemar.accuracy_a,
+                    mcnemar.accuracy_b,
+                    net / n,
+                    net / n - half_width,
+                    net / n + half_width,
+                    mcnemar.p_value,
+                    n_seeds,
+                    f"seed-majority decision at the validation thresholds; {mcnemar.method}; Wald CI",
+                )
+            )
         wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b)
         differences = per_seed_a - per_seed_b
         low = high = math.nan
         if n_seeds >= 2:
-            interval = stats.seed_mean_ci(differences, confidence_level=CONFIDENCE_LEVEL, method="percentile",
-                                          rng=named_generator(self.options.seed, "wilcoxon", eval_set, a.name))
+            interval = stats.seed_mean_ci(
+                differences,
+                confidence_level=CONFIDENCE_LEVEL,
+                method="percentile",
+                rng=named_generator(self.options.seed, "wilcoxon", eval_set, a.name),
+            )
             low, high = interval.low, interval.high
         note = "over per-seed metrics: asks about these recordings, not new ones; CI of the mean seed difference"
-        out.append(ComparisonRow(eval_set, a.name, b.name, metric, "Wilcoxon signed-rank", float(per_seed_a.mean()),
-                                 float(per_seed_b.mean()), float(differences.mean()), low, high, wilcoxon.p_value, n_seeds,
-                                 note + (f"; {wilcoxon.note}" if wilcoxon.note else "")))
+        out.append(
+            ComparisonRow(
+                eval_set,
+                a.name,
+                b.name,
+                metric,
+                "Wilcoxon signed-rank",
+                float(per_seed_a.mean()),
+                float(per_seed_b.mean()),
+                float(differences.mean()),
+                low,
+                high,
+                wilcoxon.p_value,
+                n_seeds,
+                note + (f"; {wilcoxon.note}" if wilcoxon.note else ""),
+            )
+        )
         return out
 
     def comparisons(self) -> list[ComparisonRow]:
@@ -312,9 +422,14 @@ class _Analysis:
         floors: dict[tuple[str, str], list[str]] = {}  # (test, warning) -> metrics
         for (test, metric), family in families.items():
             if test in _RESAMPLING_TESTS:
-                floor = stats.resampling_floor_warning(self.options.n_resamples, len(family), self.options.correction,
-                                                       self.options.alpha, what=_RESAMPLING_TESTS[test],
-                                                       two_sided=test == "paired bootstrap")
+                floor = stats.resampling_floor_warning(
+                    self.options.n_resamples,
+                    len(family),
+                    self.options.correction,
+                    self.options.alpha,
+                    what=_RESAMPLING_TESTS[test],
+                    two_sided=test == "paired bootstrap",
+                )
                 if floor:
                     floors.setdefault((test, floor), []).append(metric)
             adjusted = stats.adjust_pvalues([r.p_value for r in family], self.options.correction)
@@ -358,24 +473,53 @@ def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
         if has_paper:
             model = paper.paper_model(configuration.settings)
             values = paper.AUDIOFUSE_RESULTS.get(model, {})
-            row["paper (ROC-AUC / MCC / F1 / acc.)"] = (" / ".join(f"{values[m]:.4f}" for m in HEART_MAIN) + f" ({model})") if model else "–"
+            row["paper (ROC-AUC / MCC / F1 / acc.)"] = (
+                (" / ".join(f"{values[m]:.4f}" for m in HEART_MAIN) + f" ({model})") if model else "–"
+            )
             numeric.update({"paper_model": model or "", **{f"paper_{m}": values.get(m, math.nan) for m in HEART_MAIN}})
         display.append(row)
         numbers.append(numeric)
     if analysis.respiratory:
-        display.append({"configuration": "SAM-AST paper (ICBHI official split, single run)", "seeds": 1,
-                        **{METRIC_LABELS[m]: format_value(paper.SAM_AST_ICBHI[m]) if m in paper.SAM_AST_ICBHI else "–"
-                           for m in analysis.main_metrics}})
-        numbers.append({"configuration": "SAM-AST paper", "eval_set": "icbhi2017:test", "seeds": 1,
-                        **{m: paper.SAM_AST_ICBHI.get(m, math.nan) for m in analysis.main_metrics}})
+        display.append(
+            {
+                "configuration": "SAM-AST paper (ICBHI official split, single run)",
+                "seeds": 1,
+                **{
+                    METRIC_LABELS[m]: format_value(paper.SAM_AST_ICBHI[m]) if m in paper.SAM_AST_ICBHI else "–"
+                    for m in analysis.main_metrics
+                },
+            }
+        )
+        numbers.append(
+            {
+                "configuration": "SAM-AST paper",
+                "eval_set": "icbhi2017:test",
+                "seeds": 1,
+                **{m: paper.SAM_AST_ICBHI.get(m, math.nan) for m in analysis.main_metrics},
+            }
+        )
     unit = "patients (cluster bootstrap)" if analysis.respiratory else "recordings stratified by label"
-    caption = (f"Main results on {eval_set}: seed-mean metric [95 % {_methods_of(intervals)} bootstrap CI over {unit} "
-               "and seeds]; threshold metrics at each trial's validation-chosen threshold.")
-    notes = ["The paper's numbers are single runs without intervals, at the paper's scale; this study ran at scale "
-             f"'{analysis.space.get('scale', '?')}'."] if has_paper else []
-    writer.table("main", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 f"configuration × {', '.join(METRIC_LABELS[m] for m in analysis.main_metrics)} on {eval_set}, with intervals"
-                 + (" and the paper's numbers" if has_paper or analysis.respiratory else ""), notes)
+    caption = (
+        f"Main results on {eval_set}: seed-mean metric [95 % {_methods_of(intervals)} bootstrap CI over {unit} "
+        "and seeds]; threshold metrics at each trial's validation-chosen threshold."
+    )
+    notes = (
+        [
+            "The paper's numbers are single runs without intervals, at the paper's scale; this study ran at scale "
+            f"'{analysis.space.get('scale', '?')}'."
+        ]
+        if has_paper
+        else []
+    )
+    writer.table(
+        "main",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        f"configuration × {', '.join(METRIC_LABELS[m] for m in analysis.main_metrics)} on {eval_set}, with intervals"
+        + (" and the paper's numbers" if has_paper or analysis.respiratory else ""),
+        notes,
+    )
 
 
 def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
@@ -384,36 +528,69 @@ def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
         display, numbers, intervals = [], [], []
         has_paper = any(paper.paper_model(c.settings) for c in analysis.configurations)
         for configuration in analysis.configurations:
-            seeds = set(analysis.trials_in(configuration, eval_set)[0]) & set(analysis.trials_in(configuration, analysis.primary)[0])
+            seeds = set(analysis.trials_in(configuration, eval_set)[0]) & set(
+                analysis.trials_in(configuration, analysis.primary)[0]
+            )
             if not seeds:
                 continue
-            pascal, primary = (seed_mean_interval(analysis.resampled[name], analysis.trials_in(configuration, name, seeds)[1],
-                                                  "roc_auc", analysis.seed_draws, options.ci_method)
-                               for name in (eval_set, analysis.primary))
+            pascal, primary = (
+                seed_mean_interval(
+                    analysis.resampled[name],
+                    analysis.trials_in(configuration, name, seeds)[1],
+                    "roc_auc",
+                    analysis.seed_draws,
+                    options.ci_method,
+                )
+                for name in (eval_set, analysis.primary)
+            )
             intervals.append(pascal)
             # seed k of one set paired with seed k of the other: the same seed draws, so the difference is paired
-            change = stats.bootstrap_interval(pascal.distribution - primary.distribution,
-                                              pascal.estimate - primary.estimate, confidence_level=CONFIDENCE_LEVEL,
-                                              n_seeds=len(seeds))
-            row = {"configuration": configuration.name, "seeds": len(seeds),
-                   f"{eval_set} ROC-AUC": interval_cell(pascal),
-                   f"change vs {analysis.primary}": format_interval(change.estimate, change.low, change.high,
-                                                                     signed=True)}
-            numeric = {"configuration": configuration.name, "seeds": len(seeds), **interval_numbers("roc_auc", pascal),
-                       "change": change.estimate, "change_low": change.low, "change_high": change.high}
+            change = stats.bootstrap_interval(
+                pascal.distribution - primary.distribution,
+                pascal.estimate - primary.estimate,
+                confidence_level=CONFIDENCE_LEVEL,
+                n_seeds=len(seeds),
+            )
+            row = {
+                "configuration": configuration.name,
+                "seeds": len(seeds),
+                f"{eval_set} ROC-AUC": interval_cell(pascal),
+                f"change vs {analysis.primary}": format_interval(change.estimate, change.low, change.high, signed=True),
+            }
+            numeric = {
+                "configuration": configuration.name,
+                "seeds": len(seeds),
+                **interval_numbers("roc_auc", pascal),
+                "change": change.estimate,
+                "change_low": change.low,
+                "change_high": change.high,
+            }
             if has_paper:
                 model = paper.paper_model(configuration.settings)
                 values = paper.AUDIOFUSE_RESULTS.get(model)
-                row["paper ROC-AUC (change)"] = (f"{values['pascal_roc_auc']:.4f} ({values['pascal_roc_auc'] - values['roc_auc']:+.4f})"
-                                                 if values else "–")
-                numeric.update(paper_roc_auc=values["pascal_roc_auc"] if values else math.nan,
-                               paper_change=values["pascal_roc_auc"] - values["roc_auc"] if values else math.nan)
+                row["paper ROC-AUC (change)"] = (
+                    f"{values['pascal_roc_auc']:.4f} ({values['pascal_roc_auc'] - values['roc_auc']:+.4f})"
+                    if values
+                    else "–"
+                )
+                numeric.update(
+                    paper_roc_auc=values["pascal_roc_auc"] if values else math.nan,
+                    paper_change=values["pascal_roc_auc"] - values["roc_auc"] if values else math.nan,
+                )
             display.append(row)
             numbers.append(numeric)
-        caption = (f"Zero-shot {eval_set}: seed-mean ROC-AUC [95 % {_methods_of(intervals)} CI] and its change from "
-                   f"{analysis.primary} [95 % percentile CI; seeds paired, recordings of the two sets resampled independently].")
-        writer.table(slug(eval_set), pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                     f"ROC-AUC on {eval_set} and its change vs {analysis.primary}" + (", with the paper's numbers" if has_paper else ""))
+        caption = (
+            f"Zero-shot {eval_set}: seed-mean ROC-AUC [95 % {_methods_of(intervals)} CI] and its change from "
+            f"{analysis.primary} [95 % percentile CI; seeds paired, recordings of the two sets resampled independently]."
+        )
+        writer.table(
+            slug(eval_set),
+            pd.DataFrame(display),
+            pd.DataFrame(numbers),
+            caption,
+            f"ROC-AUC on {eval_set} and its change vs {analysis.primary}"
+            + (", with the paper's numbers" if has_paper else ""),
+        )
 
 
 def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
@@ -424,33 +601,87 @@ def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
                 interval = analysis.interval(eval_set, configuration, metric)
                 if interval is None:
                     continue
-                display.append({"evaluation set": eval_set, "n": resampled.eval_set.labels.size, "n pos": resampled.eval_set.n_pos,
-                                "configuration": configuration.name, "seeds": interval.n_seeds, "metric": METRIC_LABELS[metric],
-                                "estimate [95 % CI]": interval_cell(interval), "CI method": interval.method})
-                numbers.append({"eval_set": eval_set, "n": resampled.eval_set.labels.size, "n_pos": resampled.eval_set.n_pos,
-                                "configuration": configuration.name, "seeds": interval.n_seeds, "metric": metric,
-                                "estimate": interval.estimate, "low": interval.low, "high": interval.high, "method": interval.method})
-    writer.table("intervals", pd.DataFrame(display), pd.DataFrame(numbers),
-                 f"Every metric of every configuration on every evaluation set: seed mean [95 % bootstrap CI, "
-                 f"{analysis.options.n_resamples} resamples of recordings and seeds].",
-                 "every metric × configuration × evaluation set with its 95 % interval and the interval method")
+                display.append(
+                    {
+                        "evaluation set": eval_set,
+                        "n": resampled.eval_set.labels.size,
+                        "n pos": resampled.eval_set.n_pos,
+                        "configuration": configuration.name,
+                        "seeds": interval.n_seeds,
+                        "metric": METRIC_LABELS[metric],
+                        "estimate [95 % CI]": interval_cell(interval),
+                        "CI method": interval.method,
+                    }
+                )
+                numbers.append(
+                    {
+                        "eval_set": eval_set,
+                        "n": resampled.eval_set.labels.size,
+                        "n_pos": resampled.eval_set.n_pos,
+                        "configuration": configuration.name,
+                        "seeds": interval.n_seeds,
+                        "metric": metric,
+                        "estimate": interval.estimate,
+                        "low": interval.low,
+                        "high": interval.high,
+                        "method": interval.method,
+                    }
+                )
+    writer.table(
+        "intervals",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        f"Every metric of every configuration on every evaluation set: seed mean [95 % bootstrap CI, "
+        f"{analysis.options.n_resamples} resamples of recordings and seeds].",
+        "every metric × configuration × evaluation set with its 95 % interval and the interval method",
+    )
 
 
 def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> None:
-    display = [{"evaluation set": r.eval_set, "A vs B": f"{r.a} vs {r.b}", "metric": METRIC_LABELS[r.metric], "test": r.test,
-                "A": format_value(r.value_a), "B": format_value(r.value_b),
-                "Δ = A − B [95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
-                "p": format_p(r.p_value),
-                f"adjusted p ({analysis.options.correction})": format_p(r.adjusted_p),
-                f"verdict (α = {analysis.options.alpha})": r.verdict, "seeds": r.n_seeds, "note": r.note} for r in rows]
-    numbers = [{"eval_set": r.eval_set, "a": r.a, "b": r.b, "metric": r.metric, "test": r.test, "value_a": r.value_a,
-                "value_b": r.value_b, "difference": r.difference, "low": r.low, "high": r.high, "p": r.p_value,
-                "adjusted_p": r.adjusted_p, "correction": analysis.options.correction, "verdict": r.verdict,
-                "seeds": r.n_seeds, "note": r.note} for r in rows]
+    display = [
+        {
+            "evaluation set": r.eval_set,
+            "A vs B": f"{r.a} vs {r.b}",
+            "metric": METRIC_LABELS[r.metric],
+            "test": r.test,
+            "A": format_value(r.value_a),
+            "B": format_value(r.value_b),
+            "Δ = A − B [95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
+            "p": format_p(r.p_value),
+            f"adjusted p ({analysis.options.correction})": format_p(r.adjusted_p),
+            f"verdict (α = {analysis.options.alpha})": r.verdict,
+            "seeds": r.n_seeds,
+            "note": r.note,
+        }
+        for r in rows
+    ]
+    numbers = [
+        {
+            "eval_set": r.eval_set,
+            "a": r.a,
+            "b": r.b,
+            "metric": r.metric,
+            "test": r.test,
+            "value_a": r.value_a,
+            "value_b": r.value_b,
+            "difference": r.difference,
+            "low": r.low,
+            "high": r.high,
+            "p": r.p_value,
+            "adjusted_p": r.adjusted_p,
+            "correction": analysis.options.correction,
+            "verdict": r.verdict,
+            "seeds": r.n_seeds,
+            "note": r.note,
+        }
+        for r in rows
+    ]
     n_pairs = len({(r.a, r.b) for r in rows})
-    caption = (f"Paired comparisons: every configuration vs its baseline ({analysis.axis} = {analysis.baseline}) on every "
-               f"evaluation set. p adjusted by {'Holm' if analysis.options.correction == 'holm' else 'Benjamini-Hochberg'} "
-               f"over the family of {n_pairs} comparison(s) × {len(analysis.resampled)} evaluation set(s), separately for each test and metric.")
+    caption = (
+        f"Paired comparisons: every configuration vs its baseline ({analysis.axis} = {analysis.baseline}) on every "
+        f"evaluation set. p adjusted by {'Holm' if analysis.options.correction == 'holm' else 'Benjamini-Hochberg'} "
+        f"over the family of {n_pairs} comparison(s) × {len(analysis.resampled)} evaluation set(s), separately for each test and metric."
+    )
     notes = [
         "paired bootstrap: two-level (recordings stratified by label, and seeds), the same draws for both configurations; "
         "it decides the paper claims.",
@@ -461,17 +692,26 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
         "so it asks whether the seeds differ on these recordings, not on new ones.",
     ]
     if analysis.respiratory:
-        notes = notes[:1] + ["Respiratory study: items within a patient are dependent, so only the cluster (patient) "
-                             "bootstrap and Wilcoxon over seeds are run; DeLong, permutation and McNemar assume independent items."]
-    writer.table("comparisons", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "every configuration vs the baseline: Δ [CI], test, p, adjusted p, verdict", notes)
+        notes = notes[:1] + [
+            "Respiratory study: items within a patient are dependent, so only the cluster (patient) "
+            "bootstrap and Wilcoxon over seeds are run; DeLong, permutation and McNemar assume independent items."
+        ]
+    writer.table(
+        "comparisons",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "every configuration vs the baseline: Δ [CI], test, p, adjusted p, verdict",
+        notes,
+    )
 
 
 def _matching(configurations: list[Configuration], claim: paper.Claim, value: str) -> list[Configuration]:
     """The configurations with ``value`` on the claim's axis and the claim's fixed settings."""
     wanted = {claim.axis: value, **claim.fixed}
-    return [c for c in configurations
-            if all(setting_text(c.settings.get(k)) == setting_text(v) for k, v in wanted.items())]
+    return [
+        c for c in configurations if all(setting_text(c.settings.get(k)) == setting_text(v) for k, v in wanted.items())
+    ]
 
 
 def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> list[dict]:
@@ -485,9 +725,18 @@ def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[Comparis
         for winner in winners:
             for loser_value in claim.losers:
                 # Same settings apart from the claim's axis.
-                loser = next((c for c in _matching(analysis.configurations, claim, loser_value)
-                              if all(setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
-                                     for k in c.settings if k != claim.axis)), None)
+                loser = next(
+                    (
+                        c
+                        for c in _matching(analysis.configurations, claim, loser_value)
+                        if all(
+                            setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
+                            for k in c.settings
+                            if k != claim.axis
+                        )
+                    ),
+                    None,
+                )
                 if loser is not None:
                     components.append((winner, loser, loser_value))
         if not components or len(components) < len(claim.losers):
@@ -499,36 +748,71 @@ def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[Comparis
                 difference, low, high, adjusted = -row.difference, -row.high, -row.low, row.adjusted_p
                 decided_by = f"paired bootstrap, family-adjusted ({analysis.options.correction})"
             else:
-                row = by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric)) or analysis.compare(
-                    winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
+                row = (
+                    by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric))
+                    or analysis.compare(winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
+                )
                 difference, low, high = row.difference, row.low, row.high
                 adjusted = row.adjusted_p if math.isfinite(row.adjusted_p) else row.p_value
-                decided_by = ("paired bootstrap, family-adjusted" if math.isfinite(row.adjusted_p)
-                              else "paired bootstrap, unadjusted (intersection-union: each part at α)")
+                decided_by = (
+                    "paired bootstrap, family-adjusted"
+                    if math.isfinite(row.adjusted_p)
+                    else "paired bootstrap, unadjusted (intersection-union: each part at α)"
+                )
             significant = adjusted < analysis.options.alpha
             outcome = "holds" if significant and difference > 0 else ("reversed" if significant else "not resolved")
             results.append(outcome)
             paper_gap = claim.paper_differences.get(loser_value)
-            display.append({"claim": claim.text, "comparison": f"{winner.name} vs {loser.name}", "evaluation set": claim.eval_set,
-                            "paper Δ": format_value(paper_gap, 4, signed=True) if paper_gap is not None else "> 0 (no numbers)",
-                            "study Δ [95 % CI]": format_interval(difference, low, high, signed=True), "p": format_p(adjusted),
-                            "test": decided_by, "part": outcome})
-            numbers.append({"claim": claim.key, "winner": winner.name, "loser": loser.name, "eval_set": claim.eval_set,
-                            "metric": claim.metric, "paper_difference": paper_gap if paper_gap is not None else math.nan,
-                            "difference": difference, "low": low, "high": high, "p": adjusted, "test": decided_by, "part": outcome})
-        claim_verdict = ("holds" if all(r == "holds" for r in results)
-                         else "contradicted" if any(r == "reversed" for r in results) else "not supported at this resolution")
-        for row in display[-len(results):]:
+            display.append(
+                {
+                    "claim": claim.text,
+                    "comparison": f"{winner.name} vs {loser.name}",
+                    "evaluation set": claim.eval_set,
+                    "paper Δ": format_value(paper_gap, 4, signed=True) if paper_gap is not None else "> 0 (no numbers)",
+                    "study Δ [95 % CI]": format_interval(difference, low, high, signed=True),
+                    "p": format_p(adjusted),
+                    "test": decided_by,
+                    "part": outcome,
+                }
+            )
+            numbers.append(
+                {
+                    "claim": claim.key,
+                    "winner": winner.name,
+                    "loser": loser.name,
+                    "eval_set": claim.eval_set,
+                    "metric": claim.metric,
+                    "paper_difference": paper_gap if paper_gap is not None else math.nan,
+                    "difference": difference,
+                    "low": low,
+                    "high": high,
+                    "p": adjusted,
+                    "test": decided_by,
+                    "part": outcome,
+                }
+            )
+        claim_verdict = (
+            "holds"
+            if all(r == "holds" for r in results)
+            else "contradicted"
+            if any(r == "reversed" for r in results)
+            else "not supported at this resolution"
+        )
+        for row in display[-len(results) :]:
             row["claim verdict"] = claim_verdict
-        for row in numbers[-len(results):]:
+        for row in numbers[-len(results) :]:
             row["claim_verdict"] = claim_verdict
         summaries.append({"claim": claim.text, "verdict": claim_verdict})
     if display:
-        writer.table("claims", pd.DataFrame(display), pd.DataFrame(numbers),
-                     f"The paper's claims against this study (α = {analysis.options.alpha}). A claim holds when every part "
-                     "is significant in the paper's direction, is contradicted when a part is significant the other way, "
-                     "and is otherwise not supported at this test set's resolution (see resolution).",
-                     "each paper claim this study can check, the deciding test, and whether it holds")
+        writer.table(
+            "claims",
+            pd.DataFrame(display),
+            pd.DataFrame(numbers),
+            f"The paper's claims against this study (α = {analysis.options.alpha}). A claim holds when every part "
+            "is significant in the paper's direction, is contradicted when a part is significant the other way, "
+            "and is otherwise not supported at this test set's resolution (see resolution).",
+            "each paper claim this study can check, the deciding test, and whether it holds",
+        )
     return summaries
 
 
@@ -543,8 +827,12 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             mask = data.sources == source
             subset = data.subset(mask, f"{eval_set} / {source}")
             if len(np.unique(subset.binary)) == 2:
-                per_source[source] = resample(subset, analysis.kernel(subset), analysis.options.n_resamples,
-                                              named_generator(analysis.options.seed, eval_set, source))
+                per_source[source] = resample(
+                    subset,
+                    analysis.kernel(subset),
+                    analysis.options.n_resamples,
+                    named_generator(analysis.options.seed, eval_set, source),
+                )
         # Leave-one-source-out ROC-AUC of every trial: one 0/1 weighting per source.
         without = {}
         if len(sources) > 1:
@@ -561,10 +849,26 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             for source in sources:
                 mask = data.sources == source
                 n, n_pos = int(mask.sum()), int(data.binary[mask].sum())
-                row = {"evaluation set": eval_set, "source": source, "n": n, "n pos": n_pos, "configuration": configuration.name}
-                numeric = {"eval_set": eval_set, "source": source, "n": n, "n_pos": n_pos, "configuration": configuration.name}
+                row = {
+                    "evaluation set": eval_set,
+                    "source": source,
+                    "n": n,
+                    "n pos": n_pos,
+                    "configuration": configuration.name,
+                }
+                numeric = {
+                    "eval_set": eval_set,
+                    "source": source,
+                    "n": n,
+                    "n_pos": n_pos,
+                    "configuration": configuration.name,
+                }
                 for metric in analysis.metrics:
-                    interval = analysis.interval(eval_set, configuration, metric, per_source[source]) if source in per_source else None
+                    interval = (
+                        analysis.interval(eval_set, configuration, metric, per_source[source])
+                        if source in per_source
+                        else None
+                    )
                     row[METRIC_LABELS[metric]] = interval_cell(interval) if source in per_source else "one class only"
                     numeric.update(interval_numbers(metric, interval))
                 reasons = []
@@ -572,25 +876,45 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     auc_without = float(without[source][rows].mean())
                     numeric["roc_auc_without_source"] = auc_without
                     if pooled.low > 0.5 and pooled.estimate - auc_without >= drop:
-                        reasons.append(f"without it the pooled ROC-AUC falls from {pooled.estimate:.3f} to {auc_without:.3f}")
+                        reasons.append(
+                            f"without it the pooled ROC-AUC falls from {pooled.estimate:.3f} to {auc_without:.3f}"
+                        )
                 others = [s for s in per_source if s != source]
-                if (source in per_source and others and pooled.low > 0.5
-                        and source_auc[source].low <= pooled.estimate <= source_auc[source].high and source_auc[source].low > 0.5
-                        and all(source_auc[s].low <= 0.5 <= source_auc[s].high for s in others)):
+                if (
+                    source in per_source
+                    and others
+                    and pooled.low > 0.5
+                    and source_auc[source].low <= pooled.estimate <= source_auc[source].high
+                    and source_auc[source].low > 0.5
+                    and all(source_auc[s].low <= 0.5 <= source_auc[s].high for s in others)
+                ):
                     reasons.append("the pooled ROC-AUC lies in its CI while every other source's CI contains 0.5")
                 row["carries pooled ROC-AUC"] = ("YES: " + "; ".join(reasons)) if reasons else ""
                 numeric["carries_pooled_roc_auc"] = bool(reasons)
                 if reasons:
-                    flags.append({"eval_set": eval_set, "configuration": configuration.name, "source": source,
-                                  "reason": "; ".join(reasons)})
+                    flags.append(
+                        {
+                            "eval_set": eval_set,
+                            "configuration": configuration.name,
+                            "source": source,
+                            "reason": "; ".join(reasons),
+                        }
+                    )
                 display.append(row)
                 numbers.append(numeric)
-    caption = ("Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings resampled "
-               "within the source, stratified by label, and seeds]. 'carries pooled ROC-AUC' flags a source, where the pooled "
-               f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
-               "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance).")
-    writer.table("per_source", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "every metric per source database with intervals, and a flag where one source carries the pooled ROC-AUC")
+    caption = (
+        "Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings resampled "
+        "within the source, stratified by label, and seeds]. 'carries pooled ROC-AUC' flags a source, where the pooled "
+        f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
+        "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance)."
+    )
+    writer.table(
+        "per_source",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "every metric per source database with intervals, and a flag where one source carries the pooled ROC-AUC",
+    )
     return flags
 
 
@@ -603,7 +927,12 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         row = {"evaluation set": eval_set, "n": n, "n pos": n_pos, "n neg": n - n_pos}
         numeric = {"eval_set": eval_set, "n": n, "n_pos": n_pos, "n_neg": n - n_pos}
         if analysis.respiratory:
-            row.update({"patients": len(set(data.groups)), "smallest detectable Δ ROC-AUC": "n/a: items cluster within patients"})
+            row.update(
+                {
+                    "patients": len(set(data.groups)),
+                    "smallest detectable Δ ROC-AUC": "n/a: items cluster within patients",
+                }
+            )
             numeric.update(patients=len(set(data.groups)))
         else:
             rhos, base_aucs, observed = [], [], []
@@ -613,7 +942,9 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     continue
                 rows_a = [resampled.rows[t] for t in analysis.trials_in(a, eval_set, common)[1]]
                 rows_b = [resampled.rows[t] for t in analysis.trials_in(b, eval_set, common)[1]]
-                delong = stats.delong_test(data.binary, data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0))
+                delong = stats.delong_test(
+                    data.binary, data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0)
+                )
                 if delong.var_a > 0 and delong.var_b > 0:
                     rhos.append(delong.cov / math.sqrt(delong.var_a * delong.var_b))
                 base_aucs.append(delong.auc_b)
@@ -622,24 +953,46 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                 rho = float(np.median(rhos))
                 base_auc = float(np.median(base_aucs))
                 clipped = min(max(base_auc, 0.5), 0.999)
-                mde = stats.auc_difference_mde(n_pos, n - n_pos, clipped, float(np.clip(rho, -1, 1)), analysis.options.alpha)
+                mde = stats.auc_difference_mde(
+                    n_pos, n - n_pos, clipped, float(np.clip(rho, -1, 1)), analysis.options.alpha
+                )
                 below = sum(d < mde for d in observed) if math.isfinite(mde) else len(observed)
-                row.update({"baseline ROC-AUC (seed-avg.)": format_value(base_auc),
-                            "ρ between configurations": f"{rho:.2f} [{min(rhos):.2f}, {max(rhos):.2f}]",
-                            "smallest detectable Δ ROC-AUC (80 % power)": format_value(mde),
-                            "observed |Δ| below it": f"{below} of {len(observed)}"})
-                numeric.update(baseline_roc_auc=base_auc, rho_median=rho, rho_min=min(rhos), rho_max=max(rhos), mde=mde,
-                               n_comparisons=len(observed), n_below_mde=below)
+                row.update(
+                    {
+                        "baseline ROC-AUC (seed-avg.)": format_value(base_auc),
+                        "ρ between configurations": f"{rho:.2f} [{min(rhos):.2f}, {max(rhos):.2f}]",
+                        "smallest detectable Δ ROC-AUC (80 % power)": format_value(mde),
+                        "observed |Δ| below it": f"{below} of {len(observed)}",
+                    }
+                )
+                numeric.update(
+                    baseline_roc_auc=base_auc,
+                    rho_median=rho,
+                    rho_min=min(rhos),
+                    rho_max=max(rhos),
+                    mde=mde,
+                    n_comparisons=len(observed),
+                    n_below_mde=below,
+                )
             else:
-                row.update({"smallest detectable Δ ROC-AUC (80 % power)": "n/a: no pair of configurations to correlate"})
+                row.update(
+                    {"smallest detectable Δ ROC-AUC (80 % power)": "n/a: no pair of configurations to correlate"}
+                )
         display.append(row)
         numbers.append(numeric)
-    caption = ("What each test set can resolve: recordings, positives, and the smallest ROC-AUC difference a two-sided paired "
-               f"DeLong test at α = {analysis.options.alpha} detects with 80 % power (stats.auc_difference_mde, Hanley-McNeil "
-               "variances), at the median correlation ρ of the configurations' seed-averaged ROC-AUCs (DeLong covariance) "
-               "and the baseline's ROC-AUC (taken as 0.5 if below).")
-    writer.table("resolution", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "n recordings, n positives and the smallest ROC-AUC difference each evaluation set can resolve")
+    caption = (
+        "What each test set can resolve: recordings, positives, and the smallest ROC-AUC difference a two-sided paired "
+        f"DeLong test at α = {analysis.options.alpha} detects with 80 % power (stats.auc_difference_mde, Hanley-McNeil "
+        "variances), at the median correlation ρ of the configurations' seed-averaged ROC-AUCs (DeLong covariance) "
+        "and the baseline's ROC-AUC (taken as 0.5 if below)."
+    )
+    writer.table(
+        "resolution",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "n recordings, n positives and the smallest ROC-AUC difference each evaluation set can resolve",
+    )
     return numbers
 
 
@@ -656,88 +1009,150 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             draws = analysis.seed_draws(len(rows_k))[:, :n_band]
             tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
             band = np.einsum("sgb,sb->gb", tpr, draws)
-            point = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0].mean(axis=0)
+            point = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0].mean(
+                axis=0
+            )
             low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")
             curves.append(RocCurve(f"{configuration.name}: {interval_cell(auc)}", point, low, high))
         path = writer.plots_dir / f"roc_{slug(eval_set)}.png"
-        plot_roc_curves(path, curves, f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
-                        band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
-                                  f"{n_band} bootstrap resamples of recordings and seeds. Legend: seed-mean ROC-AUC [95 % CI].")
+        plot_roc_curves(
+            path,
+            curves,
+            f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
+            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
+            f"{n_band} bootstrap resamples of recordings and seeds. Legend: seed-mean ROC-AUC [95 % CI].",
+        )
         writer.plot(path, f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands")
     deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]
     if deciding:
         mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
-        panels = [(eval_set, [ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
-                              for r in deciding if r.eval_set == eval_set], mde.get(eval_set))
-                  for eval_set in analysis.resampled]
+        panels = [
+            (
+                eval_set,
+                [
+                    ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
+                    for r in deciding
+                    if r.eval_set == eval_set
+                ],
+                mde.get(eval_set),
+            )
+            for eval_set in analysis.resampled
+        ]
         path = writer.plots_dir / "forest.png"
-        plot_forest(path, [p for p in panels if p[1]], f"Δ {METRIC_LABELS[analysis.compare_metric]} (configuration − baseline)",
-                    note=f"Paired two-level bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
-                         f"({analysis.options.correction}).")
-        writer.plot(path, f"forest plot of Δ {METRIC_LABELS[analysis.compare_metric]} vs the baseline with 95 % CIs, per evaluation set")
+        plot_forest(
+            path,
+            [p for p in panels if p[1]],
+            f"Δ {METRIC_LABELS[analysis.compare_metric]} (configuration − baseline)",
+            note=f"Paired two-level bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
+            f"({analysis.options.correction}).",
+        )
+        writer.plot(
+            path,
+            f"forest plot of Δ {METRIC_LABELS[analysis.compare_metric]} vs the baseline with 95 % CIs, per evaluation set",
+        )
 
 
 def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags: list[dict], seconds: float) -> Path:
     options = analysis.options
-    lines = [f"# Report: study `{analysis.name}`", "",
-             f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `python -m analysis report` from "
-             f"`trials.parquet` ({analysis.n_trials} trials) and `predictions.parquet` in `{analysis.out}`.", ""]
+    lines = [
+        f"# Report: study `{analysis.name}`",
+        "",
+        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `python -m analysis report` from "
+        f"`trials.parquet` ({analysis.n_trials} trials) and `predictions.parquet` in `{analysis.out}`.",
+        "",
+    ]
     if analysis.problems:
         lines += ["**Incomplete or mismatched study, analysed as it is (`--allow-incomplete`):**", ""]
         lines += [f"- {p}" for p in analysis.problems] + [""]
-    lines += ["## Study", "",
-              f"- study type: {'respiratory (ICBHI, 4 classes)' if analysis.respiratory else 'heart (binary)'}; "
-              f"scale: {analysis.space.get('scale', '?')}",
-              f"- configurations ({len(analysis.configurations)}): " + "; ".join(
-                  f"`{c.name}` ({len(c.seeds)} seeds)" for c in analysis.configurations),
-              f"- settings that vary: {', '.join(analysis.varying) or 'none'}; seeds are replicates",
-              f"- comparisons: {analysis.axis} vs baseline `{analysis.baseline}` on {METRIC_LABELS[analysis.compare_metric]}"
-              if analysis.baseline is not None else "- comparisons: none (the space declares no compare axis in these trials)",
-              "- evaluation sets: " + "; ".join(f"`{e.name}` (n = {e.labels.size}, {e.n_pos} abnormal"
-                                                + (f", {e.dropped_recordings} recordings dropped: not scored by every trial" if e.dropped_recordings else "")
-                                                + ")" for e in analysis.eval_sets),
-              f"- options: {options.n_resamples} bootstrap resamples and permutations, {options.ci_method} intervals, "
-              f"{options.correction} correction, α = {options.alpha}, random seed {options.seed}; took {seconds:.1f} s", ""]
+    lines += [
+        "## Study",
+        "",
+        f"- study type: {'respiratory (ICBHI, 4 classes)' if analysis.respiratory else 'heart (binary)'}; "
+        f"scale: {analysis.space.get('scale', '?')}",
+        f"- configurations ({len(analysis.configurations)}): "
+        + "; ".join(f"`{c.name}` ({len(c.seeds)} seeds)" for c in analysis.configurations),
+        f"- settings that vary: {', '.join(analysis.varying) or 'none'}; seeds are replicates",
+        f"- comparisons: {analysis.axis} vs baseline `{analysis.baseline}` on {METRIC_LABELS[analysis.compare_metric]}"
+        if analysis.baseline is not None
+        else "- comparisons: none (the space declares no compare axis in these trials)",
+        "- evaluation sets: "
+        + "; ".join(
+            f"`{e.name}` (n = {e.labels.size}, {e.n_pos} abnormal"
+            + (
+                f", {e.dropped_recordings} recordings dropped: not scored by every trial"
+                if e.dropped_recordings
+                else ""
+            )
+            + ")"
+            for e in analysis.eval_sets
+        ),
+        f"- options: {options.n_resamples} bootstrap resamples and permutations, {options.ci_method} intervals, "
+        f"{options.correction} correction, α = {options.alpha}, random seed {options.seed}; took {seconds:.1f} s",
+        "",
+    ]
     lines += [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
     for dataset, check in analysis.state.get("data_info", {}).get("split_check", {}).items():
         shared = check["patients_in_train_and_test"]
-        lines += [f"- split of `{dataset}`: {check['recordings_train']} train / {check['recordings_test']} test "
-                  f"recordings (none in both); {check['patients_train']} train / {check['patients_test']} test "
-                  f"patients, **{len(shared)} in both**" + (f" ({', '.join(shared)}): the split is by recording, so "
-                                                            "these patients' cycles leak between train and test"
-                                                            if shared else "")]
+        lines += [
+            f"- split of `{dataset}`: {check['recordings_train']} train / {check['recordings_test']} test "
+            f"recordings (none in both); {check['patients_train']} train / {check['patients_test']} test "
+            f"patients, **{len(shared)} in both**"
+            + (
+                f" ({', '.join(shared)}): the split is by recording, so "
+                "these patients' cycles leak between train and test"
+                if shared
+                else ""
+            )
+        ]
     search = analysis.state.get("search") or {}
     if search.get("complete"):
         best = search["best"]
-        lines += ["", "## Hyperparameter search", "",
-                  f"- {search['trials']} trials in [search/trials.parquet](search/trials.parquet), "
-                  f"{search['stopped_early']} of them stopped early by ASHA; every one evaluated with the weights it "
-                  f"kept. Ranked by `{search['metric']}` ({search['mode']}) on the validation split only.",
-                  f"- best: trial `{best['trial_id']}`, {search['metric']} = {best['value']:.4f}, settings "
-                  + ", ".join(f"`{k}={setting_text(v)}`" for k, v in best["params"].items()),
-                  "- configuration `best` is those settings and `default` the space's own, each retrained over the "
-                  "seeds of the scale; the comparisons below test `best` against `default` on held-out sets.", ""]
+        lines += [
+            "",
+            "## Hyperparameter search",
+            "",
+            f"- {search['trials']} trials in [search/trials.parquet](search/trials.parquet), "
+            f"{search['stopped_early']} of them stopped early by ASHA; every one evaluated with the weights it "
+            f"kept. Ranked by `{search['metric']}` ({search['mode']}) on the validation split only.",
+            f"- best: trial `{best['trial_id']}`, {search['metric']} = {best['value']:.4f}, settings "
+            + ", ".join(f"`{k}={setting_text(v)}`" for k, v in best["params"].items()),
+            "- configuration `best` is those settings and `default` the space's own, each retrained over the "
+            "seeds of the scale; the comparisons below test `best` against `default` on held-out sets.",
+            "",
+        ]
     if claims:
-        lines += ["## Paper claims", "", to_markdown(pd.DataFrame(claims)), "(details: [tables/claims.md](tables/claims.md))", ""]
+        lines += [
+            "## Paper claims",
+            "",
+            to_markdown(pd.DataFrame(claims)),
+            "(details: [tables/claims.md](tables/claims.md))",
+            "",
+        ]
     if flags:
         lines += ["## Sources carrying a pooled ROC-AUC", ""]
-        lines += [f"- `{f['configuration']}` on {f['eval_set']}: **{f['source']}** ({f['reason']})" for f in flags] + [""]
+        lines += [f"- `{f['configuration']}` on {f['eval_set']}: **{f['source']}** ({f['reason']})" for f in flags] + [
+            ""
+        ]
     lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
-    lines += ["", "## Method", "",
-              "- A configuration is every setting except the seed; seeds are replicates. Only clean predictions are "
-              "analysed (no perturbation, no test-time branch ablation).",
-              "- Intervals: seed-mean metric, bootstrap over recordings stratified by label"
-              + (" (whole patients, stratified by their label mix)" if analysis.respiratory else "")
-              + " and over seeds; every configuration and seed shares the same recording draws, and configurations "
-              "with equal seed counts share the seed draws, so differences are paired.",
-              "- Threshold metrics use each trial's threshold chosen on validation, never on test.",
-              "- The paired two-level bootstrap decides the paper claims; the other tests are in `comparisons`, each with "
-              "the meaning stated there. p-values are adjusted over the declared family (configurations vs baseline × "
-              "evaluation sets), separately per test and metric.",
-              f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
-              f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
-              "source's CI contains 0.5."]
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- A configuration is every setting except the seed; seeds are replicates. Only clean predictions are "
+        "analysed (no perturbation, no test-time branch ablation).",
+        "- Intervals: seed-mean metric, bootstrap over recordings stratified by label"
+        + (" (whole patients, stratified by their label mix)" if analysis.respiratory else "")
+        + " and over seeds; every configuration and seed shares the same recording draws, and configurations "
+        "with equal seed counts share the seed draws, so differences are paired.",
+        "- Threshold metrics use each trial's threshold chosen on validation, never on test.",
+        "- The paired two-level bootstrap decides the paper claims; the other tests are in `comparisons`, each with "
+        "the meaning stated there. p-values are adjusted over the declared family (configurations vs baseline × "
+        "evaluation sets), separately per test and metric.",
+        f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
+        f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
+        "source's CI contains 0.5.",
+    ]
     return write_text(analysis.out / "report.md", "\n".join(lines) + "\n")
 
 
@@ -774,37 +1189,58 @@ def report_study(out: Path, **options) -> dict:
         _plots(analysis, writer, rows, resolution)
     seconds = time.perf_counter() - started
     report = _index(analysis, writer, claims, flags, seconds)
-    summary = {"out": str(analysis.out), "report": str(report), "tables": writer.table_paths(),
-               "plots": writer.plot_paths(), "claims": claims, "source_flags": flags,
-               "problems": analysis.problems, "notes": list(dict.fromkeys(analysis.notes)), "seconds": seconds}
+    summary = {
+        "out": str(analysis.out),
+        "report": str(report),
+        "tables": writer.table_paths(),
+        "plots": writer.plot_paths(),
+        "claims": claims,
+        "source_flags": flags,
+        "problems": analysis.problems,
+        "notes": list(dict.fromkeys(analysis.notes)),
+        "seconds": seconds,
+    }
     if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
         robustness = report_robustness(analysis.out, **settings.shared())
-        summary.update(tables=summary["tables"] + robustness["tables"], plots=summary["plots"] + robustness["plots"],
-                       notes=list(dict.fromkeys(summary["notes"] + robustness["notes"])),
-                       seconds=time.perf_counter() - started)
+        summary.update(
+            tables=summary["tables"] + robustness["tables"],
+            plots=summary["plots"] + robustness["plots"],
+            notes=list(dict.fromkeys(summary["notes"] + robustness["notes"])),
+            seconds=time.perf_counter() - started,
+        )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis report", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/branches")
-    parser.add_argument("--baseline", default=None, help="value of the compare axis to compare against (default: the space's)")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="analyse an incomplete or mismatched study as it is (the report says so)")
+    parser.add_argument(
+        "--baseline", default=None, help="value of the compare axis to compare against (default: the space's)"
+    )
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="analyse an incomplete or mismatched study as it is (the report says so)",
+    )
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        summary = report_study(args.study, baseline=args.baseline, allow_incomplete=args.allow_incomplete,
-                               **analysis_options(args))
+        summary = report_study(
+            args.study, baseline=args.baseline, allow_incomplete=args.allow_incomplete, **analysis_options(args)
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {summary['report']}: {len(summary['tables']) // 3} tables, {len(summary['plots'])} plots "
-          f"in {summary['seconds']:.1f} s")
+    print(
+        f"wrote {summary['report']}: {len(summary['tables']) // 3} tables, {len(summary['plots'])} plots "
+        f"in {summary['seconds']:.1f} s"
+    )
     for claim in summary["claims"]:
         print(f"  claim: {claim['claim']}: {claim['verdict']}")
     for flag in summary["source_flags"]:
-        print(f"  {flag['configuration']} on {flag['eval_set']}: {flag['source']} carries the pooled ROC-AUC ({flag['reason']})")
+        print(
+            f"  {flag['configuration']} on {flag['eval_set']}: {flag['source']} carries the pooled ROC-AUC ({flag['reason']})"
+        )
     for note in summary["notes"]:
         print(f"  note: {note}")
     return 0

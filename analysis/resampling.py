@@ -10,6 +10,7 @@ with seed k everywhere. On those draws :func:`seed_mean_interval` is what
 :func:`paired_bootstrap` what :func:`analysis.stats.paired_bootstrap_test`
 computes for two, without drawing again for each.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -32,9 +33,22 @@ from analysis.stats import (
 from analysis.study_data import EvalSet
 from study.metrics import confusion_metrics
 
-__all__ = ["CONFIDENCE_LEVEL", "HEART_METRICS", "RESPIRATORY_METRICS", "ROC_BAND_RESAMPLES", "Kernel",
-           "named_generator", "heart_kernel", "respiratory_kernel", "roc_auc_kernel", "Resampled", "resample", "SeedDraws",
-           "seed_mean_interval", "paired_bootstrap"]
+__all__ = [
+    "CONFIDENCE_LEVEL",
+    "HEART_METRICS",
+    "RESPIRATORY_METRICS",
+    "ROC_BAND_RESAMPLES",
+    "Kernel",
+    "named_generator",
+    "heart_kernel",
+    "respiratory_kernel",
+    "roc_auc_kernel",
+    "Resampled",
+    "resample",
+    "SeedDraws",
+    "seed_mean_interval",
+    "paired_bootstrap",
+]
 
 CONFIDENCE_LEVEL = 0.95  # every interval; alpha only sets the verdicts
 HEART_METRICS = ("roc_auc", "mcc", "f1", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
@@ -92,8 +106,13 @@ def respiratory_kernel(eval_set: EvalSet) -> Kernel:
             sensitivity = exact_abnormal @ weights / n_abnormal
             specificity = normal_kept @ weights / n_normal
             accuracy = correct @ weights / weights.sum(axis=0)
-        return {"score": (sensitivity + specificity) / 2, "sensitivity": sensitivity, "specificity": specificity,
-                "accuracy": accuracy, "roc_auc": auc_kernel(eval_set.binary, eval_set.probs, weights)}
+        return {
+            "score": (sensitivity + specificity) / 2,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "accuracy": accuracy,
+            "roc_auc": auc_kernel(eval_set.binary, eval_set.probs, weights),
+        }
 
     return kernel
 
@@ -130,12 +149,13 @@ def resample(eval_set: EvalSet, kernel: Kernel, n_resamples: int, rng: np.random
     for weights in bootstrap_weight_blocks(units, strata, n_resamples, rng):
         blocks.append(kernel(weights))
         if sum(b.shape[1] for b in band) < ROC_BAND_RESAMPLES:
-            band.append(weights[:, :ROC_BAND_RESAMPLES - sum(b.shape[1] for b in band)])
+            band.append(weights[:, : ROC_BAND_RESAMPLES - sum(b.shape[1] for b in band)])
     per_resample = {m: np.concatenate([block[m] for block in blocks], axis=1) for m in blocks[0]}
     point = {m: values[:, 0] for m, values in kernel(np.ones((units.size, 1))).items()}
     left_out = [kernel(weights) for weights in leave_one_out_weights(units, np.arange(int(units.max()) + 1))]
-    jackknife = {m: [np.concatenate([block[m] for block in left_out], axis=1)[:, stratum] for stratum in strata]
-                 for m in point}
+    jackknife = {
+        m: [np.concatenate([block[m] for block in left_out], axis=1)[:, stratum] for stratum in strata] for m in point
+    }
     return Resampled(eval_set, point, per_resample, jackknife, np.concatenate(band, axis=1))
 
 
@@ -155,8 +175,14 @@ class SeedDraws:
         return self._cache[n_seeds]
 
 
-def seed_mean_interval(resampled: Resampled, trial_ids: list[str], metric: str, seed_draws: SeedDraws,
-                       method: str, confidence_level: float = CONFIDENCE_LEVEL) -> BootstrapCI:
+def seed_mean_interval(
+    resampled: Resampled,
+    trial_ids: list[str],
+    metric: str,
+    seed_draws: SeedDraws,
+    method: str,
+    confidence_level: float = CONFIDENCE_LEVEL,
+) -> BootstrapCI:
     """The seed-mean metric of some trials (one per seed) with its bootstrap interval, on the shared draws.
 
     What :func:`analysis.stats.bootstrap_ci` computes for these trials; the
@@ -173,12 +199,24 @@ def seed_mean_interval(resampled: Resampled, trial_ids: list[str], metric: str, 
             values.append((full.sum() - full) / (n_seeds - 1))
         return values
 
-    return bootstrap_interval(distribution, float(full.mean()), confidence_level=confidence_level, method=method,
-                              jackknife=jackknife, n_seeds=n_seeds)
+    return bootstrap_interval(
+        distribution,
+        float(full.mean()),
+        confidence_level=confidence_level,
+        method=method,
+        jackknife=jackknife,
+        n_seeds=n_seeds,
+    )
 
 
-def paired_bootstrap(resampled: Resampled, trials_a: list[str], trials_b: list[str], metric: str,
-                     seed_draws: SeedDraws, confidence_level: float = CONFIDENCE_LEVEL) -> PairedBootstrapResult:
+def paired_bootstrap(
+    resampled: Resampled,
+    trials_a: list[str],
+    trials_b: list[str],
+    metric: str,
+    seed_draws: SeedDraws,
+    confidence_level: float = CONFIDENCE_LEVEL,
+) -> PairedBootstrapResult:
     """Paired two-level bootstrap of the seed-mean ``metric`` of a minus b, on the shared draws.
 
     ``trials_a`` and ``trials_b`` hold one trial per common seed, in the same
@@ -191,5 +229,14 @@ def paired_bootstrap(resampled: Resampled, trials_a: list[str], trials_b: list[s
     differences = ((per_resample[rows_a] - per_resample[rows_b]) * seed_draws(len(rows_a))).sum(axis=0)
     value_a, value_b = (float(resampled.point[metric][rows].mean()) for rows in (rows_a, rows_b))
     interval = bootstrap_interval(differences, value_a - value_b, confidence_level=confidence_level)
-    return PairedBootstrapResult(metric, value_a, value_b, value_a - value_b, interval.low, interval.high,
-                                 bootstrap_p_value(differences), differences.size, confidence_level)
+    return PairedBootstrapResult(
+        metric,
+        value_a,
+        value_b,
+        value_a - value_b,
+        interval.low,
+        interval.high,
+        bootstrap_p_value(differences),
+        differences.size,
+        confidence_level,
+    )

@@ -33,6 +33,7 @@ Method, in short:
 :func:`analysis.report.report_study` runs this report after its own when a
 heart study's predictions hold perturbed or ablated rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,18 @@ from analysis.tables import format_interval, format_p, format_value
 from study.io import write_text
 from study.perturbations import describe, parse_perturbation_suite
 
-__all__ = ["CLEAN", "ARCHITECTURE", "SINGLE_BRANCHES", "SECTION_START", "SECTION_END", "with_conditions",
-           "has_robustness_rows", "report_robustness", "parse_suite_argument", "main"]
+__all__ = [
+    "CLEAN",
+    "ARCHITECTURE",
+    "SINGLE_BRANCHES",
+    "SECTION_START",
+    "SECTION_END",
+    "with_conditions",
+    "has_robustness_rows",
+    "report_robustness",
+    "parse_suite_argument",
+    "main",
+]
 
 CLEAN = ("none", 0, "none")  # (perturbation, severity, ablation)
 ARCHITECTURE = "model.architecture"
@@ -106,7 +117,9 @@ class _Robustness:
         predictions = with_conditions(predictions)
         self.resampled: dict[tuple, Resampled] = {}
         self.eval_set_names: list[str] = []
-        for (perturbation, severity, ablation), rows in predictions.groupby(["perturbation", "severity", "ablation"], sort=False):
+        for (perturbation, severity, ablation), rows in predictions.groupby(
+            ["perturbation", "severity", "ablation"], sort=False
+        ):
             relabelled = rows.assign(perturbation="none", severity=0, ablation="none")
             try:
                 eval_sets = build_eval_sets(trials, relabelled, self.configurations, False, [], [])
@@ -115,12 +128,17 @@ class _Robustness:
                 continue
             for eval_set in eval_sets:
                 self.resampled[(eval_set.name, perturbation, int(severity), ablation)] = resample(
-                    eval_set, roc_auc_kernel(eval_set), options.n_resamples,
-                    named_generator(options.seed, eval_set.name))
+                    eval_set,
+                    roc_auc_kernel(eval_set),
+                    options.n_resamples,
+                    named_generator(options.seed, eval_set.name),
+                )
                 if eval_set.name not in self.eval_set_names:
                     self.eval_set_names.append(eval_set.name)
         if not self.resampled:
-            raise StudyError(f"{self.out}/predictions.parquet holds no condition that can be analysed: " + "; ".join(self.notes))
+            raise StudyError(
+                f"{self.out}/predictions.parquet holds no condition that can be analysed: " + "; ".join(self.notes)
+            )
         self.suites = self._known_perturbations()
         self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
 
@@ -147,8 +165,11 @@ class _Robustness:
 
     def trial_ids(self, configuration: Configuration, key: tuple, seeds=None) -> list[str]:
         rows = self.resampled[key].rows
-        return [t for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-                if t in rows and (seeds is None or s in seeds)]
+        return [
+            t
+            for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
+            if t in rows and (seeds is None or s in seeds)
+        ]
 
     def interval(self, configuration: Configuration, key: tuple) -> stats.BootstrapCI | None:
         if key not in self.resampled:
@@ -156,8 +177,11 @@ class _Robustness:
         cache_key = (configuration.name, key)
         if cache_key not in self._intervals:
             trial_ids = self.trial_ids(configuration, key)
-            self._intervals[cache_key] = (seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.seed_draws,
-                                                             self.options.ci_method) if trial_ids else None)
+            self._intervals[cache_key] = (
+                seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.seed_draws, self.options.ci_method)
+                if trial_ids
+                else None
+            )
         return self._intervals[cache_key]
 
     def paired(self, key_a: tuple, key_b: tuple) -> bool:
@@ -165,8 +189,9 @@ class _Robustness:
         a, b = self.resampled[key_a].eval_set, self.resampled[key_b].eval_set
         return a.recordings.size == b.recordings.size and bool((a.recordings == b.recordings).all())
 
-    def drop(self, configuration: Configuration, key: tuple,
-             reference: tuple) -> tuple[stats.BootstrapCI | None, stats.BootstrapCI | None]:
+    def drop(
+        self, configuration: Configuration, key: tuple, reference: tuple
+    ) -> tuple[stats.BootstrapCI | None, stats.BootstrapCI | None]:
         """(absolute drop reference − key, relative drop 1 − key / reference) of a configuration, with percentile CIs.
 
         The relative drop is undefined (NaN, no interval) where the reference ROC-AUC is 0.
@@ -177,10 +202,15 @@ class _Robustness:
         with np.errstate(divide="ignore", invalid="ignore"):
             relative = 1 - b.distribution / a.distribution
         relative_estimate = 1 - b.estimate / a.estimate if a.estimate != 0 else math.nan
-        return (stats.bootstrap_interval(a.distribution - b.distribution, a.estimate - b.estimate,
-                                         confidence_level=CONFIDENCE_LEVEL, n_seeds=a.n_seeds),
-                stats.bootstrap_interval(relative, relative_estimate, confidence_level=CONFIDENCE_LEVEL,
-                                         n_seeds=a.n_seeds))
+        return (
+            stats.bootstrap_interval(
+                a.distribution - b.distribution,
+                a.estimate - b.estimate,
+                confidence_level=CONFIDENCE_LEVEL,
+                n_seeds=a.n_seeds,
+            ),
+            stats.bootstrap_interval(relative, relative_estimate, confidence_level=CONFIDENCE_LEVEL, n_seeds=a.n_seeds),
+        )
 
     def fusion_pairs(self) -> list[tuple[Configuration, Configuration]]:
         """(fusion configuration, single-branch configuration) pairs that share every non-model setting."""
@@ -201,16 +231,26 @@ class _Robustness:
         common = [s for s, t in zip(a.seeds, a.trial_ids, strict=True) if t in resampled.rows and s in seeds_b]
         if not common:
             return None
-        paired = paired_bootstrap(resampled, self.trial_ids(a, key, common), self.trial_ids(b, key, common), "roc_auc",
-                                  self.seed_draws)
-        return {"value_a": paired.value_a, "value_b": paired.value_b, "difference": paired.difference,
-                "low": paired.low, "high": paired.high, "p": paired.p_value, "n_seeds": len(common)}
+        paired = paired_bootstrap(
+            resampled, self.trial_ids(a, key, common), self.trial_ids(b, key, common), "roc_auc", self.seed_draws
+        )
+        return {
+            "value_a": paired.value_a,
+            "value_b": paired.value_b,
+            "difference": paired.difference,
+            "low": paired.low,
+            "high": paired.high,
+            "p": paired.p_value,
+            "n_seeds": len(common),
+        }
 
 
 def _percent_cell(interval: stats.BootstrapCI | None) -> str:
     if interval is None:
         return "n/a"
-    return format_interval(100 * interval.estimate, 100 * interval.low, 100 * interval.high, digits=1, signed=True) + " %"
+    return (
+        format_interval(100 * interval.estimate, 100 * interval.low, 100 * interval.high, digits=1, signed=True) + " %"
+    )
 
 
 # ---------------------------------------------------------------------------- tables
@@ -227,20 +267,44 @@ def _auc_table(analysis: _Robustness, writer: ReportWriter) -> None:
                 if interval is None:
                     continue
                 absolute, relative = analysis.drop(configuration, key, clean) if key != clean else (None, None)
-                display.append({"configuration": configuration.name, "evaluation set": eval_set, "perturbation": perturbation,
-                                "severity": severity, "level": analysis.level(perturbation, severity),
-                                "seeds": interval.n_seeds, "ROC-AUC": interval_cell(interval),
-                                "drop from clean": interval_cell(absolute) if absolute else "–",
-                                "relative drop": _percent_cell(relative) if relative else "–"})
-                numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
-                                "severity": severity, "level": analysis.level(perturbation, severity),
-                                "seeds": interval.n_seeds, **interval_numbers("roc_auc", interval),
-                                **interval_numbers("drop", absolute), **interval_numbers("relative_drop", relative)})
-    caption = ("ROC-AUC under each perturbation and severity: seed mean [95 % bootstrap CI over recordings stratified by label "
-               "and seeds]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
-               "[95 % percentile CI of the paired difference on the same draws].")
-    writer.table("robustness_auc", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "ROC-AUC per configuration, evaluation set, perturbation and severity with CIs and the drop from clean")
+                display.append(
+                    {
+                        "configuration": configuration.name,
+                        "evaluation set": eval_set,
+                        "perturbation": perturbation,
+                        "severity": severity,
+                        "level": analysis.level(perturbation, severity),
+                        "seeds": interval.n_seeds,
+                        "ROC-AUC": interval_cell(interval),
+                        "drop from clean": interval_cell(absolute) if absolute else "–",
+                        "relative drop": _percent_cell(relative) if relative else "–",
+                    }
+                )
+                numbers.append(
+                    {
+                        "configuration": configuration.name,
+                        "eval_set": eval_set,
+                        "perturbation": perturbation,
+                        "severity": severity,
+                        "level": analysis.level(perturbation, severity),
+                        "seeds": interval.n_seeds,
+                        **interval_numbers("roc_auc", interval),
+                        **interval_numbers("drop", absolute),
+                        **interval_numbers("relative_drop", relative),
+                    }
+                )
+    caption = (
+        "ROC-AUC under each perturbation and severity: seed mean [95 % bootstrap CI over recordings stratified by label "
+        "and seeds]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
+        "[95 % percentile CI of the paired difference on the same draws]."
+    )
+    writer.table(
+        "robustness_auc",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "ROC-AUC per configuration, evaluation set, perturbation and severity with CIs and the drop from clean",
+    )
 
 
 def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
@@ -250,33 +314,65 @@ def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
             for perturbation, severity in analysis.conditions(eval_set):
                 result = analysis.compare(fusion, single, (eval_set, perturbation, severity, "none"))
                 if result is not None:
-                    rows.append({"fusion": fusion.name, "branch": single.name, "eval_set": eval_set,
-                                 "perturbation": perturbation, "severity": severity,
-                                 "level": analysis.level(perturbation, severity), **result})
+                    rows.append(
+                        {
+                            "fusion": fusion.name,
+                            "branch": single.name,
+                            "eval_set": eval_set,
+                            "perturbation": perturbation,
+                            "severity": severity,
+                            "level": analysis.level(perturbation, severity),
+                            **result,
+                        }
+                    )
     if not rows:
-        analysis.notes.append("no fusion vs single-branch test: the study lacks fusion and single-branch configurations "
-                              "with the same other settings")
+        analysis.notes.append(
+            "no fusion vs single-branch test: the study lacks fusion and single-branch configurations "
+            "with the same other settings"
+        )
         return []
     adjusted = stats.adjust_pvalues([r["p"] for r in rows], analysis.options.correction)
-    floor = stats.resampling_floor_warning(analysis.options.n_resamples, len(rows), analysis.options.correction,
-                                           analysis.options.alpha)
+    floor = stats.resampling_floor_warning(
+        analysis.options.n_resamples, len(rows), analysis.options.correction, analysis.options.alpha
+    )
     if floor:
         analysis.notes.append(f"fusion vs branch tests: {floor}")
     for row, p in zip(rows, adjusted, strict=True):
         row["adjusted_p"] = float(p)
-        row["verdict"] = verdict(row["fusion"], row["branch"], row["difference"], row["adjusted_p"], analysis.options.alpha)
-    display = pd.DataFrame([{"fusion": r["fusion"], "vs": r["branch"], "evaluation set": r["eval_set"], "level": r["level"],
-                             "seeds": r["n_seeds"], "fusion ROC-AUC": format_value(r["value_a"]),
-                             "branch ROC-AUC": format_value(r["value_b"]),
-                             "Δ [95 % CI]": format_interval(r["difference"], r["low"], r["high"], signed=True),
-                             "p": format_p(r["p"]), f"p ({analysis.options.correction})": format_p(r["adjusted_p"]),
-                             "verdict": r["verdict"]} for r in rows])
-    caption = (f"Fusion vs each single branch at every severity: Δ ROC-AUC (fusion − branch, seed means over common seeds) "
-               f"with the paired two-level bootstrap (recordings and seeds) 95 % CI and p-value, "
-               f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}."
-               + (f" **Warning:** {floor}." if floor else ""))
-    writer.table("robustness_tests", display, pd.DataFrame(rows), caption,
-                 "paired tests of fusion vs each single branch at each perturbation severity, with correction")
+        row["verdict"] = verdict(
+            row["fusion"], row["branch"], row["difference"], row["adjusted_p"], analysis.options.alpha
+        )
+    display = pd.DataFrame(
+        [
+            {
+                "fusion": r["fusion"],
+                "vs": r["branch"],
+                "evaluation set": r["eval_set"],
+                "level": r["level"],
+                "seeds": r["n_seeds"],
+                "fusion ROC-AUC": format_value(r["value_a"]),
+                "branch ROC-AUC": format_value(r["value_b"]),
+                "Δ [95 % CI]": format_interval(r["difference"], r["low"], r["high"], signed=True),
+                "p": format_p(r["p"]),
+                f"p ({analysis.options.correction})": format_p(r["adjusted_p"]),
+                "verdict": r["verdict"],
+            }
+            for r in rows
+        ]
+    )
+    caption = (
+        f"Fusion vs each single branch at every severity: Δ ROC-AUC (fusion − branch, seed means over common seeds) "
+        f"with the paired two-level bootstrap (recordings and seeds) 95 % CI and p-value, "
+        f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}."
+        + (f" **Warning:** {floor}." if floor else "")
+    )
+    writer.table(
+        "robustness_tests",
+        display,
+        pd.DataFrame(rows),
+        caption,
+        "paired tests of fusion vs each single branch at each perturbation severity, with correction",
+    )
     return rows
 
 
@@ -296,23 +392,46 @@ def _ablation_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
                         continue
                     absolute, _ = analysis.drop(configuration, key, reference)
                     base = analysis.interval(configuration, reference)
-                    display.append({"configuration": configuration.name, "evaluation set": eval_set,
-                                    "level": analysis.level(perturbation, severity), "ablation": ablation,
-                                    "seeds": interval.n_seeds, "ROC-AUC intact": interval_cell(base),
-                                    "ROC-AUC ablated": interval_cell(interval), "drop": interval_cell(absolute)})
-                    numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
-                                    "severity": severity, "ablation": ablation, "seeds": interval.n_seeds,
-                                    **interval_numbers("roc_auc_intact", base),
-                                    **interval_numbers("roc_auc_ablated", interval),
-                                    **interval_numbers("drop", absolute)})
+                    display.append(
+                        {
+                            "configuration": configuration.name,
+                            "evaluation set": eval_set,
+                            "level": analysis.level(perturbation, severity),
+                            "ablation": ablation,
+                            "seeds": interval.n_seeds,
+                            "ROC-AUC intact": interval_cell(base),
+                            "ROC-AUC ablated": interval_cell(interval),
+                            "drop": interval_cell(absolute),
+                        }
+                    )
+                    numbers.append(
+                        {
+                            "configuration": configuration.name,
+                            "eval_set": eval_set,
+                            "perturbation": perturbation,
+                            "severity": severity,
+                            "ablation": ablation,
+                            "seeds": interval.n_seeds,
+                            **interval_numbers("roc_auc_intact", base),
+                            **interval_numbers("roc_auc_ablated", interval),
+                            **interval_numbers("drop", absolute),
+                        }
+                    )
     if not display:
         analysis.notes.append("no branch-ablation rows: the study has no fusion model evaluated with a branch ablated")
         return []
-    caption = ("Test-time branch ablation of the fusion models: ROC-AUC with one branch's features replaced by their training "
-               "mean (or zeros) before the fusion head, and the drop (intact − ablated) [95 % percentile CI of the paired "
-               "difference over recordings and seeds]. A large drop for waveform=… means the head relies on the waveform branch.")
-    writer.table("robustness_ablation", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "fusion ROC-AUC with each branch replaced by its training mean / zeros, per evaluation set and perturbation")
+    caption = (
+        "Test-time branch ablation of the fusion models: ROC-AUC with one branch's features replaced by their training "
+        "mean (or zeros) before the fusion head, and the drop (intact − ablated) [95 % percentile CI of the paired "
+        "difference over recordings and seeds]. A large drop for waveform=… means the head relies on the waveform branch."
+    )
+    writer.table(
+        "robustness_ablation",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "fusion ROC-AUC with each branch replaced by its training mean / zeros, per evaluation set and perturbation",
+    )
     return numbers
 
 
@@ -351,33 +470,63 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
                     mask = clean.eval_set.sources == source
                     source_drop = float(np.mean(clean_within[a, k] - within[b, k]))
                     drop_without = float(np.mean(clean_without[a, k] - without[b, k]))
-                    carries = bool(pooled_drop >= 0.05 and np.isfinite(drop_without) and drop_without <= pooled_drop / 2)
+                    carries = bool(
+                        pooled_drop >= 0.05 and np.isfinite(drop_without) and drop_without <= pooled_drop / 2
+                    )
                     level = analysis.level(perturbation, severity)
-                    numbers.append({"configuration": configuration.name, "eval_set": eval_set, "perturbation": perturbation,
-                                    "severity": severity, "level": level, "source": source, "n": int(mask.sum()),
-                                    "n_pos": int(clean.eval_set.binary[mask].sum()),
-                                    "roc_auc_clean": float(np.mean(clean_within[a, k])),
-                                    "roc_auc_perturbed": float(np.mean(within[b, k])), "drop": source_drop,
-                                    "pooled_drop": pooled_drop, "pooled_drop_without_source": drop_without,
-                                    "carries_drop": carries})
-                    display.append({"configuration": configuration.name, "evaluation set": eval_set, "level": level,
-                                    "source": source, "n (pos)": f"{int(mask.sum())} ({int(clean.eval_set.binary[mask].sum())})",
-                                    "ROC-AUC clean → perturbed": (f"{format_value(numbers[-1]['roc_auc_clean'])} → "
-                                                                  f"{format_value(numbers[-1]['roc_auc_perturbed'])}"
-                                                                  if np.isfinite(source_drop) else "one class only"),
-                                    "pooled drop": format_value(pooled_drop, signed=True),
-                                    "pooled drop without it": format_value(drop_without, signed=True),
-                                    "carries the drop": "yes" if carries else ""})
+                    numbers.append(
+                        {
+                            "configuration": configuration.name,
+                            "eval_set": eval_set,
+                            "perturbation": perturbation,
+                            "severity": severity,
+                            "level": level,
+                            "source": source,
+                            "n": int(mask.sum()),
+                            "n_pos": int(clean.eval_set.binary[mask].sum()),
+                            "roc_auc_clean": float(np.mean(clean_within[a, k])),
+                            "roc_auc_perturbed": float(np.mean(within[b, k])),
+                            "drop": source_drop,
+                            "pooled_drop": pooled_drop,
+                            "pooled_drop_without_source": drop_without,
+                            "carries_drop": carries,
+                        }
+                    )
+                    display.append(
+                        {
+                            "configuration": configuration.name,
+                            "evaluation set": eval_set,
+                            "level": level,
+                            "source": source,
+                            "n (pos)": f"{int(mask.sum())} ({int(clean.eval_set.binary[mask].sum())})",
+                            "ROC-AUC clean → perturbed": (
+                                f"{format_value(numbers[-1]['roc_auc_clean'])} → "
+                                f"{format_value(numbers[-1]['roc_auc_perturbed'])}"
+                                if np.isfinite(source_drop)
+                                else "one class only"
+                            ),
+                            "pooled drop": format_value(pooled_drop, signed=True),
+                            "pooled drop without it": format_value(drop_without, signed=True),
+                            "carries the drop": "yes" if carries else "",
+                        }
+                    )
                     if carries:
                         flags.append(numbers[-1])
     if not numbers:
         return []
-    caption = ("Per source: ROC-AUC (seed mean, point estimates) within each source on clean and perturbed audio, and the "
-               "pooled drop (clean − perturbed) with and without that source. 'carries the drop': the pooled drop is ≥ "
-               "0.05 and leaving the source out at least halves it, i.e. the perturbation mostly removes what the model "
-               "used within that source.")
-    writer.table("robustness_per_source", pd.DataFrame(display), pd.DataFrame(numbers), caption,
-                 "each source's ROC-AUC under every perturbation and whether one source carries the pooled drop")
+    caption = (
+        "Per source: ROC-AUC (seed mean, point estimates) within each source on clean and perturbed audio, and the "
+        "pooled drop (clean − perturbed) with and without that source. 'carries the drop': the pooled drop is ≥ "
+        "0.05 and leaving the source out at least halves it, i.e. the perturbation mostly removes what the model "
+        "used within that source."
+    )
+    writer.table(
+        "robustness_per_source",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "each source's ROC-AUC under every perturbation and whether one source carries the pooled drop",
+    )
     return flags
 
 
@@ -392,22 +541,36 @@ def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
             continue
         panels = []
         for perturbation in perturbations:
-            severities = [0] * ((eval_set, *CLEAN) in analysis.resampled) + [s for p, s in conditions if p == perturbation]
+            severities = [0] * ((eval_set, *CLEAN) in analysis.resampled) + [
+                s for p, s in conditions if p == perturbation
+            ]
             curves = []
             for k, configuration in enumerate(analysis.configurations):
                 keys = [(eval_set, *CLEAN) if s == 0 else (eval_set, perturbation, s, "none") for s in severities]
                 intervals = [analysis.interval(configuration, key) for key in keys]
                 points = [(x, i) for x, i in enumerate(intervals) if i is not None]
                 if points:
-                    curves.append(SeverityCurve(configuration.name, k, np.array([p[0] for p in points]),
-                                                [p[1].estimate for p in points], [p[1].low for p in points],
-                                                [p[1].high for p in points]))
+                    curves.append(
+                        SeverityCurve(
+                            configuration.name,
+                            k,
+                            np.array([p[0] for p in points]),
+                            [p[1].estimate for p in points],
+                            [p[1].low for p in points],
+                            [p[1].high for p in points],
+                        )
+                    )
             levels = [analysis.level(perturbation, s) if s else "clean" for s in severities]
             panels.append(SeverityPanel(perturbation, levels, curves))
-        path = plot_auc_vs_severity(writer.plots_dir / f"robustness_{slug(eval_set)}.png", panels,
-                                    f"{analysis.name}: ROC-AUC vs severity on {eval_set}",
-                                    note="Bands: 95 % bootstrap CI over recordings (stratified) and seeds.")
-        writer.plot(path, f"ROC-AUC vs severity per configuration with 95 % CI bands on {eval_set}, one panel per perturbation")
+        path = plot_auc_vs_severity(
+            writer.plots_dir / f"robustness_{slug(eval_set)}.png",
+            panels,
+            f"{analysis.name}: ROC-AUC vs severity on {eval_set}",
+            note="Bands: 95 % bootstrap CI over recordings (stratified) and seeds.",
+        )
+        writer.plot(
+            path, f"ROC-AUC vs severity per configuration with 95 % CI bands on {eval_set}, one panel per perturbation"
+        )
 
 
 # ---------------------------------------------------------------------------- the claim and the index
@@ -415,8 +578,11 @@ def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
 
 def _claim(analysis: _Robustness, tests: list[dict], ablation: list[dict], carried: list[dict]) -> list[str]:
     """The paper's claim and what this study's numbers say about it, as Markdown lines."""
-    lines = ["AudioFuse's claim: the waveform (temporal) branch makes fusion robust to domain shift: on PASCAL, fusion keeps "
-             "ROC-AUC 0.718 where the spectrogram ViT falls to chance (0.487) and the waveform CNN alone holds 0.678.", ""]
+    lines = [
+        "AudioFuse's claim: the waveform (temporal) branch makes fusion robust to domain shift: on PASCAL, fusion keeps "
+        "ROC-AUC 0.718 where the spectrogram ViT falls to chance (0.487) and the waveform CNN alone holds 0.678.",
+        "",
+    ]
     by_architecture = {c.settings.get(ARCHITECTURE): c for c in analysis.configurations}
     primary = next((e for e in analysis.eval_set_names if e.startswith("physionet2016")), analysis.eval_set_names[0])
     shifted = next((e for e in analysis.eval_set_names if e.startswith("pascal")), None)
@@ -427,16 +593,26 @@ def _claim(analysis: _Robustness, tests: list[dict], ablation: list[dict], carri
                 a = analysis.interval(by_architecture[architecture], (primary, *CLEAN))
                 b = analysis.interval(by_architecture[architecture], (shifted, *CLEAN))
                 if a and b:
-                    cells.append(f"{architecture} {format_value(a.estimate)} → {format_value(b.estimate)} "
-                                 f"(Δ {format_value(b.estimate - a.estimate, signed=True)})")
+                    cells.append(
+                        f"{architecture} {format_value(a.estimate)} → {format_value(b.estimate)} "
+                        f"(Δ {format_value(b.estimate - a.estimate, signed=True)})"
+                    )
         if cells:
             lines.append(f"- Domain shift, clean audio ({primary} → {shifted}, ROC-AUC): " + "; ".join(cells) + ".")
     for row in tests:
-        severities = [r["severity"] for r in tests if r["eval_set"] == row["eval_set"] and r["perturbation"] == row["perturbation"]]
-        if row["eval_set"] in (primary, shifted) and (row["perturbation"] == "none" or row["severity"] == max(severities)):
-            lines.append(f"- {row['eval_set']}, {row['level']}: fusion − {row['branch']} = "
-                         f"{format_interval(row['difference'], row['low'], row['high'], signed=True)} "
-                         f"(p_{analysis.options.correction} {format_p(row['adjusted_p'])}: {row['verdict']}).")
+        severities = [
+            r["severity"]
+            for r in tests
+            if r["eval_set"] == row["eval_set"] and r["perturbation"] == row["perturbation"]
+        ]
+        if row["eval_set"] in (primary, shifted) and (
+            row["perturbation"] == "none" or row["severity"] == max(severities)
+        ):
+            lines.append(
+                f"- {row['eval_set']}, {row['level']}: fusion − {row['branch']} = "
+                f"{format_interval(row['difference'], row['low'], row['high'], signed=True)} "
+                f"(p_{analysis.options.correction} {format_p(row['adjusted_p'])}: {row['verdict']})."
+            )
     fusion = by_architecture.get("fusion")
     for eval_set in [e for e in (primary, shifted) if e] if fusion is not None else []:
         perturbed = [c for c in analysis.conditions(eval_set) if c[0] != "none"]
@@ -450,23 +626,34 @@ def _claim(analysis: _Robustness, tests: list[dict], ablation: list[dict], carri
                 branch_drop, _ = analysis.drop(by_architecture[architecture], key, clean)
                 if fusion_drop and branch_drop:
                     larger = "fusion" if fusion_drop.estimate > branch_drop.estimate else architecture
-                    cells.append(f"{analysis.level(perturbation, severity)}: fusion {format_value(fusion_drop.estimate)} "
-                                 f"vs {architecture} {format_value(branch_drop.estimate)} (larger: {larger})")
+                    cells.append(
+                        f"{analysis.level(perturbation, severity)}: fusion {format_value(fusion_drop.estimate)} "
+                        f"vs {architecture} {format_value(branch_drop.estimate)} (larger: {larger})"
+                    )
             if cells:
-                lines.append(f"- ROC-AUC drop from clean on {eval_set} at each perturbation's highest severity, fusion vs "
-                             f"{architecture}-only: " + "; ".join(cells) + ".")
+                lines.append(
+                    f"- ROC-AUC drop from clean on {eval_set} at each perturbation's highest severity, fusion vs "
+                    f"{architecture}-only: " + "; ".join(cells) + "."
+                )
     for eval_set in [e for e in (primary, shifted) if e]:
-        cells = [f"{r['ablation']} {format_interval(r['drop'], r['drop_low'], r['drop_high'], signed=True)}"
-                 for r in ablation if r["eval_set"] == eval_set and r["perturbation"] == "none" and r["ablation"].endswith("=mean")]
+        cells = [
+            f"{r['ablation']} {format_interval(r['drop'], r['drop_low'], r['drop_high'], signed=True)}"
+            for r in ablation
+            if r["eval_set"] == eval_set and r["perturbation"] == "none" and r["ablation"].endswith("=mean")
+        ]
         if cells:
-            lines.append(f"- Branch ablation of the fusion model on clean {eval_set} (ROC-AUC drop): " + "; ".join(cells) + ".")
+            lines.append(
+                f"- Branch ablation of the fusion model on clean {eval_set} (ROC-AUC drop): " + "; ".join(cells) + "."
+            )
     by_source: dict[tuple, list[str]] = {}
     for row in carried:
         by_source.setdefault((row["configuration"], row["eval_set"], row["source"]), []).append(row["level"])
     for (configuration, eval_set, source), levels in by_source.items():
-        lines.append(f"- {configuration} on {eval_set}: {source} carries the ROC-AUC drop under {', '.join(levels)} (without it "
-                     f"the drop at least halves; tables/robustness_per_source): the perturbation removes a cue the model "
-                     f"used within that source.")
+        lines.append(
+            f"- {configuration} on {eval_set}: {source} carries the ROC-AUC drop under {', '.join(levels)} (without it "
+            f"the drop at least halves; tables/robustness_per_source): the perturbation removes a cue the model "
+            f"used within that source."
+        )
     verdict_line = _claim_verdict(analysis, tests, primary, shifted)
     return lines + ["", verdict_line]
 
@@ -477,45 +664,84 @@ def _claim_verdict(analysis: _Robustness, tests: list[dict], primary: str, shift
     The real shift (a second database, ``shifted``) and the simulated one (perturbations of ``primary``) are
     judged apart: the paper's claim is about the first, and the second cannot stand in for it.
     """
-    if tests and stats.resampling_floor_warning(analysis.options.n_resamples, len(tests), analysis.options.correction,
-                                                analysis.options.alpha):
-        return (f"**What our numbers say:** nothing yet: with {analysis.options.n_resamples:,} resamples no test of "
-                f"{len(tests)} can be significant after {analysis.options.correction} correction (see the note below); "
-                f"rerun `python -m analysis robustness` with more resamples.")
+    if tests and stats.resampling_floor_warning(
+        analysis.options.n_resamples, len(tests), analysis.options.correction, analysis.options.alpha
+    ):
+        return (
+            f"**What our numbers say:** nothing yet: with {analysis.options.n_resamples:,} resamples no test of "
+            f"{len(tests)} can be significant after {analysis.options.correction} correction (see the note below); "
+            f"rerun `python -m analysis robustness` with more resamples."
+        )
     alpha = analysis.options.alpha
-    groups = {"on the real domain shift": lambda r: r["eval_set"] == shifted and r["perturbation"] == "none",
-              "under perturbations of the in-domain test set": lambda r: r["eval_set"] == primary and r["perturbation"] != "none"}
+    groups = {
+        "on the real domain shift": lambda r: r["eval_set"] == shifted and r["perturbation"] == "none",
+        "under perturbations of the in-domain test set": lambda r: (
+            r["eval_set"] == primary and r["perturbation"] != "none"
+        ),
+    }
     parts = []
     for label, selected in groups.items():
         counts = {}
         for branch in SINGLE_BRANCHES:
             rows = [r for r in tests if r["branch"] == branch and selected(r)]
             if rows:
-                counts[branch] = (sum(r["adjusted_p"] < alpha and r["difference"] > 0 for r in rows),
-                                  sum(r["adjusted_p"] < alpha and r["difference"] < 0 for r in rows), len(rows))
+                counts[branch] = (
+                    sum(r["adjusted_p"] < alpha and r["difference"] > 0 for r in rows),
+                    sum(r["adjusted_p"] < alpha and r["difference"] < 0 for r in rows),
+                    len(rows),
+                )
         if counts:
             where = f" ({shifted})" if label.startswith("on the real") else ""
-            parts.append(f"{label}{where} fusion is significantly better / worse than "
-                         + ", ".join(f"{branch}-only in {b} / {w} of {n}" for branch, (b, w, n) in counts.items()))
+            parts.append(
+                f"{label}{where} fusion is significantly better / worse than "
+                + ", ".join(f"{branch}-only in {b} / {w} of {n}" for branch, (b, w, n) in counts.items())
+            )
     if not parts:
-        return ("**What our numbers say:** not testable here: the study lacks a fusion and a single-branch configuration "
-                "evaluated under shift.")
-    sentence = f"**What our numbers say** ({analysis.options.correction}-adjusted, α = {alpha}): " + "; ".join(parts) + "."
-    real = [r for r in tests if r["eval_set"] == shifted and r["perturbation"] == "none" and r["branch"] == "spectrogram"]
+        return (
+            "**What our numbers say:** not testable here: the study lacks a fusion and a single-branch configuration "
+            "evaluated under shift."
+        )
+    sentence = (
+        f"**What our numbers say** ({analysis.options.correction}-adjusted, α = {alpha}): " + "; ".join(parts) + "."
+    )
+    real = [
+        r for r in tests if r["eval_set"] == shifted and r["perturbation"] == "none" and r["branch"] == "spectrogram"
+    ]
     if shifted and real:
         supported = real[0]["adjusted_p"] < alpha and real[0]["difference"] > 0
-        sentence += (" The claim holds on the real shift." if supported else
-                     " The claim is not supported on the real shift"
-                     + (", although fusion resists the simulated perturbations better than the spectrogram-only model."
-                        if any(r["branch"] == "spectrogram" and r["eval_set"] == primary and r["adjusted_p"] < alpha
-                               and r["difference"] > 0 for r in tests) else "."))
-    below = [c.name for c in analysis.configurations
-             if (i := analysis.interval(c, (shifted, *CLEAN)) if shifted and (shifted, *CLEAN) in analysis.resampled else None)
-             is not None and i.high < 0.5]
+        sentence += (
+            " The claim holds on the real shift."
+            if supported
+            else " The claim is not supported on the real shift"
+            + (
+                ", although fusion resists the simulated perturbations better than the spectrogram-only model."
+                if any(
+                    r["branch"] == "spectrogram"
+                    and r["eval_set"] == primary
+                    and r["adjusted_p"] < alpha
+                    and r["difference"] > 0
+                    for r in tests
+                )
+                else "."
+            )
+        )
+    below = [
+        c.name
+        for c in analysis.configurations
+        if (
+            i := analysis.interval(c, (shifted, *CLEAN))
+            if shifted and (shifted, *CLEAN) in analysis.resampled
+            else None
+        )
+        is not None
+        and i.high < 0.5
+    ]
     if below:
-        sentence += (f" On {shifted} the whole ROC-AUC CI of {', '.join(below)} lies below 0.5: "
-                     f"{'it ranks' if len(below) == 1 else 'they rank'} that database's recordings the wrong way round, "
-                     f"so comparisons there are between failures.")
+        sentence += (
+            f" On {shifted} the whole ROC-AUC CI of {', '.join(below)} lies below 0.5: "
+            f"{'it ranks' if len(below) == 1 else 'they rank'} that database's recordings the wrong way round, "
+            f"so comparisons there are between failures."
+        )
     return sentence
 
 
@@ -548,16 +774,28 @@ def report_robustness(out: Path, **options) -> dict:
         _plots(analysis, writer)
     claim = _claim(analysis, tests, ablation, carried)
     seconds = time.perf_counter() - started
-    section = (["## Robustness", "", *claim, ""]
-               + writer.table_links() + writer.plot_links()
-               + [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
-               + ["", f"Robustness method: {analysis.options.n_resamples} bootstrap resamples of recordings (stratified) and "
-                      f"seeds shared by every condition of an evaluation set; {analysis.options.ci_method} intervals for "
-                      f"ROC-AUC, percentile intervals for paired differences; {analysis.options.correction} correction over "
-                      f"the fusion-vs-branch family; took {seconds:.1f} s."])
+    section = (
+        ["## Robustness", "", *claim, ""]
+        + writer.table_links()
+        + writer.plot_links()
+        + [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
+        + [
+            "",
+            f"Robustness method: {analysis.options.n_resamples} bootstrap resamples of recordings (stratified) and "
+            f"seeds shared by every condition of an evaluation set; {analysis.options.ci_method} intervals for "
+            f"ROC-AUC, percentile intervals for paired differences; {analysis.options.correction} correction over "
+            f"the fusion-vs-branch family; took {seconds:.1f} s.",
+        ]
+    )
     _update_index(analysis.out, section)
-    return {"tables": writer.table_paths(), "plots": writer.plot_paths(), "tests": tests, "claim": claim,
-            "notes": analysis.notes, "seconds": seconds}
+    return {
+        "tables": writer.table_paths(),
+        "plots": writer.plot_paths(),
+        "tests": tests,
+        "claim": claim,
+        "notes": analysis.notes,
+        "seconds": seconds,
+    }
 
 
 def parse_suite_argument(text: str) -> list:
@@ -573,10 +811,15 @@ def parse_suite_argument(text: str) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/robustness")
-    parser.add_argument("--perturb", default=None,
-                        help="re-evaluate every checkpoint on this suite first, e.g. '[{name: codec, codec: opus, severities: [1, 2]}]'")
+    parser.add_argument(
+        "--perturb",
+        default=None,
+        help="re-evaluate every checkpoint on this suite first, e.g. '[{name: codec, codec: opus, severities: [1, 2]}]'",
+    )
     parser.add_argument("--device", default="cpu", help="device for re-evaluation (cpu, cuda, auto; default cpu)")
-    parser.add_argument("--jobs", type=int, default=None, help="feature worker processes for re-evaluation (default: all cores)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="feature worker processes for re-evaluation (default: all cores)"
+    )
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -585,13 +828,17 @@ def main(argv: list[str] | None = None) -> int:
 
             suite = parse_suite_argument(args.perturb)
             new = reevaluate_study(args.study, suite, device=args.device, n_jobs=args.jobs)
-            print(f"re-evaluated {new['trial_id'].nunique()} trials on {len(parse_perturbation_suite(suite))} perturbation "
-                  f"levels: {len(new)} rows merged into {args.study}/predictions.parquet")
+            print(
+                f"re-evaluated {new['trial_id'].nunique()} trials on {len(parse_perturbation_suite(suite))} perturbation "
+                f"levels: {len(new)} rows merged into {args.study}/predictions.parquet"
+            )
         summary = report_robustness(args.study, **analysis_options(args))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {len(summary['tables']) // 3} robustness tables, {len(summary['plots'])} plots in {summary['seconds']:.1f} s")
+    print(
+        f"wrote {len(summary['tables']) // 3} robustness tables, {len(summary['plots'])} plots in {summary['seconds']:.1f} s"
+    )
     for line in summary["claim"]:
         if line:
             print(f"  {line}")

@@ -12,6 +12,7 @@ Metrics by name: "roc_auc" (threshold-free) and the threshold metrics of
 "sensitivity", "specificity", "mcc", "f1" (a recording is predicted abnormal
 when its score >= threshold; pass 0/1 predictions to use thresholds of your own).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,16 +32,38 @@ CI_METHODS = ("percentile", "bca")
 _BLOCK_CELLS = 2_000_000
 
 __all__ = [
-    "METRICS", "CI_METHODS",
-    "BootstrapCI", "DelongVariance", "DelongResult", "PairedBootstrapResult", "PermutationResult", "McNemarResult",
+    "METRICS",
+    "CI_METHODS",
+    "BootstrapCI",
+    "DelongVariance",
+    "DelongResult",
+    "PairedBootstrapResult",
+    "PermutationResult",
+    "McNemarResult",
     "WilcoxonResult",
-    "auc_kernel", "weighted_auc", "auc_resampled",
-    "resampling_units", "stratified_bootstrap_indices", "bootstrap_weight_blocks", "leave_one_out_weights",
+    "auc_kernel",
+    "weighted_auc",
+    "auc_resampled",
+    "resampling_units",
+    "stratified_bootstrap_indices",
+    "bootstrap_weight_blocks",
+    "leave_one_out_weights",
     "seed_weights",
-    "bootstrap_interval", "bootstrap_p_value", "bootstrap_ci", "seed_mean_ci",
-    "delong_variance", "delong_test", "paired_bootstrap_test", "paired_permutation_test", "mcnemar_test",
+    "bootstrap_interval",
+    "bootstrap_p_value",
+    "bootstrap_ci",
+    "seed_mean_ci",
+    "delong_variance",
+    "delong_test",
+    "paired_bootstrap_test",
+    "paired_permutation_test",
+    "mcnemar_test",
     "wilcoxon_seeds",
-    "adjust_pvalues", "smallest_adjusted_p", "resampling_floor_warning", "hanley_mcneil_variance", "auc_difference_mde",
+    "adjust_pvalues",
+    "smallest_adjusted_p",
+    "resampling_floor_warning",
+    "hanley_mcneil_variance",
+    "auc_difference_mde",
 ]
 
 
@@ -222,7 +245,9 @@ def auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.nda
     return aucs
 
 
-def _metric_kernel(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _metric_kernel(
+    metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
     """Metric (S, B) of scores (S, n) under recording weights (n, B)."""
     if metric == "roc_auc":
         return auc_kernel(y, scores, weights)
@@ -320,7 +345,9 @@ def resampling_units(y: np.ndarray, groups) -> tuple[np.ndarray, list[np.ndarray
 
 def _unit_counts(strata: list[np.ndarray], n_units: int, n_rows: int, rng: np.random.Generator) -> np.ndarray:
     """Multiplicities (n_units, n_rows) of units drawn with replacement within each stratum."""
-    draws = np.concatenate([stratum[rng.integers(0, stratum.size, size=(n_rows, stratum.size))] for stratum in strata], axis=1)
+    draws = np.concatenate(
+        [stratum[rng.integers(0, stratum.size, size=(n_rows, stratum.size))] for stratum in strata], axis=1
+    )
     flat = (draws * n_rows + np.arange(n_rows)[:, None]).ravel()
     return np.bincount(flat, minlength=n_units * n_rows).reshape(n_units, n_rows)
 
@@ -346,7 +373,10 @@ def stratified_bootstrap_indices(y, n_resamples: int, rng=None, groups=None) -> 
     generator = _as_rng(rng)
     units, strata = resampling_units(labels, groups)
     if groups is None:
-        return np.concatenate([stratum[generator.integers(0, stratum.size, size=(n_resamples, stratum.size))] for stratum in strata], axis=1)
+        return np.concatenate(
+            [stratum[generator.integers(0, stratum.size, size=(n_resamples, stratum.size))] for stratum in strata],
+            axis=1,
+        )
     return _unit_counts(strata, units.max() + 1, n_resamples, generator)[units].T
 
 
@@ -392,8 +422,10 @@ def _two_level_bootstrap(metric, y, models, units, strata, n_resamples, rng, res
     of one model with seed k of the other); its statistic is the mean metric
     over the drawn seeds.
     """
-    blocks = [[_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
-              for w in bootstrap_weight_blocks(units, strata, n_resamples, rng)]
+    blocks = [
+        [_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
+        for w in bootstrap_weight_blocks(units, strata, n_resamples, rng)
+    ]
     per_seed = [np.concatenate([block[k] for block in blocks], axis=1) for k in range(len(models))]
     n_seeds = models[0][0].shape[0]
     if not resample_seeds or n_seeds == 1:
@@ -440,9 +472,15 @@ def _jackknife_values(metric, y, scores, threshold, units, strata, resample_seed
         per_recording = _leave_one_out(metric, y, scores, threshold).mean(axis=0)
         samples = [per_recording[stratum] for stratum in strata]
     else:
-        samples = [np.concatenate([_metric_kernel(metric, y, scores, threshold, weights).mean(axis=0)
-                                   for weights in leave_one_out_weights(units, stratum)])
-                   for stratum in strata]
+        samples = [
+            np.concatenate(
+                [
+                    _metric_kernel(metric, y, scores, threshold, weights).mean(axis=0)
+                    for weights in leave_one_out_weights(units, stratum)
+                ]
+            )
+            for stratum in strata
+        ]
     if resample_seeds and n_seeds > 1:
         full = _metric_kernel(metric, y, scores, threshold, np.ones((y.size, 1)))[:, 0]
         samples.append((full.sum() - full) / (n_seeds - 1))
@@ -466,9 +504,15 @@ def _bca_levels(distribution: np.ndarray, estimate: float, jackknife: list[np.nd
     return special.ndtr(z0 + z / (1 - acceleration * z))
 
 
-def bootstrap_interval(distribution: np.ndarray, estimate: float, *, confidence_level: float = 0.95,
-                       method: str = "percentile", jackknife: Callable[[], list[np.ndarray]] | None = None,
-                       n_seeds: int = 0) -> BootstrapCI:
+def bootstrap_interval(
+    distribution: np.ndarray,
+    estimate: float,
+    *,
+    confidence_level: float = 0.95,
+    method: str = "percentile",
+    jackknife: Callable[[], list[np.ndarray]] | None = None,
+    n_seeds: int = 0,
+) -> BootstrapCI:
     """The confidence interval of a statistic from its bootstrap distribution (B,).
 
     "percentile" takes the distribution's alpha/2 and 1 - alpha/2 quantiles;
@@ -485,8 +529,9 @@ def bootstrap_interval(distribution: np.ndarray, estimate: float, *, confidence_
         raise ValueError(f"method must be one of {CI_METHODS} (bca needs jackknife), got {method!r}")
     alpha = 1 - confidence_level
     if not np.isfinite(distribution).all():
-        return BootstrapCI(estimate, math.nan, math.nan, "undefined in some resamples", confidence_level, distribution,
-                           n_seeds)
+        return BootstrapCI(
+            estimate, math.nan, math.nan, "undefined in some resamples", confidence_level, distribution, n_seeds
+        )
     if np.ptp(distribution) == 0:
         value = float(distribution[0])
         return BootstrapCI(estimate, value, value, method, confidence_level, distribution, n_seeds)
@@ -568,14 +613,23 @@ def bootstrap_ci(
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
     units, strata = resampling_units(labels, groups)
-    distribution = _two_level_bootstrap(metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds)[0]
+    distribution = _two_level_bootstrap(
+        metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds
+    )[0]
     estimate = float(_metric_kernel(metric, labels, scores, thresholds, np.ones((labels.size, 1))).mean())
     return bootstrap_interval(
-        distribution, estimate, confidence_level=confidence_level, method=method, n_seeds=scores.shape[0],
-        jackknife=lambda: _jackknife_values(metric, labels, scores, thresholds, units, strata, resample_seeds))
+        distribution,
+        estimate,
+        confidence_level=confidence_level,
+        method=method,
+        n_seeds=scores.shape[0],
+        jackknife=lambda: _jackknife_values(metric, labels, scores, thresholds, units, strata, resample_seeds),
+    )
 
 
-def seed_mean_ci(values, *, confidence_level: float = 0.95, method: str = "bca", n_resamples: int = 9_999, rng=None) -> BootstrapCI:
+def seed_mean_ci(
+    values, *, confidence_level: float = 0.95, method: str = "bca", n_resamples: int = 9_999, rng=None
+) -> BootstrapCI:
     """Bootstrap CI of the mean of per-seed values (one number per training seed).
 
     For summaries with no per-recording predictions behind them (training
@@ -595,12 +649,23 @@ def seed_mean_ci(values, *, confidence_level: float = 0.95, method: str = "bca",
         constant = np.full(n_resamples, estimate)
         return BootstrapCI(estimate, estimate, estimate, method, confidence_level, constant, sample.size)
     result = sps.bootstrap(
-        (sample,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level,
-        method="BCa" if method == "bca" else "percentile", rng=_as_rng(rng),
+        (sample,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="BCa" if method == "bca" else "percentile",
+        rng=_as_rng(rng),
     )
     interval = result.confidence_interval
-    return BootstrapCI(estimate, float(interval.low), float(interval.high), method, confidence_level,
-                       result.bootstrap_distribution, sample.size)
+    return BootstrapCI(
+        estimate,
+        float(interval.low),
+        float(interval.high),
+        method,
+        confidence_level,
+        result.bootstrap_distribution,
+        sample.size,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -631,7 +696,9 @@ def _check_delong_labels(y) -> np.ndarray:
     labels = _check_labels(y)
     n_pos = int(labels.sum())
     if min(n_pos, labels.size - n_pos) < 2:
-        raise ValueError(f"DeLong needs at least 2 recordings of each class, got {n_pos} positives out of {labels.size}")
+        raise ValueError(
+            f"DeLong needs at least 2 recordings of each class, got {n_pos} positives out of {labels.size}"
+        )
     return labels
 
 
@@ -659,7 +726,9 @@ def delong_test(y, scores_a, scores_b) -> DelongResult:
     DelongResult(auc_a, auc_b, difference = auc_a - auc_b, var_a, var_b, cov, z, p_value).
     """
     labels = _check_delong_labels(y)
-    values = np.concatenate([_check_scores(scores_a, labels.size, "scores_a"), _check_scores(scores_b, labels.size, "scores_b")])
+    values = np.concatenate(
+        [_check_scores(scores_a, labels.size, "scores_a"), _check_scores(scores_b, labels.size, "scores_b")]
+    )
     if values.shape[0] != 2:
         raise ValueError("scores_a and scores_b must each be one vector of shape (n,); average seeds first")
     aucs, covariance = _delong_covariance(labels, values)
@@ -670,8 +739,16 @@ def delong_test(y, scores_a, scores_b) -> DelongResult:
     else:  # identical or perfectly separating models: no sampling variance
         z = 0.0 if difference == 0 else np.copysign(np.inf, difference)
     p_value = float(2 * sps.norm.sf(abs(z)))
-    return DelongResult(float(aucs[0]), float(aucs[1]), float(difference), float(covariance[0, 0]), float(covariance[1, 1]),
-                        float(covariance[0, 1]), float(z), p_value)
+    return DelongResult(
+        float(aucs[0]),
+        float(aucs[1]),
+        float(difference),
+        float(covariance[0, 0]),
+        float(covariance[1, 1]),
+        float(covariance[0, 1]),
+        float(z),
+        p_value,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -683,7 +760,9 @@ def _paired_inputs(y, a, b, metric, threshold):
     scores_a = _check_scores(a, labels.size, "a")
     scores_b = _check_scores(b, labels.size, "b")
     if scores_a.shape != scores_b.shape:
-        raise ValueError(f"a and b must have the same shape (same seeds, same recordings), got {scores_a.shape} and {scores_b.shape}")
+        raise ValueError(
+            f"a and b must have the same shape (same seeds, same recordings), got {scores_a.shape} and {scores_b.shape}"
+        )
     metric = _check_metric(metric)
     thresholds = _check_threshold(threshold, scores_a.shape[0])
     return labels, scores_a, scores_b, metric, thresholds
@@ -718,13 +797,24 @@ def paired_bootstrap_test(
     confidence_level = _check_confidence(confidence_level)
     units, strata = resampling_units(labels, groups)
     models = [(scores_a, thresholds), (scores_b, thresholds)]
-    stats_a, stats_b = _two_level_bootstrap(metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds)
+    stats_a, stats_b = _two_level_bootstrap(
+        metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds
+    )
     differences = stats_a - stats_b
     ones = np.ones((labels.size, 1))
     value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
     interval = bootstrap_interval(differences, value_a - value_b, confidence_level=confidence_level)
-    return PairedBootstrapResult(metric, value_a, value_b, value_a - value_b, interval.low, interval.high,
-                                 bootstrap_p_value(differences), n_resamples, confidence_level)
+    return PairedBootstrapResult(
+        metric,
+        value_a,
+        value_b,
+        value_a - value_b,
+        interval.low,
+        interval.high,
+        bootstrap_p_value(differences),
+        n_resamples,
+        confidence_level,
+    )
 
 
 def _auc_swap_effects(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
@@ -747,10 +837,14 @@ def _auc_swap_effects(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray)
     n_pos, n_neg = a_pos.size, a_neg.size
     weights = np.empty(y.size)
     ra, rb = rank_a[positive], rank_b[positive]
-    weights[positive] = _half_below(ra, a_neg) - _half_below(rb, b_neg) + _half_below(ra, b_neg) - _half_below(rb, a_neg)
+    weights[positive] = (
+        _half_below(ra, a_neg) - _half_below(rb, b_neg) + _half_below(ra, b_neg) - _half_below(rb, a_neg)
+    )
     # Positives above a negative (half for ties) = n_pos - positives below it (half for ties).
     ra, rb = rank_a[~positive], rank_b[~positive]
-    weights[~positive] = -_half_below(ra, a_pos) + _half_below(rb, b_pos) + _half_below(rb, a_pos) - _half_below(ra, b_pos)
+    weights[~positive] = (
+        -_half_below(ra, a_pos) + _half_below(rb, b_pos) + _half_below(rb, a_pos) - _half_below(ra, b_pos)
+    )
     return weights / (2 * n_pos * n_neg)
 
 
@@ -789,8 +883,9 @@ def paired_permutation_test(
     value_b = float(_metric_kernel(metric, labels, scores_b, thresholds, ones).mean())
     positive = labels == 1
     if metric == "roc_auc":
-        effects = np.mean([_auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b, strict=True)],
-                          axis=0)
+        effects = np.mean(
+            [_auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b, strict=True)], axis=0
+        )
 
         def differences(swap):
             return effects.sum() - 2 * swap @ effects
@@ -838,7 +933,9 @@ def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
     predicted_a = check_binary_labels(pred_a, "pred_a")
     predicted_b = check_binary_labels(pred_b, "pred_b")
     if not predicted_a.shape == predicted_b.shape == labels.shape:
-        raise ValueError(f"y, pred_a and pred_b must have one shape, got {labels.shape}, {predicted_a.shape}, {predicted_b.shape}")
+        raise ValueError(
+            f"y, pred_a and pred_b must have one shape, got {labels.shape}, {predicted_a.shape}, {predicted_b.shape}"
+        )
     correct_a, correct_b = predicted_a == labels, predicted_b == labels
     only_a = int(np.count_nonzero(correct_a & ~correct_b))
     only_b = int(np.count_nonzero(~correct_a & correct_b))
@@ -850,7 +947,9 @@ def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
     else:
         statistic = (abs(only_a - only_b) - 1) ** 2 / discordant
         p_value, method = sps.chi2.sf(statistic, df=1), "chi-square with continuity correction"
-    return McNemarResult(float(correct_a.mean()), float(correct_b.mean()), only_a, only_b, float(statistic), float(p_value), method)
+    return McNemarResult(
+        float(correct_a.mean()), float(correct_b.mean()), only_a, only_b, float(statistic), float(p_value), method
+    )
 
 
 def _signed_rank_enumeration_pvalue(differences: np.ndarray) -> tuple[float, float]:
@@ -891,7 +990,9 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
     a = np.asarray(metric_a, dtype=np.float64)
     b = np.asarray(metric_b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise ValueError(f"metric_a and metric_b must be 1-D arrays of equal length (one value per seed), got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"metric_a and metric_b must be 1-D arrays of equal length (one value per seed), got {a.shape} and {b.shape}"
+        )
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("metric_a and metric_b must be finite")
     differences = a - b
@@ -919,7 +1020,11 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
         scipy_method = "exact" if n_nonzero <= 50 and not has_ties else "asymptotic"
         result = sps.wilcoxon(nonzero, method=scipy_method)
         statistic, p_value = float(result.statistic), float(result.pvalue)
-        method = scipy_method if scipy_method == "exact" else "normal approximation" + (" with tie correction" if has_ties else "")
+        method = (
+            scipy_method
+            if scipy_method == "exact"
+            else "normal approximation" + (" with tie correction" if has_ties else "")
+        )
     return WilcoxonResult(statistic, p_value, a.size, n_nonzero, mean_difference, method, "; ".join(notes))
 
 
@@ -968,8 +1073,9 @@ def smallest_adjusted_p(p_floor: float, n_tests: int, method: str = "holm") -> f
     raise ValueError(f"method must be 'holm' or 'bh', got {method!r}")
 
 
-def resampling_floor_warning(n_resamples: int, n_tests: int, method: str, alpha: float, *,
-                             what: str = "bootstrap", two_sided: bool = True) -> str | None:
+def resampling_floor_warning(
+    n_resamples: int, n_tests: int, method: str, alpha: float, *, what: str = "bootstrap", two_sided: bool = True
+) -> str | None:
     """A sentence saying the family cannot reach significance at ``alpha`` with this many resamples, else None.
 
     The floor of a resampling p is (1 + 1) / (B + 1) for the two-sided bootstrap
@@ -985,9 +1091,11 @@ def resampling_floor_warning(n_resamples: int, n_tests: int, method: str, alpha:
         return None
     factor = n_tests if method == "holm" else 1
     needed = math.ceil(10 * tails * factor / alpha)
-    return (f"with {n_resamples:,} {what} resamples no {method}-adjusted p over these {n_tests} tests can fall below "
-            f"{reachable:.3g} (raw p ≥ {floor:.2g}), so none can be significant at α = {alpha:g} whatever the data; "
-            f"rerun with --resamples {needed:,} or more")
+    return (
+        f"with {n_resamples:,} {what} resamples no {method}-adjusted p over these {n_tests} tests can fall below "
+        f"{reachable:.3g} (raw p ≥ {floor:.2g}), so none can be significant at α = {alpha:g} whatever the data; "
+        f"rerun with --resamples {needed:,} or more"
+    )
 
 
 def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
@@ -997,7 +1105,9 @@ def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
     return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
 
 
-def auc_difference_mde(n_pos: int, n_neg: int, auc: float, rho: float, alpha: float = 0.05, power: float = 0.8) -> float:
+def auc_difference_mde(
+    n_pos: int, n_neg: int, auc: float, rho: float, alpha: float = 0.05, power: float = 0.8
+) -> float:
     """Smallest ROC-AUC difference a paired two-sided DeLong test detects with the given power.
 
     The baseline model has ROC-AUC ``auc``, the other ``auc + delta``; each

@@ -9,6 +9,7 @@ seed, replicated over seeds; an evaluation set is the clean predictions
 (perturbation "none", severity 0, no branch ablation) of one set as arrays,
 restricted to the recordings every trial scored.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,18 @@ import pandas as pd
 
 from analysis.stats import auc_kernel, weighted_auc
 
-__all__ = ["REQUIRED_FILES", "PREDICTION_COLUMNS", "StudyError", "setting_text", "read_study", "Configuration",
-           "find_configurations", "completeness_problems", "EvalSet", "build_eval_sets"]
+__all__ = [
+    "REQUIRED_FILES",
+    "PREDICTION_COLUMNS",
+    "StudyError",
+    "setting_text",
+    "read_study",
+    "Configuration",
+    "find_configurations",
+    "completeness_problems",
+    "EvalSet",
+    "build_eval_sets",
+]
 
 REQUIRED_FILES = ("study.json", "trials.parquet", "predictions.parquet")
 PREDICTION_COLUMNS = ("trial_id", "eval_set", "recording_id", "source", "group", "label", "prob")
@@ -54,8 +65,10 @@ def read_study(out: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         raise FileNotFoundError(f"study folder {out} does not exist")
     missing = [name for name in REQUIRED_FILES if not (out / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{out} is not a finished study: {', '.join(missing)} missing "
-                                "(python -m study.run writes them when a study ends; --resume finishes one)")
+        raise FileNotFoundError(
+            f"{out} is not a finished study: {', '.join(missing)} missing "
+            "(python -m study.run writes them when a study ends; --resume finishes one)"
+        )
     state = json.loads((out / "study.json").read_text())
     trials = pd.read_parquet(out / "trials.parquet")
     predictions = pd.read_parquet(out / "predictions.parquet")
@@ -67,7 +80,9 @@ def read_study(out: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     if absent:
         raise StudyError(f"{out}/predictions.parquet lacks the column(s) {absent}")
     if trials["trial_id"].duplicated().any():
-        raise StudyError(f"trials.parquet lists trial(s) {sorted(trials.loc[trials['trial_id'].duplicated(), 'trial_id'])} twice")
+        raise StudyError(
+            f"trials.parquet lists trial(s) {sorted(trials.loc[trials['trial_id'].duplicated(), 'trial_id'])} twice"
+        )
     return state, trials, predictions
 
 
@@ -107,30 +122,36 @@ def find_configurations(trials: pd.DataFrame, axis: str | None, grid: dict) -> t
         duplicated = members["_seed"].duplicated(keep=False)
         first = members.iloc[0]
         values = [text.at[first.name, c] for c in varying]
-        settings = {c[len("config/"):]: first[c] for c in columns}
+        settings = {c[len("config/") :]: first[c] for c in columns}
         axis_value = setting_text(first[axis_column]) if axis_column in trials else None
         if named_by_axis:
             name = axis_value
         elif varying:
-            name = ", ".join(f"{c[len('config/'):]}={v}" for c, v in zip(varying, values, strict=True))
+            name = ", ".join(f"{c[len('config/') :]}={v}" for c, v in zip(varying, values, strict=True))
         else:
             name = "all trials"
         if duplicated.any():
-            raise StudyError(f"configuration '{name}' has more than one trial for seed(s) "
-                             f"{sorted(set(members.loc[duplicated, '_seed'].tolist()))}: trials "
-                             f"{members.loc[duplicated, 'trial_id'].tolist()}")
+            raise StudyError(
+                f"configuration '{name}' has more than one trial for seed(s) "
+                f"{sorted(set(members.loc[duplicated, '_seed'].tolist()))}: trials "
+                f"{members.loc[duplicated, 'trial_id'].tolist()}"
+            )
         others = tuple(v for c, v in zip(varying, values, strict=True) if c != axis_column)
-        configurations.append(Configuration(name, settings, members["_seed"].tolist(), members["trial_id"].tolist(),
-                                            axis_value, others))
+        configurations.append(
+            Configuration(name, settings, members["_seed"].tolist(), members["trial_id"].tolist(), axis_value, others)
+        )
     configurations.sort(key=lambda c: (grid_order.get(c.axis_value, len(grid_order)), c.others, c.name))
-    return configurations, [c[len("config/"):] for c in varying]
+    return configurations, [c[len("config/") :] for c in varying]
 
 
 def completeness_problems(configurations: list[Configuration], grid: dict, trials: pd.DataFrame) -> list[str]:
     """What a complete study would have and this one lacks: grid points without trials, seeds missing."""
     problems = []
-    expected_seeds = sorted(grid["seed"]) if isinstance(grid.get("seed"), list) else sorted(
-        {s for c in configurations for s in c.seeds})
+    expected_seeds = (
+        sorted(grid["seed"])
+        if isinstance(grid.get("seed"), list)
+        else sorted({s for c in configurations for s in c.seeds})
+    )
     axes = {k: v for k, v in grid.items() if k != "seed" and isinstance(v, list) and f"config/{k}" in trials}
     if axes:
         present = {tuple(setting_text(c.settings[k]) for k in axes) for c in configurations}
@@ -141,8 +162,10 @@ def completeness_problems(configurations: list[Configuration], grid: dict, trial
     for configuration in configurations:
         lacking = [s for s in expected_seeds if s not in configuration.seeds]
         if lacking:
-            problems.append(f"configuration '{configuration.name}' lacks seed(s) {lacking} "
-                            f"(has {configuration.seeds}; the study expects {expected_seeds})")
+            problems.append(
+                f"configuration '{configuration.name}' lacks seed(s) {lacking} "
+                f"(has {configuration.seeds}; the study expects {expected_seeds})"
+            )
     return problems
 
 
@@ -178,9 +201,17 @@ class EvalSet:
         return auc_kernel(self.binary, self.probs, 1.0 - within if leave_out else within)
 
     def subset(self, mask: np.ndarray, name: str) -> EvalSet:
-        return EvalSet(name, self.recordings[mask], self.labels[mask], self.sources[mask],
-                       None if self.groups is None else self.groups[mask], self.trial_ids, self.probs[:, mask],
-                       None if self.class_probs is None else self.class_probs[:, mask], self.thresholds)
+        return EvalSet(
+            name,
+            self.recordings[mask],
+            self.labels[mask],
+            self.sources[mask],
+            None if self.groups is None else self.groups[mask],
+            self.trial_ids,
+            self.probs[:, mask],
+            None if self.class_probs is None else self.class_probs[:, mask],
+            self.thresholds,
+        )
 
 
 def _clean_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -207,8 +238,14 @@ def _describe_trial(trial_id: str, trial_info: dict) -> str:
     return f"'{name}' seed {seed} ({trial_id})"
 
 
-def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurations: list[Configuration],
-                    respiratory: bool, problems: list[str], notes: list[str]) -> list[EvalSet]:
+def build_eval_sets(
+    trials: pd.DataFrame,
+    predictions: pd.DataFrame,
+    configurations: list[Configuration],
+    respiratory: bool,
+    problems: list[str],
+    notes: list[str],
+) -> list[EvalSet]:
     """Arrays per evaluation set; appends what is missing to ``problems`` (and what was done to ``notes``).
 
     Raises StudyError for what cannot be analysed at all: predictions of
@@ -220,16 +257,22 @@ def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurati
     trial_info = {t: (c.name, s) for c in configurations for s, t in zip(c.seeds, c.trial_ids, strict=True)}
     strangers = sorted(set(clean["trial_id"]) - set(trial_info))
     if strangers:
-        raise StudyError(f"predictions.parquet holds trials that trials.parquet does not list: {strangers[:5]}"
-                         f"{' …' if len(strangers) > 5 else ''} (are the two files from different runs?)")
+        raise StudyError(
+            f"predictions.parquet holds trials that trials.parquet does not list: {strangers[:5]}"
+            f"{' …' if len(strangers) > 5 else ''} (are the two files from different runs?)"
+        )
     duplicated = clean.duplicated(["trial_id", "eval_set", "recording_id"])
     if duplicated.any():
         row = clean[duplicated].iloc[0]
-        raise StudyError(f"predictions.parquet has {int(duplicated.sum())} duplicate clean rows, e.g. trial "
-                         f"{row['trial_id']}, evaluation set '{row['eval_set']}', recording {row['recording_id']}")
+        raise StudyError(
+            f"predictions.parquet has {int(duplicated.sum())} duplicate clean rows, e.g. trial "
+            f"{row['trial_id']}, evaluation set '{row['eval_set']}', recording {row['recording_id']}"
+        )
     without = sorted(set(trial_info) - set(clean["trial_id"]))
     if without:
-        problems.append("no clean predictions at all from trial(s) " + ", ".join(_describe_trial(t, trial_info) for t in without))
+        problems.append(
+            "no clean predictions at all from trial(s) " + ", ".join(_describe_trial(t, trial_info) for t in without)
+        )
     thresholds = trials.set_index("trial_id")["threshold"] if "threshold" in trials else pd.Series(dtype=float)
     class_columns = sorted((c for c in clean.columns if re.fullmatch(r"prob_\d+", c)), key=lambda c: int(c[5:]))
     eval_sets = []
@@ -239,11 +282,16 @@ def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurati
         present = [t for t in trial_info if t in scored]
         absent = [t for t in trial_info if t not in scored and t not in without]
         if absent:
-            problems.append(f"evaluation set '{name}': no predictions from " + ", ".join(_describe_trial(t, trial_info) for t in absent))
+            problems.append(
+                f"evaluation set '{name}': no predictions from "
+                + ", ".join(_describe_trial(t, trial_info) for t in absent)
+            )
         labels_per_recording = rows.groupby("recording_id")["label"].nunique()
         if (labels_per_recording > 1).any():
             conflicting = labels_per_recording[labels_per_recording > 1].index[:5].tolist()
-            raise StudyError(f"evaluation set '{name}': recording(s) {conflicting} carry different labels in different trials")
+            raise StudyError(
+                f"evaluation set '{name}': recording(s) {conflicting} carry different labels in different trials"
+            )
         counts = rows.groupby("recording_id")["trial_id"].nunique()
         complete = counts.index[counts == len(present)]
         if len(complete) < len(counts):
@@ -253,10 +301,15 @@ def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurati
             for trial_id in present:
                 lacking = sorted(everything - per_trial[trial_id])
                 if lacking:
-                    examples.append(f"{_describe_trial(trial_id, trial_info)} lacks {len(lacking)} (e.g. {', '.join(map(str, lacking[:3]))})")
-            problems.append(f"evaluation set '{name}': recordings differ between trials: {len(counts) - len(complete)} of "
-                            f"{len(counts)} recordings are missing from some trials; " + "; ".join(examples[:4])
-                            + (" …" if len(examples) > 4 else ""))
+                    examples.append(
+                        f"{_describe_trial(trial_id, trial_info)} lacks {len(lacking)} (e.g. {', '.join(map(str, lacking[:3]))})"
+                    )
+            problems.append(
+                f"evaluation set '{name}': recordings differ between trials: {len(counts) - len(complete)} of "
+                f"{len(counts)} recordings are missing from some trials; "
+                + "; ".join(examples[:4])
+                + (" …" if len(examples) > 4 else "")
+            )
         if len(complete) == 0:
             notes.append(f"evaluation set '{name}' skipped: no recording is scored by every trial")
             continue
@@ -270,23 +323,42 @@ def build_eval_sets(trials: pd.DataFrame, predictions: pd.DataFrame, configurati
         class_probs = None
         if respiratory:
             if not class_columns:
-                raise StudyError(f"evaluation set '{name}': a respiratory study needs prob_0 … prob_K columns in predictions.parquet")
-            class_probs = np.stack([rows.pivot(index="trial_id", columns="recording_id", values=c).loc[present, first.index].to_numpy()
-                                    for c in class_columns], axis=-1)
+                raise StudyError(
+                    f"evaluation set '{name}': a respiratory study needs prob_0 … prob_K columns in predictions.parquet"
+                )
+            class_probs = np.stack(
+                [
+                    rows.pivot(index="trial_id", columns="recording_id", values=c).loc[present, first.index].to_numpy()
+                    for c in class_columns
+                ],
+                axis=-1,
+            )
         trial_thresholds = thresholds.reindex(present).to_numpy(dtype=np.float64)
         if not respiratory and not np.isfinite(trial_thresholds).all():
             lacking = [t for t, v in zip(present, trial_thresholds, strict=True) if not np.isfinite(v)]
-            raise StudyError("trials.parquet has no validation-chosen threshold for trial(s) "
-                             + ", ".join(_describe_trial(t, trial_info) for t in lacking[:5]))
-        eval_set = EvalSet(name, first.index.to_numpy(), labels, first["source"].astype(str).to_numpy(),
-                           first["group"].astype(str).to_numpy() if respiratory else None, present,
-                           probs.to_numpy(dtype=np.float64), class_probs, trial_thresholds,
-                           dropped_recordings=len(counts) - len(complete))
+            raise StudyError(
+                "trials.parquet has no validation-chosen threshold for trial(s) "
+                + ", ".join(_describe_trial(t, trial_info) for t in lacking[:5])
+            )
+        eval_set = EvalSet(
+            name,
+            first.index.to_numpy(),
+            labels,
+            first["source"].astype(str).to_numpy(),
+            first["group"].astype(str).to_numpy() if respiratory else None,
+            present,
+            probs.to_numpy(dtype=np.float64),
+            class_probs,
+            trial_thresholds,
+            dropped_recordings=len(counts) - len(complete),
+        )
         if not respiratory and eval_set.dropped_recordings == 0:
             _check_recorded_auc(eval_set, trials, trial_info)
         eval_sets.append(eval_set)
     if not eval_sets:
-        raise StudyError("no evaluation set can be analysed: " + "; ".join(notes or ["predictions.parquet has no clean rows"]))
+        raise StudyError(
+            "no evaluation set can be analysed: " + "; ".join(notes or ["predictions.parquet has no clean rows"])
+        )
     return eval_sets
 
 
@@ -299,6 +371,8 @@ def _check_recorded_auc(eval_set: EvalSet, trials: pd.DataFrame, trial_info: dic
     wrong = np.isfinite(recorded) & (np.abs(recorded - recomputed) > _AUC_TOLERANCE)
     if wrong.any():
         k = int(np.flatnonzero(wrong)[0])
-        raise StudyError(f"trials.parquet and predictions.parquet disagree: trial {_describe_trial(eval_set.trial_ids[k], trial_info)} "
-                         f"has {column} = {recorded[k]:.4f} but its predictions give {recomputed[k]:.4f} "
-                         f"({int(wrong.sum())} trial(s) differ; are the files from different runs?)")
+        raise StudyError(
+            f"trials.parquet and predictions.parquet disagree: trial {_describe_trial(eval_set.trial_ids[k], trial_info)} "
+            f"has {column} = {recorded[k]:.4f} but its predictions give {recomputed[k]:.4f} "
+            f"({int(wrong.sum())} trial(s) differ; are the files from different runs?)"
+        )

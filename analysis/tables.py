@@ -5,6 +5,7 @@ the formatted cells (Markdown and LaTeX), ``numbers`` the raw estimates and
 interval ends as separate columns (CSV, for anyone re-plotting). Files are
 written through :func:`study.io.write_text`.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,25 @@ __all__ = ["format_value", "format_interval", "format_p", "to_markdown", "latex_
 
 # Characters that LaTeX reads as commands, and the few non-ASCII symbols the tables use.
 _LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "Δ": r"$\Delta$", "ρ": r"$\rho$", "α": r"$\alpha$", "≥": r"$\geq$", "≤": r"$\leq$",
-    "×": r"$\times$", "−": "-", "±": r"$\pm$", "…": r"\ldots{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "Δ": r"$\Delta$",
+    "ρ": r"$\rho$",
+    "α": r"$\alpha$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "×": r"$\times$",
+    "−": "-",
+    "±": r"$\pm$",
+    "…": r"\ldots{}",
 }
 
 
@@ -50,6 +66,7 @@ def format_p(p: float) -> str:
 
 def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table of every cell as text (tabulate is not a dependency)."""
+
     def cell(value) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -65,24 +82,36 @@ def latex_escape(text) -> str:
 def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     """A booktabs ``table`` environment (needs \\usepackage{booktabs}); every cell escaped."""
     columns = "l" * len(frame.columns)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", rf"\label{{tab:{label}}}",
-             rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[ht]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\label{{tab:{label}}}",
+        rf"\begin{{tabular}}{{{columns}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in frame.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def write_table(folder: Path, name: str, display: pd.DataFrame, numbers: pd.DataFrame, caption: str,
-                notes: list[str] | None = None) -> list[Path]:
+def write_table(
+    folder: Path, name: str, display: pd.DataFrame, numbers: pd.DataFrame, caption: str, notes: list[str] | None = None
+) -> list[Path]:
     """Write ``folder/name.md`` (caption, table, notes), ``name.csv`` (numbers) and ``name.tex``.
 
     Returns the three paths.
     """
     if not isinstance(display, pd.DataFrame) or not isinstance(numbers, pd.DataFrame):
-        raise TypeError(f"display and numbers must be pandas DataFrames, got {type(display).__name__} and {type(numbers).__name__}")
+        raise TypeError(
+            f"display and numbers must be pandas DataFrames, got {type(display).__name__} and {type(numbers).__name__}"
+        )
     if len(display) != len(numbers):
-        raise ValueError(f"display and numbers of table {name!r} must have the same rows, got {len(display)} and {len(numbers)}")
+        raise ValueError(
+            f"display and numbers of table {name!r} must have the same rows, got {len(display)} and {len(numbers)}"
+        )
     folder = Path(folder)
     notes = notes or []
     markdown = f"**{caption}**\n\n" + (to_markdown(display) if len(display.columns) else "(empty)\n")

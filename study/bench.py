@@ -43,6 +43,7 @@ The first call of each profile (one recording through ``extract_features``:
 librosa's JIT compilation, first imports) is reported apart.
 Skipped with the reason where librosa, soundfile or soxr is missing (a GPU node).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,10 +75,18 @@ REPO = Path(__file__).resolve().parents[1]
 RATIO_LIMIT = 1.15
 TRAIN_RECORDINGS, VAL_RECORDINGS, TEST_RECORDINGS = 2943, 294, 297  # PhysioNet 2016 train, its 10 %, test
 SIZES = {
-    "cpu": {"config": SCALE_PRESETS["cpu"], "profile": ("native", {"image_size": 64}),
-            "windows": {"cpu": 512, "cuda": TRAIN_RECORDINGS}, "epochs": {"cpu": 2, "cuda": 3}},
-    "paper": {"config": SCALE_PRESETS["paper"], "profile": ("paper", {}),
-              "windows": {"cpu": 32, "cuda": TRAIN_RECORDINGS}, "epochs": {"cpu": 1, "cuda": 3}},
+    "cpu": {
+        "config": SCALE_PRESETS["cpu"],
+        "profile": ("native", {"image_size": 64}),
+        "windows": {"cpu": 512, "cuda": TRAIN_RECORDINGS},
+        "epochs": {"cpu": 2, "cuda": 3},
+    },
+    "paper": {
+        "config": SCALE_PRESETS["paper"],
+        "profile": ("paper", {}),
+        "windows": {"cpu": 32, "cuda": TRAIN_RECORDINGS},
+        "epochs": {"cpu": 1, "cuda": 3},
+    },
 }
 EVAL_WINDOWS = {"cpu": 4, "cuda": None}  # val and test windows per trial; None: VAL_/TEST_RECORDINGS
 QUICK = {"windows": 32, "eval_windows": 4, "epochs": 1, "recordings": 1}
@@ -131,9 +140,16 @@ def window_nbytes(profile) -> int:
 
 def trial_config(size: str, device: torch.device, precision: str, epochs: int, threads: int) -> dict:
     """A resolved trial config: DEFAULTS, the size's scale preset, ``epochs`` epochs without early stop."""
-    return {**DEFAULTS, **SIZES[size]["config"], "train.max_epochs": epochs, "train.patience": epochs,
-            "train.device": device.type, "train.precision": precision, "train.threads": threads,
-            "data.eval_sets": ["test"]}
+    return {
+        **DEFAULTS,
+        **SIZES[size]["config"],
+        "train.max_epochs": epochs,
+        "train.patience": epochs,
+        "train.device": device.type,
+        "train.precision": precision,
+        "train.threads": threads,
+        "data.eval_sets": ["test"],
+    }
 
 
 def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -201,8 +217,11 @@ def size_shape(size: str, device: torch.device, quick: bool) -> dict:
     spec = SIZES[size]
     if quick:
         return {"windows": QUICK["windows"], "eval_windows": QUICK["eval_windows"], "epochs": QUICK["epochs"]}
-    return {"windows": spec["windows"][device.type], "eval_windows": EVAL_WINDOWS[device.type],
-            "epochs": spec["epochs"][device.type]}
+    return {
+        "windows": spec["windows"][device.type],
+        "eval_windows": EVAL_WINDOWS[device.type],
+        "epochs": spec["epochs"][device.type],
+    }
 
 
 def size_data(size: str, device: torch.device, quick: bool):
@@ -228,7 +247,7 @@ def bench_trainer(size: str, device: torch.device, repeats: int, threads: int, q
         trainer_s, bare_s, epoch_s = [], [], []
         for repeat in range(repeats):
             # alternate who goes first: neither always meets a cold or a warm allocator
-            for which in (("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer")):
+            for which in ("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer"):
                 if which == "trainer":
                     train_seconds, epoch_seconds = run_trainer(config, data)
                     trainer_s.append(_counted(train_seconds))
@@ -238,16 +257,30 @@ def bench_trainer(size: str, device: torch.device, repeats: int, threads: int, q
         trainer_ms, bare_ms = 1e3 * statistics.median(trainer_s) / n, 1e3 * statistics.median(bare_s) / n
         # runs of one repeat are adjacent in time and share the machine's load: compare them pairwise
         ratio = statistics.median(t / b for t, b in zip(trainer_s, bare_s))
-        rows.append({"size": size, "precision": precision, "windows": n, "batch_size": config["train.batch_size"],
-                     "epochs": shape["epochs"], "repeats": repeats, "trainer_ms": trainer_ms, "bare_ms": bare_ms,
-                     "ratio": ratio, "limit": RATIO_LIMIT, "ok": ratio <= RATIO_LIMIT,
-                     "windows_per_s": 1e3 / trainer_ms, "epoch_2943_s": trainer_ms * TRAIN_RECORDINGS / 1e3,
-                     "epoch_val_s": statistics.median(epoch_s)})
+        rows.append(
+            {
+                "size": size,
+                "precision": precision,
+                "windows": n,
+                "batch_size": config["train.batch_size"],
+                "epochs": shape["epochs"],
+                "repeats": repeats,
+                "trainer_ms": trainer_ms,
+                "bare_ms": bare_ms,
+                "ratio": ratio,
+                "limit": RATIO_LIMIT,
+                "ok": ratio <= RATIO_LIMIT,
+                "windows_per_s": 1e3 / trainer_ms,
+                "epoch_2943_s": trainer_ms * TRAIN_RECORDINGS / 1e3,
+                "epoch_val_s": statistics.median(epoch_s),
+            }
+        )
     return rows
 
 
-def peak_memory_trial(size: str, device: str, precision: str, threads: int, quick: bool,
-                      gpu_used_before_mb: float = 0.0) -> dict:
+def peak_memory_trial(
+    size: str, device: str, precision: str, threads: int, quick: bool, gpu_used_before_mb: float = 0.0
+) -> dict:
     """One 1-epoch trial in this (fresh) process; its peak memory in MB (see the module docstring).
 
     Run by :func:`measure_peak_memory` in a subprocess, so no other trial's memory is counted;
@@ -257,8 +290,12 @@ def peak_memory_trial(size: str, device: str, precision: str, threads: int, quic
     target = torch.device(device)
     data = size_data(size, target, quick)
     config = trial_config(size, target, precision, 1, threads)
-    record = {"size": size, "precision": precision, "windows": len(data.train.item_index),
-              "features_mb": features_nbytes(data) / 2**20}
+    record = {
+        "size": size,
+        "precision": precision,
+        "windows": len(data.train.item_index),
+        "features_mb": features_nbytes(data) / 2**20,
+    }
     if target.type == "cuda":
         torch.cuda.init()
         free, total = torch.cuda.mem_get_info(target)
@@ -272,8 +309,10 @@ def peak_memory_trial(size: str, device: str, precision: str, threads: int, quic
     run_trainer(config, data)
     record["rss_peak_mb"] = _rss_mb("VmHWM")
     if target.type == "cuda":
-        record.update(gpu_allocated_mb=torch.cuda.max_memory_allocated(target) / 2**20,
-                      gpu_reserved_mb=torch.cuda.max_memory_reserved(target) / 2**20)
+        record.update(
+            gpu_allocated_mb=torch.cuda.max_memory_allocated(target) / 2**20,
+            gpu_reserved_mb=torch.cuda.max_memory_reserved(target) / 2**20,
+        )
         # the features are on the device already (place_splits), inside the reserved peak
         per_trial_mb = record["gpu_reserved_mb"] + record["cuda_context_mb"]
         record["trials_per_gpu"] = int(record["gpu_total_mb"] // per_trial_mb)
@@ -302,10 +341,20 @@ def measure_peak_memory(size: str, device: torch.device, precision: str, threads
         torch.cuda.empty_cache()  # the bench's own cached blocks would crowd the trial
         free, total = torch.cuda.mem_get_info(device)
         used_mb = (total - free) / 2**20
-    arguments = json.dumps({"size": size, "device": device.type, "precision": precision, "threads": threads,
-                            "quick": quick, "gpu_used_before_mb": used_mb})
-    code = ("import json, sys; from study.bench import peak_memory_trial; "
-            "print(json.dumps(peak_memory_trial(**json.loads(sys.argv[1]))))")
+    arguments = json.dumps(
+        {
+            "size": size,
+            "device": device.type,
+            "precision": precision,
+            "threads": threads,
+            "quick": quick,
+            "gpu_used_before_mb": used_mb,
+        }
+    )
+    code = (
+        "import json, sys; from study.bench import peak_memory_trial; "
+        "print(json.dumps(peak_memory_trial(**json.loads(sys.argv[1]))))"
+    )
     done = subprocess.run([sys.executable, "-c", code, arguments], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the peak-memory trial ({size}, {device.type}, {precision}) failed:\n{done.stderr[-3000:]}")
@@ -330,8 +379,13 @@ def _write_recordings(folder: Path, n: int) -> dict[str, pd.DataFrame]:
     per_file = int(HEART_SECONDS // CYCLE_SECONDS)
     for i in range(n + 1):  # cycles alternate between the 4 kHz and the 44.1 kHz recording
         start = CYCLE_SECONDS * ((i // len(ICBHI_RATES)) % per_file)
-        lungs.append({"path": str(folder / f"lungs-{ICBHI_RATES[i % len(ICBHI_RATES)]}.wav"), "start_s": start,
-                      "end_s": start + CYCLE_SECONDS})
+        lungs.append(
+            {
+                "path": str(folder / f"lungs-{ICBHI_RATES[i % len(ICBHI_RATES)]}.wav"),
+                "start_s": start,
+                "end_s": start + CYCLE_SECONDS,
+            }
+        )
     tables = {}
     for profile, rows in (("native", heart), ("paper", heart), ("ast", lungs)):
         table = pd.DataFrame(rows)
@@ -366,17 +420,30 @@ def bench_features(n_recordings: int) -> list[dict]:
                 compute_features(wave, rate, profile)
                 compute_s.append(time.perf_counter() - start)
             extract_s = extract(timed, f"cache-{name}")
-            rows.append({"profile": name, "sample_rate": profile.sample_rate,
-                         "image": "x".join(map(str, profile.image_size)), "wave_samples": profile.window_samples,
-                         "recordings": len(timed), "compute_ms": 1e3 * statistics.median(compute_s),
-                         "extract_ms": 1e3 * extract_s / len(timed), "first_call_s": first_s})
+            rows.append(
+                {
+                    "profile": name,
+                    "sample_rate": profile.sample_rate,
+                    "image": "x".join(map(str, profile.image_size)),
+                    "wave_samples": profile.window_samples,
+                    "recordings": len(timed),
+                    "compute_ms": 1e3 * statistics.median(compute_s),
+                    "extract_ms": 1e3 * extract_s / len(timed),
+                    "first_call_s": first_s,
+                }
+            )
     return rows
 
 
 def describe_device(device: torch.device, threads: int) -> dict:
     """What the bench ran on: device, its name and memory, torch, threads, CPU cores, load average."""
-    record = {"type": device.type, "torch": torch.__version__, "threads": threads, "cpu_cores": os.cpu_count(),
-              "load_average": [round(x, 2) for x in os.getloadavg()]}
+    record = {
+        "type": device.type,
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpu_cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         record.update(name=properties.name, memory_gb=properties.total_memory / 2**30)
@@ -385,19 +452,22 @@ def describe_device(device: torch.device, threads: int) -> dict:
     return record
 
 
-def run_bench(sizes: list[str], device: torch.device, repeats: int = 3, threads: int = 1,
-              quick: bool = False) -> dict:
+def run_bench(sizes: list[str], device: torch.device, repeats: int = 3, threads: int = 1, quick: bool = False) -> dict:
     """Every figure of the bench as one dict: device, trainer, memory, features (or features_skipped), notes."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
     missing = missing_audio_modules()
     results = {"device": describe_device(device, threads), "quick": quick, "notes": []}
     results["trainer"] = [row for size in sizes for row in bench_trainer(size, device, repeats, threads, quick)]
-    results["memory"] = [measure_peak_memory(size, device, precision, threads, quick)
-                         for size in sizes for precision in precisions(device)]
+    results["memory"] = [
+        measure_peak_memory(size, device, precision, threads, quick)
+        for size in sizes
+        for precision in precisions(device)
+    ]
     if missing:
-        results["features_skipped"] = (f"feature extraction needs {', '.join(AUDIO_MODULES)}; "
-                                       f"missing: {', '.join(missing)}")
+        results["features_skipped"] = (
+            f"feature extraction needs {', '.join(AUDIO_MODULES)}; missing: {', '.join(missing)}"
+        )
     else:
         results["features"] = bench_features(QUICK["recordings"] if quick else 4)
     results["device"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -409,45 +479,64 @@ def format_results(results: dict) -> str:
     """The printed tables."""
     d = results["device"]
     where = f"{d['memory_gb']:.0f} GiB" if d["type"] == "cuda" else f"{d['cpu_cores']} cores"
-    lines = [f"device: {d['type']} ({d['name']}, {where}), torch {d['torch']}, {d['threads']} thread(s), load average "
-             f"{' '.join(map(str, d['load_average']))} at start, {' '.join(map(str, d['load_average_end']))} at end"]
+    lines = [
+        f"device: {d['type']} ({d['name']}, {where}), torch {d['torch']}, {d['threads']} thread(s), load average "
+        f"{' '.join(map(str, d['load_average']))} at start, {' '.join(map(str, d['load_average_end']))} at end"
+    ]
     lines += [f"note: {note}" for note in results["notes"]]
     if results["quick"]:
         lines.append("note: --quick: tiny runs that check the bench; their figures measure nothing")
     rows = results["trainer"]
-    lines += ["", f"trainer against a bare loop: ms of training per window, median of {rows[0]['repeats']} "
-                  f"interleaved repeats (limit {RATIO_LIMIT}x)",
-              f"{'size':<6} {'precision':<9} {'windows':>7} {'batch':>5} {'epochs':>6} {'trainer ms':>10} "
-              f"{'bare ms':>9} {'ratio':>9} {'windows/s':>9} {'epoch 2,943 s':>13} {'epoch+val s':>11}"]
+    lines += [
+        "",
+        f"trainer against a bare loop: ms of training per window, median of {rows[0]['repeats']} "
+        f"interleaved repeats (limit {RATIO_LIMIT}x)",
+        f"{'size':<6} {'precision':<9} {'windows':>7} {'batch':>5} {'epochs':>6} {'trainer ms':>10} "
+        f"{'bare ms':>9} {'ratio':>9} {'windows/s':>9} {'epoch 2,943 s':>13} {'epoch+val s':>11}",
+    ]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['precision']:<9} {r['windows']:>7} {r['batch_size']:>5} {r['epochs']:>6} "
-                     f"{r['trainer_ms']:>10.4g} {r['bare_ms']:>9.4g} {r['ratio']:>5.3f} "
-                     f"{'ok' if r['ok'] else 'SLOW':<3} "
-                     f"{r['windows_per_s']:>9.4g} {r['epoch_2943_s']:>13.4g} {r['epoch_val_s']:>11.4g}")
+        lines.append(
+            f"{r['size']:<6} {r['precision']:<9} {r['windows']:>7} {r['batch_size']:>5} {r['epochs']:>6} "
+            f"{r['trainer_ms']:>10.4g} {r['bare_ms']:>9.4g} {r['ratio']:>5.3f} "
+            f"{'ok' if r['ok'] else 'SLOW':<3} "
+            f"{r['windows_per_s']:>9.4g} {r['epoch_2943_s']:>13.4g} {r['epoch_val_s']:>11.4g}"
+        )
     lines += ["", "peak memory of one 1-epoch trial in a fresh process, MB"]
     if d["type"] == "cuda":
-        lines.append(f"{'size':<6} {'precision':<9} {'windows':>7} {'features':>8} {'peak RSS':>8} "
-                     f"{'GPU allocated':>13} {'GPU reserved':>12} {'context':>7} {'trials/GPU':>10}")
+        lines.append(
+            f"{'size':<6} {'precision':<9} {'windows':>7} {'features':>8} {'peak RSS':>8} "
+            f"{'GPU allocated':>13} {'GPU reserved':>12} {'context':>7} {'trials/GPU':>10}"
+        )
         for m in results["memory"]:
-            lines.append(f"{m['size']:<6} {m['precision']:<9} {m['windows']:>7} {m['features_mb']:>8.0f} "
-                         f"{m['rss_peak_mb']:>8.0f} {m['gpu_allocated_mb']:>13.0f} {m['gpu_reserved_mb']:>12.0f} "
-                         f"{m['cuda_context_mb']:>7.0f} {m['trials_per_gpu']:>10}")
+            lines.append(
+                f"{m['size']:<6} {m['precision']:<9} {m['windows']:>7} {m['features_mb']:>8.0f} "
+                f"{m['rss_peak_mb']:>8.0f} {m['gpu_allocated_mb']:>13.0f} {m['gpu_reserved_mb']:>12.0f} "
+                f"{m['cuda_context_mb']:>7.0f} {m['trials_per_gpu']:>10}"
+            )
     else:
-        lines.append(f"{'size':<6} {'windows':>7} {'features':>8} {'RSS before':>10} {'peak RSS':>8} "
-                     f"{'full trial (3,534 windows), est.':>32}")
+        lines.append(
+            f"{'size':<6} {'windows':>7} {'features':>8} {'RSS before':>10} {'peak RSS':>8} "
+            f"{'full trial (3,534 windows), est.':>32}"
+        )
         for m in results["memory"]:
-            lines.append(f"{m['size']:<6} {m['windows']:>7} {m['features_mb']:>8.1f} {m['rss_before_mb']:>10.0f} "
-                         f"{m['rss_peak_mb']:>8.0f} {m['rss_full_trial_mb']:>32.0f}")
+            lines.append(
+                f"{m['size']:<6} {m['windows']:>7} {m['features_mb']:>8.1f} {m['rss_before_mb']:>10.0f} "
+                f"{m['rss_peak_mb']:>8.0f} {m['rss_full_trial_mb']:>32.0f}"
+            )
     lines.append("")
     if "features" in results:
-        lines += ["feature extraction, ms per recording (compute: on decoded arrays; extract: decode, compute, "
-                  "write an empty cache)",
-                  f"{'profile':<7} {'rate':>6} {'image':>8} {'wave':>7} {'recordings':>10} {'compute ms':>10} "
-                  f"{'extract ms':>10} {'first call s':>12}"]
+        lines += [
+            "feature extraction, ms per recording (compute: on decoded arrays; extract: decode, compute, "
+            "write an empty cache)",
+            f"{'profile':<7} {'rate':>6} {'image':>8} {'wave':>7} {'recordings':>10} {'compute ms':>10} "
+            f"{'extract ms':>10} {'first call s':>12}",
+        ]
         for f in results["features"]:
-            lines.append(f"{f['profile']:<7} {f['sample_rate']:>6} {f['image']:>8} {f['wave_samples']:>7} "
-                         f"{f['recordings']:>10} {f['compute_ms']:>10.1f} {f['extract_ms']:>10.1f} "
-                         f"{f['first_call_s']:>12.2f}")
+            lines.append(
+                f"{f['profile']:<7} {f['sample_rate']:>6} {f['image']:>8} {f['wave_samples']:>7} "
+                f"{f['recordings']:>10} {f['compute_ms']:>10.1f} {f['extract_ms']:>10.1f} "
+                f"{f['first_call_s']:>12.2f}"
+            )
     else:
         lines.append(f"feature extraction skipped: {results['features_skipped']}")
     lines += ["", f"bench time {results['wall_s']:.0f} s"]
@@ -456,16 +545,21 @@ def format_results(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", help=f"comma-separated sizes among {', '.join(SIZES)} (default: all; "
-                                        f"with --quick: cpu)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when torch finds it, else the CPU")
+    parser.add_argument(
+        "--sizes", help=f"comma-separated sizes among {', '.join(SIZES)} (default: all; with --quick: cpu)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when torch finds it, else the CPU"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of trainer and bare loop (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, as train.threads (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tiny runs for the tests: {QUICK['windows']} windows, 1 epoch, 1 repeat, "
-                             f"{QUICK['recordings']} recording per profile")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny runs for the tests: {QUICK['windows']} windows, 1 epoch, 1 repeat, "
+        f"{QUICK['recordings']} recording per profile",
+    )
     args = parser.parse_args(argv)
     sizes = (args.sizes or ("cpu" if args.quick else ",".join(SIZES))).split(",")
     unknown = [s for s in sizes if s not in SIZES]
@@ -475,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --threads must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda, but torch {torch.__version__} finds no CUDA device")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     results = run_bench(sizes, device, 1 if args.quick else args.repeats, args.threads, args.quick)
     print(format_results(results))
     if args.json:

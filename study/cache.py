@@ -9,6 +9,7 @@ shared between tables (a subset, a new split) that overlap. Writes go to a
 temporary file or folder renamed into place, so processes filling the cache at
 once never see a half-written entry.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -60,8 +61,14 @@ class FeatureSet:
         keep = np.isin(self.item_index, rows)
         remap = np.full(len(self.table), -1, dtype=np.int64)
         remap[rows] = np.arange(len(rows))
-        return FeatureSet(self.table.iloc[rows].reset_index(drop=True), self.images[keep], self.waves[keep],
-                          remap[self.item_index[keep]], self.profile, dict(self.stats))
+        return FeatureSet(
+            self.table.iloc[rows].reset_index(drop=True),
+            self.images[keep],
+            self.waves[keep],
+            remap[self.item_index[keep]],
+            self.profile,
+            dict(self.stats),
+        )
 
 
 class FeatureCache:
@@ -96,8 +103,9 @@ class FeatureCache:
         except (FileNotFoundError, OSError, ValueError):
             return None
 
-    def save_pack(self, keys: list[str], profile: FeatureProfile, images: np.ndarray, waves: np.ndarray,
-                  counts: np.ndarray) -> None:
+    def save_pack(
+        self, keys: list[str], profile: FeatureProfile, images: np.ndarray, waves: np.ndarray, counts: np.ndarray
+    ) -> None:
         target = self.pack_path(keys, profile)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, suffix=".tmp"))
@@ -166,9 +174,17 @@ def _close_pool() -> None:
 atexit.register(_close_pool)
 
 
-def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: FeatureCache | None = None,
-                     transform: Transform | None = None, transform_key: str = "", n_jobs: int | None = None,
-                     progress: bool = True, desc: str = "features") -> FeatureSet:
+def extract_features(
+    table: pd.DataFrame,
+    profile: FeatureProfile,
+    *,
+    cache: FeatureCache | None = None,
+    transform: Transform | None = None,
+    transform_key: str = "",
+    n_jobs: int | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> FeatureSet:
     """Features of every row of ``table``, from the cache where present, computed (and cached) otherwise.
 
     ``transform`` (with a ``transform_key`` naming it, part of the cache key) is
@@ -184,8 +200,14 @@ def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: Fea
     packed = cache.load_pack(keys, profile) if len(table) else None
     if packed is not None:
         images, waves, counts = packed
-        stats = {"items": len(table), "cached": len(table), "computed": 0, "windows": int(counts.sum()),
-                 "seconds": round(time.perf_counter() - started, 3), "pack": True}
+        stats = {
+            "items": len(table),
+            "cached": len(table),
+            "computed": 0,
+            "windows": int(counts.sum()),
+            "seconds": round(time.perf_counter() - started, 3),
+            "pack": True,
+        }
         return FeatureSet(table, images, waves, np.repeat(np.arange(len(table)), counts), profile, stats)
     images: list = [None] * len(table)
     waves: list = [None] * len(table)
@@ -196,15 +218,25 @@ def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: Fea
             missing.append(position)
         else:
             images[position], waves[position] = stored
-    tasks = [(p, table.at[p, "path"], float(table.at[p, "start_s"]), float(table.at[p, "end_s"]), profile,
-              transform, keys[p], str(cache.root)) for p in missing]
+    tasks = [
+        (
+            p,
+            table.at[p, "path"],
+            float(table.at[p, "start_s"]),
+            float(table.at[p, "end_s"]),
+            profile,
+            transform,
+            keys[p],
+            str(cache.root),
+        )
+        for p in missing
+    ]
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks), desc=f"{desc}: computing", disable=not progress or not tasks)
     if n_jobs == 1:
         results = map(_compute_item, tasks)
     else:
-        results = _worker_pool(n_jobs).map(_compute_item, tasks,
-                                           chunksize=max(1, min(32, len(tasks) // (4 * n_jobs))))
+        results = _worker_pool(n_jobs).map(_compute_item, tasks, chunksize=max(1, min(32, len(tasks) // (4 * n_jobs))))
     try:
         for position, item_images, item_waves in results:
             images[position], waves[position] = item_images, item_waves
@@ -221,6 +253,12 @@ def extract_features(table: pd.DataFrame, profile: FeatureProfile, *, cache: Fea
     else:
         images = np.zeros((0, *profile.image_size), STORE_DTYPE)
         waves = np.zeros((0, profile.window_samples), STORE_DTYPE)
-    stats = {"items": len(table), "cached": len(table) - len(missing), "computed": len(missing),
-             "windows": int(counts.sum()), "seconds": round(time.perf_counter() - started, 3), "pack": False}
+    stats = {
+        "items": len(table),
+        "cached": len(table) - len(missing),
+        "computed": len(missing),
+        "windows": int(counts.sum()),
+        "seconds": round(time.perf_counter() - started, 3),
+        "pack": False,
+    }
     return FeatureSet(table, images, waves, np.repeat(np.arange(len(table)), counts), profile, stats)

@@ -31,6 +31,7 @@ A recipe's settings are laid over the grid point when the configs are resolved
 recipe's name as ``recipe``, its one varying setting, by which the analysis names
 configurations. Every consumer then reads one resolved config.
 """
+
 from __future__ import annotations
 
 import copy
@@ -100,15 +101,25 @@ class DataConfig:
     extra_roots: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        _check_fields(self, "data", {"validation_fraction": ("number", 0, False), "validation_seed": ("int", 0, False),
-                                     "max_train": ("int", 1, True), "max_eval": ("int", 1, True)})
+        _check_fields(
+            self,
+            "data",
+            {
+                "validation_fraction": ("number", 0, False),
+                "validation_seed": ("int", 0, False),
+                "max_train": ("int", 1, True),
+                "max_eval": ("int", 1, True),
+            },
+        )
         extra = self.extra_roots
-        if not isinstance(extra, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
-                                                  for v in extra.values()):
+        if not isinstance(extra, dict) or not all(
+            isinstance(v, list) and all(isinstance(r, str) for r in v) for v in extra.values()
+        ):
             raise ValueError(f"'data.extra_roots' must map a dataset name to a list of folders, got {extra!r}")
         if not isinstance(self.eval_variants, dict):
-            raise ValueError(f"eval_variants must map a features.* setting to a list of values, got "
-                             f"{self.eval_variants!r}")
+            raise ValueError(
+                f"eval_variants must map a features.* setting to a list of values, got {self.eval_variants!r}"
+            )
 
     @classmethod
     def from_config(cls, config: dict) -> DataConfig:
@@ -143,10 +154,20 @@ class TrainConfig:
     eval_batch_size: int | None = None  # windows per evaluation batch; None: 1024 on a GPU, 128 on the CPU
 
     def __post_init__(self):
-        _check_fields(self, "train", {"lr": ("number", 0, False), "weight_decay": ("number", 0, False),
-                                      "sam_rho": ("number", 0, False), "batch_size": ("int", 1, False),
-                                      "max_epochs": ("int", 1, False), "patience": ("int", 1, False),
-                                      "threads": ("int", 1, False), "eval_batch_size": ("int", 1, True)})
+        _check_fields(
+            self,
+            "train",
+            {
+                "lr": ("number", 0, False),
+                "weight_decay": ("number", 0, False),
+                "sam_rho": ("number", 0, False),
+                "batch_size": ("int", 1, False),
+                "max_epochs": ("int", 1, False),
+                "patience": ("int", 1, False),
+                "threads": ("int", 1, False),
+                "eval_batch_size": ("int", 1, True),
+            },
+        )
 
     @classmethod
     def from_config(cls, config: dict) -> TrainConfig:
@@ -200,8 +221,22 @@ SCALE_PRESETS: dict = {
         "train.patience": 30,
     },
 }
-TOP_LEVEL_KEYS = {"name", "description", "study", "default_scale", "fixed", "grid", "scales", "search", "resources",
-                  "compare", "perturbations", "notes", "recipes", "eval_variants"}
+TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "study",
+    "default_scale",
+    "fixed",
+    "grid",
+    "scales",
+    "search",
+    "resources",
+    "compare",
+    "perturbations",
+    "notes",
+    "recipes",
+    "eval_variants",
+}
 
 
 class SpaceError(ValueError):
@@ -300,14 +335,18 @@ SEARCH_KEYS = {"metric", "mode", "num_samples", "grace_period", "reduction_facto
 def _check_search(search: dict, where: str) -> None:
     """A space's ``search`` block: known keys, and every searched parameter a known setting."""
     if not isinstance(search, dict) or set(search) - SEARCH_KEYS:
-        raise SpaceError(f"{where}: search must be a mapping with keys among {sorted(SEARCH_KEYS)}, got "
-                         f"{sorted(search) if isinstance(search, dict) else search!r}")
+        raise SpaceError(
+            f"{where}: search must be a mapping with keys among {sorted(SEARCH_KEYS)}, got "
+            f"{sorted(search) if isinstance(search, dict) else search!r}"
+        )
     if search.get("mode", "max") not in ("max", "min"):
         raise SpaceError(f"{where}: search.mode must be max or min, got {search['mode']!r}")
     metric = search.get("metric", "kept_val_roc_auc")
     if not (isinstance(metric, str) and metric.startswith(("kept_val_", "val_"))):
-        raise SpaceError(f"{where}: search.metric must be a validation metric the trials report "
-                         f"(kept_val_roc_auc, kept_val_accuracy, ...), got {metric!r}")
+        raise SpaceError(
+            f"{where}: search.metric must be a validation metric the trials report "
+            f"(kept_val_roc_auc, kept_val_accuracy, ...), got {metric!r}"
+        )
     allowed = _allowed_keys()
     for key in search.get("params", {}):
         if key not in allowed:
@@ -319,7 +358,7 @@ def _check_search(search: dict, where: str) -> None:
 def section(config: dict, name: str) -> dict:
     """The keys of one section without their prefix: section(c, "model") → {"fusion": ...}."""
     prefix = f"{name}."
-    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
 
 
 def profile_of(config: dict):
@@ -365,8 +404,12 @@ class Space:
     @property
     def resources(self) -> dict:
         """Ray resources per trial at this scale: ``{"cpu": CPUs, "gpu": GPUs or a fraction of one}``."""
-        return {"cpu": 1, "gpu": 0, **self.raw.get("resources", {}),
-                **self.raw.get("scales", {}).get(self.scale, {}).get("resources", {})}
+        return {
+            "cpu": 1,
+            "gpu": 0,
+            **self.raw.get("resources", {}),
+            **self.raw.get("scales", {}).get(self.scale, {}).get("resources", {}),
+        }
 
     @property
     def compare(self) -> dict:
@@ -375,7 +418,9 @@ class Space:
     @property
     def search(self) -> dict | None:
         search = self.raw.get("search")
-        return None if search is None else {**search, **self.raw.get("scales", {}).get(self.scale, {}).get("search", {})}
+        return (
+            None if search is None else {**search, **self.raw.get("scales", {}).get(self.scale, {}).get("search", {})}
+        )
 
     @property
     def recipes(self) -> dict:
@@ -393,8 +438,13 @@ class Space:
         """Every grid point as a resolved flat config, in a stable order: DEFAULTS ← scale preset ←
         fixed ← grid point ← its recipe's settings ← ``overrides``."""
         overrides = overrides or {}
-        base = {**copy.deepcopy(DEFAULTS), **SCALE_PRESETS.get(self.scale, {}), **self.fixed(),
-                "data.perturbations": self.perturbations, "data.eval_variants": self.eval_variants}
+        base = {
+            **copy.deepcopy(DEFAULTS),
+            **SCALE_PRESETS.get(self.scale, {}),
+            **self.fixed(),
+            "data.perturbations": self.perturbations,
+            "data.eval_variants": self.eval_variants,
+        }
         grid = {k: v for k, v in self.grid().items() if k not in overrides}
         keys = sorted(grid)
         configs = []
@@ -405,8 +455,9 @@ class Space:
             recipe = {**config, **overrides}.get("recipe")
             if recipe is not None:
                 if recipe not in self.recipes:
-                    raise SpaceError(f"{where}: recipe {recipe!r} is not defined; the space's recipes are "
-                                     f"{sorted(self.recipes)}")
+                    raise SpaceError(
+                        f"{where}: recipe {recipe!r} is not defined; the space's recipes are {sorted(self.recipes)}"
+                    )
                 config.update(self.recipes[recipe])
             config.update(overrides)
             validate_trial_config(config, where)
@@ -415,11 +466,19 @@ class Space:
 
     def resolved(self) -> dict:
         """The space as it will run: for study.json and resume checks."""
-        return {"name": self.name, "scale": self.scale, "fixed": self.fixed(), "grid": self.grid(),
-                "resources": self.resources, "compare": self.compare, "search": self.search,
-                "perturbations": self.perturbations, "study": self.study,
-                **({"eval_variants": self.eval_variants} if self.eval_variants else {}),
-                **({"recipes": self.recipes} if self.recipes else {})}
+        return {
+            "name": self.name,
+            "scale": self.scale,
+            "fixed": self.fixed(),
+            "grid": self.grid(),
+            "resources": self.resources,
+            "compare": self.compare,
+            "search": self.search,
+            "perturbations": self.perturbations,
+            "study": self.study,
+            **({"eval_variants": self.eval_variants} if self.eval_variants else {}),
+            **({"recipes": self.recipes} if self.recipes else {}),
+        }
 
 
 def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
@@ -438,7 +497,9 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
         raise SpaceError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     unknown = set(raw) - TOP_LEVEL_KEYS
     if unknown:
-        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(TOP_LEVEL_KEYS)}")
+        raise SpaceError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(TOP_LEVEL_KEYS)}"
+        )
     if raw.get("name") != path.stem:
         raise SpaceError(f"{path}: 'name' must be '{path.stem}' (the file name), got {raw.get('name')!r}")
     scales = raw.get("scales", {})
@@ -447,13 +508,15 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
     scale = scale or raw.get("default_scale") or "cpu"
     if scales and scale not in scales:
         raise SpaceError(f"{path}: unknown scale '{scale}'; this space has {sorted(scales)}")
-    for where, part in [("fixed", raw.get("fixed", {}))] + [(f"scales.{s}.fixed", v.get("fixed", {}))
-                                                           for s, v in scales.items()]:
+    for where, part in [("fixed", raw.get("fixed", {}))] + [
+        (f"scales.{s}.fixed", v.get("fixed", {})) for s, v in scales.items()
+    ]:
         if not isinstance(part, dict):
             raise SpaceError(f"{path}: '{where}' must be a mapping of setting to value")
         check_config(part, f"{path} ({where})")
-    for where, grid in [("grid", raw.get("grid", {}))] + [(f"scales.{s}.grid", v.get("grid", {}))
-                                                          for s, v in scales.items()]:
+    for where, grid in [("grid", raw.get("grid", {}))] + [
+        (f"scales.{s}.grid", v.get("grid", {})) for s, v in scales.items()
+    ]:
         if not isinstance(grid, dict):
             raise SpaceError(f"{path}: '{where}' must be a mapping of setting to a list of values")
         for key, values in grid.items():
@@ -467,11 +530,13 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
         if not isinstance(settings, dict) or "recipe" in settings:
             raise SpaceError(f"{path}: recipe {name!r} must be a mapping of settings (other than recipe)")
         check_config(settings, f"{path} (recipe {name!r})")
-    for where, part in [("resources", raw.get("resources", {}))] + [(f"scales.{s}.resources", v.get("resources", {}))
-                                                                    for s, v in scales.items()]:
+    for where, part in [("resources", raw.get("resources", {}))] + [
+        (f"scales.{s}.resources", v.get("resources", {})) for s, v in scales.items()
+    ]:
         check_resources(part, f"{path} ({where})")
-    for where, search in [("search", raw.get("search"))] + [(f"scales.{s}.search", v.get("search"))
-                                                           for s, v in scales.items()]:
+    for where, search in [("search", raw.get("search"))] + [
+        (f"scales.{s}.search", v.get("search")) for s, v in scales.items()
+    ]:
         if search is not None:
             _check_search(search, f"{path} ({where})")
     space = Space(raw["name"], path, raw, scale)

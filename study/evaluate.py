@@ -7,6 +7,7 @@ are scored on every evaluation set with each perturbation of the suite applied
 rows with the same key in ``OUT/predictions.parquet`` and in each trial's
 ``OUT/trials/ID/predictions.parquet``.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,15 @@ def load_model(checkpoint: dict) -> torch.nn.Module:
     return model.eval()
 
 
-def reevaluate_trials(checkpoints: dict[str, dict], data_root: str | Path, suite: list, *, device: str = "cpu",
-                      progress: bool = False, n_jobs: int | None = None) -> pd.DataFrame:
+def reevaluate_trials(
+    checkpoints: dict[str, dict],
+    data_root: str | Path,
+    suite: list,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    n_jobs: int | None = None,
+) -> pd.DataFrame:
     """Predictions of every trial on the perturbed evaluation sets of ``suite``.
 
     Parameters
@@ -84,7 +92,9 @@ def reevaluate_trials(checkpoints: dict[str, dict], data_root: str | Path, suite
             prepared[key] = replace(prepare_data(config, data_root, progress=progress, n_jobs=n_jobs), evals={})
         model = load_model(checkpoint).to(torch_device)
         means = checkpoint.get("feature_means") or {}
-        _, predictions = evaluate_model(model, prepared[key], torch_device, trial_id, float(checkpoint["threshold"]), means)
+        _, predictions = evaluate_model(
+            model, prepared[key], torch_device, trial_id, float(checkpoint["threshold"]), means
+        )
         frames.append(predictions)
     return pd.concat(frames, ignore_index=True)
 
@@ -105,8 +115,9 @@ def merge_predictions(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame
     return merged.astype({"severity": "int64", "perturbation": str, "ablation": str})
 
 
-def reevaluate_study(out: str | Path, suite: list, *, device: str = "cpu", progress: bool = False,
-                     n_jobs: int | None = None) -> pd.DataFrame:
+def reevaluate_study(
+    out: str | Path, suite: list, *, device: str = "cpu", progress: bool = False, n_jobs: int | None = None
+) -> pd.DataFrame:
     """Re-evaluate every trial of the study in ``out`` on ``suite`` and merge the rows into OUT/predictions.parquet.
 
     Returns the new rows; the suite is added to study.json's ``robustness_suites``.

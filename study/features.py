@@ -6,6 +6,7 @@ Kaldi-fbank-style input for ICBHI cycles) and any field overridable, e.g.
 ``get_profile("native", image_size=64)``. Everything here is a pure function
 of (waveform, sample rate, profile); caching lives in :mod:`study.cache`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,9 @@ class FeatureProfile:
     spectrogram: str = "db_minmax"
     win_length: int | None = None  # "fbank": analysis window (samples) inside each n_fft frame; None = n_fft
     preemphasis: float = 0.0  # "fbank": y[t] - coef * y[t-1] before the STFT (Kaldi: 0.97)
-    bandpass_hz: tuple[float, float] | None = None  # e.g. (25, 400): 4th-order Butterworth, zero phase, before windowing
+    bandpass_hz: tuple[float, float] | None = (
+        None  # e.g. (25, 400): 4th-order Butterworth, zero phase, before windowing
+    )
 
     def __post_init__(self):
         _check(self.sample_rate > 0, "sample_rate", self.sample_rate, "must be positive")
@@ -53,26 +56,53 @@ class FeatureProfile:
         _check(self.windows in ("first", "all"), "windows", self.windows, "must be 'first' or 'all'")
         _check(self.padding in ("zero", "cyclic"), "padding", self.padding, "must be 'zero' or 'cyclic'")
         _check(0 < self.min_last_window <= 1, "min_last_window", self.min_last_window, "must be in (0, 1]")
-        _check(0 < self.hop_length and 0 < self.n_fft, "n_fft/hop_length", (self.n_fft, self.hop_length), "must be positive")
+        _check(
+            0 < self.hop_length and 0 < self.n_fft,
+            "n_fft/hop_length",
+            (self.n_fft, self.hop_length),
+            "must be positive",
+        )
         _check(0 < self.n_mels, "n_mels", self.n_mels, "must be positive")
         nyquist = self.sample_rate / 2
-        _check(self.fmax is None or self.fmin < self.fmax <= nyquist, "fmax", self.fmax, f"must be in (fmin, {nyquist}]")
-        _check(self.waveform_norm in ("none", "zscore", "peak"), "waveform_norm", self.waveform_norm,
-               "must be 'none', 'zscore' or 'peak'")
-        _check(self.spectrogram in ("db_minmax", "fbank"), "spectrogram", self.spectrogram,
-               "must be 'db_minmax' or 'fbank'")
-        _check(self.win_length is None or 0 < self.win_length <= self.n_fft, "win_length", self.win_length,
-               f"must be None or in (0, n_fft={self.n_fft}]")
+        _check(
+            self.fmax is None or self.fmin < self.fmax <= nyquist, "fmax", self.fmax, f"must be in (fmin, {nyquist}]"
+        )
+        _check(
+            self.waveform_norm in ("none", "zscore", "peak"),
+            "waveform_norm",
+            self.waveform_norm,
+            "must be 'none', 'zscore' or 'peak'",
+        )
+        _check(
+            self.spectrogram in ("db_minmax", "fbank"),
+            "spectrogram",
+            self.spectrogram,
+            "must be 'db_minmax' or 'fbank'",
+        )
+        _check(
+            self.win_length is None or 0 < self.win_length <= self.n_fft,
+            "win_length",
+            self.win_length,
+            f"must be None or in (0, n_fft={self.n_fft}]",
+        )
         _check(0.0 <= self.preemphasis < 1.0, "preemphasis", self.preemphasis, "must be in [0, 1)")
         if self.spectrogram == "fbank":
-            _check(self.window_samples >= self.frame_length, "window_s", self.window_s,
-                   f"is shorter than one analysis window ({self.frame_length} samples)")
+            _check(
+                self.window_samples >= self.frame_length,
+                "window_s",
+                self.window_s,
+                f"is shorter than one analysis window ({self.frame_length} samples)",
+            )
             object.__setattr__(self, "image_size", (self.n_mels, self.n_fbank_frames))
         size = self.image_size
         _check(len(size) == 2 and min(size) > 0, "image_size", size, "must be two positive ints (mels, frames)")
         band = self.bandpass_hz
-        _check(band is None or (len(band) == 2 and 0 < band[0] < band[1] < nyquist), "bandpass_hz", band,
-               f"must be None or (low, high) with 0 < low < high < {nyquist}")
+        _check(
+            band is None or (len(band) == 2 and 0 < band[0] < band[1] < nyquist),
+            "bandpass_hz",
+            band,
+            f"must be None or (low, high) with 0 < low < high < {nyquist}",
+        )
 
     @property
     def window_samples(self) -> int:
@@ -108,15 +138,27 @@ PROFILES = {
     "paper": FeatureProfile("paper", sample_rate=22050),
     # PhysioNet's native 2 kHz: heart sounds live below 1 kHz, and the CNN costs 11x less.
     # 256-point FFT (128 ms) with a 16 ms hop resolves S1/S2 (~100 ms) and murmurs.
-    "native": FeatureProfile("native", sample_rate=2000, n_fft=256, hop_length=32, n_mels=64, fmin=20.0,
-                             fmax=1000.0, waveform_norm="zscore"),
+    "native": FeatureProfile(
+        "native", sample_rate=2000, n_fft=256, hop_length=32, n_mels=64, fmin=20.0, fmax=1000.0, waveform_norm="zscore"
+    ),
     # AST / SAM-AST on ICBHI cycles: 16 kHz, 8 s with cyclic padding, 128 Mel bands of 25 ms windows
     # every 10 ms (torchaudio.compliance.kaldi.fbank with AST's settings: 512-point FFT of a 400-sample
     # Hann window, per-frame DC removal and pre-emphasis 0.97, HTK Mel from 20 Hz, natural log),
     # 128 x 798 frames, standardised with training-set statistics in study.trial_data.
-    "ast": FeatureProfile("ast", sample_rate=16000, window_s=8.0, padding="cyclic", n_fft=512, win_length=400,
-                          hop_length=160, n_mels=128, fmin=20.0, spectrogram="fbank", preemphasis=0.97,
-                          waveform_norm="zscore"),
+    "ast": FeatureProfile(
+        "ast",
+        sample_rate=16000,
+        window_s=8.0,
+        padding="cyclic",
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=128,
+        fmin=20.0,
+        spectrogram="fbank",
+        preemphasis=0.97,
+        waveform_norm="zscore",
+    ),
 }
 
 
@@ -162,8 +204,11 @@ def make_windows(wave: np.ndarray, profile: FeatureProfile) -> np.ndarray:
     if len(wave) >= total:
         padded = wave[:total]
     elif profile.padding == "cyclic":
-        padded = np.resize(wave, total) if profile.windows == "first" else np.concatenate(
-            [wave[: (n_windows - 1) * size], np.resize(wave[(n_windows - 1) * size:], size)])
+        padded = (
+            np.resize(wave, total)
+            if profile.windows == "first"
+            else np.concatenate([wave[: (n_windows - 1) * size], np.resize(wave[(n_windows - 1) * size :], size)])
+        )
     else:
         padded = np.pad(wave, (0, total - len(wave)))
     return padded.reshape(n_windows, size)
@@ -182,13 +227,23 @@ def fbank_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:
     from torchaudio.compliance import kaldi
 
     if profile.n_fft != 1 << (profile.frame_length - 1).bit_length():
-        raise ValueError(f"Kaldi's fbank uses an FFT of the next power of two above the window "
-                         f"({profile.frame_length} samples), not n_fft={profile.n_fft}")
-    options = dict(sample_frequency=profile.sample_rate, num_mel_bins=profile.n_mels,
-                   frame_length=1000 * profile.frame_length / profile.sample_rate,
-                   frame_shift=1000 * profile.hop_length / profile.sample_rate, low_freq=profile.fmin,
-                   high_freq=profile.fmax or 0.0, preemphasis_coefficient=profile.preemphasis,
-                   htk_compat=True, use_energy=False, window_type="hanning", dither=0.0)
+        raise ValueError(
+            f"Kaldi's fbank uses an FFT of the next power of two above the window "
+            f"({profile.frame_length} samples), not n_fft={profile.n_fft}"
+        )
+    options = dict(
+        sample_frequency=profile.sample_rate,
+        num_mel_bins=profile.n_mels,
+        frame_length=1000 * profile.frame_length / profile.sample_rate,
+        frame_shift=1000 * profile.hop_length / profile.sample_rate,
+        low_freq=profile.fmin,
+        high_freq=profile.fmax or 0.0,
+        preemphasis_coefficient=profile.preemphasis,
+        htk_compat=True,
+        use_energy=False,
+        window_type="hanning",
+        dither=0.0,
+    )
     images = np.empty((len(windows), profile.n_mels, profile.n_fbank_frames), np.float32)
     with torch.no_grad():
         # kaldi.fbank takes one signal at a time; a recording has one window or a few
@@ -209,15 +264,21 @@ def log_mel_images(windows: np.ndarray, profile: FeatureProfile) -> np.ndarray:
     import torch.nn.functional as F
 
     power = librosa.feature.melspectrogram(
-        y=windows, sr=profile.sample_rate, n_fft=profile.n_fft, hop_length=profile.hop_length,
-        n_mels=profile.n_mels, fmin=profile.fmin, fmax=profile.fmax,
+        y=windows,
+        sr=profile.sample_rate,
+        n_fft=profile.n_fft,
+        hop_length=profile.hop_length,
+        n_mels=profile.n_mels,
+        fmin=profile.fmin,
+        fmax=profile.fmax,
     )
     amin = 1e-10
     db = 10.0 * np.log10(np.maximum(power, amin))
     db -= 10.0 * np.log10(np.maximum(power.max(axis=(1, 2), keepdims=True), amin))
     db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - profile.top_db)
-    images = F.interpolate(torch.from_numpy(db.astype(np.float32))[:, None], size=profile.image_size,
-                           mode="bilinear", align_corners=False)[:, 0].numpy()
+    images = F.interpolate(
+        torch.from_numpy(db.astype(np.float32))[:, None], size=profile.image_size, mode="bilinear", align_corners=False
+    )[:, 0].numpy()
     low = images.min(axis=(1, 2), keepdims=True)
     span = images.max(axis=(1, 2), keepdims=True) - low
     return np.where(span > 0, (images - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)

@@ -4,6 +4,7 @@ Every file the study and the analysis write goes through :func:`atomic_path`;
 the writers return the path written. Text is UTF-8 whatever the locale (the
 report's tables hold Δ, ρ, α).
 """
+
 from __future__ import annotations
 
 import json

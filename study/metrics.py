@@ -6,6 +6,7 @@ probability of "abnormal" per recording. The ICBHI 2017 task has four classes
 sensitivity / specificity / Score. All rates are fractions in [0, 1], not
 percentages.
 """
+
 from __future__ import annotations
 
 import numpy as np

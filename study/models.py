@@ -192,17 +192,29 @@ class ModelConfig:
             raise ValueError(f"patch_size {self.patch_size!r} is larger than img_size {self.img_size!r}")
         object.__setattr__(self, "img_size", img_size)
         object.__setattr__(self, "patch_size", patch_size)
-        for name in ("in_chans", "vit_dim", "vit_depth", "vit_heads", "spec_dense", "wave_kernel",
-                     "wave_stride", "wave_dense", "fusion_dim", "fusion_heads", "num_classes"):
+        for name in (
+            "in_chans",
+            "vit_dim",
+            "vit_depth",
+            "vit_heads",
+            "spec_dense",
+            "wave_kernel",
+            "wave_stride",
+            "wave_dense",
+            "fusion_dim",
+            "fusion_heads",
+            "num_classes",
+        ):
             _positive_int(name, getattr(self, name))
         if self.vit_dim % self.vit_heads:
             raise ValueError(f"vit_dim ({self.vit_dim}) must be divisible by vit_heads ({self.vit_heads})")
         if self.architecture == "fusion" and self.fusion == "cross_attention" and self.fusion_dim % self.fusion_heads:
-            raise ValueError(
-                f"fusion_dim ({self.fusion_dim}) must be divisible by fusion_heads ({self.fusion_heads})"
-            )
-        if not isinstance(self.vit_mlp_ratio, (int, float)) or isinstance(self.vit_mlp_ratio, bool) \
-                or self.vit_mlp_ratio <= 0:
+            raise ValueError(f"fusion_dim ({self.fusion_dim}) must be divisible by fusion_heads ({self.fusion_heads})")
+        if (
+            not isinstance(self.vit_mlp_ratio, (int, float))
+            or isinstance(self.vit_mlp_ratio, bool)
+            or self.vit_mlp_ratio <= 0
+        ):
             raise ValueError(f"vit_mlp_ratio must be a positive number, got {self.vit_mlp_ratio!r}")
         for name in ("vit_dropout", "dropout"):
             value = getattr(self, name)
@@ -244,21 +256,23 @@ class ModelConfig:
 #: patches every 10 pixels, class + distillation tokens, 4 ICBHI classes. The input is
 #: 128 mel bins x 798 frames: 8 s at 16 kHz, Kaldi fbank with 25 ms windows every 10 ms
 #: (1 + (128000 - 400) // 160 = 798), giving a 12 x 79 patch grid.
-AST_BASE = MappingProxyType({
-    "architecture": "ast",
-    "img_size": (128, 798),
-    "patch_size": 16,
-    "patch_stride": 10,
-    "vit_dim": 768,
-    "vit_depth": 12,
-    "vit_heads": 12,
-    "vit_mlp_ratio": 4.0,
-    "vit_pool": "token",
-    "class_token": True,
-    "dist_token": True,
-    "dropout": 0.0,
-    "num_classes": 4,
-})
+AST_BASE = MappingProxyType(
+    {
+        "architecture": "ast",
+        "img_size": (128, 798),
+        "patch_size": 16,
+        "patch_stride": 10,
+        "vit_dim": 768,
+        "vit_depth": 12,
+        "vit_heads": 12,
+        "vit_mlp_ratio": 4.0,
+        "vit_pool": "token",
+        "class_token": True,
+        "dist_token": True,
+        "dropout": 0.0,
+        "num_classes": 4,
+    }
+)
 
 
 class OverlappingPatchEmbed(PatchEmbed):
@@ -269,12 +283,14 @@ class OverlappingPatchEmbed(PatchEmbed):
     per axis, e.g. 12 x 101 for a 128 x 1024 input.
     """
 
-    def __init__(self, img_size, patch_size, stride, in_chans: int = 1, embed_dim: int = 768,
-                 bias: bool = True, **kwargs):
+    def __init__(
+        self, img_size, patch_size, stride, in_chans: int = 1, embed_dim: int = 768, bias: bool = True, **kwargs
+    ):
         # read by _init_img_size, which PatchEmbed.__init__ calls
         self.stride = to_2tuple(stride)
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                         embed_dim=embed_dim, bias=bias, **kwargs)
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=bias, **kwargs
+        )
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.stride, bias=bias)
 
     def _init_img_size(self, img_size):
@@ -292,16 +308,26 @@ class ViTEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         stride = config.patch_stride
-        embed_layer = PatchEmbed if stride in (None, config.patch_size) else partial(
-            OverlappingPatchEmbed, stride=stride)
+        embed_layer = (
+            PatchEmbed if stride in (None, config.patch_size) else partial(OverlappingPatchEmbed, stride=stride)
+        )
         # timm's register token sits right after the class token and is covered by the
         # position embedding: exactly AST/DeiT's distillation token
         self.vit = VisionTransformer(
-            img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-            num_classes=0, global_pool="", embed_dim=config.vit_dim, depth=config.vit_depth,
-            num_heads=config.vit_heads, mlp_ratio=config.vit_mlp_ratio, class_token=config.class_token,
-            reg_tokens=int(config.dist_token), proj_drop_rate=config.vit_dropout,
-            attn_drop_rate=config.vit_dropout, embed_layer=embed_layer,
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            in_chans=config.in_chans,
+            num_classes=0,
+            global_pool="",
+            embed_dim=config.vit_dim,
+            depth=config.vit_depth,
+            num_heads=config.vit_heads,
+            mlp_ratio=config.vit_mlp_ratio,
+            class_token=config.class_token,
+            reg_tokens=int(config.dist_token),
+            proj_drop_rate=config.vit_dropout,
+            attn_drop_rate=config.vit_dropout,
+            embed_layer=embed_layer,
         )
         self.pool = config.vit_pool
         self.img_size = config.img_size
@@ -374,10 +400,12 @@ class WaveformBranch(nn.Module):
     def __init__(self, config: ModelConfig, project: bool = True):
         super().__init__()
         channels = (1, *config.wave_filters)
-        self.blocks = nn.Sequential(*[
-            ConvBlock1d(c_in, c_out, config.wave_kernel, config.wave_stride, config.wave_padding)
-            for c_in, c_out in zip(channels[:-1], channels[1:])
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                ConvBlock1d(c_in, c_out, config.wave_kernel, config.wave_stride, config.wave_padding)
+                for c_in, c_out in zip(channels[:-1], channels[1:])
+            ]
+        )
         last = config.wave_filters[-1]
         self.projection = _dense(last, config.wave_dense, config.branch_activation) if project else None
         self.out_dim = config.wave_dense if project else last
@@ -408,7 +436,9 @@ class WaveformBranch(nn.Module):
 def _classifier(in_dim: int, config: ModelConfig) -> nn.Sequential:
     """The paper's fusion MLP: Dense(fusion_dim) -> ReLU -> Dropout -> Dense(num_classes)."""
     return nn.Sequential(
-        nn.Linear(in_dim, config.fusion_dim), nn.ReLU(), nn.Dropout(config.dropout),
+        nn.Linear(in_dim, config.fusion_dim),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
         nn.Linear(config.fusion_dim, config.num_classes),
     )
 
@@ -433,7 +463,8 @@ class ASTHead(nn.Module):
         super().__init__()
         self.input_keys = {"spectrogram": ("spectrogram",)}
         self.classifier = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Dropout(config.dropout), nn.Linear(in_dim, config.num_classes))
+            nn.LayerNorm(in_dim), nn.Dropout(config.dropout), nn.Linear(in_dim, config.num_classes)
+        )
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.classifier(features["spectrogram"])
@@ -462,7 +493,8 @@ class SumFusionHead(nn.Module):
         self.spec_proj = nn.Linear(spec_dim, config.fusion_dim)
         self.wave_proj = nn.Linear(wave_dim, config.fusion_dim)
         self.classifier = nn.Sequential(
-            nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(config.fusion_dim, config.num_classes))
+            nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(config.fusion_dim, config.num_classes)
+        )
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.classifier(self.spec_proj(features["spectrogram"]) + self.wave_proj(features["waveform"]))
@@ -575,7 +607,8 @@ class AudioClassifier(nn.Module):
         # the cross-attention head reads token sequences, so the branch Dense layers would be dead weights
         project = not (arch == "ast" or (arch == "fusion" and config.fusion == "cross_attention"))
         self.spectrogram_branch = (
-            SpectrogramBranch(config, project) if arch in ("spectrogram", "fusion", "ast") else None)
+            SpectrogramBranch(config, project) if arch in ("spectrogram", "fusion", "ast") else None
+        )
         self.waveform_branch = WaveformBranch(config, project) if arch in ("waveform", "fusion") else None
         if arch == "ast":
             self.head = ASTHead(self.spectrogram_branch.out_dim, config)
@@ -600,13 +633,15 @@ class AudioClassifier(nn.Module):
 
     def forward_features(self, spec: Tensor | None = None, wave: Tensor | None = None) -> dict[str, Tensor]:
         """Run the branches: spec (B, in_chans, H, W), wave (B, 1, L) -> feature dict (module docstring)."""
-        branches = [(name, branch, value) for name, branch, value in (
-            ("spec", self.spectrogram_branch, spec), ("wave", self.waveform_branch, wave)) if branch is not None]
+        branches = [
+            (name, branch, value)
+            for name, branch, value in (("spec", self.spectrogram_branch, spec), ("wave", self.waveform_branch, wave))
+            if branch is not None
+        ]
         for name, _, value in branches:
             if not isinstance(value, Tensor):
                 raise TypeError(
-                    f"{name} must be a Tensor for architecture {self.config.architecture!r}, "
-                    f"got {type(value).__name__}"
+                    f"{name} must be a Tensor for architecture {self.config.architecture!r}, got {type(value).__name__}"
                 )
         if len(branches) == 2 and spec.shape[0] != wave.shape[0]:
             raise ValueError(f"spec and wave batch sizes differ: {spec.shape[0]} vs {wave.shape[0]}")
@@ -737,12 +772,12 @@ def load_ast_checkpoint(
             source_patches = value.shape[1] - source_prefix_tokens
             if source_patches != source_grid[0] * source_grid[1]:
                 raise ValueError(
-                    f"{key} holds {source_patches} patch positions, which does not match "
-                    f"source_grid={source_grid}"
+                    f"{key} holds {source_patches} patch positions, which does not match source_grid={source_grid}"
                 )
             if grid != source_grid:
                 new_value = resample_abs_pos_embed(
-                    value, new_size=list(grid), old_size=list(source_grid), num_prefix_tokens=source_prefix_tokens)
+                    value, new_size=list(grid), old_size=list(source_grid), num_prefix_tokens=source_prefix_tokens
+                )
                 resized[key] = (tuple(value.shape), tuple(new_value.shape))
                 value = new_value
         if value.shape != own[target].shape:

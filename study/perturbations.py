@@ -159,12 +159,7 @@ def _check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def _check_positive(argument: str, value: Any) -> float:
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{argument} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -195,9 +190,7 @@ def _stft_size(sr: int) -> int:
     return int(2 ** max(4, round(np.log2(0.05 * sr))))
 
 
-def time_stretch(
-    x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder"
-) -> np.ndarray:
+def time_stretch(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
     """Change the global tempo by the rate ``TEMPO_RATES[severity]``.
 
     Parameters
@@ -225,17 +218,13 @@ def time_stretch(
     target_length = int(round(x.size / rate))
     if method == "phase_vocoder":
         n_fft = _stft_size(sr)
-        stretched = librosa.effects.time_stretch(
-            x.astype(np.float32), rate=rate, n_fft=n_fft, hop_length=n_fft // 4
-        )
+        stretched = librosa.effects.time_stretch(x.astype(np.float32), rate=rate, n_fft=n_fft, hop_length=n_fft // 4)
     else:
         stretched = soxr.resample(x.astype(np.float32), sr, sr / rate)
     return _as_output(librosa.util.fix_length(stretched, size=target_length))
 
 
-def local_time_warp(
-    x: np.ndarray, sr: int, severity: int, seed: int = 0, *, knot_spacing_s: float = 0.8
-) -> np.ndarray:
+def local_time_warp(x: np.ndarray, sr: int, severity: int, seed: int = 0, *, knot_spacing_s: float = 0.8) -> np.ndarray:
     """Smooth random local time warp that keeps the total length.
 
     The local playback rate is ``1 + d(t)``: ``d`` is a shape-preserving cubic
@@ -486,15 +475,11 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     allowed = _option_names(name)
     for key in options:
         if key not in allowed:
-            raise ValueError(
-                f"unknown option {key!r} for perturbation {name!r}; allowed: {allowed}"
-            )
+            raise ValueError(f"unknown option {key!r} for perturbation {name!r}; allowed: {allowed}")
     return options
 
 
-def apply_perturbation(
-    name: str, x: np.ndarray, sr: int, severity: int, seed: int = 0, **kwargs: Any
-) -> np.ndarray:
+def apply_perturbation(name: str, x: np.ndarray, sr: int, severity: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
     """Apply the perturbation ``name`` of :data:`PERTURBATIONS`.
 
     ``seed`` goes to the random perturbations (local_time_warp) and is checked
@@ -602,9 +587,7 @@ def parse_perturbation_suite(spec: Any) -> list[PerturbationItem]:
             raise ValueError(f"{where} lacks the key 'name'")
         name = entry["name"]
         if name not in PERTURBATIONS:
-            raise ValueError(
-                f"{where}: 'name' must be one of {sorted(PERTURBATIONS)}, got {name!r}"
-            )
+            raise ValueError(f"{where}: 'name' must be one of {sorted(PERTURBATIONS)}, got {name!r}")
         severities = entry.get("severities", list(range(1, MAX_SEVERITY + 1)))
         if not isinstance(severities, (list, tuple)) or len(severities) == 0:
             raise ValueError(f"{where}: 'severities' must be a non-empty list, got {severities!r}")

@@ -12,6 +12,7 @@ them; no feature is extracted. :func:`format_plan` prints the plan.
 Units: bytes in the dataclasses, MB (10**6 bytes) when printed; seconds;
 samples at the feature profile's rate.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -120,10 +121,12 @@ class AxisWarning:
             evaluation = f"it changes only the evaluation of {where}"
         else:
             evaluation = "it changes no evaluation set either"
-        return (f"{self.axis} {self.values} changes no training input on this data: {'; '.join(self.evidence)}. "
-                f"So {evaluation}; {self.repeated} of {self.trials} trials train a model another trial trains "
-                f"too. Keep one value in the grid and list the others under eval_variants "
-                f"({{{self.axis}: {self.values[1:]}}}) to train once and evaluate each.")
+        return (
+            f"{self.axis} {self.values} changes no training input on this data: {'; '.join(self.evidence)}. "
+            f"So {evaluation}; {self.repeated} of {self.trials} trials train a model another trial trains "
+            f"too. Keep one value in the grid and list the others under eval_variants "
+            f"({{{self.axis}: {self.values[1:]}}}) to train once and evaluate each."
+        )
 
 
 @dataclass
@@ -154,6 +157,7 @@ class StudyPlan:
 
 # ---------------------------------------------------------------- resources
 
+
 def local_node() -> Node:
     """This machine as a local Ray (``ray.init()``) would see it, without starting Ray.
 
@@ -164,8 +168,13 @@ def local_node() -> Node:
     import torch
     from ray._private import utils as ray_utils
 
-    return Node("local", float(ray_utils.get_num_cpus()), float(torch.cuda.device_count()),
-                int(ray_utils.resolve_object_store_memory(ray_utils.estimate_available_memory())), driver=True)
+    return Node(
+        "local",
+        float(ray_utils.get_num_cpus()),
+        float(torch.cuda.device_count()),
+        int(ray_utils.resolve_object_store_memory(ray_utils.estimate_available_memory())),
+        driver=True,
+    )
 
 
 def cluster_nodes(address: str) -> list[Node]:
@@ -178,10 +187,17 @@ def cluster_nodes(address: str) -> list[Node]:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         driver = ray.get_runtime_context().get_node_id()
-        return [Node(f"{node.get('NodeManagerAddress')} {node['NodeID'][:6]}", float(node["Resources"].get("CPU", 0)),
-                     float(node["Resources"].get("GPU", 0)), int(node["Resources"].get("object_store_memory", 0)),
-                     driver=node["NodeID"] == driver)
-                for node in ray.nodes() if node.get("Alive")]
+        return [
+            Node(
+                f"{node.get('NodeManagerAddress')} {node['NodeID'][:6]}",
+                float(node["Resources"].get("CPU", 0)),
+                float(node["Resources"].get("GPU", 0)),
+                int(node["Resources"].get("object_store_memory", 0)),
+                driver=node["NodeID"] == driver,
+            )
+            for node in ray.nodes()
+            if node.get("Alive")
+        ]
     finally:
         if started:
             ray.shutdown()
@@ -189,25 +205,34 @@ def cluster_nodes(address: str) -> list[Node]:
 
 def trials_per_node(node: Node, resources: dict) -> int:
     """Trials a node runs at once: min(floor(CPU / cpu), floor(GPU / gpu)) over the resources asked for."""
-    fits = [math.floor(have / need + 1e-9) for have, need in ((node.cpu, resources.get("cpu", 1)),
-                                                              (node.gpu, resources.get("gpu", 0))) if need > 0]
+    fits = [
+        math.floor(have / need + 1e-9)
+        for have, need in ((node.cpu, resources.get("cpu", 1)), (node.gpu, resources.get("gpu", 0)))
+        if need > 0
+    ]
     return min(fits) if fits else 0
 
 
 def _blocked_note(nodes: list[Node], resources: dict, where: str) -> str:
     """Why no trial can start on ``nodes``."""
     if resources.get("gpu", 0) > 0 and not any(n.gpu for n in nodes):
-        return (f"no trial can start here: each trial asks for {resources['gpu']:g} GPU and {where} has no GPU; "
-                f"pass --gpus-per-trial 0 to train on CPUs, or run on a cluster with GPUs (--address)")
+        return (
+            f"no trial can start here: each trial asks for {resources['gpu']:g} GPU and {where} has no GPU; "
+            f"pass --gpus-per-trial 0 to train on CPUs, or run on a cluster with GPUs (--address)"
+        )
     machines = ", ".join(f"{n.name}: {n.cpu:g} CPU, {n.gpu:g} GPU" for n in nodes)
-    return (f"no trial can start here: each trial asks for {resources.get('cpu', 1):g} CPU and "
-            f"{resources.get('gpu', 0):g} GPU; {where} has {machines or 'no alive node'}")
+    return (
+        f"no trial can start here: each trial asks for {resources.get('cpu', 1):g} CPU and "
+        f"{resources.get('gpu', 0):g} GPU; {where} has {machines or 'no alive node'}"
+    )
 
 
 # ---------------------------------------------------------------- data
 
-def split_tables(config: dict, data_root: Path, datasets: dict | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+
+def split_tables(
+    config: dict, data_root: Path, datasets: dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
     """(train, val, {eval spec: table}) of a trial config, as study.trial_data.prepare_data selects them.
 
     ``datasets`` memoizes loaded datasets between configs (keyed by name and loading options).
@@ -227,14 +252,17 @@ def split_tables(config: dict, data_root: Path, datasets: dict | None = None
             for extra in extra_roots:
                 extra_root = Path(extra).expanduser()
                 if not extra_root.exists():
-                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2)
+                    warnings.warn(
+                        f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2
+                    )
                     continue
                 combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
             datasets[key] = combined
         return datasets[key].table
 
-    table = assign_validation(dataset(data.train_set), fraction=data.validation_fraction,
-                              seed=data.validation_seed, method=data.validation)
+    table = assign_validation(
+        dataset(data.train_set), fraction=data.validation_fraction, seed=data.validation_seed, method=data.validation
+    )
     train = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
     val = table[table["split"] == "val"]
     evals = {}
@@ -275,8 +303,9 @@ def window_layout(samples: np.ndarray, profile: FeatureProfile) -> tuple[np.ndar
     return counts, samples < counts * size
 
 
-def split_size(name: str, table: pd.DataFrame, profile: FeatureProfile, tempo: float = 1.0,
-               perturbed: bool = False) -> SplitSize:
+def split_size(
+    name: str, table: pd.DataFrame, profile: FeatureProfile, tempo: float = 1.0, perturbed: bool = False
+) -> SplitSize:
     """Items, windows and bytes of one split's SplitData: float16 images (H×W) and waveforms per window,
     an int64 item index per window, an int64 label per item, and the recording table."""
     counts, _ = window_layout(samples_at(table, profile.sample_rate, tempo), profile)
@@ -302,19 +331,21 @@ def feature_object(config: dict, data_root: Path, configs: int, datasets: dict |
             splits += [split_size(variant_name(spec, key, value), rows, variant) for spec, rows in evals.items()]
     for item in parse_perturbation_suite(data.perturbations):
         tempo = TEMPO_RATES.get(item.severity, 1.0) if item.name == "time_stretch" else 1.0  # the one length change
-        splits += [split_size(f"{spec}~{item.id}@{item.severity}", rows, profile, tempo, perturbed=True)
-                   for spec, rows in evals.items()]
+        splits += [
+            split_size(f"{spec}~{item.id}@{item.severity}", rows, profile, tempo, perturbed=True)
+            for spec, rows in evals.items()
+        ]
     return FeatureObject(data_key_of(config), configs, profile, splits)
 
 
 # ---------------------------------------------------------------- inert grid axes
 
+
 def _rest_key(config: dict, axis: str) -> str:
     return json.dumps({k: v for k, v in config.items() if k != axis}, sort_keys=True, default=str)
 
 
-def _evidence(fields: set[str], profiles: list[FeatureProfile], durations: np.ndarray,
-              samples: np.ndarray) -> str:
+def _evidence(fields: set[str], profiles: list[FeatureProfile], durations: np.ndarray, samples: np.ndarray) -> str:
     """Why every training recording is cut the same way under ``profiles`` (they differ in ``fields``)."""
     first = profiles[0]
     window = first.window_s
@@ -323,24 +354,28 @@ def _evidence(fields: set[str], profiles: list[FeatureProfile], durations: np.nd
     if fields == {"padding"} and first.windows == "first":
         return f"shortest training recording {durations.min():.2f} s ≥ window {window:g} s"
     if fields == {"padding"}:
-        return (f"no training window is padded (shortest training recording {durations.min():.2f} s ≥ window "
-                f"{window:g} s, and no last partial window reaches min_last_window {first.min_last_window:g} × "
-                f"{window:g} s)")
+        return (
+            f"no training window is padded (shortest training recording {durations.min():.2f} s ≥ window "
+            f"{window:g} s, and no last partial window reaches min_last_window {first.min_last_window:g} × "
+            f"{window:g} s)"
+        )
     if fields == {"min_last_window"} and first.windows == "first":
         return "windows: first keeps only the first window"
     if fields == {"min_last_window"}:
         low, high = min(p.min_last_window for p in profiles), max(p.min_last_window for p in profiles)
-        return (f"no training recording ends in a partial window between {low * window:.2f} s and "
-                f"{high * window:.2f} s")
+        return f"no training recording ends in a partial window between {low * window:.2f} s and {high * window:.2f} s"
     if fields == {"windows"}:
         limit = (1 + first.min_last_window) * window
-        return (f"every training recording gives one window with windows: all (longest "
-                f"{samples.max() / first.sample_rate:.2f} s < (1 + min_last_window) × window = {limit:.2f} s)")
+        return (
+            f"every training recording gives one window with windows: all (longest "
+            f"{samples.max() / first.sample_rate:.2f} s < (1 + min_last_window) × window = {limit:.2f} s)"
+        )
     return "every training recording is cut into the same windows"
 
 
-def inert_training_axes(space: Space, overrides: dict | None, data_root: Path,
-                        datasets: dict | None = None) -> list[AxisWarning]:
+def inert_training_axes(
+    space: Space, overrides: dict | None, data_root: Path, datasets: dict | None = None
+) -> list[AxisWarning]:
     """Grid axes ``features.*`` that provably change no training or validation window.
 
     Trials are grouped by every setting but the axis; an axis is inert when, in every group,
@@ -362,8 +397,9 @@ def inert_training_axes(space: Space, overrides: dict | None, data_root: Path,
         evidence, eval_changes, repeated = [], {}, 0
         for group in groups.values():
             profiles = [profile_of(c) for c in group]
-            fields = {f.name for f in dataclasses.fields(FeatureProfile)
-                      if len({getattr(p, f.name) for p in profiles}) > 1}
+            fields = {
+                f.name for f in dataclasses.fields(FeatureProfile) if len({getattr(p, f.name) for p in profiles}) > 1
+            }
             if not fields <= set(WINDOWING_FIELDS):
                 break
             train, val, evals = split_tables(group[0], data_root, datasets)
@@ -377,13 +413,15 @@ def inert_training_axes(space: Space, overrides: dict | None, data_root: Path,
                 eval_changes[spec] = max((changed, len(rows)), eval_changes.get(spec, (0, len(rows))))
             repeated += len(group) - 1
         else:
-            found.append(AxisWarning(axis, list(values), list(dict.fromkeys(evidence)), eval_changes, repeated,
-                                     len(configs)))
+            found.append(
+                AxisWarning(axis, list(values), list(dict.fromkeys(evidence)), eval_changes, repeated, len(configs))
+            )
     return found
 
 
 def _layouts_differ(samples: np.ndarray, profiles: list[FeatureProfile]) -> np.ndarray:
     """Per item: whether its window length, count or padding differ between ``profiles``."""
+
     def layout(profile):
         counts, padded = window_layout(samples, profile)
         fill = ("zero", "cyclic").index(profile.padding) + 1  # what a padded window is filled with
@@ -398,8 +436,16 @@ def _layouts_differ(samples: np.ndarray, profiles: list[FeatureProfile]) -> np.n
 
 # ---------------------------------------------------------------- the plan
 
-def build_plan(space: Space, *, overrides: dict | None, data_root: Path, resources: dict,
-               address: str | None = None, max_concurrent: int | None = None) -> StudyPlan:
+
+def build_plan(
+    space: Space,
+    *,
+    overrides: dict | None,
+    data_root: Path,
+    resources: dict,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+) -> StudyPlan:
     """Resolve what study.run would do with ``space``, training nothing.
 
     ``resources`` is the per-trial ``{"cpu": n, "gpu": g}`` (study.run.trial_resources);
@@ -435,13 +481,30 @@ def build_plan(space: Space, *, overrides: dict | None, data_root: Path, resourc
     smallest = min(holders, key=lambda n: n.object_store_bytes)
     capacity = smallest.object_store_bytes
     if address:
-        source = (f"the smallest object store of the driver's node and the nodes that can run a trial "
-                  f"({smallest.name}), each of which holds a copy")
+        source = (
+            f"the smallest object store of the driver's node and the nodes that can run a trial "
+            f"({smallest.name}), each of which holds a copy"
+        )
     else:
         source = "a local Ray's default: 30 % of the available memory (Ray's resolve_object_store_memory)"
-    plan = StudyPlan(space.name, space.scale, data_root, address, trials, search, dict(resources), nodes,
-                     slots, concurrency, max_concurrent, objects, capacity, source,
-                     inert_training_axes(space, overrides, data_root, datasets), notes)
+    plan = StudyPlan(
+        space.name,
+        space.scale,
+        data_root,
+        address,
+        trials,
+        search,
+        dict(resources),
+        nodes,
+        slots,
+        concurrency,
+        max_concurrent,
+        objects,
+        capacity,
+        source,
+        inert_training_axes(space, overrides, data_root, datasets),
+        notes,
+    )
     if plan.feature_bytes > capacity:
         largest = max(objects, key=lambda o: o.nbytes)
         raise PlanError(
@@ -449,11 +512,13 @@ def build_plan(space: Space, *, overrides: dict | None, data_root: Path, resourc
             f"({len(objects)} feature object(s), the largest {largest.key} {largest.nbytes / MB:.1f} MB), "
             f"more than its capacity of {capacity / MB:.1f} MB ({source}). Use fewer perturbations, fewer "
             f"training or evaluation recordings (--set data.max_train=N, data.max_eval=N), or a bigger object "
-            f"store: `ray start --head --object-store-memory BYTES` and --address auto")
+            f"store: `ray start --head --object-store-memory BYTES` and --address auto"
+        )
     return plan
 
 
 # ---------------------------------------------------------------- printing
+
 
 def _resources_text(resources: dict) -> str:
     return f"{resources.get('cpu', 1):g} CPU, {resources.get('gpu', 0):g} GPU"
@@ -462,18 +527,28 @@ def _resources_text(resources: dict) -> str:
 def _object_lines(obj: FeatureObject) -> list[str]:
     p = obj.profile
     height, width = p.image_size
-    lines = [f"  {obj.key}  {obj.nbytes / MB:.1f} MB, read by {obj.configs} trial config(s): {p.name} profile "
-             f"{p.sample_rate} Hz, {p.window_s:g} s windows ({p.windows}, {p.padding} padding), float16 image "
-             f"{height}×{width} + waveform {p.window_samples} samples = {obj.window_bytes / 1e3:.1f} kB per window"]
+    lines = [
+        f"  {obj.key}  {obj.nbytes / MB:.1f} MB, read by {obj.configs} trial config(s): {p.name} profile "
+        f"{p.sample_rate} Hz, {p.window_s:g} s windows ({p.windows}, {p.padding} padding), float16 image "
+        f"{height}×{width} + waveform {p.window_samples} samples = {obj.window_bytes / 1e3:.1f} kB per window"
+    ]
     rows = [(s.name, f"{s.items} items", f"{s.windows} windows", s.nbytes) for s in obj.splits if not s.perturbed]
     perturbed = [s for s in obj.splits if s.perturbed]
     for spec in dict.fromkeys(s.name.split("~")[0] for s in perturbed):
         copies = [s for s in perturbed if s.name.split("~")[0] == spec]
-        rows.append((f"{spec}~perturbed", f"{len(copies)} copies", f"{sum(s.windows for s in copies)} windows",
-                     sum(s.nbytes for s in copies)))
+        rows.append(
+            (
+                f"{spec}~perturbed",
+                f"{len(copies)} copies",
+                f"{sum(s.windows for s in copies)} windows",
+                sum(s.nbytes for s in copies),
+            )
+        )
     width_name = max(len(r[0]) for r in rows)
-    lines += [f"      {name:<{width_name}}  {items:>10}  {windows:>14}  {nbytes / MB:9.1f} MB"
-              for name, items, windows, nbytes in rows]
+    lines += [
+        f"      {name:<{width_name}}  {items:>10}  {windows:>14}  {nbytes / MB:9.1f} MB"
+        for name, items, windows, nbytes in rows
+    ]
     return lines
 
 
@@ -487,25 +562,34 @@ def format_plan(plan: StudyPlan) -> str:
         f"  data root:  {plan.data_root}",
         f"  trials:     {runs}",
         f"  per trial:  {_resources_text(plan.resources)}",
-        f"  resources:  {where}: " + "; ".join(
+        f"  resources:  {where}: "
+        + "; ".join(
             f"{n.name} {n.cpu:g} CPU, {n.gpu:g} GPU, object store {n.object_store_bytes / MB:.0f} MB"
-            for n in plan.nodes),
+            for n in plan.nodes
+        ),
         f"  at once:    {plan.concurrency} trial(s) ({where} fits {plan.slots}; {cap})",
     ]
     if plan.search:
-        lines.append(f"search: Optuna draws {plan.search['num_samples']} samples of "
-                     + ", ".join(f"{k} ({v.get('type')} "
-                                 + (f"{v['values']}" if "values" in v else f"{v.get('low')}..{v.get('high')}") + ")"
-                                 for k, v in plan.search["params"].items())
-                     + ", from the first trial config")
+        lines.append(
+            f"search: Optuna draws {plan.search['num_samples']} samples of "
+            + ", ".join(
+                f"{k} ({v.get('type')} "
+                + (f"{v['values']}" if "values" in v else f"{v.get('low')}..{v.get('high')}")
+                + ")"
+                for k, v in plan.search["params"].items()
+            )
+            + ", from the first trial config"
+        )
     lines.append("trial configs (id, grid values):")
     lines += [f"  {t.trial_id}  {t.label}" for t in plan.trials]
     lines.append(f"feature objects in Ray's object store (one ray.put per data key): {len(plan.feature_objects)}")
     for obj in plan.feature_objects:
         lines += _object_lines(obj)
     share = plan.feature_bytes / plan.capacity_bytes if plan.capacity_bytes else float("inf")
-    lines.append(f"  total {plan.feature_bytes / MB:.1f} MB of {plan.capacity_bytes / MB:.1f} MB object store "
-                 f"capacity ({100 * share:.1f} %): {plan.capacity_source}")
+    lines.append(
+        f"  total {plan.feature_bytes / MB:.1f} MB of {plan.capacity_bytes / MB:.1f} MB object store "
+        f"capacity ({100 * share:.1f} %): {plan.capacity_source}"
+    )
     for warning in plan.warnings:
         lines.append(f"warning: {warning.message}")
     for note in plan.notes:

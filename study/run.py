@@ -24,6 +24,7 @@ changes to the spec; here both are explicit):
 Results (OUT defaults to results/NAME): trials.parquet, predictions.parquet,
 study.json; the analysis report's tables/ and plots/ when it exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,6 +81,7 @@ def data_key_of(config: dict) -> str:
 
 # ---------------------------------------------------------------- the trainable (runs on workers)
 
+
 def trainable(tune_config: dict, data_refs: dict) -> None:
     """Ray Tune function trainable: one trial, resumable from its last checkpoint."""
 
@@ -101,30 +103,51 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
     gpu_assigned = bool(ray.get_gpu_ids())
-    result = train_and_evaluate(config, data, trial_id=trial_id, report=report, resume_state=resume_state,
-                                gpu_assigned=gpu_assigned)
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-            "hostname": platform.node()}
+    result = train_and_evaluate(
+        config, data, trial_id=trial_id, report=report, resume_state=resume_state, gpu_assigned=gpu_assigned
+    )
+    node = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": platform.node(),
+    }
     with tempfile.TemporaryDirectory() as folder:
         final = Path(folder) / FINAL_DIR
         save_trial(final, config, result, data.info, trial_id)
-        write_json(final / "run.json", {"trial_id": trial_id, **node, "resumed_at": result.resumed_at,
-                                        "config": config, "started_at": started_at, "finished_at": time.time()})
+        write_json(
+            final / "run.json",
+            {
+                "trial_id": trial_id,
+                **node,
+                "resumed_at": result.resumed_at,
+                "config": config,
+                "started_at": started_at,
+                "finished_at": time.time(),
+            },
+        )
         # the full metrics travel in the checkpoint's files; Tune's table shows the headline ones
-        headline = {k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc")
-                    or k.endswith("/score")}
+        headline = {
+            k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc") or k.endswith("/score")
+        }
         last_epoch = result.history[-1] if result.history else {}
-        tune.report({**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s,
-                     **headline}, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(
+            {**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s, **headline},
+            checkpoint=tune.Checkpoint.from_directory(folder),
+        )
 
 
 def flatten_metrics(metrics: dict) -> dict:
     """{"pascal": {"roc_auc": ...}} → {"pascal/roc_auc": ...}, scalars only."""
-    return {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()
-            if isinstance(value, (int, float))}
+    return {
+        f"{name}/{key}": value
+        for name, values in metrics.items()
+        for key, value in values.items()
+        if isinstance(value, (int, float))
+    }
 
 
 # ---------------------------------------------------------------- the driver
+
 
 class Study:
     """A study's folder: its state (study.json), the Tune experiments, the collected trials."""
@@ -181,10 +204,17 @@ def package_versions() -> dict:
 def code_version() -> dict:
     repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         return {"commit": commit, "dirty": dirty, "package": metadata.version("audiofuse-study")}
     except (OSError, subprocess.CalledProcessError, metadata.PackageNotFoundError):
         return {"commit": None, "dirty": None}
@@ -193,10 +223,12 @@ def code_version() -> dict:
 def _search_space(search: dict):
     """Optuna-searchable Tune distributions from the space's ``search.params``."""
 
-    kinds = {"loguniform": lambda p: tune.loguniform(p["low"], p["high"]),
-             "uniform": lambda p: tune.uniform(p["low"], p["high"]),
-             "choice": lambda p: tune.choice(p["values"]),
-             "randint": lambda p: tune.randint(p["low"], p["high"])}
+    kinds = {
+        "loguniform": lambda p: tune.loguniform(p["low"], p["high"]),
+        "uniform": lambda p: tune.uniform(p["low"], p["high"]),
+        "choice": lambda p: tune.choice(p["values"]),
+        "randint": lambda p: tune.randint(p["low"], p["high"]),
+    }
     params = {}
     for key, spec in search.get("params", {}).items():
         if not isinstance(spec, dict) or spec.get("type") not in kinds:
@@ -230,7 +262,6 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
             elif (Path(folder) / STATE_FILE).is_file():
                 pending.append((result, (Path(folder) / STATE_FILE).read_bytes()))
     if pending:
-
         finish = ray.remote(_finish_stopped_trial).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
         futures = []
         for result, state in pending:
@@ -250,17 +281,20 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
 def _finish_stopped_trial(config: dict, data, state_bytes: bytes, trial_id: str) -> tuple[dict, bool]:
     """Ray task: evaluate a stopped trial's kept weights; returns its final files (name → bytes)."""
 
-
-
     state = torch.load(io.BytesIO(state_bytes), weights_only=False)
     result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
     early = result.epochs < config["train.max_epochs"] and state["since_best"] < config["train.patience"]
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-            "hostname": platform.node()}
+    node = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": platform.node(),
+    }
     with tempfile.TemporaryDirectory() as folder:
         save_trial(Path(folder), config, result, data.info, trial_id)
-        write_json(Path(folder) / "run.json", {"trial_id": trial_id, **node, "resumed_at": result.resumed_at,
-                                               "config": config, "stopped_early": early})
+        write_json(
+            Path(folder) / "run.json",
+            {"trial_id": trial_id, **node, "resumed_at": result.resumed_at, "config": config, "stopped_early": early},
+        )
         return {p.name: p.read_bytes() for p in Path(folder).iterdir()}, early
 
 
@@ -293,15 +327,26 @@ def write_results(study: Study, state: dict, trials_dir: Path | None = None) -> 
         row = {"trial_id": run["trial_id"]}
         row.update({f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in config.items()})
         row.update(flatten_metrics(metrics["metrics"]))
-        row.update({"epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
-                    "threshold": metrics["threshold"], "wall_time_s": metrics["wall_time_s"],
-                    "node_id": run["node_id"], "node_ip": run["node_ip"], "hostname": run["hostname"],
-                    "retries": len(run["resumed_at"]), "experiment": run.get("experiment"),
-                    "stopped_early": bool(run.get("stopped_early", False)),
-                    "started_at": run.get("started_at"), "finished_at": run.get("finished_at")})
+        row.update(
+            {
+                "epochs": metrics["epochs"],
+                "best_epoch": metrics["best_epoch"],
+                "threshold": metrics["threshold"],
+                "wall_time_s": metrics["wall_time_s"],
+                "node_id": run["node_id"],
+                "node_ip": run["node_ip"],
+                "hostname": run["hostname"],
+                "retries": len(run["resumed_at"]),
+                "experiment": run.get("experiment"),
+                "stopped_early": bool(run.get("stopped_early", False)),
+                "started_at": run.get("started_at"),
+                "finished_at": run.get("finished_at"),
+            }
+        )
         device = metrics.get("device", {})
-        row.update({"device": device.get("type"), "device_name": device.get("name"),
-                    "precision": device.get("precision")})
+        row.update(
+            {"device": device.get("type"), "device_name": device.get("name"), "precision": device.get("precision")}
+        )
         if metrics["history"]:
             row.update({k: v for k, v in metrics["history"][-1].items() if k.startswith("kept_val_")})
         rows.append(row)
@@ -327,16 +372,29 @@ def replicate_configs(space: Space, configs: list[dict], best_params: dict) -> l
 def best_search_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series:
     """The search trial whose kept weights score best on the search metric (validation only)."""
     if metric not in trials or trials[metric].isna().all():
-        raise SpaceError(f"search.metric {metric!r} was reported by no search trial; "
-                         f"the trials report {sorted(c for c in trials if c.startswith('kept_val_'))}")
+        raise SpaceError(
+            f"search.metric {metric!r} was reported by no search trial; "
+            f"the trials report {sorted(c for c in trials if c.startswith('kept_val_'))}"
+        )
     values = trials[metric] if mode == "max" else -trials[metric]
     return trials.loc[values.idxmax()]
 
 
-def run_study(space: Space, *, out: Path, data_root: Path | None = None, address: str | None = None,
-              storage: str | None = None, resume: bool = False, extend: bool = False, max_concurrent: int | None = None,
-              overrides: dict | None = None, resources: dict | None = None, report: bool = True,
-              verbose: int = 1) -> dict:
+def run_study(
+    space: Space,
+    *,
+    out: Path,
+    data_root: Path | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    extend: bool = False,
+    max_concurrent: int | None = None,
+    overrides: dict | None = None,
+    resources: dict | None = None,
+    report: bool = True,
+    verbose: int = 1,
+) -> dict:
     """Run (or resume, or extend) a study; returns its summary. See the module docstring.
 
     ``resources`` overrides the space's per-trial ``{"cpu": n, "gpu": g}`` (either key alone).
@@ -368,17 +426,22 @@ def run_study(space: Space, *, out: Path, data_root: Path | None = None, address
         study.save(state)
         wrapped = _trainable_with(data_refs, resources)
         if space.search is not None and not state.get("search", {}).get("complete"):
-            _run_search(space, study, state, configs[0], wrapped, data_refs, resources, resume, max_concurrent,
-                        verbose)
+            _run_search(space, study, state, configs[0], wrapped, data_refs, resources, resume, max_concurrent, verbose)
             configs = replicate_configs(space, configs, state["search"]["best"]["params"])
-        collected, errors = _run_grid(space, study, state, configs, wrapped, data_refs, resources, resume,
-                                      max_concurrent, verbose)
+        collected, errors = _run_grid(
+            space, study, state, configs, wrapped, data_refs, resources, resume, max_concurrent, verbose
+        )
     trials, _ = write_results(study, state)
     state["finished"] = _now()
     study.save(state)
-    summary = {"trials": len(trials), "trained": len(collected), "failed": len(errors),
-               "retried": int(trials["retries"].gt(0).sum()) if len(trials) else 0,
-               "seconds": round(time.perf_counter() - started, 1), "out": str(out)}
+    summary = {
+        "trials": len(trials),
+        "trained": len(collected),
+        "failed": len(errors),
+        "retried": int(trials["retries"].gt(0).sum()) if len(trials) else 0,
+        "seconds": round(time.perf_counter() - started, 1),
+        "out": str(out),
+    }
     if "search" in state:
         summary["search"] = {k: state["search"][k] for k in ("trials", "stopped_early", "best")}
     _print_summary(space, trials, summary, errors)
@@ -399,12 +462,17 @@ def _study_state(space: Space, study: Study, overrides: dict, resume: bool, exte
     if previous is None:
         return {"space": resolved, "experiments": [], "started": _now()}
     if not (resume or extend):
-        raise SpaceError(f"{study.out} already holds study '{previous['space']['name']}': pass --resume to continue "
-                         f"it, --extend to add the grid points it lacks, or another --out")
+        raise SpaceError(
+            f"{study.out} already holds study '{previous['space']['name']}': pass --resume to continue "
+            f"it, --extend to add the grid points it lacks, or another --out"
+        )
     differences = space_differences(previous["space"], resolved)
     if differences and not extend:
-        raise SpaceError(f"the space changed since {study.path} was written; refusing to resume:\n  "
-                         + "\n  ".join(differences) + "\npass --extend to run only the trials the study lacks")
+        raise SpaceError(
+            f"the space changed since {study.path} was written; refusing to resume:\n  "
+            + "\n  ".join(differences)
+            + "\npass --extend to run only the trials the study lacks"
+        )
     if extend and previous["space"].get("search") is not None:
         raise SpaceError("--extend applies to grid spaces; an hpo search is resumed with --resume")
     if extend:
@@ -427,8 +495,12 @@ def _ray_session(address: str | None, verbose: int):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose > 1,
+            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
+        )
     try:
         yield
     finally:
@@ -466,8 +538,9 @@ def _run_search(space, study, state, base, wrapped, data_refs, resources, resume
     search_state = state.setdefault("search", {"complete": False})
     name = search_state.get("experiment")
     if resume and name and tune.Tuner.can_restore(f"{experiment_dir}/{name}"):
-        tuner = tune.Tuner.restore(f"{experiment_dir}/{name}", trainable=wrapped, resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(
+            f"{experiment_dir}/{name}", trainable=wrapped, resume_unfinished=True, resume_errored=True
+        )
     else:
         name = search_state["experiment"] = "search-1"
         study.save(state)
@@ -478,15 +551,22 @@ def _run_search(space, study, state, base, wrapped, data_refs, resources, resume
     errors = [r for r in results if r.error is not None]
     trials, _ = write_results(study, state, search_dir / TRIALS_DIR)
     if errors or trials.empty:
-        raise RuntimeError(f"the search failed: {len(errors)} of its trials errored "
-                           + "; ".join(str(e.error).splitlines()[0] for e in errors[:3]))
+        raise RuntimeError(
+            f"the search failed: {len(errors)} of its trials errored "
+            + "; ".join(str(e.error).splitlines()[0] for e in errors[:3])
+        )
     search = space.search
     metric, mode = search.get("metric", "kept_val_roc_auc"), search.get("mode", "max")
     best = best_search_trial(trials, metric, mode)
     params = {key: _plain(best[f"config/{key}"]) for key in search["params"]}
-    search_state.update(complete=True, trials=len(trials), stopped_early=int(trials["stopped_early"].sum()),
-                        metric=metric, mode=mode,
-                        best={"trial_id": best["trial_id"], "value": float(best[metric]), "params": params})
+    search_state.update(
+        complete=True,
+        trials=len(trials),
+        stopped_early=int(trials["stopped_early"].sum()),
+        metric=metric,
+        mode=mode,
+        best={"trial_id": best["trial_id"], "value": float(best[metric]), "params": params},
+    )
     study.save(state)
 
 
@@ -499,19 +579,28 @@ def _run_grid(space, study, state, configs, wrapped, data_refs, resources, resum
 
     experiment_dir = state["storage"].rstrip("/")
     latest = state["experiments"][-1] if state["experiments"] else None
-    restore = (resume and latest is not None and not latest.get("complete")
-               and tune.Tuner.can_restore(f"{experiment_dir}/{latest['name']}"))
+    restore = (
+        resume
+        and latest is not None
+        and not latest.get("complete")
+        and tune.Tuner.can_restore(f"{experiment_dir}/{latest['name']}")
+    )
     finished = study.finished_ids()
     todo = [(trial_id_of(c), c) for c in configs if trial_id_of(c) not in finished]
     if not todo and not restore:
         return [], []
     if restore:
-        tuner = tune.Tuner.restore(f"{experiment_dir}/{latest['name']}", trainable=wrapped,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            f"{experiment_dir}/{latest['name']}", trainable=wrapped, resume_unfinished=True, resume_errored=True
+        )
         experiment = latest
     else:
-        experiment = {"name": f"run-{len(state['experiments']) + 1}", "trial_ids": [i for i, _ in todo],
-                      "started": _now(), "complete": False}
+        experiment = {
+            "name": f"run-{len(state['experiments']) + 1}",
+            "trial_ids": [i for i, _ in todo],
+            "started": _now(),
+            "complete": False,
+        }
         state["experiments"].append(experiment)
         study.save(state)
         tuner = _grid_tuner(space, wrapped, todo, experiment_dir, experiment["name"], max_concurrent, verbose)
@@ -541,7 +630,9 @@ def trial_label(config: dict, axes: list[str]) -> str:
 def _run_config(name, experiment_dir, verbose):
 
     return tune.RunConfig(
-        name=name, storage_path=experiment_dir, verbose=verbose,
+        name=name,
+        storage_path=experiment_dir,
+        verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=3),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
@@ -550,28 +641,42 @@ def _run_config(name, experiment_dir, verbose):
 def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verbose):
 
     axes = sorted(set(space.grid()) | ({"recipe"} if space.search is not None else set()))
-    param_space = {"trial": tune.grid_search([
-        {"trial_id": i, "base": c, "label": trial_label(c, axes)} for i, c in todo])}
-    return tune.Tuner(wrapped, param_space=param_space, run_config=_run_config(name, experiment_dir, verbose),
-                      tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
-                                                  trial_name_creator=_trial_name,
-                                                  trial_dirname_creator=_trial_dirname))
+    param_space = {
+        "trial": tune.grid_search([{"trial_id": i, "base": c, "label": trial_label(c, axes)} for i, c in todo])
+    }
+    return tune.Tuner(
+        wrapped,
+        param_space=param_space,
+        run_config=_run_config(name, experiment_dir, verbose),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname
+        ),
+    )
 
 
 def _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose):
 
     search = space.search
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train.max_epochs"],
-                              grace_period=search.get("grace_period", 3),
-                              reduction_factor=search.get("reduction_factor", 3))
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=base["train.max_epochs"],
+        grace_period=search.get("grace_period", 3),
+        reduction_factor=search.get("reduction_factor", 3),
+    )
     searcher = OptunaSearch(seed=base["seed"])
-    return tune.Tuner(wrapped, param_space={"trial": {"base": base, "params": _search_space(search)}},
-                      run_config=_run_config(name, experiment_dir, verbose),
-                      tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                  metric=search.get("metric", "kept_val_roc_auc"),
-                                                  mode=search.get("mode", "max"),
-                                                  num_samples=search.get("num_samples", 8),
-                                                  max_concurrent_trials=max_concurrent))
+    return tune.Tuner(
+        wrapped,
+        param_space={"trial": {"base": base, "params": _search_space(search)}},
+        run_config=_run_config(name, experiment_dir, verbose),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            metric=search.get("metric", "kept_val_roc_auc"),
+            mode=search.get("mode", "max"),
+            num_samples=search.get("num_samples", 8),
+            max_concurrent_trials=max_concurrent,
+        ),
+    )
 
 
 def _trial_name(trial) -> str:
@@ -588,15 +693,19 @@ def _now() -> str:
 
 
 def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
-    print(f"\n{space.name}: {summary['trials']} trials in the study, {summary['trained']} trained now, "
-          f"{summary['failed']} failed, {summary['retried']} retried after a failure "
-          f"({summary['seconds']:.0f} s)")
+    print(
+        f"\n{space.name}: {summary['trials']} trials in the study, {summary['trained']} trained now, "
+        f"{summary['failed']} failed, {summary['retried']} retried after a failure "
+        f"({summary['seconds']:.0f} s)"
+    )
     for error in errors:
         print(f"  failed: {error.error}")
     if "search" in summary:
         search = summary["search"]
-        print(f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by ASHA); best by "
-              f"validation: {search['best']['params']} ({search['best']['value']:.4f}, trial {search['best']['trial_id']})")
+        print(
+            f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by ASHA); best by "
+            f"validation: {search['best']['params']} ({search['best']['value']:.4f}, trial {search['best']['trial_id']})"
+        )
     compare = space.compare
     # clean evaluation sets only: perturbed ones ("SET~PERTURBATION@SEVERITY/...") are for the robustness report
     metric_columns = [c for c in trials.columns if c.endswith("/roc_auc") and not c.startswith("val/") and "~" not in c]
@@ -604,8 +713,11 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
         key = metric_columns[0]
         best = trials.loc[trials[key].idxmax()]
         axis = compare.get("axis")
-        print(f"  best {key}: {best[key]:.4f} ({best['trial_id']}" + (f", {axis}={best.get('config/' + axis)}" if axis else "")
-              + ")")
+        print(
+            f"  best {key}: {best[key]:.4f} ({best['trial_id']}"
+            + (f", {axis}={best.get('config/' + axis)}" if axis else "")
+            + ")"
+        )
         if axis and f"config/{axis}" in trials:
             table = trials.groupby(f"config/{axis}")[metric_columns].agg(["mean", "std", "count"])
             print(table.round(4).to_string())
@@ -624,34 +736,55 @@ def _report(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m study.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--space", required=True, help="search space name (search_spaces/NAME.yaml) or path")
     parser.add_argument("--scale", default=None, help="cpu (tiny models, default) or paper")
-    parser.add_argument("--data-root", default=None,
-                        help="folder with physionet2016/, pascal/, icbhi2017/ (default: built-in synthetic data)")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with physionet2016/, pascal/, icbhi2017/ (default: built-in synthetic data)",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
     parser.add_argument("--out", default=None, help="results folder (default: results/SPACE)")
-    parser.add_argument("--storage", default=None,
-                        help="Tune checkpoint storage, e.g. s3://bucket/studies (default: OUT/tune; "
-                             "a multi-node cluster needs storage every node reaches)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="Tune checkpoint storage, e.g. s3://bucket/studies (default: OUT/tune; "
+        "a multi-node cluster needs storage every node reaches)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue an interrupted study in OUT")
     group.add_argument("--extend", action="store_true", help="run only the grid points the study in OUT lacks")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
-    parser.add_argument("--cpus-per-trial", type=float, default=None,
-                        help="CPUs Ray reserves per trial (default: the space's resources at the scale)")
-    parser.add_argument("--gpus-per-trial", type=float, default=None,
-                        help="GPUs per trial, a fraction to share one GPU (default: the space's; "
-                             "paper scale 0.25, cpu scale 0)")
+    parser.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=None,
+        help="CPUs Ray reserves per trial (default: the space's resources at the scale)",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial, a fraction to share one GPU (default: the space's; paper scale 0.25, cpu scale 0)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    parser.add_argument("--init-checkpoint", default=None, metavar="PATH",
-                        help="AudioSet-pretrained AST state dict on local disk (YuanGongND/ast "
-                             "audioset_10_10_0.4593.pth) to start every AST trial from; sets model.init_checkpoint")
+    parser.add_argument(
+        "--init-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="AudioSet-pretrained AST state dict on local disk (YuanGongND/ast "
+        "audioset_10_10_0.4593.pth) to start every AST trial from; sets model.init_checkpoint",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved plan (trials, resources, concurrency, feature sizes against the "
-                             "object store, grid axes that change no training input) and train nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved plan (trials, resources, concurrency, feature sizes against the "
+        "object store, grid axes that change no training input) and train nothing",
+    )
     parser.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 Tune's trial table, 2 trial logs too")
     args = parser.parse_args(argv)
     try:
@@ -667,16 +800,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from .plan import build_plan, format_plan
 
-            plan = build_plan(space, overrides=overrides, data_root=Path(args.data_root or default_data_root()),
-                              resources=trial_resources(space, resources), address=args.address,
-                              max_concurrent=args.max_concurrent)
+            plan = build_plan(
+                space,
+                overrides=overrides,
+                data_root=Path(args.data_root or default_data_root()),
+                resources=trial_resources(space, resources),
+                address=args.address,
+                max_concurrent=args.max_concurrent,
+            )
             print(format_plan(plan))
             return 0
-        run_study(space, out=out, data_root=args.data_root, address=args.address, storage=args.storage,
-                  resume=args.resume,
-                  extend=args.extend, max_concurrent=args.max_concurrent, overrides=overrides,
-                  resources=resources,
-                  report=not args.no_report, verbose=args.verbose)
+        run_study(
+            space,
+            out=out,
+            data_root=args.data_root,
+            address=args.address,
+            storage=args.storage,
+            resume=args.resume,
+            extend=args.extend,
+            max_concurrent=args.max_concurrent,
+            overrides=overrides,
+            resources=resources,
+            report=not args.no_report,
+            verbose=args.verbose,
+        )
     except (SpaceError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

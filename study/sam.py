@@ -57,11 +57,16 @@ class SAM(torch.optim.Optimizer):
     optimizer's state (the perturbation is transient).
     """
 
-    def __init__(self, params, base_optimizer_cls: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, **kwargs):
+    def __init__(
+        self,
+        params,
+        base_optimizer_cls: type[torch.optim.Optimizer],
+        rho: float = 0.05,
+        adaptive: bool = False,
+        **kwargs,
+    ):
         if not (isinstance(base_optimizer_cls, type) and issubclass(base_optimizer_cls, torch.optim.Optimizer)):
-            raise TypeError(
-                f"base_optimizer_cls must be a torch.optim.Optimizer subclass, got {base_optimizer_cls!r}")
+            raise TypeError(f"base_optimizer_cls must be a torch.optim.Optimizer subclass, got {base_optimizer_cls!r}")
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho >= 0.0:
             raise ValueError(f"rho must be a non-negative number, got {rho!r}")
         if not isinstance(adaptive, bool):
@@ -120,8 +125,10 @@ class SAM(torch.optim.Optimizer):
         before each run. Returns the loss of the first run (at ``w``).
         """
         if closure is None:
-            raise ValueError("SAM.step needs a closure (two forward-backward passes); "
-                             "or call first_step() and second_step() yourself")
+            raise ValueError(
+                "SAM.step needs a closure (two forward-backward passes); "
+                "or call first_step() and second_step() yourself"
+            )
         closure = torch.enable_grad()(closure)
         self.zero_grad()
         loss = closure()

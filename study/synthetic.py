@@ -1,4 +1,5 @@
 """The built-in synthetic datasets used when no --data-root is given."""
+
 from __future__ import annotations
 
 from pathlib import Path

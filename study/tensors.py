@@ -6,6 +6,7 @@ built by :func:`study.trial_data.prepare_data`, shared through Ray's object stor
 and placed on a trial's device by :func:`place_splits`. This module needs only
 torch, numpy and pandas, so the trainer runs where no audio library is installed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,10 +39,14 @@ class SplitData:
     @classmethod
     def from_features(cls, name: str, features: FeatureSet) -> SplitData:
         # np.array copies memory-mapped cache packs into memory once, instead of every epoch
-        return cls(name, features.table, torch.from_numpy(np.array(features.images))[:, None],
-                   torch.from_numpy(np.array(features.waves))[:, None],
-                   torch.from_numpy(np.array(features.item_index)),
-                   torch.as_tensor(np.array(features.table["label"].to_numpy())))
+        return cls(
+            name,
+            features.table,
+            torch.from_numpy(np.array(features.images))[:, None],
+            torch.from_numpy(np.array(features.waves))[:, None],
+            torch.from_numpy(np.array(features.item_index)),
+            torch.as_tensor(np.array(features.table["label"].to_numpy())),
+        )
 
     @property
     def n_items(self) -> int:
@@ -103,6 +108,10 @@ def place_splits(data: TrialData, device: torch.device, headroom: float = 0.5) -
         return split.to(device) if on_device else split.to(torch.device("cpu"), pin=True)
 
     placed = dataclasses.replace(
-        data, train=move(data.train), val=move(data.val), evals={k: move(v) for k, v in data.evals.items()},
-        perturbed=[dataclasses.replace(p, split=move(p.split)) for p in data.perturbed])
+        data,
+        train=move(data.train),
+        val=move(data.val),
+        evals={k: move(v) for k, v in data.evals.items()},
+        perturbed=[dataclasses.replace(p, split=move(p.split)) for p in data.perturbed],
+    )
     return placed, on_device

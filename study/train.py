@@ -6,6 +6,7 @@ with the paper's recipe or its ablations, on the device the trial was given, and
 evaluates the best weights on every evaluation set. Ray Tune calls it with data it
 shared through its object store; ``python -m study.trial`` in one process.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,18 +53,22 @@ def resolve_device(choice: str, gpu_assigned: bool | None = None) -> tuple[torch
     if choice == "cpu":
         return torch.device("cpu"), None
     if choice == "auto" or (choice == "assigned" and gpu_assigned is None):
-        note = ("Ray gave this trial a GPU but torch finds no CUDA device; trained on the CPU (train.device: auto)"
-                if gpu_assigned and not cuda else None)
+        note = (
+            "Ray gave this trial a GPU but torch finds no CUDA device; trained on the CPU (train.device: auto)"
+            if gpu_assigned and not cuda
+            else None
+        )
         return torch.device("cuda" if cuda else "cpu"), note
     if choice == "assigned" and not gpu_assigned:
         return torch.device("cpu"), None
     if not cuda:
-        why = ("Ray gave this trial a GPU" if gpu_assigned else "train.device is 'cuda'")
+        why = "Ray gave this trial a GPU" if gpu_assigned else "train.device is 'cuda'"
         raise RuntimeError(
             f"{why}, but torch {torch.__version__} finds no CUDA device (torch.version.cuda="
             f"{torch.version.cuda}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): install a "
             f"CUDA build of torch on the worker, ask for no GPU (--gpus-per-trial 0), or set train.device=auto "
-            f"to train on the CPU instead")
+            f"to train on the CPU instead"
+        )
     return torch.device("cuda"), None
 
 
@@ -89,8 +94,12 @@ def device_record(device: torch.device, dtype: torch.dtype | None, note: str | N
         name = torch.cuda.get_device_name(index)
     else:
         name = platform.processor() or platform.machine() or "cpu"
-    record = {"type": device.type, "name": name, "precision": "bf16-autocast" if dtype is not None else "fp32",
-              "data_on_device": on_device}
+    record = {
+        "type": device.type,
+        "name": name,
+        "precision": "bf16-autocast" if dtype is not None else "fp32",
+        "data_on_device": on_device,
+    }
     if note:
         record["note"] = note
     return record
@@ -112,8 +121,14 @@ def _inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device, c
 
 
 @torch.no_grad()
-def predict(model, split: SplitData, device: torch.device, batch_size: int = 128,
-            features_hook: Callable[[dict], dict] | None = None, dtype: torch.dtype | None = None) -> np.ndarray:
+def predict(
+    model,
+    split: SplitData,
+    device: torch.device,
+    batch_size: int = 128,
+    features_hook: Callable[[dict], dict] | None = None,
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
     """Recording-level probabilities: window probabilities averaged per item.
 
     Returns (n_items,) P(abnormal) for a binary model, (n_items, C) class
@@ -156,8 +171,9 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
 
 def _monitor_value(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:
     if probs.ndim == 2:
-        return float(multiclass_metrics(labels, probs)["score"] if metric != "accuracy"
-                     else np.mean(probs.argmax(1) == labels))
+        return float(
+            multiclass_metrics(labels, probs)["score"] if metric != "accuracy" else np.mean(probs.argmax(1) == labels)
+        )
     # the ICBHI Score of two classes, (sensitivity + specificity) / 2, is balanced accuracy
     value = binary_metrics(labels, probs, 0.5)["balanced_accuracy" if metric == "score" else metric]
     return -np.inf if np.isnan(value) else value
@@ -217,8 +233,9 @@ def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool
         model = model.to(memory_format=torch.channels_last)
     data, on_device = place_splits(data, device)
     eval_batch_size = train_cfg.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    return _Setup(config, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device),
-                  eval_batch_size)
+    return _Setup(
+        config, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
+    )
 
 
 @dataclass
@@ -239,9 +256,13 @@ class TrainState:
 
     def to_checkpoint(self, model, optimizer, generator: torch.Generator) -> dict:
         """Everything needed to continue exactly from this epoch (a dict torch.save can write)."""
-        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self)})}
+        return {
+            "model": copy.deepcopy(model.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            **copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self)}),
+        }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> TrainState:
@@ -291,9 +312,15 @@ def class_weights_of(window_labels: torch.Tensor, num_classes: int) -> torch.Ten
     return (counts.sum() / (n_classes * counts.clamp(min=1))).float()
 
 
-def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial",
-                       report: Callable[[dict, Callable[[], dict]], None] | None = None,
-                       resume_state: dict | None = None, gpu_assigned: bool | None = None) -> TrialResult:
+def train_and_evaluate(
+    config: dict,
+    data: TrialData,
+    *,
+    trial_id: str = "trial",
+    report: Callable[[dict, Callable[[], dict]], None] | None = None,
+    resume_state: dict | None = None,
+    gpu_assigned: bool | None = None,
+) -> TrialResult:
     """Train one model and evaluate its best weights on every evaluation set.
 
     ``report(epoch_metrics, get_state)`` is called after every epoch; ``get_state()``
@@ -331,8 +358,14 @@ def train_and_evaluate(config: dict, data: TrialData, *, trial_id: str = "trial"
 class _EpochTrainer:
     """One epoch of training and validation, with everything that stays fixed between epochs."""
 
-    def __init__(self, run: _Setup, optimizer, class_weights: torch.Tensor, window_labels: torch.Tensor,
-                 generator: torch.Generator):
+    def __init__(
+        self,
+        run: _Setup,
+        optimizer,
+        class_weights: torch.Tensor,
+        window_labels: torch.Tensor,
+        generator: torch.Generator,
+    ):
         self.run, self.window_labels, self.generator = run, window_labels, generator
         train = run.data.train
         self.step = _train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
@@ -354,8 +387,11 @@ class _EpochTrainer:
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         for lo, hi in self.batches:
             rows = order[lo:hi]
-            loss = self.step(self.forward, _inputs(model, train, rows, device, train_cfg.channels_last),
-                             self.targets[rows].to(device, non_blocking=True))
+            loss = self.step(
+                self.forward,
+                _inputs(model, train, rows, device, train_cfg.channels_last),
+                self.targets[rows].to(device, non_blocking=True),
+            )
             total_loss += loss.double() * (hi - lo)
         train_loss = float(total_loss) / max(len(self.window_labels), 1)  # the epoch's one host synchronisation
         train_s = time.perf_counter() - started
@@ -368,8 +404,9 @@ class _EpochTrainer:
         return row, score
 
 
-def finish_from_state(config: dict, data: TrialData, checkpoint: dict, *, trial_id: str = "trial",
-                      gpu_assigned: bool | None = None) -> TrialResult:
+def finish_from_state(
+    config: dict, data: TrialData, checkpoint: dict, *, trial_id: str = "trial", gpu_assigned: bool | None = None
+) -> TrialResult:
     """Evaluate the best weights kept in a per-epoch checkpoint (``get_state()``) as a finished trial
     would: for a trial a scheduler stopped early, whose own evaluation never ran."""
     run = _setup(config, data, gpu_assigned, fresh=False)
@@ -386,11 +423,23 @@ def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float)
     val_probs = predict(model, data.val, device, run.eval_batch_size, dtype=run.dtype)
     threshold = choose_threshold(val_labels, val_probs, run.train_cfg.threshold_criterion) if binary else 0.5
     means = branch_feature_means(model, data.train, device, run.eval_batch_size)
-    metrics, predictions = evaluate_model(model, data, device, trial_id, threshold, means,
-                                          batch_size=run.eval_batch_size, dtype=run.dtype)
+    metrics, predictions = evaluate_model(
+        model, data, device, trial_id, threshold, means, batch_size=run.eval_batch_size, dtype=run.dtype
+    )
     metrics = {"val": evaluate_probs(val_labels, val_probs, threshold), **metrics}
-    return TrialResult(metrics, predictions, state.best_state, threshold, state.epoch, state.best_epoch,
-                       state.history, time.perf_counter() - segment_start, state.resumed_at, means, run.record)
+    return TrialResult(
+        metrics,
+        predictions,
+        state.best_state,
+        threshold,
+        state.epoch,
+        state.best_epoch,
+        state.history,
+        time.perf_counter() - segment_start,
+        state.resumed_at,
+        means,
+        run.record,
+    )
 
 
 def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: bool):
@@ -448,22 +497,40 @@ def ablation_hook(model, branch: str, replacement: str, means: dict) -> Callable
         features = dict(features)
         for key in keys:
             value = features[key]
-            features[key] = (means[key].to(value.device, value.dtype).expand_as(value) if replacement == "mean"
-                             else torch.zeros_like(value))
+            features[key] = (
+                means[key].to(value.device, value.dtype).expand_as(value)
+                if replacement == "mean"
+                else torch.zeros_like(value)
+            )
         return features
 
     return hook
 
 
-def evaluate_model(model, data: TrialData, device: torch.device, trial_id: str, threshold: float,
-                   means: dict, batch_size: int = 128, dtype: torch.dtype | None = None) -> tuple[dict, pd.DataFrame]:
+def evaluate_model(
+    model,
+    data: TrialData,
+    device: torch.device,
+    trial_id: str,
+    threshold: float,
+    means: dict,
+    batch_size: int = 128,
+    dtype: torch.dtype | None = None,
+) -> tuple[dict, pd.DataFrame]:
     """Evaluate trained weights on every clean and perturbed evaluation set, and for fusion
     models with each branch ablated (mean / zeros). Returns (metrics, predictions)."""
     metrics, frames = {}, []
     evaluations = [(name, split, "none", 0) for name, split in data.evals.items()]
     evaluations += [(p.eval_set, p.split, p.perturbation, p.severity) for p in data.perturbed]
-    ablations = [(f"{branch}={mode}", ablation_hook(model, branch, mode, means))
-                 for branch in ("spectrogram", "waveform") for mode in ("mean", "zeros")] if means else []
+    ablations = (
+        [
+            (f"{branch}={mode}", ablation_hook(model, branch, mode, means))
+            for branch in ("spectrogram", "waveform")
+            for mode in ("mean", "zeros")
+        ]
+        if means
+        else []
+    )
     for name, split, perturbation, severity in evaluations:
         key = name if perturbation == "none" else f"{name}~{perturbation}@{severity}"
         for ablation, hook in [("none", None)] + ablations:
@@ -474,23 +541,47 @@ def evaluate_model(model, data: TrialData, device: torch.device, trial_id: str, 
     return metrics, pd.concat(frames, ignore_index=True)
 
 
-PREDICTION_COLUMNS = ["trial_id", "eval_set", "recording_id", "source", "group", "label", "prob",
-                      "perturbation", "severity", "ablation"]
+PREDICTION_COLUMNS = [
+    "trial_id",
+    "eval_set",
+    "recording_id",
+    "source",
+    "group",
+    "label",
+    "prob",
+    "perturbation",
+    "severity",
+    "ablation",
+]
 
 
-def prediction_frame(trial_id: str, eval_set: str, split: SplitData, probs: np.ndarray,
-                     perturbation: str = "none", severity: int = 0, ablation: str = "none") -> pd.DataFrame:
+def prediction_frame(
+    trial_id: str,
+    eval_set: str,
+    split: SplitData,
+    probs: np.ndarray,
+    perturbation: str = "none",
+    severity: int = 0,
+    ablation: str = "none",
+) -> pd.DataFrame:
     """One row per recording: the columns of predictions.parquet (``prob`` = P(abnormal);
     for multi-class models also ``prob_0`` … ``prob_{C-1}``). ``ablation`` names a test-time
     branch ablation ("waveform=mean": the waveform features replaced by their training mean)."""
-    frame = pd.DataFrame({
-        "trial_id": trial_id, "eval_set": eval_set, "recording_id": split.table["id"].astype(str).to_numpy(),
-        "source": split.table["source"].astype(str).to_numpy(), "group": split.table["group"].astype("string"),
-        "label": split.labels.cpu().numpy(), "prob": probs if probs.ndim == 1 else 1.0 - probs[:, 0],
-        "perturbation": perturbation, "severity": severity, "ablation": ablation,
-    })
+    frame = pd.DataFrame(
+        {
+            "trial_id": trial_id,
+            "eval_set": eval_set,
+            "recording_id": split.table["id"].astype(str).to_numpy(),
+            "source": split.table["source"].astype(str).to_numpy(),
+            "group": split.table["group"].astype("string"),
+            "label": split.labels.cpu().numpy(),
+            "prob": probs if probs.ndim == 1 else 1.0 - probs[:, 0],
+            "perturbation": perturbation,
+            "severity": severity,
+            "ablation": ablation,
+        }
+    )
     if probs.ndim == 2:
         for k in range(probs.shape[1]):
             frame[f"prob_{k}"] = probs[:, k]
     return frame
-

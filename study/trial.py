@@ -10,6 +10,7 @@ recording and evaluation set), ``checkpoint.pt`` (best weights and what is
 needed to use them) and ``config.json``. With no --data-root it runs on the
 built-in synthetic datasets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,20 +31,38 @@ def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, tr
     """Write a finished trial's files to ``out`` (atomically, one by one)."""
     write_parquet(out / "predictions.parquet", result.predictions)
     with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save({"config": config, "model": result.best_state, "threshold": result.threshold,
-                    "best_epoch": result.best_epoch, "feature_means": result.feature_means}, tmp)
+        torch.save(
+            {
+                "config": config,
+                "model": result.best_state,
+                "threshold": result.threshold,
+                "best_epoch": result.best_epoch,
+                "feature_means": result.feature_means,
+            },
+            tmp,
+        )
     write_json(out / "config.json", config)
-    write_json(out / "metrics.json", {
-        "trial_id": trial_id, "metrics": result.metrics, "threshold": result.threshold,
-        "threshold_criterion": config["train.threshold_criterion"], "epochs": result.epochs,
-        "best_epoch": result.best_epoch, "wall_time_s": result.wall_time_s, "history": result.history,
-        "device": result.device, "data": data_info,
-    })
+    write_json(
+        out / "metrics.json",
+        {
+            "trial_id": trial_id,
+            "metrics": result.metrics,
+            "threshold": result.threshold,
+            "threshold_criterion": config["train.threshold_criterion"],
+            "epochs": result.epochs,
+            "best_epoch": result.best_epoch,
+            "wall_time_s": result.wall_time_s,
+            "history": result.history,
+            "device": result.device,
+            "data": data_info,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.trial", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m study.trial", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--space", required=True, help="search space name (search_spaces/NAME.yaml) or path")
     parser.add_argument("--scale", default=None, help="scale of the space (cpu, paper)")
     parser.add_argument("--index", type=int, default=0, help="grid point to run")
@@ -68,14 +87,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(row, _get_state):
         if not args.quiet:
-            print("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-                  flush=True)
+            print(
+                "  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                flush=True,
+            )
 
     trial_id = out.name
     result = train_and_evaluate(config, data, trial_id=trial_id, report=report)
     save_trial(out, config, result, data.info, trial_id)
-    print(f"{trial_id}: {result.epochs} epochs (best {result.best_epoch}), {result.wall_time_s:.1f} s, "
-          f"threshold {result.threshold:.3f} (chosen on validation)")
+    print(
+        f"{trial_id}: {result.epochs} epochs (best {result.best_epoch}), {result.wall_time_s:.1f} s, "
+        f"threshold {result.threshold:.3f} (chosen on validation)"
+    )
     for name, metrics in result.metrics.items():
         keys = ("roc_auc", "mcc", "f1", "accuracy", "sensitivity", "specificity", "balanced_accuracy", "score")
         print(f"  {name:22s} " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics))

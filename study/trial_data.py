@@ -6,6 +6,7 @@ validation split, reads the cached features of every split and returns a
 :func:`data_settings` and shares the result with every trial through Ray's
 object store, ``python -m study.trial`` in its own process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,12 +40,15 @@ def combine_datasets(first: LoadedDataset, second: LoadedDataset) -> LoadedDatas
     for column in ("id", "group"):
         shared = set(first.table[column].dropna()) & set(second.table[column].dropna())
         if shared:
-            raise ValueError(f"datasets at {first.root} and {second.root} share {column} values "
-                             f"{sorted(map(str, shared))[:5]}; they cannot be combined")
+            raise ValueError(
+                f"datasets at {first.root} and {second.root} share {column} values "
+                f"{sorted(map(str, shared))[:5]}; they cannot be combined"
+            )
     table = pd.concat([first.table, second.table], ignore_index=True)
     info = {**first.info, "combined_roots": first.info.get("combined_roots", [str(first.root)]) + [str(second.root)]}
-    return LoadedDataset(first.name, first.root, table, first.problems + second.problems,
-                         first.duplicates + second.duplicates, info)
+    return LoadedDataset(
+        first.name, first.root, table, first.problems + second.problems, first.duplicates + second.duplicates, info
+    )
 
 
 def split_check(table: pd.DataFrame) -> dict:
@@ -57,13 +61,18 @@ def split_check(table: pd.DataFrame) -> dict:
     test = table[table["split"] == "test"]
     shared_recordings = sorted(set(train["path"]) & set(test["path"]))
     if shared_recordings:
-        raise ValueError(f"{len(shared_recordings)} recording(s) are in both train and test, "
-                         f"e.g. {shared_recordings[0]}")
+        raise ValueError(
+            f"{len(shared_recordings)} recording(s) are in both train and test, e.g. {shared_recordings[0]}"
+        )
     train_patients, test_patients = set(train["group"].dropna()), set(test["group"].dropna())
-    return {"recordings_train": int(train["path"].nunique()), "recordings_test": int(test["path"].nunique()),
-            "recordings_in_train_and_test": 0, "patients_train": len(train_patients),
-            "patients_test": len(test_patients),
-            "patients_in_train_and_test": sorted(map(str, train_patients & test_patients))}
+    return {
+        "recordings_train": int(train["path"].nunique()),
+        "recordings_test": int(test["path"].nunique()),
+        "recordings_in_train_and_test": 0,
+        "patients_train": len(train_patients),
+        "patients_test": len(test_patients),
+        "patients_in_train_and_test": sorted(map(str, train_patients & test_patients)),
+    }
 
 
 @torch.no_grad()
@@ -72,17 +81,21 @@ def standardize_spectrograms(splits: list[SplitData], reference: SplitData, chun
     (the training split's) pixels, as AST does for its fbank input; returns the statistics."""
     total, total_sq, count = 0.0, 0.0, 0
     for start in range(0, len(reference.images), chunk):
-        block = reference.images[start:start + chunk].double()
-        total, total_sq, count = total + block.sum().item(), total_sq + block.square().sum().item(), count + block.numel()
+        block = reference.images[start : start + chunk].double()
+        total, total_sq, count = (
+            total + block.sum().item(),
+            total_sq + block.square().sum().item(),
+            count + block.numel(),
+        )
     if count == 0:
         raise ValueError("cannot standardise spectrograms: the training split has no windows")
     mean = total / count
-    std = max(total_sq / count - mean ** 2, 0.0) ** 0.5
+    std = max(total_sq / count - mean**2, 0.0) ** 0.5
     if std == 0.0:
         raise ValueError("cannot standardise spectrograms: the training spectrograms are constant")
     for split in splits:
         for start in range(0, len(split.images), chunk):
-            block = split.images[start:start + chunk]
+            block = split.images[start : start + chunk]
             block.copy_((block.float() - mean) / std)
     return {"mean": mean, "std": std, "from": "training split, all pixels"}
 
@@ -123,7 +136,9 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
             for extra in data.extra_roots.get(name, []):
                 extra_root = Path(extra).expanduser()
                 if not extra_root.exists():
-                    warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2)
+                    warnings.warn(
+                        f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2
+                    )
                     missing_roots.append(str(extra_root))
                     continue
                 combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
@@ -131,8 +146,9 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         return loaded[name]
 
     train_set = dataset(data.train_set)
-    table = assign_validation(train_set.table, fraction=data.validation_fraction, seed=data.validation_seed,
-                              method=data.validation)
+    table = assign_validation(
+        train_set.table, fraction=data.validation_fraction, seed=data.validation_seed, method=data.validation
+    )
     train_rows = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
     val_rows = table[table["split"] == "val"]
     eval_tables = {}
@@ -140,7 +156,7 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         name, _, split = spec.partition(":")
         rows = dataset(name).table
         if split:
-            rows = (table if name == data.train_set else rows)
+            rows = table if name == data.train_set else rows
             rows = rows[rows["split"] == split]
         if rows.empty:
             raise ValueError(f"evaluation set '{spec}' has no recordings")
@@ -149,27 +165,50 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
     clean = {}  # evaluation sets under eval_variants, scored by the same model
 
     def features(name, rows):
-        return SplitData.from_features(name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs,
-                                                              desc=name))
+        return SplitData.from_features(
+            name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs, desc=name)
+        )
 
     for key, values in data.eval_variants.items():
         for value in values:
             variant = profile_of({**config, key: value})
             for spec, rows in list(eval_tables.items()):
                 name = variant_name(spec, key, value)
-                clean[name] = SplitData.from_features(name, extract_features(
-                    rows, variant, progress=progress, n_jobs=n_jobs, desc=name))
-    perturbed = [PerturbedSplit(spec, item.id, item.severity, SplitData.from_features(
-        spec, extract_features(rows, profile, transform=partial(perturb, item.name, item.severity, item.kwargs),
-                               transform_key=f"{item.id}@{item.severity}", progress=progress, n_jobs=n_jobs,
-                               desc=f"{spec} {item.id}@{item.severity}")))
-        for spec, rows in eval_tables.items() for item in parse_perturbation_suite(data.perturbations)]
+                clean[name] = SplitData.from_features(
+                    name, extract_features(rows, variant, progress=progress, n_jobs=n_jobs, desc=name)
+                )
+    perturbed = [
+        PerturbedSplit(
+            spec,
+            item.id,
+            item.severity,
+            SplitData.from_features(
+                spec,
+                extract_features(
+                    rows,
+                    profile,
+                    transform=partial(perturb, item.name, item.severity, item.kwargs),
+                    transform_key=f"{item.id}@{item.severity}",
+                    progress=progress,
+                    n_jobs=n_jobs,
+                    desc=f"{spec} {item.id}@{item.severity}",
+                ),
+            ),
+        )
+        for spec, rows in eval_tables.items()
+        for item in parse_perturbation_suite(data.perturbations)
+    ]
     info = {
-        "validation": {"method": data.validation, "fraction": data.validation_fraction,
-                       "seed": data.validation_seed},
-        "datasets": {name: {"root": str(ds.root), "items": len(ds.table), "problems": [str(p) for p in ds.problems],
-                            **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))}}
-                     for name, ds in loaded.items()},
+        "validation": {"method": data.validation, "fraction": data.validation_fraction, "seed": data.validation_seed},
+        "datasets": {
+            name: {
+                "root": str(ds.root),
+                "items": len(ds.table),
+                "problems": [str(p) for p in ds.problems],
+                **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))},
+            }
+            for name, ds in loaded.items()
+        },
         "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
     }
     for name, ds in loaded.items():
@@ -178,9 +217,14 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         info["missing_extra_roots"] = missing_roots
     if (table["split"] == "test").any():
         info["split_check"] = {data.train_set: split_check(table)}
-    trial_data = TrialData(features("train", train_rows), features("val", val_rows),
-                           {**{spec: features(spec, rows) for spec, rows in eval_tables.items()}, **clean},
-                           profile, info, perturbed)
+    trial_data = TrialData(
+        features("train", train_rows),
+        features("val", val_rows),
+        {**{spec: features(spec, rows) for spec, rows in eval_tables.items()}, **clean},
+        profile,
+        info,
+        perturbed,
+    )
     if profile.spectrogram == "fbank":
         splits = [trial_data.train, trial_data.val, *trial_data.evals.values(), *(p.split for p in perturbed)]
         info["spectrogram_standardization"] = standardize_spectrograms(splits, trial_data.train)

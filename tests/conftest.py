@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, the real datasets (materialized once), a synthetic set."""
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,11 @@ def isolated_cache(tmp_path_factory):
 def real_root() -> Path:
     """The real datasets laid out by ../shared/data/materialize.py (skipped when absent)."""
     if not (SHARED_DATA / "materialize.py").is_file():
-        pytest.skip(f"real data not available: {SHARED_DATA} is absent (it ships only with the project's shared folder)")
+        pytest.skip(
+            f"real data not available: {SHARED_DATA} is absent (it ships only with the project's shared folder)"
+        )
     dest = Path(os.environ.get("AUDIOFUSE_REAL_DATA", Path.home() / ".cache" / "audiofuse-test-data"))
-    subprocess.run([sys.executable, str(SHARED_DATA / "materialize.py"), str(dest)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, str(SHARED_DATA / "materialize.py"), str(dest)], check=True, capture_output=True)
     return dest
 
 

@@ -1,4 +1,5 @@
 """python -m study.bench --quick: every figure present, finite and positive; the output names the device."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,19 @@ import pytest
 from study import bench
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_FIGURES = {"windows", "batch_size", "epochs", "repeats", "trainer_ms", "bare_ms", "ratio", "limit",
-                   "windows_per_s", "epoch_2943_s", "epoch_val_s"}
+TRAINER_FIGURES = {
+    "windows",
+    "batch_size",
+    "epochs",
+    "repeats",
+    "trainer_ms",
+    "bare_ms",
+    "ratio",
+    "limit",
+    "windows_per_s",
+    "epoch_2943_s",
+    "epoch_val_s",
+}
 CPU_MEMORY_FIGURES = {"windows", "features_mb", "rss_before_mb", "rss_peak_mb", "rss_full_trial_mb"}
 FEATURE_FIGURES = {"sample_rate", "wave_samples", "recordings", "compute_ms", "extract_ms", "first_call_s"}
 # a GPU node's environment: the audio libraries are missing (study.bench must still time the trainer)
@@ -68,8 +80,13 @@ def test_quick_bench_without_audio_libraries(tmp_path):
     it is skipped."""
     (tmp_path / "sitecustomize.py").write_text(BLOCK_AUDIO)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "study.bench", "--quick", "--device", "cpu", "--json",
-                           str(tmp_path / "bench.json")], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "study.bench", "--quick", "--device", "cpu", "--json", str(tmp_path / "bench.json")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench.json").read_text())
     check_trainer_and_memory(results)

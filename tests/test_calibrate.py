@@ -13,7 +13,9 @@ def test_simulated_scores_have_the_designed_auc_and_correlation():
     y = calibrate.labels(design)
     rng = np.random.default_rng(0)
     shift = calibrate.separation(0.82)
-    a, b = calibrate.simulate_scores(design, rng, 1, (shift, calibrate.separation(0.86)), 1, seed_effects=False)[0, :, 0]
+    a, b = calibrate.simulate_scores(design, rng, 1, (shift, calibrate.separation(0.86)), 1, seed_effects=False)[
+        0, :, 0
+    ]
     assert roc_auc_score(y, a) == pytest.approx(0.82, abs=0.012)
     assert roc_auc_score(y, b) == pytest.approx(0.86, abs=0.012)
     within_class = y == 0
@@ -26,20 +28,26 @@ def test_seed_effects_keep_the_expected_auc_and_spread_the_seeds():
     design = calibrate.Design(n_pos=1500, n_neg=1500, n_seeds=40)
     y = calibrate.labels(design)
     shift = calibrate.separation(0.82, design.seed_shift_sd)
-    scores = calibrate.simulate_scores(design, np.random.default_rng(1), 1, (shift, shift), design.n_seeds, seed_effects=True)[0]
+    scores = calibrate.simulate_scores(
+        design, np.random.default_rng(1), 1, (shift, shift), design.n_seeds, seed_effects=True
+    )[0]
     aucs = np.array([[roc_auc_score(y, seed) for seed in model] for model in scores])
     assert aucs.mean() == pytest.approx(0.82, abs=0.01)
     # per-seed AUC spread: the global seed effect (sd 0.1 of d') is about 0.018 AUC
     slope = sps.norm.pdf(shift / np.sqrt(2)) / np.sqrt(2)
     assert aucs.std(ddof=1) == pytest.approx(slope * design.seed_shift_sd, rel=0.4)
-    same = calibrate.simulate_scores(design, np.random.default_rng(2), 1, (shift, shift), 2, seed_effects=True, same_architecture=True)[0]
+    same = calibrate.simulate_scores(
+        design, np.random.default_rng(2), 1, (shift, shift), 2, seed_effects=True, same_architecture=True
+    )[0]
     different = calibrate.simulate_scores(design, np.random.default_rng(2), 1, (shift, shift), 2, seed_effects=True)[0]
     # sharing the systematic errors makes the two models' seeds far more alike
     assert np.corrcoef(same[0, 0], same[1, 0])[0, 1] > np.corrcoef(different[0, 0], different[1, 0])[0, 1] + 0.2
 
 
 def test_power_is_high_for_a_large_difference():
-    result = calibrate.run_calibration(n_sims=12, seed=3, n_resamples=200, n_permutations=200, design=calibrate.Design(auc_better=0.95))
+    result = calibrate.run_calibration(
+        n_sims=12, seed=3, n_resamples=200, n_permutations=200, design=calibrate.Design(auc_better=0.95)
+    )
     power = {(row["test"], row["null"]): row["power"] for row in result["tests"]}
     assert len(power) == 9
     for (test, null), value in power.items():

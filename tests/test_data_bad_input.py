@@ -1,5 +1,6 @@
 """Every kind of bad input fails with a message naming the file and the reason,
 or, with skip_bad, is skipped and reported."""
+
 from __future__ import annotations
 
 import subprocess
@@ -139,8 +140,11 @@ def _pascal(root: Path, rows: list[str], files: list[str]) -> Path:
 
 def test_pascal_bad_rows(tmp_path):
     files = ["normal__201101070538.wav", "murmur__201101051104.wav", "Aunlabelledtest__201012172010.wav"]
-    good = ["a,set_a/normal__201101070538.wav,normal,", "a,set_a/murmur__201101051104.wav,murmur,",
-            "a,set_a/__201012172010.wav,,"]
+    good = [
+        "a,set_a/normal__201101070538.wav,normal,",
+        "a,set_a/murmur__201101051104.wav,murmur,",
+        "a,set_a/__201012172010.wav,,",
+    ]
     ds = load_dataset("pascal", _pascal(tmp_path / "ok", good, files))
     assert sorted(ds.table["original_label"]) == ["murmur", "normal"] and ds.problems == []
     cases = {
@@ -182,10 +186,14 @@ def test_manifest_loader_and_its_errors(tmp_path):
 def test_cli_reports_errors_cleanly(tmp_path):
     root = _physionet(tmp_path, {"a0001": 1, "a0002": -1})
     _break(root / "training-a" / "a0001.wav", "corrupt")
-    result = subprocess.run([sys.executable, "-m", "study.data", "inspect", "physionet2016", str(root)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "study.data", "inspect", "physionet2016", str(root)], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "a0001.wav: not a readable audio file" in result.stderr
     assert "Traceback" not in result.stderr
-    result = subprocess.run([sys.executable, "-m", "study.data", "inspect", "physionet2016", str(root), "--skip-bad"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "study.data", "inspect", "physionet2016", str(root), "--skip-bad"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "a0001.wav: not a readable audio file" in result.stdout

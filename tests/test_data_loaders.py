@@ -1,4 +1,5 @@
 """Every loader on real files (when ../shared/data is present) and on synthetic data."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from study.data.pascal import match_key
 
 
 def _inspect_json(dataset: str, root) -> dict:
-    out = subprocess.run([sys.executable, "-m", "study.data", "inspect", dataset, str(root), "--json"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "study.data", "inspect", dataset, str(root), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -62,8 +67,9 @@ def test_icbhi_real_cycles(real_root):
 def test_pascal_name_matching():
     assert match_key("set_a/__201012172010.wav") == match_key("Aunlabelledtest__201012172010.wav")
     assert match_key("set_b/Btraining_normal_103_1305031931979_B.wav") == match_key("normal__103_1305031931979_B.wav")
-    assert match_key("set_b/Btraining_murmur_Btraining_noisymurmur_135_1306428972976_A.wav") == \
-        match_key("murmur_noisymurmur_135_1306428972976_A.wav")
+    assert match_key("set_b/Btraining_murmur_Btraining_noisymurmur_135_1306428972976_A.wav") == match_key(
+        "murmur_noisymurmur_135_1306428972976_A.wav"
+    )
     assert match_key("set_b/Bunlabelledtest_103_1305031931979_A.wav") != match_key("normal__103_1305031931979_A.wav")
 
 
@@ -107,8 +113,15 @@ def test_validation_split_keeps_groups_together():
 
     rng = np.random.default_rng(0)
     groups = np.repeat([f"p{i}" for i in range(40)], 3)
-    table = pd.DataFrame({"id": [f"r{i}" for i in range(120)], "group": groups, "source": "s",
-                          "binary_label": np.repeat(rng.integers(0, 2, 40), 3), "split": "train"})
+    table = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(120)],
+            "group": groups,
+            "source": "s",
+            "binary_label": np.repeat(rng.integers(0, 2, 40), 3),
+            "split": "train",
+        }
+    )
     table["label"] = table["binary_label"]
     for method in ("stratified", "per_source_balanced"):
         split = assign_validation(table, fraction=0.3, seed=0, method=method)

@@ -1,5 +1,6 @@
 """Where a trial trains: the device Ray gave it, what metrics.json records, the GPU data path's
 CPU equivalence, evaluation-time variants and the kept model's validation metrics."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,11 @@ def test_device_choice_follows_the_gpu_ray_gave():
     assert resolve_device("assigned", gpu_assigned=False) == (torch.device("cpu"), None)
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the missing-CUDA paths cannot be shown here")
-    with pytest.raises(RuntimeError, match=r"Ray gave this trial a GPU, but torch .* finds no CUDA device.*"
-                                           r"train.device=auto"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"Ray gave this trial a GPU, but torch .* finds no CUDA device.*"
+        r"train.device=auto",
+    ):
         resolve_device("assigned", gpu_assigned=True)
     with pytest.raises(RuntimeError, match="train.device is 'cuda'"):
         resolve_device("cuda", gpu_assigned=None)
@@ -57,8 +61,7 @@ def test_a_trial_given_a_gpu_without_cuda_fails_clearly_unless_auto(data):
 
 def test_metrics_record_the_device_and_the_kept_models_validation(data):
     result = train_and_evaluate(_config(**{"train.max_epochs": 3, "train.patience": 3}), data)
-    assert result.device == {"type": "cpu", "name": result.device["name"], "precision": "fp32",
-                             "data_on_device": False}
+    assert result.device == {"type": "cpu", "name": result.device["name"], "precision": "fp32", "data_on_device": False}
     for row in result.history:
         kept = result.history[row["best_epoch"] - 1]
         assert row["kept_val_roc_auc"] == kept["val_roc_auc"]
@@ -71,15 +74,21 @@ def test_placing_splits_on_the_cpu_changes_nothing(data):
     assert placed is data and not on_device
     moved = data.train.to(torch.device("cpu"))
     assert moved is data.train
-    assert data.train.nbytes == sum(t.numel() * t.element_size() for t in
-                                    (data.train.images, data.train.waves, data.train.item_index, data.train.labels))
+    assert data.train.nbytes == sum(
+        t.numel() * t.element_size()
+        for t in (data.train.images, data.train.waves, data.train.item_index, data.train.labels)
+    )
 
 
 def test_eval_variants_score_the_same_model_on_each_variant(synth_root):
     config = _config(**{"data.eval_variants": {"features.padding": ["cyclic"]}, "data.max_eval": 40})
     data = prepare_data(config, synth_root, progress=False, n_jobs=1)
-    assert set(data.evals) == {"physionet2016:test", "pascal", "physionet2016:test[padding=cyclic]",
-                               "pascal[padding=cyclic]"}
+    assert set(data.evals) == {
+        "physionet2016:test",
+        "pascal",
+        "physionet2016:test[padding=cyclic]",
+        "pascal[padding=cyclic]",
+    }
     assert variant_name("pascal", "features.padding", "cyclic") == "pascal[padding=cyclic]"
     # training inputs are the trained setting's; the variant's recordings are the same
     clean, cyclic = data.evals["pascal"], data.evals["pascal[padding=cyclic]"]
@@ -96,9 +105,11 @@ def test_eval_variants_must_be_feature_settings(tmp_path):
     import yaml
 
     raw = yaml.safe_load((load_space("smoke").path).read_text())
-    for bad, message in [({"train.lr": [0.1]}, "not a feature setting"),
-                         ({"features.padding": []}, "non-empty list"),
-                         ({"features.padding": ["mirror"]}, "padding")]:
+    for bad, message in [
+        ({"train.lr": [0.1]}, "not a feature setting"),
+        ({"features.padding": []}, "non-empty list"),
+        ({"features.padding": ["mirror"]}, "padding"),
+    ]:
         raw["eval_variants"] = bad
         path = tmp_path / "smoke.yaml"
         path.write_text(yaml.safe_dump(raw))
@@ -130,7 +141,7 @@ def test_training_steps_never_synchronise_with_the_host_on_a_gpu(data):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for lo in range(0, len(order) - 16, 16):
-            rows = order[lo:lo + 16]
+            rows = order[lo : lo + 16]
             step(run.model, _inputs(run.model, train, rows, run.device), targets[rows])
     finally:
         torch.cuda.set_sync_debug_mode("default")

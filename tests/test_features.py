@@ -1,4 +1,5 @@
 """Audio → model input, and the content-addressed feature cache."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,7 +22,7 @@ from study.features import compute_features, get_profile, make_windows
 def _heart_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
-    beats = np.sin(2 * np.pi * 60 * t) * np.exp(-((t % 0.8) / 0.04) ** 2)
+    beats = np.sin(2 * np.pi * 60 * t) * np.exp(-(((t % 0.8) / 0.04) ** 2))
     return (0.6 * beats + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
@@ -129,8 +130,9 @@ def test_parallel_workers_and_concurrent_fillers_agree(tmp_path):
     serial = extract_features(table, profile, cache=FeatureCache(tmp_path / "serial"), n_jobs=1, progress=False)
     shared = FeatureCache(tmp_path / "shared")
     with ThreadPoolExecutor(2) as pool:  # two fillers racing on one cache folder
-        results = list(pool.map(lambda _: extract_features(table, profile, cache=shared, n_jobs=1, progress=False),
-                                range(2)))
+        results = list(
+            pool.map(lambda _: extract_features(table, profile, cache=shared, n_jobs=1, progress=False), range(2))
+        )
     parallel = extract_features(table, profile, cache=FeatureCache(tmp_path / "pool"), n_jobs=2, progress=False)
     for result in results + [parallel]:
         assert np.array_equal(result.images, serial.images) and np.array_equal(result.waves, serial.waves)
@@ -139,8 +141,22 @@ def test_parallel_workers_and_concurrent_fillers_agree(tmp_path):
 
 def test_features_cli(tmp_path):
     _table(tmp_path, n=3)
-    command = [sys.executable, "-m", "study.data", "features", "physionet2016", str(tmp_path / "physionet"),
-               "--profile", "native", "--set", "image_size=16", "--jobs", "1", "--cache", str(tmp_path / "c")]
+    command = [
+        sys.executable,
+        "-m",
+        "study.data",
+        "features",
+        "physionet2016",
+        str(tmp_path / "physionet"),
+        "--profile",
+        "native",
+        "--set",
+        "image_size=16",
+        "--jobs",
+        "1",
+        "--cache",
+        str(tmp_path / "c"),
+    ]
     first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     second = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "0 cached, 3 computed" in first and "3 cached, 0 computed" in second

@@ -1,6 +1,7 @@
 """How the packages depend on each other: `analysis` uses `study`, never the reverse (but for the
 runner calling the report when a study ends), modules import without cycles, and the trainer loads
 no audio library, so a trial runs where only torch is installed."""
+
 from __future__ import annotations
 
 import ast
@@ -62,8 +63,9 @@ def test_study_never_imports_analysis():
 def test_module_level_imports_have_no_cycle():
     graph = {}
     for path in _files():
-        graph[_module_name(path)] = {name for name, top in _imports(path)
-                                     if top and name.split(".")[0] in PACKAGES and _is_module(name)}
+        graph[_module_name(path)] = {
+            name for name, top in _imports(path) if top and name.split(".")[0] in PACKAGES and _is_module(name)
+        }
     state, cycles = {}, []
 
     def visit(node, stack):
@@ -72,7 +74,7 @@ def test_module_level_imports_have_no_cycle():
             if target == node or target == node.rpartition(".")[0]:
                 continue  # a package's own __init__ is loaded first by the import system, not a cycle
             if state.get(target) == "open":
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = "done"
@@ -84,7 +86,9 @@ def test_module_level_imports_have_no_cycle():
 
 
 def test_the_trainer_loads_no_audio_library_and_no_analysis():
-    code = ("import sys, study.train, study.tensors, study.bench; "
-            "print(sorted(m for m in ('librosa', 'soundfile', 'soxr', 'analysis') if m in sys.modules))")
+    code = (
+        "import sys, study.train, study.tensors, study.bench; "
+        "print(sorted(m for m in ('librosa', 'soundfile', 'soxr', 'analysis') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

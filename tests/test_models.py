@@ -19,8 +19,17 @@ from study.models import (
 torch.set_num_threads(1)
 
 TINY = dict(
-    img_size=32, patch_size=8, vit_dim=16, vit_depth=1, vit_heads=2, vit_mlp_ratio=2.0, spec_dense=16,
-    wave_filters=(4, 8, 8), wave_dense=8, fusion_dim=16, fusion_heads=2,
+    img_size=32,
+    patch_size=8,
+    vit_dim=16,
+    vit_depth=1,
+    vit_heads=2,
+    vit_mlp_ratio=2.0,
+    spec_dense=16,
+    wave_filters=(4, 8, 8),
+    wave_dense=8,
+    fusion_dim=16,
+    fusion_heads=2,
 )
 BATCH, WAVE_LENGTH = 3, 2000
 VARIANTS = [("spectrogram", "concat"), ("waveform", "concat")] + [("fusion", fusion) for fusion in FUSIONS]
@@ -39,8 +48,7 @@ def inputs(seed: int = 0, batch: int = BATCH, img: tuple[int, int] = (32, 32)):
 
 def call_inputs(model: AudioClassifier, spec, wave):
     """The inputs a model of this architecture takes; the unused one is None."""
-    return (spec if model.spectrogram_branch is not None else None,
-            wave if model.waveform_branch is not None else None)
+    return (spec if model.spectrogram_branch is not None else None, wave if model.waveform_branch is not None else None)
 
 
 @pytest.mark.parametrize("architecture,fusion", VARIANTS)
@@ -74,8 +82,10 @@ def test_feature_shapes():
     features = model.forward_features(*inputs())
     # 32 / 8 = 4 x 4 patches; 'same' padding: 2000 -> 500 -> 125 -> 32 steps
     assert {k: tuple(v.shape) for k, v in features.items()} == {
-        "spectrogram": (BATCH, 16), "spectrogram_tokens": (BATCH, 16, 16),
-        "waveform": (BATCH, 8), "waveform_steps": (BATCH, 32, 8),
+        "spectrogram": (BATCH, 16),
+        "spectrogram_tokens": (BATCH, 16, 16),
+        "waveform": (BATCH, 8),
+        "waveform_steps": (BATCH, 32, 8),
     }
     valid = tiny("waveform", wave_padding="valid").eval()
     # 'valid': (2000 - 16) // 4 + 1 = 497 -> 121 -> 27
@@ -103,10 +113,11 @@ def test_replacing_a_branch_changes_fusion_output(fusion):
 
 
 def test_branch_feature_keys_name_the_inputs_of_each_head():
-    assert tiny("fusion", "concat").branch_feature_keys == {
-        "spectrogram": ("spectrogram",), "waveform": ("waveform",)}
+    assert tiny("fusion", "concat").branch_feature_keys == {"spectrogram": ("spectrogram",), "waveform": ("waveform",)}
     assert tiny("fusion", "cross_attention").branch_feature_keys == {
-        "spectrogram": ("spectrogram_tokens",), "waveform": ("waveform_steps",)}
+        "spectrogram": ("spectrogram_tokens",),
+        "waveform": ("waveform_steps",),
+    }
     assert tiny("waveform").branch_feature_keys == {"waveform": ("waveform",)}
 
 
@@ -139,9 +150,15 @@ def test_paper_parameter_counts():
     counts = count_parameters(create_model({"architecture": "fusion", "fusion": "concat"}))
     assert counts == {"spectrogram": 1_906_560, "waveform": 674_176, "head": 49_537, "total": 2_630_273}
     assert count_parameters(create_model({"architecture": "spectrogram"})) == {
-        "spectrogram": 1_906_560, "head": 193, "total": 1_906_753}
+        "spectrogram": 1_906_560,
+        "head": 193,
+        "total": 1_906_753,
+    }
     assert count_parameters(create_model({"architecture": "waveform"})) == {
-        "waveform": 674_176, "head": 65, "total": 674_241}
+        "waveform": 674_176,
+        "head": 65,
+        "total": 674_241,
+    }
 
 
 def test_cross_attention_branches_have_no_dense_layer():
@@ -158,8 +175,9 @@ def test_same_seed_same_init_and_different_seed_different_init():
 
     first, again, other = state(1), state(1), state(2)
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert not torch.equal(first["spectrogram_branch.encoder.vit.pos_embed"],
-                           other["spectrogram_branch.encoder.vit.pos_embed"])
+    assert not torch.equal(
+        first["spectrogram_branch.encoder.vit.pos_embed"], other["spectrogram_branch.encoder.vit.pos_embed"]
+    )
     assert not torch.equal(first["waveform_branch.blocks.0.conv.weight"], other["waveform_branch.blocks.0.conv.weight"])
 
 
@@ -172,24 +190,27 @@ def test_keras_style_initialisation():
     assert model.waveform_branch.blocks[0].norm.momentum == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"architecture": "transformer"}, "architecture"),
-    ({"fusion": "gated"}, "fusion"),
-    ({"vit_dim": 190}, "vit_heads"),
-    ({"vit_depth": 0}, "vit_depth"),
-    ({"vit_depth": True}, "vit_depth"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"wave_filters": ()}, "wave_filters"),
-    ({"wave_filters": (64, -1)}, r"wave_filters\[1\]"),
-    ({"img_size": (224, 0)}, "img_size"),
-    ({"patch_size": 300}, "patch_size"),
-    ({"fusion": "cross_attention", "fusion_dim": 10, "fusion_heads": 4}, "fusion_heads"),
-    ({"vit_pool": "token"}, "class_token"),
-    ({"dist_token": True}, "class_token"),
-    ({"branch_activation": "tanh"}, "branch_activation"),
-    ({"wave_padding": "causal"}, "wave_padding"),
-    ({"vit_sizes": 3}, "vit_sizes"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"architecture": "transformer"}, "architecture"),
+        ({"fusion": "gated"}, "fusion"),
+        ({"vit_dim": 190}, "vit_heads"),
+        ({"vit_depth": 0}, "vit_depth"),
+        ({"vit_depth": True}, "vit_depth"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"wave_filters": ()}, "wave_filters"),
+        ({"wave_filters": (64, -1)}, r"wave_filters\[1\]"),
+        ({"img_size": (224, 0)}, "img_size"),
+        ({"patch_size": 300}, "patch_size"),
+        ({"fusion": "cross_attention", "fusion_dim": 10, "fusion_heads": 4}, "fusion_heads"),
+        ({"vit_pool": "token"}, "class_token"),
+        ({"dist_token": True}, "class_token"),
+        ({"branch_activation": "tanh"}, "branch_activation"),
+        ({"wave_padding": "causal"}, "wave_padding"),
+        ({"vit_sizes": 3}, "vit_sizes"),
+    ],
+)
 def test_config_validation_names_the_bad_key(values, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict(values)
@@ -267,10 +288,20 @@ def fake_ast_checkpoint(path, dim=16, depth=2, grid=(12, 101), with_module_prefi
         f"{prefix}mlp_head.1.weight": torch.randn(527, dim, generator=generator),
         f"{prefix}mlp_head.1.bias": torch.randn(527, generator=generator),
     }
-    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim),
-              "attn.qkv.bias": (3 * dim,), "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
-              "norm2.weight": (dim,), "norm2.bias": (dim,), "mlp.fc1.weight": (4 * dim, dim),
-              "mlp.fc1.bias": (4 * dim,), "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,)}
+    shapes = {
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "attn.qkv.weight": (3 * dim, dim),
+        "attn.qkv.bias": (3 * dim,),
+        "attn.proj.weight": (dim, dim),
+        "attn.proj.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+        "mlp.fc1.weight": (4 * dim, dim),
+        "mlp.fc1.bias": (4 * dim,),
+        "mlp.fc2.weight": (dim, 4 * dim),
+        "mlp.fc2.bias": (dim,),
+    }
     for block in range(depth):
         for name, shape in shapes.items():
             state[f"{prefix}v.blocks.{block}.{name}"] = torch.randn(*shape, generator=generator)
@@ -279,8 +310,9 @@ def fake_ast_checkpoint(path, dim=16, depth=2, grid=(12, 101), with_module_prefi
 
 
 def small_ast(img_size=(128, 1024), **overrides):
-    return create_model({**AST_BASE, "img_size": img_size, "vit_dim": 16, "vit_depth": 2, "vit_heads": 2,
-                         "num_classes": 2, **overrides})
+    return create_model(
+        {**AST_BASE, "img_size": img_size, "vit_dim": 16, "vit_depth": 2, "vit_heads": 2, "num_classes": 2, **overrides}
+    )
 
 
 def test_load_ast_checkpoint_maps_every_backbone_key(tmp_path):
@@ -297,8 +329,12 @@ def test_load_ast_checkpoint_maps_every_backbone_key(tmp_path):
     assert torch.equal(vit.pos_embed, state["module.v.pos_embed"])  # same 12 x 101 grid: copied as is
     backbone = {k for k in model.state_dict() if k.startswith("spectrogram_branch.")}
     assert set(report.loaded) == backbone
-    assert report.missing == ("head.classifier.0.bias", "head.classifier.0.weight",
-                              "head.classifier.2.bias", "head.classifier.2.weight")
+    assert report.missing == (
+        "head.classifier.0.bias",
+        "head.classifier.0.weight",
+        "head.classifier.2.bias",
+        "head.classifier.2.weight",
+    )
     assert report.unexpected == ("module.v.extra_token",)
     assert set(report.skipped) == {k for k in state if ".head" in k or "mlp_head" in k}
     assert report.resized == {}

@@ -98,9 +98,7 @@ def test_time_stretch_vocoder_keeps_pitch_and_resample_shifts_it():
 
 @pytest.mark.parametrize("sr", [2000, 44100])
 @pytest.mark.parametrize("codec_name", P.CODECS)
-def test_codec_round_trip_keeps_length_and_snr_falls_with_bitrate(
-    codec_name, sr, pcg_2k, pcg_44k
-):
+def test_codec_round_trip_keeps_length_and_snr_falls_with_bitrate(codec_name, sr, pcg_2k, pcg_44k):
     x = pcg_2k if sr == 2000 else pcg_44k
     snrs, bitrates = [], []
     for severity in SEVERITIES:
@@ -172,8 +170,7 @@ def test_local_time_warp_keeps_the_content(pcg_2k):
         return scipy.signal.sosfiltfilt(smooth, np.abs(y))
 
     correlations = [
-        np.corrcoef(envelope(pcg_2k), envelope(P.local_time_warp(pcg_2k, 2000, s, seed=1)))[0, 1]
-        for s in SEVERITIES
+        np.corrcoef(envelope(pcg_2k), envelope(P.local_time_warp(pcg_2k, 2000, s, seed=1)))[0, 1] for s in SEVERITIES
     ]
     assert correlations[0] > 0.8, correlations
     assert correlations[-1] < correlations[0]

@@ -1,4 +1,5 @@
 """The study plan: trials, concurrency, object store sizes against capacity, inert grid axes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,16 @@ SHARED_GPU = {"cpu": 1, "gpu": 0.25}
 
 def _space(tmp_path, name: str, grid: dict, **raw_keys):
     """A small heart space on the synthetic data with ``grid`` as its only axes."""
-    raw = {"name": name, "study": "heart", "default_scale": "cpu",
-           "fixed": {"model.architecture": "waveform", "features.image_size": 16}, "grid": grid,
-           "scales": {"cpu": {}}, "resources": CPU, **raw_keys}
+    raw = {
+        "name": name,
+        "study": "heart",
+        "default_scale": "cpu",
+        "fixed": {"model.architecture": "waveform", "features.image_size": 16},
+        "grid": grid,
+        "scales": {"cpu": {}},
+        "resources": CPU,
+        **raw_keys,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return load_space(path)
@@ -37,8 +45,9 @@ def test_smoke_plan_lists_every_trial_with_its_study_id(synth_root):
     plan = build_plan(space, overrides=None, data_root=synth_root, resources=CPU)
     configs = space.trial_configs()
     assert [t.trial_id for t in plan.trials] == [trial_id_of(c) for c in configs]
-    assert [t.label for t in plan.trials] == [f"architecture={c['model.architecture']} seed={c['seed']}"
-                                              for c in configs]
+    assert [t.label for t in plan.trials] == [
+        f"architecture={c['model.architecture']} seed={c['seed']}" for c in configs
+    ]
     assert len(plan.trials) == 4 and plan.search is None
     # one data key: model and seed do not change the data; train capped by data.max_train, evals by max_eval
     (obj,) = plan.feature_objects
@@ -72,7 +81,8 @@ def test_concurrency_on_a_machine_with_four_gpus(synth_root, monkeypatch):
     monkeypatch.setattr(ray_utils, "get_num_cpus", lambda: 8)
     assert build_plan(space, overrides=None, data_root=synth_root, resources=SHARED_GPU).concurrency == 8
     assert "at once:    8 trial(s) (this machine fits 8; --max-concurrent may cap it)" in format_plan(
-        build_plan(space, overrides=None, data_root=synth_root, resources=SHARED_GPU))
+        build_plan(space, overrides=None, data_root=synth_root, resources=SHARED_GPU)
+    )
 
 
 def test_gpus_asked_for_on_a_machine_without_one(synth_root, monkeypatch):
@@ -97,31 +107,55 @@ def test_cluster_nodes_are_read_and_ray_left_as_found(synth_root, monkeypatch):
     import ray
 
     calls = []
-    nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "NodeID": "a",
-              "Resources": {"CPU": 8.0, "GPU": 1.0, "object_store_memory": 4e9}},
-             {"Alive": True, "NodeManagerAddress": "10.0.0.2", "NodeID": "b",
-              "Resources": {"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2e9}},
-             {"Alive": True, "NodeManagerAddress": "10.0.0.3", "NodeID": "c",  # no GPU: runs no GPU trial
-              "Resources": {"CPU": 2.0, "object_store_memory": 1e6}},
-             {"Alive": True, "NodeManagerAddress": "10.0.0.9", "NodeID": "head",  # the driver's: ray.put fills it
-              "Resources": {"CPU": 0.0, "object_store_memory": 3e9}},
-             {"Alive": False, "NodeManagerAddress": "10.0.0.4", "NodeID": "d",
-              "Resources": {"CPU": 64.0, "GPU": 8.0, "object_store_memory": 9e9}}]
+    nodes = [
+        {
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.1",
+            "NodeID": "a",
+            "Resources": {"CPU": 8.0, "GPU": 1.0, "object_store_memory": 4e9},
+        },
+        {
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.2",
+            "NodeID": "b",
+            "Resources": {"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2e9},
+        },
+        {
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.3",
+            "NodeID": "c",  # no GPU: runs no GPU trial
+            "Resources": {"CPU": 2.0, "object_store_memory": 1e6},
+        },
+        {
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.9",
+            "NodeID": "head",  # the driver's: ray.put fills it
+            "Resources": {"CPU": 0.0, "object_store_memory": 3e9},
+        },
+        {
+            "Alive": False,
+            "NodeManagerAddress": "10.0.0.4",
+            "NodeID": "d",
+            "Resources": {"CPU": 64.0, "GPU": 8.0, "object_store_memory": 9e9},
+        },
+    ]
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(("init", kw["address"])))
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown",)))
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
     monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"get_node_id": lambda self: "head"})())
-    plan = build_plan(load_space("branches", "paper"), overrides=None, data_root=synth_root, resources=SHARED_GPU,
-                      address="auto")
+    plan = build_plan(
+        load_space("branches", "paper"), overrides=None, data_root=synth_root, resources=SHARED_GPU, address="auto"
+    )
     assert calls == [("init", "auto"), ("shutdown",)]
     assert [n.name for n in plan.nodes] == ["10.0.0.1 a", "10.0.0.2 b", "10.0.0.3 c", "10.0.0.9 head"]
     assert plan.slots == plan.concurrency == 8  # 4 + 4 + 0 + 0
     assert plan.capacity_bytes == 2e9 and "10.0.0.2" in plan.capacity_source  # 10.0.0.3 holds no feature object
     nodes[3]["Resources"]["object_store_memory"] = 1e6  # a tiny store on the driver's node: refused
     with pytest.raises(PlanError, match="capacity of 1.0 MB"):
-        build_plan(load_space("branches", "paper"), overrides=None, data_root=synth_root, resources=SHARED_GPU,
-                   address="auto")
+        build_plan(
+            load_space("branches", "paper"), overrides=None, data_root=synth_root, resources=SHARED_GPU, address="auto"
+        )
     nodes[3]["Resources"]["object_store_memory"] = 3e9
 
     calls.clear()
@@ -149,10 +183,10 @@ def test_window_and_byte_estimate_match_extracted_features(synth_root):
     rates = pascal.groupby("sample_rate").head(3)
     table = pd.concat([physionet, rates], ignore_index=True)
     profile = get_profile("native", image_size=16, windows="all", window_s=2.0)
-    for tempo, transform, key in ((1.0, None, ""),
-                                  (0.8, partial(perturb, "time_stretch", 3, {}), "time_stretch@3")):
-        split = SplitData.from_features("x", extract_features(table, profile, transform=transform, transform_key=key,
-                                                              n_jobs=1, progress=False))
+    for tempo, transform, key in ((1.0, None, ""), (0.8, partial(perturb, "time_stretch", 3, {}), "time_stretch@3")):
+        split = SplitData.from_features(
+            "x", extract_features(table, profile, transform=transform, transform_key=key, n_jobs=1, progress=False)
+        )
         estimate = split_size("x", table, profile, tempo)
         assert estimate.windows == len(split.item_index) > len(table)
         assert estimate.nbytes - int(table.memory_usage(deep=True).sum()) == split.nbytes
@@ -174,8 +208,13 @@ def test_warns_about_padding_that_no_training_recording_needs(synth_root, tmp_pa
     assert "pascal (18 of 44 recordings padded)" in text and "2 of 4 trials" in text
 
 
-@pytest.mark.parametrize("overrides", [{"features.window_s": 6.0},  # some training recordings are shorter
-                                       {"features.windows": "all"}])  # last partial windows are padded
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"features.window_s": 6.0},  # some training recordings are shorter
+        {"features.windows": "all"},
+    ],
+)  # last partial windows are padded
 def test_no_warning_when_padding_changes_training_windows(synth_root, tmp_path, overrides):
     space = _space(tmp_path, "padding", {"features.padding": ["zero", "cyclic"], "seed": [0]})
     assert inert_training_axes(space, overrides, synth_root) == []
@@ -194,12 +233,23 @@ def test_min_last_window_is_inert_only_with_first_windows(synth_root, tmp_path):
 
 def test_eval_variants_and_perturbations_add_copies_of_the_evaluation_sets(synth_root, tmp_path):
     suite = [{"name": "time_stretch", "severities": [3]}, {"name": "band_limit", "severities": [2]}]
-    space = _space(tmp_path, "copies", {"seed": [0]}, eval_variants={"features.padding": ["cyclic"]}, perturbations=suite)
+    space = _space(
+        tmp_path, "copies", {"seed": [0]}, eval_variants={"features.padding": ["cyclic"]}, perturbations=suite
+    )
     (obj,) = build_plan(space, overrides=None, data_root=synth_root, resources=CPU).feature_objects
     sizes = {s.name: s for s in obj.splits}
-    assert list(sizes) == ["train", "val", "physionet2016:test", "pascal", "physionet2016:test[padding=cyclic]",
-                           "pascal[padding=cyclic]", "physionet2016:test~time_stretch@3", "pascal~time_stretch@3",
-                           "physionet2016:test~band_limit@2", "pascal~band_limit@2"]
+    assert list(sizes) == [
+        "train",
+        "val",
+        "physionet2016:test",
+        "pascal",
+        "physionet2016:test[padding=cyclic]",
+        "pascal[padding=cyclic]",
+        "physionet2016:test~time_stretch@3",
+        "pascal~time_stretch@3",
+        "physionet2016:test~band_limit@2",
+        "pascal~band_limit@2",
+    ]
     assert sizes["pascal[padding=cyclic]"] == dataclasses.replace(sizes["pascal"], name="pascal[padding=cyclic]")
     assert sizes["pascal~band_limit@2"].nbytes == sizes["pascal"].nbytes and sizes["pascal~band_limit@2"].perturbed
     assert obj.nbytes == sum(s.nbytes for s in sizes.values())

@@ -1,4 +1,5 @@
 """The analysis report on small fake study folders in study.run's exact file format."""
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,31 @@ CELL = re.compile(r"^-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]$")
 def _recordings(rng, n: int, sources: tuple[str, ...], prefix: str) -> pd.DataFrame:
     """n recordings, the same number in each source, half abnormal within each source."""
     source = np.repeat(sources, n // len(sources))
-    label = np.tile(np.r_[np.zeros(n // len(sources) // 2), np.ones(n // len(sources) - n // len(sources) // 2)], len(sources))
-    return pd.DataFrame({"recording_id": [f"{prefix}{i:03d}" for i in range(len(source))], "source": source,
-                         "label": label.astype(np.int8), "difficulty": rng.standard_normal(len(source))})
+    label = np.tile(
+        np.r_[np.zeros(n // len(sources) // 2), np.ones(n // len(sources) - n // len(sources) // 2)], len(sources)
+    )
+    return pd.DataFrame(
+        {
+            "recording_id": [f"{prefix}{i:03d}" for i in range(len(source))],
+            "source": source,
+            "label": label.astype(np.int8),
+            "difficulty": rng.standard_normal(len(source)),
+        }
+    )
 
 
-def write_study(folder, models: dict, *, axis: str, baseline: str, seeds=SEEDS, fixed: dict | None = None,
-                n_test: int = 120, n_pascal: int = 40, seed: int = 0):
+def write_study(
+    folder,
+    models: dict,
+    *,
+    axis: str,
+    baseline: str,
+    seeds=SEEDS,
+    fixed: dict | None = None,
+    n_test: int = 120,
+    n_pascal: int = 40,
+    seed: int = 0,
+):
     """A finished heart study: ``models`` maps an axis value to f(recordings, seed, rng) -> P(abnormal).
 
     Every trial also gets perturbed rows (which the report must ignore) and
@@ -41,38 +60,76 @@ def write_study(folder, models: dict, *, axis: str, baseline: str, seeds=SEEDS, 
     """
     rng = np.random.default_rng(seed)
     fixed = fixed or {}
-    sets = {PHYSIONET: _recordings(rng, n_test, ("training-a", "training-b", "training-c", "training-d", "training-e", "training-f"), "p"),
-            "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q")}
+    sets = {
+        PHYSIONET: _recordings(
+            rng, n_test, ("training-a", "training-b", "training-c", "training-d", "training-e", "training-f"), "p"
+        ),
+        "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q"),
+    }
     trials, frames = [], []
     for value, model in models.items():
         for seed_value in seeds:
             trial_id = f"{value}-s{seed_value}"
-            row = {"trial_id": trial_id, "config/seed": seed_value, f"config/{axis}": value,
-                   **{f"config/{k}": v for k, v in fixed.items()}, "config/data.eval_sets": json.dumps(list(sets)),
-                   "threshold": 0.5, "epochs": 10, "best_epoch": 5, "wall_time_s": 1.0, "node_id": "n", "node_ip": "1",
-                   "hostname": "h", "retries": 0, "experiment": "run-1"}
+            row = {
+                "trial_id": trial_id,
+                "config/seed": seed_value,
+                f"config/{axis}": value,
+                **{f"config/{k}": v for k, v in fixed.items()},
+                "config/data.eval_sets": json.dumps(list(sets)),
+                "threshold": 0.5,
+                "epochs": 10,
+                "best_epoch": 5,
+                "wall_time_s": 1.0,
+                "node_id": "n",
+                "node_ip": "1",
+                "hostname": "h",
+                "retries": 0,
+                "experiment": "run-1",
+            }
             for name, table in sets.items():
                 prob = model(table, seed_value, name)
                 row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
                 for perturbation, severity, values in (("none", 0, prob), ("codec:mp3", 2, rng.random(len(table)))):
-                    frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": name, "recording_id": table["recording_id"],
-                                                "source": table["source"], "group": table["recording_id"], "label": table["label"],
-                                                "prob": values, "perturbation": perturbation, "severity": severity}))
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "trial_id": trial_id,
+                                "eval_set": name,
+                                "recording_id": table["recording_id"],
+                                "source": table["source"],
+                                "group": table["recording_id"],
+                                "label": table["label"],
+                                "prob": values,
+                                "perturbation": perturbation,
+                                "severity": severity,
+                            }
+                        )
+                    )
             trials.append(row)
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
     pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
-    space = {"name": folder.name, "scale": "cpu", "study": "heart", "fixed": fixed,
-             "grid": {axis: list(models), "seed": list(seeds)}, "compare": {"axis": axis, "baseline": baseline, "metric": "roc_auc"}}
+    space = {
+        "name": folder.name,
+        "scale": "cpu",
+        "study": "heart",
+        "fixed": fixed,
+        "grid": {axis: list(models), "seed": list(seeds)},
+        "compare": {"axis": axis, "baseline": baseline, "metric": "roc_auc"},
+    }
     (folder / "study.json").write_text(json.dumps({"space": space}))
     return folder
 
 
 def binormal(separation: float):
     """A model whose scores separate the classes by ``separation``, with per-seed noise; deterministic per seed."""
+
     def model(table, seed, name):
         noise = np.random.default_rng([seed, len(name)]).standard_normal(len(table))
-        return special.expit(separation * (table["label"].to_numpy() - 0.5) + 0.6 * table["difficulty"].to_numpy() + 0.5 * noise)
+        return special.expit(
+            separation * (table["label"].to_numpy() - 0.5) + 0.6 * table["difficulty"].to_numpy() + 0.5 * noise
+        )
+
     return model
 
 
@@ -83,14 +140,24 @@ def only_training_e(table, seed, name):
     return special.expit(np.where(inside, 6 * (table["label"].to_numpy() - 0.5), 0.0) + 0.3 * noise)
 
 
-FUSION_MODELS = {"concat": binormal(0.8), "film": binormal(3.5), "sum": binormal(0.8), "cross_attention": only_training_e}
+FUSION_MODELS = {
+    "concat": binormal(0.8),
+    "film": binormal(3.5),
+    "sum": binormal(0.8),
+    "cross_attention": only_training_e,
+}
 
 
 @pytest.fixture(scope="module")
 def fusion_study(tmp_path_factory):
     """concat (baseline), film (clearly better), sum (an identical copy of concat), cross_attention (carried by training-e)."""
-    folder = write_study(tmp_path_factory.mktemp("studies") / "fusion", FUSION_MODELS, axis="model.fusion", baseline="concat",
-                         fixed={"model.architecture": "fusion"})
+    folder = write_study(
+        tmp_path_factory.mktemp("studies") / "fusion",
+        FUSION_MODELS,
+        axis="model.fusion",
+        baseline="concat",
+        fixed={"model.architecture": "fusion"},
+    )
     summary = report.report_study(folder, n_resamples=N_RESAMPLES)
     return folder, summary
 
@@ -123,11 +190,20 @@ def test_cells_are_intervals_and_values_are_right(fusion_study):
         for column in ("ROC-AUC", "MCC", "F1", "accuracy"):
             assert CELL.match(row[header.index(column)]), row[header.index(column)]
     main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
-    predictions = pd.read_parquet(folder / "predictions.parquet").query("perturbation == 'none' and eval_set == @PHYSIONET")
-    expected = np.mean([roc_auc_score(g["label"], g["prob"]) for _, g in predictions[predictions["trial_id"].str.startswith("film-")].groupby("trial_id")])
+    predictions = pd.read_parquet(folder / "predictions.parquet").query(
+        "perturbation == 'none' and eval_set == @PHYSIONET"
+    )
+    expected = np.mean(
+        [
+            roc_auc_score(g["label"], g["prob"])
+            for _, g in predictions[predictions["trial_id"].str.startswith("film-")].groupby("trial_id")
+        ]
+    )
     assert main.loc["film", "roc_auc"] == pytest.approx(expected, abs=1e-12)
     assert (main["roc_auc_low"] < main["roc_auc"]).all() and (main["roc_auc"] < main["roc_auc_high"]).all()
-    assert main.loc["film", "roc_auc_low"] > main.loc["concat", "roc_auc_high"]  # 3.5 vs 0.8 separation: disjoint intervals
+    assert (
+        main.loc["film", "roc_auc_low"] > main.loc["concat", "roc_auc_high"]
+    )  # 3.5 vs 0.8 separation: disjoint intervals
     assert "BCa" in markdown[0]
 
 
@@ -152,15 +228,22 @@ def test_better_configuration_is_significant_and_identical_copy_is_not(fusion_st
 def test_holm_and_bh_adjust_over_the_family(fusion_study, tmp_path):
     folder, _ = fusion_study
     holm = _comparisons(folder)
-    bh_folder = write_study(tmp_path / "fusion", FUSION_MODELS, axis="model.fusion", baseline="concat",
-                            fixed={"model.architecture": "fusion"})
+    bh_folder = write_study(
+        tmp_path / "fusion",
+        FUSION_MODELS,
+        axis="model.fusion",
+        baseline="concat",
+        fixed={"model.architecture": "fusion"},
+    )
     report.report_study(bh_folder, correction="bh", **FAST)
     bh = _comparisons(bh_folder)
     np.testing.assert_array_equal(holm["p"], bh["p"])
     for _, family in holm.groupby(["test", "metric"]):
         assert len(family) == 6  # 3 configurations x 2 evaluation sets
         np.testing.assert_allclose(family["adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "holm"))
-        np.testing.assert_allclose(bh.loc[family.index, "adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "bh"))
+        np.testing.assert_allclose(
+            bh.loc[family.index, "adjusted_p"], stats.adjust_pvalues(family["p"].to_numpy(), "bh")
+        )
     assert (bh["adjusted_p"] <= holm["adjusted_p"] + 1e-12).all()
     assert (bh["adjusted_p"] < holm["adjusted_p"] - 1e-9).any()
     assert "Benjamini-Hochberg" in (bh_folder / "tables" / "comparisons.md").read_text()
@@ -176,7 +259,9 @@ def test_source_carrying_the_pooled_auc_is_flagged(fusion_study):
     assert not carried.drop(index="training-e")["carries_pooled_roc_auc"].any()
     assert carried.drop(index="training-e")["roc_auc"].between(0.2, 0.8).all()
     assert not on_test[on_test["configuration"] == "film"]["carries_pooled_roc_auc"].any()
-    assert {(f["configuration"], f["source"]) for f in summary["source_flags"] if f["eval_set"] == PHYSIONET} == {("cross_attention", "training-e")}
+    assert {(f["configuration"], f["source"]) for f in summary["source_flags"] if f["eval_set"] == PHYSIONET} == {
+        ("cross_attention", "training-e")
+    }
     assert "training-e" in (folder / "report.md").read_text()
 
 
@@ -217,7 +302,9 @@ def test_incomplete_study_raises_naming_what_is_missing_unless_allowed(tmp_path)
 
 
 def test_mismatched_recordings_and_missing_files_raise(tmp_path):
-    folder = write_study(tmp_path / "fusion", {"concat": binormal(0.8), "film": binormal(3.0)}, axis="model.fusion", baseline="concat")
+    folder = write_study(
+        tmp_path / "fusion", {"concat": binormal(0.8), "film": binormal(3.0)}, axis="model.fusion", baseline="concat"
+    )
     predictions = pd.read_parquet(folder / "predictions.parquet")
     dropped = (predictions["trial_id"] == "film-s1") & (predictions["recording_id"] == "q007")
     predictions[~dropped].to_parquet(folder / "predictions.parquet", index=False)
@@ -241,20 +328,32 @@ def test_intervals_and_paired_bootstrap_match_the_statistics_core():
     y = np.r_[np.zeros(70, dtype=int), np.ones(50, dtype=int)]
     probs = special.expit(np.array([[1.2], [0.6]]) * y + rng.standard_normal((2, 120)))
     thresholds = np.array([0.55, 0.45])
-    eval_set = EvalSet("test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds)
-    resampled = resampling.resample(eval_set, resampling.heart_kernel(eval_set), 1000, resampling.named_generator(0, "test"))
+    eval_set = EvalSet(
+        "test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds
+    )
+    resampled = resampling.resample(
+        eval_set, resampling.heart_kernel(eval_set), 1000, resampling.named_generator(0, "test")
+    )
     draws = resampling.SeedDraws(1000, 0)
     for metric in ("roc_auc", "mcc", "sensitivity"):
         mine = resampling.seed_mean_interval(resampled, ["a"], metric, draws, "bca")
-        core = stats.bootstrap_ci(y, probs[0] - thresholds[0], metric, threshold=0.0, n_resamples=1000,
-                                  rng=resampling.named_generator(0, "test"))
+        core = stats.bootstrap_ci(
+            y,
+            probs[0] - thresholds[0],
+            metric,
+            threshold=0.0,
+            n_resamples=1000,
+            rng=resampling.named_generator(0, "test"),
+        )
         assert (mine.estimate, mine.low, mine.high) == pytest.approx((core.estimate, core.low, core.high), abs=1e-12)
         np.testing.assert_allclose(mine.distribution, core.distribution, atol=1e-12)
-    core = stats.paired_bootstrap_test(y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, resampling.named_generator(0, "test"),
-                                       threshold=0.0)
+    core = stats.paired_bootstrap_test(
+        y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, resampling.named_generator(0, "test"), threshold=0.0
+    )
     mine = resampling.paired_bootstrap(resampled, ["a"], ["b"], "mcc", draws)
     assert (mine.difference, mine.low, mine.high, mine.p_value) == pytest.approx(
-        (core.difference, core.low, core.high, core.p_value), abs=1e-12)
+        (core.difference, core.low, core.high, core.p_value), abs=1e-12
+    )
 
 
 def test_roc_on_grid_matches_sklearn_roc_curve():
@@ -273,11 +372,16 @@ def test_roc_on_grid_matches_sklearn_roc_curve():
 
 def test_branches_study_sets_paper_numbers_beside_and_checks_the_claims(tmp_path):
     models = {"spectrogram": binormal(0.6), "waveform": binormal(0.7), "fusion": binormal(4.0)}
-    folder = write_study(tmp_path / "branches", models, axis="model.architecture", baseline="fusion", fixed={"model.fusion": "concat"})
+    folder = write_study(
+        tmp_path / "branches", models, axis="model.architecture", baseline="fusion", fixed={"model.fusion": "concat"}
+    )
     summary = report.report_study(folder, **FAST)
     main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
     assert main.loc["fusion", "paper_roc_auc"] == 0.8608 and main.loc["spectrogram", "paper_mcc"] == 0.4444
-    assert pd.read_csv(folder / "tables" / "pascal.csv").set_index("configuration").loc["waveform", "paper_roc_auc"] == 0.6782
+    assert (
+        pd.read_csv(folder / "tables" / "pascal.csv").set_index("configuration").loc["waveform", "paper_roc_auc"]
+        == 0.6782
+    )
     claims = pd.read_csv(folder / "tables" / "claims.csv")
     physionet = claims[claims["claim"] == "fusion_beats_branches_physionet"]
     assert set(physionet["loser"]) == {"spectrogram", "waveform"}
@@ -298,25 +402,52 @@ def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
             logits = rng.standard_normal((groups.size, 4)) + skill * np.eye(4)[classes]
             probs = special.softmax(logits, axis=1)
             trial_id = f"{value}-s{seed}"
-            trials.append({"trial_id": trial_id, "config/seed": seed, "config/model.fusion": value,
-                           "config/data.eval_sets": json.dumps(["icbhi2017:test"]), "threshold": np.nan})
-            frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": "icbhi2017:test", "recording_id": [f"c{i}" for i in range(groups.size)],
-                                        "source": "icbhi", "group": groups, "label": classes, "prob": 1 - probs[:, 0],
-                                        "perturbation": "none", "severity": 0,
-                                        **{f"prob_{k}": probs[:, k] for k in range(4)}}))
+            trials.append(
+                {
+                    "trial_id": trial_id,
+                    "config/seed": seed,
+                    "config/model.fusion": value,
+                    "config/data.eval_sets": json.dumps(["icbhi2017:test"]),
+                    "threshold": np.nan,
+                }
+            )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "trial_id": trial_id,
+                        "eval_set": "icbhi2017:test",
+                        "recording_id": [f"c{i}" for i in range(groups.size)],
+                        "source": "icbhi",
+                        "group": groups,
+                        "label": classes,
+                        "prob": 1 - probs[:, 0],
+                        "perturbation": "none",
+                        "severity": 0,
+                        **{f"prob_{k}": probs[:, k] for k in range(4)},
+                    }
+                )
+            )
     folder = tmp_path / "respiratory"
     folder.mkdir()
     pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
     predictions = pd.concat(frames, ignore_index=True)
     predictions.to_parquet(folder / "predictions.parquet", index=False)
-    space = {"name": "respiratory", "study": "respiratory", "grid": {"model.fusion": ["concat", "film"], "seed": list(SEEDS)},
-             "compare": {"axis": "model.fusion", "baseline": "concat", "metric": "score"}}
+    space = {
+        "name": "respiratory",
+        "study": "respiratory",
+        "grid": {"model.fusion": ["concat", "film"], "seed": list(SEEDS)},
+        "compare": {"axis": "model.fusion", "baseline": "concat", "metric": "score"},
+    }
     (folder / "study.json").write_text(json.dumps({"space": space}))
     report.report_study(folder, n_resamples=N_RESAMPLES)
     main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
     film = predictions[predictions["trial_id"].str.startswith("film-")]
-    expected = np.mean([icbhi_scores(g["label"], g[[f"prob_{k}" for k in range(4)]].to_numpy().argmax(1))["score"]
-                        for _, g in film.groupby("trial_id")])
+    expected = np.mean(
+        [
+            icbhi_scores(g["label"], g[[f"prob_{k}" for k in range(4)]].to_numpy().argmax(1))["score"]
+            for _, g in film.groupby("trial_id")
+        ]
+    )
     assert main.loc["film", "score"] == pytest.approx(expected)
     assert main.loc["SAM-AST paper", "score"] == 0.6810
     assert "patients (cluster bootstrap)" in (folder / "tables" / "main.md").read_text()
@@ -336,8 +467,10 @@ def test_command_line(fusion_study, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wrote" in printed
     # 3 pairs x 2 evaluation sets = 6 tests; 6 x 2 / 201 > 0.05 for the bootstrap, 6 / 201 < 0.05 for permutations
-    assert ("note: paired bootstrap of roc_auc, mcc, f1, accuracy: with 200 bootstrap resamples no holm-adjusted p over "
-            "these 6 tests can fall below 0.0597") in printed
+    assert (
+        "note: paired bootstrap of roc_auc, mcc, f1, accuracy: with 200 bootstrap resamples no holm-adjusted p over "
+        "these 6 tests can fall below 0.0597"
+    ) in printed
     assert "paired permutation of roc_auc: with" not in printed
     assert "with 200 bootstrap resamples" in (folder / "report.md").read_text()
     assert set(_comparisons(folder)["b"]) == {"film"}

@@ -1,4 +1,5 @@
 """The respiratory study: AST fbank input, official ICBHI split, recipes, initial checkpoint."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,10 @@ def _breathing(seconds: float, seed: int = 0) -> np.ndarray:
     """A breathing-like test signal at 16 kHz: noise under a slow envelope plus a 400 Hz wheeze."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * 16000)) / 16000
-    return (0.1 * (rng.standard_normal(t.size) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
-                   + 0.3 * np.sin(2 * np.pi * 400 * t))).astype(np.float32)
+    return (
+        0.1
+        * (rng.standard_normal(t.size) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t)) + 0.3 * np.sin(2 * np.pi * 400 * t))
+    ).astype(np.float32)
 
 
 def test_fbank_is_asts_kaldi_fbank():
@@ -43,8 +46,16 @@ def test_fbank_is_asts_kaldi_fbank():
     profile = get_profile("ast")
     window = _breathing(8.0)
     waveform = torch.from_numpy(window)[None]
-    expected = kaldi.fbank(waveform - waveform.mean(), htk_compat=True, sample_frequency=16000, use_energy=False,
-                           window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10).T.numpy()
+    expected = kaldi.fbank(
+        waveform - waveform.mean(),
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    ).T.numpy()
     image = fbank_images(window[None], profile)[0]
     assert image.shape == expected.shape == (128, 798)
     np.testing.assert_array_equal(image, expected)
@@ -64,8 +75,18 @@ def test_fbank_agrees_with_the_former_librosa_fbank_within_tolerance():
     window = _breathing(8.0, seed=1)[None]
     emphasised = librosa.effects.preemphasis(window, coef=profile.preemphasis)
     padded = np.pad(emphasised, ((0, 0), (56, 56)))  # centre the 400-sample window in the 512-point frame
-    power = librosa.feature.melspectrogram(y=padded, sr=16000, n_fft=512, hop_length=160, win_length=400,
-                                           center=False, n_mels=128, fmin=20.0, htk=True, norm=None)
+    power = librosa.feature.melspectrogram(
+        y=padded,
+        sr=16000,
+        n_fft=512,
+        hop_length=160,
+        win_length=400,
+        center=False,
+        n_mels=128,
+        fmin=20.0,
+        htk=True,
+        norm=None,
+    )
     former = np.log(np.maximum(power, np.finfo(np.float32).eps))[0]
     image = fbank_images(window, profile)[0]
     difference = np.abs(image - former)
@@ -86,8 +107,14 @@ def test_short_cycle_is_padded_cyclically_to_eight_seconds():
 def _split(name, images):
     n = len(images)
     table = pd.DataFrame({"id": [f"{name}{i}" for i in range(n)], "label": np.zeros(n, int)})
-    return SplitData(name, table, torch.as_tensor(images, dtype=torch.float16)[:, None],
-                     torch.zeros(n, 1, 4), torch.arange(n), torch.zeros(n, dtype=torch.long))
+    return SplitData(
+        name,
+        table,
+        torch.as_tensor(images, dtype=torch.float16)[:, None],
+        torch.zeros(n, 1, 4),
+        torch.arange(n),
+        torch.zeros(n, dtype=torch.long),
+    )
 
 
 def test_spectrograms_are_standardised_with_training_statistics_only():
@@ -105,15 +132,32 @@ def test_spectrograms_are_standardised_with_training_statistics_only():
 
 
 def _cycles(paths_splits_groups):
-    return pd.DataFrame([{"id": f"{path}_{i}", "path": path, "split": split, "group": group}
-                         for i, (path, split, group) in enumerate(paths_splits_groups)])
+    return pd.DataFrame(
+        [
+            {"id": f"{path}_{i}", "path": path, "split": split, "group": group}
+            for i, (path, split, group) in enumerate(paths_splits_groups)
+        ]
+    )
 
 
 def test_split_check_counts_patients_and_refuses_a_shared_recording():
-    table = _cycles([("a.wav", "train", "101"), ("a.wav", "train", "101"), ("b.wav", "val", "102"),
-                     ("c.wav", "test", "102"), ("d.wav", "test", "103")])
-    assert split_check(table) == {"recordings_train": 2, "recordings_test": 2, "recordings_in_train_and_test": 0,
-                                  "patients_train": 2, "patients_test": 2, "patients_in_train_and_test": ["102"]}
+    table = _cycles(
+        [
+            ("a.wav", "train", "101"),
+            ("a.wav", "train", "101"),
+            ("b.wav", "val", "102"),
+            ("c.wav", "test", "102"),
+            ("d.wav", "test", "103"),
+        ]
+    )
+    assert split_check(table) == {
+        "recordings_train": 2,
+        "recordings_test": 2,
+        "recordings_in_train_and_test": 0,
+        "patients_train": 2,
+        "patients_test": 2,
+        "patients_in_train_and_test": ["102"],
+    }
     leaking = _cycles([("a.wav", "train", "101"), ("a.wav", "test", "101")])
     with pytest.raises(ValueError, match="1 recording"):
         split_check(leaking)
@@ -122,14 +166,18 @@ def test_split_check_counts_patients_and_refuses_a_shared_recording():
 def test_official_split_of_the_real_recordings_is_honoured(real_root):
     dataset = load_dataset("icbhi2017", real_root / "icbhi2017")
     check = split_check(dataset.table)
-    split_file = dict(line.split() for line in (real_root / "icbhi2017" / "ICBHI_challenge_train_test.txt")
-                      .read_text().splitlines() if line.strip())
+    split_file = dict(
+        line.split()
+        for line in (real_root / "icbhi2017" / "ICBHI_challenge_train_test.txt").read_text().splitlines()
+        if line.strip()
+    )
     stems = dataset.table.assign(stem=dataset.table["path"].map(lambda p: p.rsplit("/", 1)[-1][:-4]))
     assert (stems["stem"].map(split_file) == stems["split"]).all()
     assert check["recordings_in_train_and_test"] == 0
     assert check["recordings_train"] + check["recordings_test"] == stems["stem"].nunique() == 10
     assert check["patients_in_train_and_test"] == sorted(
-        set(stems.loc[stems.split == "train", "group"]) & set(stems.loc[stems.split == "test", "group"]))
+        set(stems.loc[stems.split == "train", "group"]) & set(stems.loc[stems.split == "test", "group"])
+    )
 
 
 def test_combining_roots_refuses_shared_patients(tmp_path):
@@ -149,7 +197,11 @@ def test_respiratory_space_recipes_and_scales():
     by_recipe = {c["recipe"]: c for c in configs if c["seed"] == 0}
     assert list(by_recipe) == ["AST", "AST+WRS", "AST+WRS+SAM", "AudioFuse"]
     assert [(c["model.architecture"], c["train.balance"], c["train.sam"]) for c in by_recipe.values()] == [
-        ("ast", "none", False), ("ast", "sampler", False), ("ast", "sampler", True), ("fusion", "sampler", True)]
+        ("ast", "none", False),
+        ("ast", "sampler", False),
+        ("ast", "sampler", True),
+        ("fusion", "sampler", True),
+    ]
     assert all(c["data.train_set"] == "icbhi2017" and c["data.eval_sets"] == ["icbhi2017:test"] for c in configs)
     paper = load_space("respiratory", "paper").trial_configs()
     assert len({c["seed"] for c in paper}) >= 5
@@ -167,8 +219,15 @@ def test_respiratory_space_recipes_and_scales():
 def tiny_icbhi(tmp_path_factory):
     root = tmp_path_factory.mktemp("icbhi")
     write_synthetic(root, seed=0, icbhi=6, datasets=("icbhi2017",))
-    config = {**load_space("respiratory").trial_configs()[0], "features.window_s": 1.0, "data.extra_roots": {},
-              "data.validation_seed": 0, "model.vit_dim": 16, "model.vit_heads": 2, "model.vit_depth": 1}
+    config = {
+        **load_space("respiratory").trial_configs()[0],
+        "features.window_s": 1.0,
+        "data.extra_roots": {},
+        "data.validation_seed": 0,
+        "model.vit_dim": 16,
+        "model.vit_heads": 2,
+        "model.vit_depth": 1,
+    }
     return config, prepare_data(config, root, progress=False, n_jobs=1)
 
 
@@ -203,8 +262,19 @@ def test_init_checkpoint_starts_training_from_the_ast_weights(tiny_icbhi, tmp_pa
 def test_run_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
     from study.run import main
 
-    assert main(["--space", "respiratory", "--out", str(tmp_path / "out"),
-                 "--init-checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert (
+        main(
+            [
+                "--space",
+                "respiratory",
+                "--out",
+                str(tmp_path / "out"),
+                "--init-checkpoint",
+                str(tmp_path / "missing.pth"),
+            ]
+        )
+        == 2
+    )
     assert "--init-checkpoint" in capsys.readouterr().err
 
 

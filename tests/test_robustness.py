@@ -1,4 +1,5 @@
 """The robustness report on a small fake study in study.run's exact file format, and checkpoint re-evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ PHYSIONET = "physionet2016:test"
 MP3 = "codec:mp3"
 # separation of the classes in logit units, per (perturbation, severity, ablation)
 SEPARATION = {
-    "fusion": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 3.0, (MP3, 2, "none"): 2.9,
-               ("none", 0, "waveform=mean"): 0.4, ("none", 0, "spectrogram=mean"): 2.8},
+    "fusion": {
+        ("none", 0, "none"): 3.0,
+        (MP3, 1, "none"): 3.0,
+        (MP3, 2, "none"): 2.9,
+        ("none", 0, "waveform=mean"): 0.4,
+        ("none", 0, "spectrogram=mean"): 2.8,
+    },
     "waveform": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 3.0, (MP3, 2, "none"): 2.9},
     "spectrogram": {("none", 0, "none"): 3.0, (MP3, 1, "none"): 1.2, (MP3, 2, "none"): 0.2},  # degraded by the codec
 }
@@ -35,8 +41,13 @@ SEPARATION = {
 def _recordings(n: int, sources: tuple[str, ...], prefix: str) -> pd.DataFrame:
     per_source = n // len(sources)
     label = np.tile(np.r_[np.zeros(per_source // 2), np.ones(per_source - per_source // 2)], len(sources))
-    return pd.DataFrame({"recording_id": [f"{prefix}{i:03d}" for i in range(n)], "source": np.repeat(sources, per_source),
-                         "label": label.astype(np.int8)})
+    return pd.DataFrame(
+        {
+            "recording_id": [f"{prefix}{i:03d}" for i in range(n)],
+            "source": np.repeat(sources, per_source),
+            "label": label.astype(np.int8),
+        }
+    )
 
 
 def _probs(table: pd.DataFrame, architecture: str, seed: int, eval_set: str, condition: tuple) -> np.ndarray:
@@ -46,31 +57,56 @@ def _probs(table: pd.DataFrame, architecture: str, seed: int, eval_set: str, con
 
 
 def write_robustness_study(folder):
-    sets = {PHYSIONET: _recordings(90, ("training-a", "training-b", "training-e"), "p"),
-            "pascal": _recordings(40, ("set_a", "set_b"), "q")}
+    sets = {
+        PHYSIONET: _recordings(90, ("training-a", "training-b", "training-e"), "p"),
+        "pascal": _recordings(40, ("set_a", "set_b"), "q"),
+    }
     trials, frames = [], []
     for architecture in SEPARATION:
         for seed in SEEDS:
             trial_id = f"{architecture}-s{seed}"
-            row = {"trial_id": trial_id, "config/seed": seed, "config/model.architecture": architecture,
-                   "config/model.fusion": "concat", "config/data.eval_sets": json.dumps(list(sets)), "threshold": 0.5}
+            row = {
+                "trial_id": trial_id,
+                "config/seed": seed,
+                "config/model.architecture": architecture,
+                "config/model.fusion": "concat",
+                "config/data.eval_sets": json.dumps(list(sets)),
+                "threshold": 0.5,
+            }
             for name, table in sets.items():
                 for condition in SEPARATION[architecture]:
                     prob = _probs(table, architecture, seed, name, condition)
                     if condition == ("none", 0, "none"):
                         row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
-                    frames.append(pd.DataFrame({"trial_id": trial_id, "eval_set": name, "recording_id": table["recording_id"],
-                                                "source": table["source"], "group": table["recording_id"],
-                                                "label": table["label"], "prob": prob, "perturbation": condition[0],
-                                                "severity": condition[1], "ablation": condition[2]}))
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "trial_id": trial_id,
+                                "eval_set": name,
+                                "recording_id": table["recording_id"],
+                                "source": table["source"],
+                                "group": table["recording_id"],
+                                "label": table["label"],
+                                "prob": prob,
+                                "perturbation": condition[0],
+                                "severity": condition[1],
+                                "ablation": condition[2],
+                            }
+                        )
+                    )
             trials.append(row)
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
     pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
-    space = {"name": folder.name, "scale": "cpu", "study": "heart", "fixed": {"model.fusion": "concat"},
-             "grid": {"model.architecture": list(SEPARATION), "seed": list(SEEDS)},
-             "perturbations": [{"name": "codec", "codec": "mp3", "severities": [1, 2]}],
-             "compare": {"axis": "model.architecture", "baseline": "fusion", "metric": "roc_auc"}}
+    space = {
+        "name": folder.name,
+        "scale": "cpu",
+        "study": "heart",
+        "fixed": {"model.fusion": "concat"},
+        "grid": {"model.architecture": list(SEPARATION), "seed": list(SEEDS)},
+        "perturbations": [{"name": "codec", "codec": "mp3", "severities": [1, 2]}],
+        "compare": {"axis": "model.architecture", "baseline": "fusion", "metric": "roc_auc"},
+    }
     (folder / "study.json").write_text(json.dumps({"space": space}))
     return folder, sets
 
@@ -104,19 +140,35 @@ def test_tables_plots_and_index_section_are_written(study):
 def test_auc_values_and_the_degraded_configuration_drops_more(study):
     folder, sets, _ = study
     table = pd.read_csv(folder / "tables" / "robustness_auc.csv")
-    row = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET)
-                & (table["perturbation"] == MP3) & (table["severity"] == 2)].iloc[0]
-    expected = np.mean([roc_auc_score(sets[PHYSIONET]["label"], _probs(sets[PHYSIONET], "spectrogram", s, PHYSIONET, (MP3, 2, "none")))
-                        for s in SEEDS])
+    row = table[
+        (table["configuration"] == "spectrogram")
+        & (table["eval_set"] == PHYSIONET)
+        & (table["perturbation"] == MP3)
+        & (table["severity"] == 2)
+    ].iloc[0]
+    expected = np.mean(
+        [
+            roc_auc_score(
+                sets[PHYSIONET]["label"], _probs(sets[PHYSIONET], "spectrogram", s, PHYSIONET, (MP3, 2, "none"))
+            )
+            for s in SEEDS
+        ]
+    )
     assert row["roc_auc"] == pytest.approx(expected, abs=1e-9)
     assert row["roc_auc_low"] < row["roc_auc"] < row["roc_auc_high"]
-    clean = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["perturbation"] == "none")]
+    clean = table[
+        (table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["perturbation"] == "none")
+    ]
     assert row["drop"] == pytest.approx(clean["roc_auc"].iloc[0] - row["roc_auc"], abs=1e-9)
-    worst = table[(table["eval_set"] == PHYSIONET) & (table["perturbation"] == MP3) & (table["severity"] == 2)].set_index("configuration")
+    worst = table[
+        (table["eval_set"] == PHYSIONET) & (table["perturbation"] == MP3) & (table["severity"] == 2)
+    ].set_index("configuration")
     assert worst.at["spectrogram", "relative_drop"] > 0.2 and worst.at["spectrogram", "relative_drop_low"] > 0
     assert worst.at["fusion", "relative_drop"] < 0.05
     assert worst.at["spectrogram", "relative_drop"] > worst.at["fusion", "relative_drop"] + 0.15
-    severity_1 = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["severity"] == 1)]
+    severity_1 = table[
+        (table["configuration"] == "spectrogram") & (table["eval_set"] == PHYSIONET) & (table["severity"] == 1)
+    ]
     assert severity_1["drop"].iloc[0] < row["drop"]  # the drop grows with severity
 
 
@@ -136,7 +188,10 @@ def test_paired_test_flags_the_planted_difference_and_not_the_null(study):
     claim = "\n".join(summary and (folder / "report.md").read_text().split(robustness.SECTION_START)[1:])
     assert "fusion − spectrogram" in claim
     # the planted codec damage to the spectrogram branch is found, and judged apart from the (null) real shift
-    assert "under perturbations of the in-domain test set fusion is significantly better / worse than spectrogram-only in 2 / 0 of 2" in claim
+    assert (
+        "under perturbations of the in-domain test set fusion is significantly better / worse than spectrogram-only in 2 / 0 of 2"
+        in claim
+    )
     assert "The claim is not supported on the real shift, although fusion resists the simulated perturbations" in claim
 
 
@@ -160,14 +215,21 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     folder, sets = write_robustness_study(tmp_path / "robustness")
     predictions = pd.read_parquet(folder / "predictions.parquet")
     # the waveform model loses its cue within training-e only, under MP3 at severity 2: pure noise there
-    broken = ((predictions["trial_id"].str.startswith("waveform-")) & (predictions["eval_set"] == PHYSIONET)
-              & (predictions["perturbation"] == MP3) & (predictions["severity"] == 2) & (predictions["source"] == "training-e"))
+    broken = (
+        (predictions["trial_id"].str.startswith("waveform-"))
+        & (predictions["eval_set"] == PHYSIONET)
+        & (predictions["perturbation"] == MP3)
+        & (predictions["severity"] == 2)
+        & (predictions["source"] == "training-e")
+    )
     predictions.loc[broken, "prob"] = np.random.default_rng(7).random(int(broken.sum()))
     predictions.to_parquet(folder / "predictions.parquet", index=False)
     summary = robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
     table = pd.read_csv(folder / "tables" / "robustness_per_source.csv")
     flagged = table[table["carries_drop"]]
-    assert set(zip(flagged["configuration"], flagged["source"], flagged["severity"], strict=True)) == {("waveform", "training-e", 2)}
+    assert set(zip(flagged["configuration"], flagged["source"], flagged["severity"], strict=True)) == {
+        ("waveform", "training-e", 2)
+    }
     row = flagged.iloc[0]
     assert row["pooled_drop"] > 0.05 and row["pooled_drop_without_source"] < row["pooled_drop"] / 2
     # the within-source numbers are the seed means of sklearn's ROC-AUC on that source's recordings
@@ -182,16 +244,24 @@ def test_a_clean_roc_auc_of_zero_leaves_the_relative_drop_undefined(tmp_path):
     folder, _ = write_robustness_study(tmp_path / "robustness")
     predictions = pd.read_parquet(folder / "predictions.parquet")
     # the spectrogram model ranks every clean pascal recording the wrong way round: ROC-AUC 0
-    inverted = ((predictions["trial_id"].str.startswith("spectrogram-")) & (predictions["eval_set"] == "pascal")
-                & (predictions["perturbation"] == "none") & (predictions["ablation"] == "none"))
+    inverted = (
+        (predictions["trial_id"].str.startswith("spectrogram-"))
+        & (predictions["eval_set"] == "pascal")
+        & (predictions["perturbation"] == "none")
+        & (predictions["ablation"] == "none")
+    )
     predictions.loc[inverted, "prob"] = 1.0 - predictions.loc[inverted, "label"]
     predictions.to_parquet(folder / "predictions.parquet", index=False)
     robustness.report_robustness(folder, n_resamples=200, plots=False)
     table = pd.read_csv(folder / "tables" / "robustness_auc.csv")
-    rows = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["perturbation"] == MP3)]
+    rows = table[
+        (table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["perturbation"] == MP3)
+    ]
     assert len(rows) == 2 and rows["relative_drop"].isna().all() and rows["relative_drop_low"].isna().all()
     assert (rows["drop"] == -rows["roc_auc"]).all()  # clean 0 − perturbed
-    clean = table[(table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["severity"] == 0)]
+    clean = table[
+        (table["configuration"] == "spectrogram") & (table["eval_set"] == "pascal") & (table["severity"] == 0)
+    ]
     assert clean["roc_auc"].tolist() == [0.0]
 
 
@@ -203,7 +273,8 @@ def test_ablation_table_shows_the_waveform_branch_carries_the_fusion(study):
     assert clean.at["waveform=mean", "drop"] > 0.2 and clean.at["waveform=mean", "drop_low"] > 0
     assert clean.at["spectrogram=mean", "drop"] < 0.05
     assert clean.at["waveform=mean", "roc_auc_intact"] - clean.at["waveform=mean", "roc_auc_ablated"] == pytest.approx(
-        clean.at["waveform=mean", "drop"])
+        clean.at["waveform=mean", "drop"]
+    )
 
 
 def test_bad_arguments_are_rejected(study, capsys):
@@ -220,8 +291,20 @@ def test_bad_arguments_are_rejected(study, capsys):
 
 def test_merge_replaces_rows_of_the_same_condition():
     def rows(trial, perturbation, severity, prob):
-        return pd.DataFrame({"trial_id": trial, "eval_set": "e", "recording_id": ["a", "b"], "source": "s", "group": "g",
-                             "label": [0, 1], "prob": prob, "perturbation": perturbation, "severity": severity, "ablation": "none"})
+        return pd.DataFrame(
+            {
+                "trial_id": trial,
+                "eval_set": "e",
+                "recording_id": ["a", "b"],
+                "source": "s",
+                "group": "g",
+                "label": [0, 1],
+                "prob": prob,
+                "perturbation": perturbation,
+                "severity": severity,
+                "ablation": "none",
+            }
+        )
 
     existing = pd.concat([rows("t", "none", 0, 0.1), rows("t", "band_limit", 2, 0.2)], ignore_index=True)
     merged = merge_predictions(existing, pd.concat([rows("t", "band_limit", 2, 0.9), rows("t", "band_limit", 4, 0.8)]))
@@ -234,16 +317,20 @@ def test_merge_replaces_rows_of_the_same_condition():
 
 def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root, tmp_path):
     torch.set_num_threads(1)
-    config = load_space("smoke").trial_configs({"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1,
-                                                "data.max_eval": 16})[0]
+    config = load_space("smoke").trial_configs(
+        {"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1, "data.max_eval": 16}
+    )[0]
     data = prepare_data(config, synth_root, progress=False, n_jobs=1)
     result = train_and_evaluate(config, data, trial_id="t0")
     out = tmp_path / "study"
     save_trial(out / "trials" / "t0", config, result, data.info, "t0")
-    pd.DataFrame([{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion",
-                   "threshold": result.threshold}]).to_parquet(out / "trials.parquet", index=False)
+    pd.DataFrame(
+        [{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion", "threshold": result.threshold}]
+    ).to_parquet(out / "trials.parquet", index=False)
     result.predictions.to_parquet(out / "predictions.parquet", index=False)
-    (out / "study.json").write_text(json.dumps({"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)}))
+    (out / "study.json").write_text(
+        json.dumps({"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)})
+    )
     before = pd.read_parquet(out / "predictions.parquet")
 
     # severity 0 is the identity: the re-loaded checkpoint must reproduce the trial's own clean predictions
@@ -253,7 +340,9 @@ def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root,
     assert len(new) == n_recordings * 2 * 5  # 2 severities x (intact + 4 branch ablations)
     after = pd.read_parquet(out / "predictions.parquet")
     assert len(after) == len(before) + len(new)
-    clean = before[(before["perturbation"] == "none") & (before["ablation"] == "none")].set_index(["eval_set", "recording_id"])
+    clean = before[(before["perturbation"] == "none") & (before["ablation"] == "none")].set_index(
+        ["eval_set", "recording_id"]
+    )
     identity = new[(new["severity"] == 0) & (new["ablation"] == "none")].set_index(["eval_set", "recording_id"])
     np.testing.assert_allclose(identity["prob"], clean.loc[identity.index, "prob"], atol=1e-5)
     low_passed = new[(new["severity"] == 4) & (new["ablation"] == "none")].set_index(["eval_set", "recording_id"])

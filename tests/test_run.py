@@ -1,5 +1,6 @@
 """The study on Ray Tune: a multi-node cluster on loopback, a killed worker, a killed driver,
 --resume and --extend, and the cluster launcher config."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,8 @@ def reference(synth_root, tmp_path_factory):
         cluster.shutdown()
     time.sleep(1)
     (out / "leftover_ray_processes.txt").write_text(
-        "\n".join(str(p.pid) for p in _ray_processes() if p.pid not in already_running))
+        "\n".join(str(p.pid) for p in _ray_processes() if p.pid not in already_running)
+    )
     return out
 
 
@@ -66,8 +68,16 @@ def test_two_node_cluster_runs_every_trial_on_both_nodes(reference):
     trials = pd.read_parquet(reference / "trials.parquet")
     assert len(trials) == 4
     assert trials["node_id"].nunique() == 2
-    for column in ("trial_id", "config/model.architecture", "config/seed", "physionet2016:test/roc_auc",
-                   "pascal/roc_auc", "epochs", "wall_time_s", "node_ip"):
+    for column in (
+        "trial_id",
+        "config/model.architecture",
+        "config/seed",
+        "physionet2016:test/roc_auc",
+        "pascal/roc_auc",
+        "epochs",
+        "wall_time_s",
+        "node_ip",
+    ):
         assert column in trials
     predictions = pd.read_parquet(reference / "predictions.parquet")
     assert set(predictions["trial_id"]) == set(trials["trial_id"])
@@ -79,8 +89,7 @@ def test_two_node_cluster_runs_every_trial_on_both_nodes(reference):
 
 def test_resume_after_finish_trains_nothing(reference, synth_root, capsys):
     before = pd.read_parquet(reference / "trials.parquet")
-    summary = run_study(load_space("smoke"), out=reference, data_root=synth_root, resume=True, report=False,
-                        verbose=0)
+    summary = run_study(load_space("smoke"), out=reference, data_root=synth_root, resume=True, report=False, verbose=0)
     assert summary["trained"] == 0
     pd.testing.assert_frame_equal(before, pd.read_parquet(reference / "trials.parquet"))
 
@@ -104,8 +113,9 @@ def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(referenc
     killer = threading.Thread(target=_kill_one_trial_worker, args=(out, stop, killed), daemon=True)
     killer.start()
     try:  # one trial at a time, so the worker killed is the one that checkpointed
-        summary = run_study(load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0,
-                            max_concurrent=1)
+        summary = run_study(
+            load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0, max_concurrent=1
+        )
     finally:
         stop.set()
         killer.join()
@@ -122,10 +132,25 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp
     space = _space_file(tmp_path, seeds=[0, 1, 2], architectures=("waveform",))
     out = tmp_path / "study"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    command = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--data-root",
-               str(synth_root), "--no-report", "--verbose", "0", "--max-concurrent", "1"]
-    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "study.run",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--data-root",
+        str(synth_root),
+        "--no-report",
+        "--verbose",
+        "0",
+        "--max-concurrent",
+        "1",
+    ]
+    driver = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     finished_before: dict[str, float] = {}
     deadline = time.time() + 300
     try:
@@ -188,17 +213,34 @@ def _fake_cluster_class():
 
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
             config = {
-                "cluster_name": "fake_multinode", "max_workers": 8,
-                "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                             "disable_node_updaters": True, "disable_launch_config_check": True},
-                "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
-                "upscaling_speed": 1.0, "idle_timeout_minutes": 0.1, "docker": {},
-                "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-                "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-                "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+                "cluster_name": "fake_multinode",
+                "max_workers": 8,
+                "provider": {
+                    "type": "fake_multinode",
+                    "use_node_id_as_ip": True,
+                    "disable_node_updaters": True,
+                    "disable_launch_config_check": True,
+                },
+                "auth": {"ssh_user": "ubuntu"},
+                "head_node_type": "ray.head.default",
+                "upscaling_speed": 1.0,
+                "idle_timeout_minutes": 0.1,
+                "docker": {},
+                "file_mounts": {},
+                "cluster_synced_files": [],
+                "file_mounts_sync_continuously": False,
+                "rsync_exclude": [],
+                "rsync_filter": [],
+                "initialization_commands": [],
+                "setup_commands": [],
+                "head_setup_commands": [],
+                "worker_setup_commands": [],
+                "head_start_ray_commands": [],
                 "worker_start_ray_commands": [],
-                "available_node_types": {**worker_node_types, "ray.head.default": {
-                    "resources": head_resources, "node_config": {}, "max_workers": 0}},
+                "available_node_types": {
+                    **worker_node_types,
+                    "ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0},
+                },
             }
             config.update(config_kwargs)
             return config
@@ -214,9 +256,16 @@ def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_r
 
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     types = config["available_node_types"]
-    worker_types = {name: {"resources": {"CPU": 1, **{k: v for k, v in t["resources"].items() if k != "CPU"}},
-                           "node_config": {}, "min_workers": 0, "max_workers": 2}
-                    for name, t in types.items() if name != config["head_node_type"]}
+    worker_types = {
+        name: {
+            "resources": {"CPU": 1, **{k: v for k, v in t["resources"].items() if k != "CPU"}},
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": 2,
+        }
+        for name, t in types.items()
+        if name != config["head_node_type"]
+    }
     cluster = _FakeAutoscalingCluster(head_resources={"CPU": 0}, worker_node_types=worker_types)
     cluster.start()
     out = tmp_path / "fake"
@@ -233,8 +282,7 @@ def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_r
 
 def _most_at_once(spans) -> int:
     """The most (start, end) intervals that overlap at one instant."""
-    return max(sum(start < other_end and other_start < end for other_start, other_end in spans)
-               for start, end in spans)
+    return max(sum(start < other_end and other_start < end for other_start, other_end in spans) for start, end in spans)
 
 
 def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_path):
@@ -248,8 +296,11 @@ def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_p
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     types = config["available_node_types"]
     head = config["head_node_type"]
-    worker_types = {name: {"resources": dict(t["resources"]), "node_config": {}, "min_workers": 0, "max_workers": 1}
-                    for name, t in types.items() if name != head}
+    worker_types = {
+        name: {"resources": dict(t["resources"]), "node_config": {}, "min_workers": 0, "max_workers": 1}
+        for name, t in types.items()
+        if name != head
+    }
     assert all(t["resources"]["GPU"] == 1 for t in worker_types.values())
     cluster = _fake_cluster_class()(head_resources=dict(types[head]["resources"]), worker_node_types=worker_types)
     cluster.start()
@@ -258,9 +309,15 @@ def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_p
         ray.init("auto")
         head_node = ray.get_runtime_context().get_node_id()
         space = _space_file(tmp_path, seeds=[0, 1, 2, 3], architectures=("waveform",))
-        summary = run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0,
-                            resources={"cpu": 1, "gpu": 1 / k},
-                            overrides={"train.device": "auto", "train.max_epochs": 6, "train.patience": 6})
+        summary = run_study(
+            load_space(space),
+            out=out,
+            data_root=synth_root,
+            report=False,
+            verbose=0,
+            resources={"cpu": 1, "gpu": 1 / k},
+            overrides={"train.device": "auto", "train.max_epochs": 6, "train.patience": 6},
+        )
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes()}
     finally:
         ray.shutdown()
@@ -276,5 +333,4 @@ def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_p
     # k-way sharing: some worker ran k trials at the same time, and none ran more than k
     most = max(_most_at_once(rows[["started_at", "finished_at"]].to_numpy()) for _, rows in trials.groupby("node_id"))
     assert most == k, f"no GPU worker ran {k} trials at once (most: {most})"
-    print(f"GPU workers used: {trials['node_id'].nunique()}; most trials at once on one worker: {most}; "
-          f"on the head: 0")
+    print(f"GPU workers used: {trials['node_id'].nunique()}; most trials at once on one worker: {most}; on the head: 0")

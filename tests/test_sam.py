@@ -129,11 +129,14 @@ def test_learning_rate_scheduler_drives_the_base_optimizer():
     assert optimizer.base_optimizer.param_groups[0]["lr"] == 0.5
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"base_optimizer_cls": "adamw"}, TypeError, "base_optimizer_cls"),
-    ({"rho": -0.1}, ValueError, "rho"),
-    ({"adaptive": 1}, TypeError, "adaptive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"base_optimizer_cls": "adamw"}, TypeError, "base_optimizer_cls"),
+        ({"rho": -0.1}, ValueError, "rho"),
+        ({"adaptive": 1}, TypeError, "adaptive"),
+    ],
+)
 def test_argument_validation(kwargs, error, message):
     arguments = {"base_optimizer_cls": torch.optim.SGD, "lr": 0.1, **kwargs}
     with pytest.raises(error, match=message):

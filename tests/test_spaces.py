@@ -1,6 +1,7 @@
 """Every search space runs end to end at a tiny size (the hyperparameter search with its checks:
 trials collected stopped early or not, the best configuration chosen on validation and compared with
 the default one over seeds in the report), and the paper scale runs at the paper's sizes."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ pytestmark = pytest.mark.slow
 TINY = {"seed": 0, "data.max_train": 32, "data.max_eval": 16, "train.max_epochs": 1, "train.patience": 1}
 # spaces whose every evaluation recording is costly: 22 kHz windows of every length (input), 14
 # perturbed copies of every evaluation set (robustness)
-SMALLER = {"input": {"data.max_train": 12, "data.max_eval": 6, "data.validation_fraction": 0.05},
-           "robustness": {"data.max_eval": 8}}
+SMALLER = {
+    "input": {"data.max_train": 12, "data.max_eval": 6, "data.validation_fraction": 0.05},
+    "robustness": {"data.max_eval": 8},
+}
 SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 

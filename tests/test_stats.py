@@ -81,14 +81,20 @@ def test_bca_matches_scipy_on_the_same_bootstrap_distribution():
     # Recompute the same draws, then let scipy build its BCa interval on them:
     # a stratified bootstrap is scipy's independent two-sample bootstrap of (positives, negatives).
     units, strata = stats.resampling_units(y, None)
-    distribution = stats._two_level_bootstrap("roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True)[0]
+    distribution = stats._two_level_bootstrap(
+        "roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True
+    )[0]
 
     def auc(positives, negatives, axis=-1):
         difference = positives[..., :, None] - negatives[..., None, :]
         return ((difference > 0) + 0.5 * (difference == 0)).mean(axis=(-2, -1))
 
     reference = sps.bootstrap(
-        (a[y == 1], a[y == 0]), auc, n_resamples=0, method="BCa", vectorized=True,
+        (a[y == 1], a[y == 0]),
+        auc,
+        n_resamples=0,
+        method="BCa",
+        vectorized=True,
         bootstrap_result=SimpleNamespace(bootstrap_distribution=distribution),
     )
     assert ours.estimate == pytest.approx(roc_auc_score(y, a))
@@ -154,12 +160,16 @@ def test_bootstrap_interval_says_when_it_falls_back():
     jackknife = [rng.normal(0.8, 0.01, 50)]
     bca = stats.bootstrap_interval(distribution, 0.8, method="bca", jackknife=lambda: jackknife)
     assert bca.method == "bca" and bca.low != percentile.low
-    undefined_jackknife = stats.bootstrap_interval(distribution, 0.8, method="bca", jackknife=lambda: [np.array([0.8, np.nan])])
+    undefined_jackknife = stats.bootstrap_interval(
+        distribution, 0.8, method="bca", jackknife=lambda: [np.array([0.8, np.nan])]
+    )
     assert undefined_jackknife.method.startswith("percentile (BCa undefined")
     assert (undefined_jackknife.low, undefined_jackknife.high) == (percentile.low, percentile.high)
     with_nan = stats.bootstrap_interval(np.r_[distribution, np.nan], 0.8)
     assert np.isnan(with_nan.low) and np.isnan(with_nan.high) and with_nan.method == "undefined in some resamples"
-    constant = stats.bootstrap_interval(np.full(100, 0.7), 0.7, method="bca", jackknife=lambda: pytest.fail("not needed"))
+    constant = stats.bootstrap_interval(
+        np.full(100, 0.7), 0.7, method="bca", jackknife=lambda: pytest.fail("not needed")
+    )
     assert (constant.low, constant.high, constant.method) == (0.7, 0.7, "bca")
     with pytest.raises(ValueError, match="bca needs jackknife"):
         stats.bootstrap_interval(distribution, 0.8, method="bca")
@@ -178,9 +188,13 @@ def test_seed_mean_ci_uses_scipy():
     result = stats.seed_mean_ci(values, rng=0, n_resamples=2000)
     reference = sps.bootstrap((values,), np.mean, n_resamples=2000, rng=np.random.default_rng(0))
     assert result.estimate == pytest.approx(values.mean())
-    assert (result.low, result.high) == pytest.approx((reference.confidence_interval.low, reference.confidence_interval.high))
+    assert (result.low, result.high) == pytest.approx(
+        (reference.confidence_interval.low, reference.confidence_interval.high)
+    )
     constant = stats.seed_mean_ci([0.8, 0.8, 0.8])
-    assert (constant.estimate, constant.low, constant.high, constant.standard_error) == pytest.approx((0.8, 0.8, 0.8, 0.0))
+    assert (constant.estimate, constant.low, constant.high, constant.standard_error) == pytest.approx(
+        (0.8, 0.8, 0.8, 0.0)
+    )
     assert result.standard_error == pytest.approx(reference.standard_error) and result.n_resamples == 2000
 
 
@@ -193,7 +207,10 @@ def _slow_delong(y, a, b):
     m, n = len(positives), len(negatives)
     components = []
     for scores in (a, b):
-        psi = [[1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for j in negatives] for i in positives]
+        psi = [
+            [1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for j in negatives]
+            for i in positives
+        ]
         psi = np.array(psi)
         components.append((psi.mean(), psi.mean(axis=1), psi.mean(axis=0)))
     auc_a, auc_b = components[0][0], components[1][0]
@@ -218,7 +235,9 @@ def test_delong_matches_slow_structural_components(seed, ties):
     auc_a, auc_b, var_a, var_b, cov, z, p = _slow_delong(y, a, b)
     result = stats.delong_test(y, a, b)
     assert result.auc_a == pytest.approx(roc_auc_score(y, a), abs=1e-12)
-    assert result.auc_b == pytest.approx(auc_b, abs=1e-12) and result.difference == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert result.auc_b == pytest.approx(auc_b, abs=1e-12) and result.difference == pytest.approx(
+        auc_a - auc_b, abs=1e-12
+    )
     assert (result.var_a, result.var_b, result.cov) == pytest.approx((var_a, var_b, cov), rel=1e-10)
     assert result.z == pytest.approx(z, rel=1e-10) and result.p_value == pytest.approx(p, rel=1e-8)
     single = stats.delong_variance(y, a)
@@ -287,7 +306,12 @@ def test_permutation_test_matches_full_enumeration():
         return np.mean(new_a == y) - np.mean(new_b == y)
 
     observed = accuracy_difference(np.zeros(11, bool))
-    exact = np.mean([abs(accuracy_difference(np.array(s, bool))) >= abs(observed) - 1e-12 for s in itertools.product([0, 1], repeat=11)])
+    exact = np.mean(
+        [
+            abs(accuracy_difference(np.array(s, bool))) >= abs(observed) - 1e-12
+            for s in itertools.product([0, 1], repeat=11)
+        ]
+    )
     result = stats.paired_permutation_test(y, pred_a, pred_b, "accuracy", 20_000, rng=0)
     assert result.difference == pytest.approx(observed)
     assert result.p_value == pytest.approx(exact, abs=0.01)
@@ -404,7 +428,11 @@ def test_resampling_floor_of_corrected_families():
     # a permutation p's floor is 1 / (B + 1): 40 tests x 1 / 1001 = 0.04 < 0.05, two-sided bootstrap 0.08 is not
     assert stats.resampling_floor_warning(1000, 40, "holm", 0.05, what="permutation", two_sided=False) is None
     assert stats.resampling_floor_warning(1000, 40, "holm", 0.05) is not None
-    for bad in ({"p_floor": 0.0, "n_tests": 3}, {"p_floor": 0.01, "n_tests": 0}, {"p_floor": 0.01, "n_tests": 3, "method": "x"}):
+    for bad in (
+        {"p_floor": 0.0, "n_tests": 3},
+        {"p_floor": 0.01, "n_tests": 0},
+        {"p_floor": 0.01, "n_tests": 3, "method": "x"},
+    ):
         with pytest.raises(ValueError):
             stats.smallest_adjusted_p(**bad)
 

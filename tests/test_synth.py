@@ -1,4 +1,5 @@
 """Tests of the synthetic data generator (study.data.synth)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,9 @@ def _digest(path: Path) -> str:
 
 def _tree(root: Path) -> dict[str, str]:
     """Relative path -> content digest of every file, the markers left out (they hold the output path)."""
-    return {str(p.relative_to(root)): _digest(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != synth.MARKER}
+    return {
+        str(p.relative_to(root)): _digest(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != synth.MARKER
+    }
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,7 +125,7 @@ def test_pascal_layout_names_and_csvs(small):
     patterns = {
         "set_a": r"(normal|murmur|extrahls|artifact|Aunlabelledtest)__\d{12}\.wav",
         "set_b": r"(normal|murmur|extrastole|Bunlabelledtest)__\d{3}_\d{13}_[A-F]\d?\.wav"
-                 r"|(normal_noisynormal|murmur_noisymurmur)_\d{3}_\d{13}_[A-F]\d?\.wav",
+        r"|(normal_noisynormal|murmur_noisymurmur)_\d{3}_\d{13}_[A-F]\d?\.wav",
     }
     for set_name, rate in (("set_a", 44100), ("set_b", 4000)):
         files = sorted(p.name for p in (root / set_name).iterdir())
@@ -140,8 +142,9 @@ def test_pascal_layout_names_and_csvs(small):
         unlabelled = [r for r in rows if "unlabelled" in _pascal_file_name(r[1])]
         assert unlabelled and all(r[2] == r[3] == "" for r in unlabelled)
         labels = {r[2] for r in rows if r[2]}
-        assert labels == ({"normal", "murmur", "extrahls", "artifact"} if set_name == "set_a"
-                          else {"normal", "murmur", "extrastole"})
+        assert labels == (
+            {"normal", "murmur", "extrahls", "artifact"} if set_name == "set_a" else {"normal", "murmur", "extrastole"}
+        )
     b_rows = (root / "set_b.csv").read_text()
     assert ",murmur,noisymurmur" in b_rows and ",normal,noisynormal" in b_rows
     timing = (root / "set_a_timing.csv").read_bytes().decode()
@@ -255,16 +258,19 @@ def test_rewrite_is_a_no_op_and_foreign_folders_are_refused(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("kwargs, error, argument", [
-    (dict(physionet=29), ValueError, "physionet"),
-    (dict(pascal=10), ValueError, "pascal"),
-    (dict(icbhi=3), ValueError, "icbhi"),
-    (dict(physionet=50.0), TypeError, "physionet"),
-    (dict(seed=-1), ValueError, "seed"),
-    (dict(seed=1.5), TypeError, "seed"),
-    (dict(datasets=["physionet"]), ValueError, "datasets"),
-    (dict(datasets="pascal"), TypeError, "datasets"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        (dict(physionet=29), ValueError, "physionet"),
+        (dict(pascal=10), ValueError, "pascal"),
+        (dict(icbhi=3), ValueError, "icbhi"),
+        (dict(physionet=50.0), TypeError, "physionet"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(datasets=["physionet"]), ValueError, "datasets"),
+        (dict(datasets="pascal"), TypeError, "datasets"),
+    ],
+)
 def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, argument):
     with pytest.raises(error, match=argument):
         write_synthetic(tmp_path / "out", **kwargs)
@@ -334,11 +340,17 @@ def learnability(tmp_path_factory):
                 y_pascal.append(label != "normal")
     x, y, x_pascal, y_pascal = map(np.array, (x, y, x_pascal, y_pascal))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=2000, class_weight="balanced"))
-    cv_scores = cross_val_predict(model, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                                  method="predict_proba")[:, 1]
+    cv_scores = cross_val_predict(
+        model, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba"
+    )[:, 1]
     pascal_scores = model.fit(x, y).predict_proba(x_pascal)[:, 1]
-    return {"physionet_cv_auc": roc_auc_score(y, cv_scores), "pascal_auc": roc_auc_score(y_pascal, pascal_scores),
-            "n": len(y), "n_pascal": len(y_pascal), "summary": summary}
+    return {
+        "physionet_cv_auc": roc_auc_score(y, cv_scores),
+        "pascal_auc": roc_auc_score(y_pascal, pascal_scores),
+        "n": len(y),
+        "n_pascal": len(y_pascal),
+        "summary": summary,
+    }
 
 
 def test_physionet_sizes_and_balance_like_the_real_databases(learnability):

@@ -1,4 +1,5 @@
 """One trial: training recipe, recording-level evaluation, determinism, resumption."""
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,29 @@ def test_synthetic_trial_beats_chance_and_reports_every_set(data):
     assert set(result.metrics) == {"val", "physionet2016:test", "pascal"}
     assert result.metrics["physionet2016:test"]["roc_auc"] > 0.75
     predictions = result.predictions
-    assert list(predictions.columns[:9]) == ["trial_id", "eval_set", "recording_id", "source", "group", "label",
-                                             "prob", "perturbation", "severity"]
+    assert list(predictions.columns[:9]) == [
+        "trial_id",
+        "eval_set",
+        "recording_id",
+        "source",
+        "group",
+        "label",
+        "prob",
+        "perturbation",
+        "severity",
+    ]
     assert (predictions["perturbation"] == "none").all() and (predictions["severity"] == 0).all()
     clean = predictions[predictions["ablation"] == "none"]
     assert len(clean) == sum(split.n_items for split in data.evals.values())
     assert not clean.duplicated(["eval_set", "recording_id"]).any()
     # test-time branch ablation of the fusion model: each branch replaced by its training mean or zeros
     ablated = predictions[predictions["ablation"] != "none"]
-    assert sorted(ablated["ablation"].unique()) == ["spectrogram=mean", "spectrogram=zeros", "waveform=mean",
-                                                    "waveform=zeros"]
+    assert sorted(ablated["ablation"].unique()) == [
+        "spectrogram=mean",
+        "spectrogram=zeros",
+        "waveform=mean",
+        "waveform=zeros",
+    ]
     assert len(ablated) == 4 * len(clean)
     for ablation, rows in ablated.groupby("ablation"):
         assert not np.allclose(rows["prob"].to_numpy(), clean["prob"].to_numpy()), ablation
@@ -64,9 +78,13 @@ def test_threshold_is_chosen_on_validation_only(data):
         assert result.metrics[name]["threshold"] == result.threshold
         assert "accuracy@0.5" in result.metrics[name]
     # flipping every test label changes test metrics but not the threshold
-    flipped = type(data)(data.train, data.val, {k: type(v)(v.name, v.table, v.images, v.waves, v.item_index,
-                                                            1 - v.labels) for k, v in data.evals.items()},
-                         data.profile, data.info)
+    flipped = type(data)(
+        data.train,
+        data.val,
+        {k: type(v)(v.name, v.table, v.images, v.waves, v.item_index, 1 - v.labels) for k, v in data.evals.items()},
+        data.profile,
+        data.info,
+    )
     again = train_and_evaluate(_config(), flipped, trial_id="t")
     assert again.threshold == result.threshold
     assert again.metrics["pascal"]["roc_auc"] == pytest.approx(1 - result.metrics["pascal"]["roc_auc"])
@@ -103,8 +121,22 @@ def test_weighted_sampler_balances_classes():
 
 def test_trial_cli_writes_its_files(synth_root, tmp_path):
     out = tmp_path / "trial"
-    command = [sys.executable, "-m", "study.trial", "--space", "smoke", "--index", "1", "--data-root", str(synth_root),
-               "--out", str(out), "--quiet", "--set", "train.max_epochs=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "study.trial",
+        "--space",
+        "smoke",
+        "--index",
+        "1",
+        "--data-root",
+        str(synth_root),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "train.max_epochs=2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -4,6 +4,7 @@
 manifest from its original on-disk layout; see :mod:`study.data.table` for the
 columns. ``python -m study.data --help`` lists the command-line tools.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +33,12 @@ def load_dataset(name: str, root: str | Path, **options) -> LoadedDataset:
 
 
 __all__ = [
-    "DataError", "LOADERS", "LoadedDataset", "RECORDING_COLUMNS", "assign_validation",
-    "load_dataset", "read_audio", "summarize",
+    "DataError",
+    "LOADERS",
+    "LoadedDataset",
+    "RECORDING_COLUMNS",
+    "assign_validation",
+    "load_dataset",
+    "read_audio",
+    "summarize",
 ]

@@ -6,6 +6,7 @@
 
 DATASET is physionet2016, pascal, icbhi2017 or manifest (ROOT = the CSV file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,21 @@ def _print_summary(summary: dict) -> None:
     print(f"  duplicate groups (identical audio): {len(summary['duplicates'])}")
     for group in summary["duplicates"][:20]:
         print("    " + " = ".join(group))
-    skip = {"dataset", "root", "recordings", "items", "labels", "binary_labels", "splits", "sources",
-            "sample_rates", "labels_by_split", "duration_s", "duplicates", "problems"}
+    skip = {
+        "dataset",
+        "root",
+        "recordings",
+        "items",
+        "labels",
+        "binary_labels",
+        "splits",
+        "sources",
+        "sample_rates",
+        "labels_by_split",
+        "duration_s",
+        "duplicates",
+        "problems",
+    }
     for key, value in summary.items():
         if key not in skip:
             print(f"  {key}: {value}")
@@ -71,21 +85,31 @@ def cmd_features(args) -> int:
     started = time.perf_counter()
     dataset = _load(args)
     loaded = time.perf_counter()
-    features = extract_features(dataset.table, profile, cache=FeatureCache(args.cache) if args.cache else None,
-                                n_jobs=args.jobs, desc=args.dataset)
+    features = extract_features(
+        dataset.table,
+        profile,
+        cache=FeatureCache(args.cache) if args.cache else None,
+        n_jobs=args.jobs,
+        desc=args.dataset,
+    )
     s = features.stats
     total = time.perf_counter() - started
-    print(f"{args.dataset}: {s['items']} items, {s['windows']} windows, profile {profile.name} ({profile.key()}): "
-          f"{s['cached']} cached, {s['computed']} computed; features {s['seconds']:.2f} s, "
-          f"loading the table {loaded - started:.2f} s, total {total:.2f} s")
-    print(f"  images {features.images.shape} {features.images.dtype}, waves {features.waves.shape} "
-          f"{features.waves.dtype}, {(features.images.nbytes + features.waves.nbytes) / 2**20:.0f} MiB in memory")
+    print(
+        f"{args.dataset}: {s['items']} items, {s['windows']} windows, profile {profile.name} ({profile.key()}): "
+        f"{s['cached']} cached, {s['computed']} computed; features {s['seconds']:.2f} s, "
+        f"loading the table {loaded - started:.2f} s, total {total:.2f} s"
+    )
+    print(
+        f"  images {features.images.shape} {features.images.dtype}, waves {features.waves.shape} "
+        f"{features.waves.dtype}, {(features.images.nbytes + features.waves.nbytes) / 2**20:.0f} MiB in memory"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m study.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def dataset_args(p):

@@ -3,6 +3,7 @@
 Every reader in the project goes through :func:`read_audio`, so every bad file
 fails with the same kind of message: the file's path and the reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,7 @@ def read_audio(path: str | Path, start_s: float = 0.0, end_s: float | None = Non
         raise DataError(f"{path}: cannot decode audio ({exc})") from exc
     if data.shape[0] < stop - start:
         raise DataError(
-            f"{path}: truncated file: header announces {info.frames} frames, "
-            f"only {start + data.shape[0]} could be read"
+            f"{path}: truncated file: header announces {info.frames} frames, only {start + data.shape[0]} could be read"
         )
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
@@ -133,8 +133,9 @@ def probe_audio(path: str | Path) -> tuple[int, int, int, str]:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     index = _probe_index()
     if index is not None:
-        row = index.execute("SELECT rate, frames, channels, digest FROM probes "
-                            "WHERE path=? AND size=? AND mtime=?", key).fetchone()
+        row = index.execute(
+            "SELECT rate, frames, channels, digest FROM probes WHERE path=? AND size=? AND mtime=?", key
+        ).fetchone()
         if row:
             return row
     info = audio_info(path)
@@ -161,8 +162,10 @@ def _probe_index() -> sqlite3.Connection | None:
             conn = sqlite3.connect(location, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS probes (path TEXT, size INTEGER, mtime INTEGER, rate INTEGER, "
-                         "frames INTEGER, channels INTEGER, digest TEXT, PRIMARY KEY (path, size, mtime))")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS probes (path TEXT, size INTEGER, mtime INTEGER, rate INTEGER, "
+                "frames INTEGER, channels INTEGER, digest TEXT, PRIMARY KEY (path, size, mtime))"
+            )
             _INDEXES[str(location)] = conn
         except (sqlite3.Error, OSError):
             _INDEXES[str(location)] = None

@@ -7,6 +7,7 @@ split by recording). NAME is ``patient_index_location_mode_device``; 91 names
 differ in their device part between releases (meta/filename_differences.txt),
 so a name missing from the split file is matched on its first four parts.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,18 +85,32 @@ def load_icbhi2017(root: str | Path, *, skip_bad: bool = False) -> LoadedDataset
                 log.report(annotation, f"line {line_no}: crackles/wheezes must be 0 or 1, got {line!r}")
                 continue
             if not 0 <= start < end or start >= duration:
-                log.report(annotation, f"line {line_no}: cycle [{start}, {end}] s outside the {duration:.2f} s recording")
+                log.report(
+                    annotation, f"line {line_no}: cycle [{start}, {end}] s outside the {duration:.2f} s recording"
+                )
                 continue
             if end > duration + 1e-3:
                 log.note(annotation, f"line {line_no}: cycle end {end} s cut to the recording end {duration:.3f} s")
                 end = duration
             label = crackles + 2 * wheezes
-            rows.append(dict(
-                id=f"{name}_{line_no:03d}", path=str(wav), label=label, binary_label=int(label > 0),
-                original_label=CLASSES[label], group=parts[0], dataset="icbhi2017",
-                source=parts[-1] if len(parts) == 5 else "unknown", split=recording_split,
-                sample_rate=rate, start_s=start, end_s=end, duration_s=end - start, audio_hash=digest,
-            ))
+            rows.append(
+                dict(
+                    id=f"{name}_{line_no:03d}",
+                    path=str(wav),
+                    label=label,
+                    binary_label=int(label > 0),
+                    original_label=CLASSES[label],
+                    group=parts[0],
+                    dataset="icbhi2017",
+                    source=parts[-1] if len(parts) == 5 else "unknown",
+                    split=recording_split,
+                    sample_rate=rate,
+                    start_s=start,
+                    end_s=end,
+                    duration_s=end - start,
+                    audio_hash=digest,
+                )
+            )
     table = make_table(rows)
     patients = {split: set(grp) for split, grp in table.groupby("split")["group"]}
     shared = sorted(patients.get("train", set()) & patients.get("test", set()))

@@ -4,6 +4,7 @@
 Paths are relative to the manifest's folder and may not point outside it.
 Labels are 0/1 or normal/abnormal (any case).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,12 +55,23 @@ def load_manifest(path: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
         if probed is None:
             continue
         rate, duration, digest = probed
-        rows.append(dict(
-            id=(row.get("id") or "").strip() or audio.relative_to(path.parent.resolve()).with_suffix("").as_posix(),
-            path=str(audio), label=LABELS[label], binary_label=LABELS[label], original_label=label,
-            group=(row.get("group") or "").strip() or None, dataset="manifest",
-            source=(row.get("source") or "").strip() or "manifest", split=split, sample_rate=rate,
-            start_s=0.0, end_s=duration, duration_s=duration, audio_hash=digest,
-        ))
+        rows.append(
+            dict(
+                id=(row.get("id") or "").strip() or audio.relative_to(path.parent.resolve()).with_suffix("").as_posix(),
+                path=str(audio),
+                label=LABELS[label],
+                binary_label=LABELS[label],
+                original_label=label,
+                group=(row.get("group") or "").strip() or None,
+                dataset="manifest",
+                source=(row.get("source") or "").strip() or "manifest",
+                split=split,
+                sample_rate=rate,
+                start_s=0.0,
+                end_s=duration,
+                duration_s=duration,
+                audio_hash=digest,
+            )
+        )
     table = make_table(rows)
     return LoadedDataset("manifest", path.parent, table, log.problems, duplicate_groups(table), {"manifest": str(path)})

@@ -7,6 +7,7 @@ The CSV names do not match the file names, as in the public release:
 ``set_b/Btraining_murmur_Btraining_noisymurmur_135_…_A.wav`` is
 ``murmur_noisymurmur_135_…_A.wav``. :func:`match_key` maps both forms to one key.
 """
+
 from __future__ import annotations
 
 import csv
@@ -101,14 +102,24 @@ def load_pascal(root: str | Path, *, mapping: str = "paper", skip_bad: bool = Fa
                 rate, duration, digest = probed
                 sublabel = (row.get("sublabel") or "").strip().lower()
                 patient = wav.stem.split("_")[-3] if set_name == "set_b" else None
-                rows.append(dict(
-                    id=f"{set_name}/{wav.stem}", path=str(wav), label=LABEL_MAPPINGS[mapping][label],
-                    binary_label=LABEL_MAPPINGS[mapping][label],
-                    original_label=f"{label}/{sublabel}" if sublabel else label,
-                    group=f"{set_name}/{patient}" if patient else None, dataset="pascal", source=set_name,
-                    split="test", sample_rate=rate, start_s=0.0, end_s=duration, duration_s=duration,
-                    audio_hash=digest,
-                ))
+                rows.append(
+                    dict(
+                        id=f"{set_name}/{wav.stem}",
+                        path=str(wav),
+                        label=LABEL_MAPPINGS[mapping][label],
+                        binary_label=LABEL_MAPPINGS[mapping][label],
+                        original_label=f"{label}/{sublabel}" if sublabel else label,
+                        group=f"{set_name}/{patient}" if patient else None,
+                        dataset="pascal",
+                        source=set_name,
+                        split="test",
+                        sample_rate=rate,
+                        start_s=0.0,
+                        end_s=duration,
+                        duration_s=duration,
+                        audio_hash=digest,
+                    )
+                )
         for group in files.values():
             for f in group:
                 if f not in used:

@@ -6,6 +6,7 @@ Layout: ``ROOT/training-a`` … ``training-f`` with ``REFERENCE.csv`` (``a0001,1
 ``ROOT/validation`` lists the AudioFuse paper's test records; they are copies
 of training records and are removed from training (paper protocol).
 """
+
 from __future__ import annotations
 
 import csv
@@ -87,12 +88,25 @@ def load_physionet2016(root: str | Path, *, skip_bad: bool = False) -> LoadedDat
                     log.report(header, f"label {hea_label} disagrees with REFERENCE.csv ({row[1]})")
                     continue
             original, label = LABELS[row[1]]
-            rows.append(dict(
-                id=record, path=str(wav), label=label, binary_label=label, original_label=original,
-                group=None, dataset="physionet2016", source=folder.name, split="train",
-                sample_rate=rate, start_s=0.0, end_s=duration, duration_s=duration, audio_hash=digest,
-                signal_quality=int(sqi[record][2]) if record in sqi else None,
-            ))
+            rows.append(
+                dict(
+                    id=record,
+                    path=str(wav),
+                    label=label,
+                    binary_label=label,
+                    original_label=original,
+                    group=None,
+                    dataset="physionet2016",
+                    source=folder.name,
+                    split="train",
+                    sample_rate=rate,
+                    start_s=0.0,
+                    end_s=duration,
+                    duration_s=duration,
+                    audio_hash=digest,
+                    signal_quality=int(sqi[record][2]) if record in sqi else None,
+                )
+            )
         for wav in sorted(folder.glob("*.wav")):
             if wav not in listed_files:
                 log.note(wav, "not listed in REFERENCE.csv; ignored")

@@ -1,4 +1,5 @@
 """Validation splits drawn off the training recordings with a fixed seed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,13 @@ import pandas as pd
 METHODS = ("per_source_balanced", "stratified")
 
 
-def assign_validation(table: pd.DataFrame, fraction: float = 0.1, seed: int = 0,
-                      method: str = "per_source_balanced", max_minority_share: float = 0.5) -> pd.DataFrame:
+def assign_validation(
+    table: pd.DataFrame,
+    fraction: float = 0.1,
+    seed: int = 0,
+    method: str = "per_source_balanced",
+    max_minority_share: float = 0.5,
+) -> pd.DataFrame:
     """Move a validation split off the train rows; returns a copy with split "val" set.
 
     Methods
@@ -34,8 +40,9 @@ def assign_validation(table: pd.DataFrame, fraction: float = 0.1, seed: int = 0,
     if method == "stratified":
         from sklearn.model_selection import train_test_split  # slow import, only needed here
 
-        _, val_units = train_test_split(units.index.to_numpy(), test_size=fraction, random_state=seed,
-                                        stratify=units["label"].to_numpy())
+        _, val_units = train_test_split(
+            units.index.to_numpy(), test_size=fraction, random_state=seed, stratify=units["label"].to_numpy()
+        )
     else:
         val_units = []
         for _, part in units.groupby("source", sort=True):

@@ -82,6 +82,7 @@ Numbers measured on it are about this generator, not about patients.
 Every parameter, with its current value, is listed below (from
 :data:`SYNTH_PARAMS`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -100,8 +101,17 @@ import scipy.fft
 import soundfile as sf
 
 __all__ = [
-    "CueParams", "DatabaseSpec", "Device", "HeartParams", "IcbhiParams", "NoiseParams",
-    "PascalParams", "PhysioNetParams", "SYNTH_PARAMS", "SynthParams", "describe_parameters",
+    "CueParams",
+    "DatabaseSpec",
+    "Device",
+    "HeartParams",
+    "IcbhiParams",
+    "NoiseParams",
+    "PascalParams",
+    "PhysioNetParams",
+    "SYNTH_PARAMS",
+    "SynthParams",
+    "describe_parameters",
     "write_synthetic",
 ]
 
@@ -135,8 +145,11 @@ class Device:
     resonance_q: float = _p(1.0, "quality factor of the resonance")
     tilt_spread_db_per_octave: float = _p(0.5, "per-file tilt change, uniform in +-this (placement, unit), dB/octave")
     resonance_spread: float = _p(0.1, "per-file resonance frequency factor, exp(uniform in +-this)")
-    noise_exponent: float = _p(1.0, "colour of the ambient and sensor noise in the file (not shaped by the "
-                                    "filter): power ~ 1/f**exponent (0 white, 1 pink, 2 brown)")
+    noise_exponent: float = _p(
+        1.0,
+        "colour of the ambient and sensor noise in the file (not shaped by the "
+        "filter): power ~ 1/f**exponent (0 white, 1 pink, 2 brown)",
+    )
     snr_db: tuple = _p((10.0, 25.0), "body sounds to ambient noise power ratio in noise.snr_band_hz, dB")
     peak_level: tuple = _p((0.2, 0.9), "peak |sample| after the random gain, fraction of full scale")
     dc_offset: tuple = _p((-0.002, 0.002), "DC offset added after the gain, fraction of full scale")
@@ -172,8 +185,15 @@ class CueParams:
     """Abnormal cues and benign confounders; cue ranges are (weakest, strongest)."""
 
     kind_weights: dict = _p(
-        {"systolic_murmur": 0.25, "diastolic_murmur": 0.15, "wide_split_s2": 0.15, "extra_sound_s3": 0.08,
-         "extra_sound_s4": 0.07, "premature_beats": 0.15, "irregular_rhythm": 0.15},
+        {
+            "systolic_murmur": 0.25,
+            "diastolic_murmur": 0.15,
+            "wide_split_s2": 0.15,
+            "extra_sound_s3": 0.08,
+            "extra_sound_s4": 0.07,
+            "premature_beats": 0.15,
+            "irregular_rhythm": 0.15,
+        },
         "probability of each cue kind in an abnormal PhysioNet recording",
     )
     second_cue_probability: float = _p(0.3, "probability that an abnormal recording has a second, different cue")
@@ -227,24 +247,77 @@ class DatabaseSpec:
 def _physionet_databases() -> dict:
     # Small device differences between databases; real counts from the 2016 release.
     return {
-        "training-a": DatabaseSpec(409, 292, 80, (15.0, 36.0), Device(
-            highpass_hz=25.0, lowpass_hz=600.0, resonance_hz=150.0, resonance_gain_db=2.0,
-            noise_exponent=1.0, snr_db=(10.0, 25.0))),
-        "training-b": DatabaseSpec(490, 104, 98, (5.0, 8.0), Device(
-            highpass_hz=30.0, lowpass_hz=500.0, tilt_db_per_octave=-1.0, noise_exponent=1.2,
-            snr_db=(6.0, 20.0), dc_offset=(-0.25, -0.02), peak_normalized=True)),
-        "training-c": DatabaseSpec(31, 24, 7, (10.0, 40.0), Device(
-            highpass_hz=20.0, lowpass_hz=700.0, tilt_db_per_octave=1.0, noise_exponent=0.8,
-            snr_db=(8.0, 22.0))),
-        "training-d": DatabaseSpec(55, 28, 10, (6.0, 30.0), Device(
-            highpass_hz=25.0, lowpass_hz=550.0, tilt_db_per_octave=0.5, noise_exponent=1.0,
-            snr_db=(8.0, 22.0), dc_offset=(-0.003, 0.0))),
-        "training-e": DatabaseSpec(2141, 183, 102, (8.0, 40.0), Device(
-            highpass_hz=35.0, lowpass_hz=650.0, tilt_db_per_octave=-0.5, noise_exponent=1.5,
-            snr_db=(4.0, 20.0), dc_offset=(-0.025, 0.005))),
-        "training-f": DatabaseSpec(114, 34, 0, (25.0, 40.0), Device(
-            highpass_hz=20.0, lowpass_hz=600.0, noise_exponent=1.0, snr_db=(10.0, 24.0),
-            peak_level=(0.7, 0.95))),
+        "training-a": DatabaseSpec(
+            409,
+            292,
+            80,
+            (15.0, 36.0),
+            Device(
+                highpass_hz=25.0,
+                lowpass_hz=600.0,
+                resonance_hz=150.0,
+                resonance_gain_db=2.0,
+                noise_exponent=1.0,
+                snr_db=(10.0, 25.0),
+            ),
+        ),
+        "training-b": DatabaseSpec(
+            490,
+            104,
+            98,
+            (5.0, 8.0),
+            Device(
+                highpass_hz=30.0,
+                lowpass_hz=500.0,
+                tilt_db_per_octave=-1.0,
+                noise_exponent=1.2,
+                snr_db=(6.0, 20.0),
+                dc_offset=(-0.25, -0.02),
+                peak_normalized=True,
+            ),
+        ),
+        "training-c": DatabaseSpec(
+            31,
+            24,
+            7,
+            (10.0, 40.0),
+            Device(highpass_hz=20.0, lowpass_hz=700.0, tilt_db_per_octave=1.0, noise_exponent=0.8, snr_db=(8.0, 22.0)),
+        ),
+        "training-d": DatabaseSpec(
+            55,
+            28,
+            10,
+            (6.0, 30.0),
+            Device(
+                highpass_hz=25.0,
+                lowpass_hz=550.0,
+                tilt_db_per_octave=0.5,
+                noise_exponent=1.0,
+                snr_db=(8.0, 22.0),
+                dc_offset=(-0.003, 0.0),
+            ),
+        ),
+        "training-e": DatabaseSpec(
+            2141,
+            183,
+            102,
+            (8.0, 40.0),
+            Device(
+                highpass_hz=35.0,
+                lowpass_hz=650.0,
+                tilt_db_per_octave=-0.5,
+                noise_exponent=1.5,
+                snr_db=(4.0, 20.0),
+                dc_offset=(-0.025, 0.005),
+            ),
+        ),
+        "training-f": DatabaseSpec(
+            114,
+            34,
+            0,
+            (25.0, 40.0),
+            Device(highpass_hz=20.0, lowpass_hz=600.0, noise_exponent=1.0, snr_db=(10.0, 24.0), peak_level=(0.7, 0.95)),
+        ),
     }
 
 
@@ -260,22 +333,57 @@ class PhysioNetParams:
 class PascalParams:
     """PASCAL heart sounds: shifted devices, the same heart model."""
 
-    set_a: Device = _p(Device(
-        sample_rate_hz=44100, highpass_hz=90.0, highpass_order=1, lowpass_hz=5000.0, tilt_db_per_octave=3.0,
-        resonance_hz=700.0, resonance_gain_db=8.0, resonance_q=1.2, tilt_spread_db_per_octave=6.0,
-        resonance_spread=0.7, noise_exponent=0.0, snr_db=(2.0, 14.0),
-        peak_level=(0.05, 0.9), dc_offset=(-0.0003, 0.0003)), "set_a: iStethoscope phone app")
-    set_b: Device = _p(Device(
-        sample_rate_hz=4000, highpass_hz=15.0, lowpass_hz=200.0, lowpass_order=4, tilt_db_per_octave=-2.0,
-        resonance_hz=80.0, resonance_gain_db=6.0, tilt_spread_db_per_octave=6.0, resonance_spread=0.7,
-        noise_exponent=1.0, snr_db=(2.0, 14.0),
-        peak_level=(0.25, 1.0), dc_offset=(-0.001, 0.001)), "set_b: digital stethoscope")
+    set_a: Device = _p(
+        Device(
+            sample_rate_hz=44100,
+            highpass_hz=90.0,
+            highpass_order=1,
+            lowpass_hz=5000.0,
+            tilt_db_per_octave=3.0,
+            resonance_hz=700.0,
+            resonance_gain_db=8.0,
+            resonance_q=1.2,
+            tilt_spread_db_per_octave=6.0,
+            resonance_spread=0.7,
+            noise_exponent=0.0,
+            snr_db=(2.0, 14.0),
+            peak_level=(0.05, 0.9),
+            dc_offset=(-0.0003, 0.0003),
+        ),
+        "set_a: iStethoscope phone app",
+    )
+    set_b: Device = _p(
+        Device(
+            sample_rate_hz=4000,
+            highpass_hz=15.0,
+            lowpass_hz=200.0,
+            lowpass_order=4,
+            tilt_db_per_octave=-2.0,
+            resonance_hz=80.0,
+            resonance_gain_db=6.0,
+            tilt_spread_db_per_octave=6.0,
+            resonance_spread=0.7,
+            noise_exponent=1.0,
+            snr_db=(2.0, 14.0),
+            peak_level=(0.25, 1.0),
+            dc_offset=(-0.001, 0.001),
+        ),
+        "set_b: digital stethoscope",
+    )
     set_a_duration_s: tuple = _p((1.0, 9.0), "set_a recording duration, s")
     set_b_duration_s: tuple = _p((1.0, 15.0), "set_b recording duration, s")
     category_weights: dict = _p(
-        {"set_a": {"artifact": 40, "extrahls": 19, "murmur": 34, "normal": 31, "unlabelled": 52},
-         "set_b": {"extrastole": 46, "murmur": 66, "noisymurmur": 29, "normal": 200, "noisynormal": 120,
-                   "unlabelled": 195}},
+        {
+            "set_a": {"artifact": 40, "extrahls": 19, "murmur": 34, "normal": 31, "unlabelled": 52},
+            "set_b": {
+                "extrastole": 46,
+                "murmur": 66,
+                "noisymurmur": 29,
+                "normal": 200,
+                "noisynormal": 120,
+                "unlabelled": 195,
+            },
+        },
         "files per category in the full real release (sets each category's share of `pascal`)",
     )
     noisy_snr_offset_db: float = _p(-8.0, "SNR change of the noisynormal / noisymurmur files, dB")
@@ -289,18 +397,48 @@ class PascalParams:
 
 def _icbhi_devices() -> dict:
     return {
-        "AKGC417L": Device(sample_rate_hz=44100, subtypes=("PCM_16", "PCM_24", "PCM_32"), highpass_hz=50.0,
-                           lowpass_hz=8000.0, tilt_db_per_octave=1.0, noise_exponent=0.5, snr_db=(10.0, 25.0),
-                           peak_level=(0.1, 0.9), dc_offset=(-0.0005, 0.0005)),
-        "Meditron": Device(sample_rate_hz=44100, subtypes=("PCM_16", "PCM_24", "PCM_32"), highpass_hz=20.0,
-                           lowpass_hz=2000.0, noise_exponent=1.0, snr_db=(10.0, 25.0), peak_level=(0.1, 0.6),
-                           dc_offset=(-0.0005, 0.0005)),
-        "LittC2SE": Device(sample_rate_hz=44100, subtypes=("PCM_16", "PCM_24", "PCM_32"), highpass_hz=20.0,
-                           lowpass_hz=1000.0, tilt_db_per_octave=-2.0, noise_exponent=1.0, snr_db=(8.0, 22.0),
-                           peak_level=(0.3, 1.0), dc_offset=(-0.001, 0.001)),
-        "Litt3200": Device(sample_rate_hz=4000, subtypes=("PCM_16",), highpass_hz=20.0, lowpass_hz=1500.0,
-                           noise_exponent=1.0, snr_db=(8.0, 22.0), peak_level=(0.5, 1.0),
-                           dc_offset=(-0.01, 0.01)),
+        "AKGC417L": Device(
+            sample_rate_hz=44100,
+            subtypes=("PCM_16", "PCM_24", "PCM_32"),
+            highpass_hz=50.0,
+            lowpass_hz=8000.0,
+            tilt_db_per_octave=1.0,
+            noise_exponent=0.5,
+            snr_db=(10.0, 25.0),
+            peak_level=(0.1, 0.9),
+            dc_offset=(-0.0005, 0.0005),
+        ),
+        "Meditron": Device(
+            sample_rate_hz=44100,
+            subtypes=("PCM_16", "PCM_24", "PCM_32"),
+            highpass_hz=20.0,
+            lowpass_hz=2000.0,
+            noise_exponent=1.0,
+            snr_db=(10.0, 25.0),
+            peak_level=(0.1, 0.6),
+            dc_offset=(-0.0005, 0.0005),
+        ),
+        "LittC2SE": Device(
+            sample_rate_hz=44100,
+            subtypes=("PCM_16", "PCM_24", "PCM_32"),
+            highpass_hz=20.0,
+            lowpass_hz=1000.0,
+            tilt_db_per_octave=-2.0,
+            noise_exponent=1.0,
+            snr_db=(8.0, 22.0),
+            peak_level=(0.3, 1.0),
+            dc_offset=(-0.001, 0.001),
+        ),
+        "Litt3200": Device(
+            sample_rate_hz=4000,
+            subtypes=("PCM_16",),
+            highpass_hz=20.0,
+            lowpass_hz=1500.0,
+            noise_exponent=1.0,
+            snr_db=(8.0, 22.0),
+            peak_level=(0.5, 1.0),
+            dc_offset=(-0.01, 0.01),
+        ),
     }
 
 
@@ -310,12 +448,31 @@ class IcbhiParams:
 
     devices: dict = _p(_icbhi_devices(), "stethoscopes and microphone; Litt3200 is the 4 kHz one")
     diagnosis_weights: dict = _p(
-        {"COPD": 64, "Healthy": 26, "URTI": 14, "Bronchiectasis": 7, "Bronchiolitis": 6, "Pneumonia": 6,
-         "LRTI": 2, "Asthma": 1}, "patients per diagnosis in the real database (drawn with these weights)")
+        {
+            "COPD": 64,
+            "Healthy": 26,
+            "URTI": 14,
+            "Bronchiectasis": 7,
+            "Bronchiolitis": 6,
+            "Pneumonia": 6,
+            "LRTI": 2,
+            "Asthma": 1,
+        },
+        "patients per diagnosis in the real database (drawn with these weights)",
+    )
     cycle_probabilities: dict = _p(
-        {"COPD": (0.45, 0.35), "Healthy": (0.05, 0.03), "URTI": (0.15, 0.1), "Bronchiectasis": (0.6, 0.15),
-         "Bronchiolitis": (0.35, 0.45), "Pneumonia": (0.6, 0.1), "LRTI": (0.35, 0.15), "Asthma": (0.1, 0.6)},
-        "per diagnosis, (P(crackles), P(wheezes)) of a cycle, drawn independently")
+        {
+            "COPD": (0.45, 0.35),
+            "Healthy": (0.05, 0.03),
+            "URTI": (0.15, 0.1),
+            "Bronchiectasis": (0.6, 0.15),
+            "Bronchiolitis": (0.35, 0.45),
+            "Pneumonia": (0.6, 0.1),
+            "LRTI": (0.35, 0.15),
+            "Asthma": (0.1, 0.6),
+        },
+        "per diagnosis, (P(crackles), P(wheezes)) of a cycle, drawn independently",
+    )
     recordings_per_patient: tuple = _p((1, 3), "recordings per patient (at distinct chest locations)")
     train_fraction: float = _p(0.6, "share of recordings in the official train split (split by patient)")
     cycles_per_recording: tuple = _p((4, 8), "breathing cycles per recording")
@@ -393,7 +550,8 @@ def _bursts(n: int, sr: int, onset_s, freq_hz, decay_s, amplitude) -> np.ndarray
     t = decay_k and has died out by 8 decays.
     """
     onset_s, freq_hz, decay_s, amplitude = np.broadcast_arrays(
-        *(np.asarray(a, dtype=float).ravel() for a in (onset_s, freq_hz, decay_s, amplitude)))
+        *(np.asarray(a, dtype=float).ravel() for a in (onset_s, freq_hz, decay_s, amplitude))
+    )
     if onset_s.size == 0:
         return np.zeros(n)
     length = int(np.ceil(8 * decay_s.max() * sr)) + 1
@@ -451,8 +609,9 @@ def _device_gain(freqs: np.ndarray, device: Device) -> np.ndarray:
     return gain
 
 
-def _record(rng: np.random.Generator, body: np.ndarray, sr: int, device: Device, snr_db: float,
-            snr_band_hz: tuple) -> np.ndarray:
+def _record(
+    rng: np.random.Generator, body: np.ndarray, sr: int, device: Device, snr_db: float, snr_band_hz: tuple
+) -> np.ndarray:
     """Body sounds (n,) as a device records them: filtered, with ambient noise, gain and DC, in [-1, 1].
 
     The filter is applied in the frequency domain with zero phase: one FFT
@@ -464,16 +623,19 @@ def _record(rng: np.random.Generator, body: np.ndarray, sr: int, device: Device,
     freqs = np.fft.rfftfreq(m, 1.0 / sr)
     spread = rng.uniform(-1.0, 1.0, 2)
     device = dataclasses.replace(  # this file's placement of the device
-        device, tilt_db_per_octave=device.tilt_db_per_octave + spread[0] * device.tilt_spread_db_per_octave,
-        resonance_hz=device.resonance_hz * np.exp(spread[1] * device.resonance_spread))
+        device,
+        tilt_db_per_octave=device.tilt_db_per_octave + spread[0] * device.tilt_spread_db_per_octave,
+        resonance_hz=device.resonance_hz * np.exp(spread[1] * device.resonance_spread),
+    )
     gain = _device_gain(freqs, device)
     signal = scipy.fft.rfft(body, m) * gain
     # Ambient and sensor noise as the file shows it: a 1/f**exponent power spectrum, not shaped by the filter.
     noise = _white_spectrum(rng, m) * np.maximum(freqs, 1.0) ** (-device.noise_exponent / 2)
     noise[0] = 0.0
     band = (freqs >= snr_band_hz[0]) & (freqs <= snr_band_hz[1])
-    noise *= np.sqrt(np.sum(np.abs(signal[band]) ** 2) / max(np.sum(np.abs(noise[band]) ** 2), 1e-30)
-                     / 10.0 ** (snr_db / 10.0))
+    noise *= np.sqrt(
+        np.sum(np.abs(signal[band]) ** 2) / max(np.sum(np.abs(noise[band]) ** 2), 1e-30) / 10.0 ** (snr_db / 10.0)
+    )
     wave = scipy.fft.irfft(signal + noise, m)[:n]
     dc = rng.uniform(*device.dc_offset)
     if device.peak_normalized:
@@ -536,8 +698,15 @@ def _murmur(rng, n, sr, start_s, end_s, shape, level, center_hz, width_hz) -> np
     return murmur * (level / max(rms, 1e-12))
 
 
-def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams, cues: dict[str, float],
-                  benign: dict[str, float], breathing: tuple[float, float]) -> tuple[np.ndarray, dict]:
+def _heart_sounds(
+    rng: np.random.Generator,
+    n: int,
+    sr: int,
+    params: SynthParams,
+    cues: dict[str, float],
+    benign: dict[str, float],
+    breathing: tuple[float, float],
+) -> tuple[np.ndarray, dict]:
     """Heart sounds of a recording of n samples at sr Hz (S1 peak about 1).
 
     ``cues`` maps abnormal cue kinds to strengths, ``benign`` confounders to
@@ -550,8 +719,11 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
     breath_hz, breath_phase = breathing
     beats = int(duration / (0.45 * rr0)) + 3
     i = np.arange(beats)
-    rr = rr0 * (1.0 + rng.uniform(*hp.sinus_arrhythmia) * np.sin(2 * np.pi * breath_hz * rr0 * i + breath_phase)
-                + hp.rr_jitter * rng.standard_normal(beats))
+    rr = rr0 * (
+        1.0
+        + rng.uniform(*hp.sinus_arrhythmia) * np.sin(2 * np.pi * breath_hz * rr0 * i + breath_phase)
+        + hp.rr_jitter * rng.standard_normal(beats)
+    )
     if "irregular_rhythm" in cues:
         shape = 1.0 / _lerp(cp.irregular_rr_cv, cues["irregular_rhythm"]) ** 2
         rr *= rng.gamma(shape, 1.0 / shape, beats)
@@ -610,18 +782,44 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
     # Murmur windows: systolic from 40 ms after T1 to 15 ms before A2, diastolic from 30 ms after P2.
     systole_start, systole_end = t1 + 0.04, a2 - 0.015
     if "systolic_murmur" in cues:
-        heart += _murmur(rng, n, sr, systole_start, systole_end, str(rng.choice(["diamond", "plateau"])),
-                         _lerp(cp.murmur_level, cues["systolic_murmur"]), rng.uniform(*cp.murmur_center_hz),
-                         rng.uniform(*cp.murmur_bandwidth_hz))
+        heart += _murmur(
+            rng,
+            n,
+            sr,
+            systole_start,
+            systole_end,
+            str(rng.choice(["diamond", "plateau"])),
+            _lerp(cp.murmur_level, cues["systolic_murmur"]),
+            rng.uniform(*cp.murmur_center_hz),
+            rng.uniform(*cp.murmur_bandwidth_hz),
+        )
     if "diastolic_murmur" in cues:
         start = p2 + 0.03
         end = start + rng.uniform(*cp.diastolic_fraction) * (onsets + rr - start)
-        heart += _murmur(rng, n, sr, start, end, "decrescendo", _lerp(cp.murmur_level, cues["diastolic_murmur"]),
-                         rng.uniform(*cp.murmur_center_hz), rng.uniform(*cp.murmur_bandwidth_hz))
+        heart += _murmur(
+            rng,
+            n,
+            sr,
+            start,
+            end,
+            "decrescendo",
+            _lerp(cp.murmur_level, cues["diastolic_murmur"]),
+            rng.uniform(*cp.murmur_center_hz),
+            rng.uniform(*cp.murmur_bandwidth_hz),
+        )
     if "innocent_murmur" in benign:  # early-to-mid systolic, narrow band
         end = systole_start + 0.6 * (systole_end - systole_start)
-        heart += _murmur(rng, n, sr, systole_start, end, "diamond", benign["innocent_murmur"],
-                         rng.uniform(*cp.innocent_murmur_center_hz), 80.0)
+        heart += _murmur(
+            rng,
+            n,
+            sr,
+            systole_start,
+            end,
+            "diamond",
+            benign["innocent_murmur"],
+            rng.uniform(*cp.innocent_murmur_center_hz),
+            80.0,
+        )
     timing = {
         "s1_peaks_s": onsets + s1_decay,
         "s2_peaks_s": a2 + s2_decay,
@@ -630,22 +828,45 @@ def _heart_sounds(rng: np.random.Generator, n: int, sr: int, params: SynthParams
     return heart, timing
 
 
-def _body_noise(rng: np.random.Generator, n: int, sr: int, noise: NoiseParams, breathing: tuple[float, float],
-                motion_rate: float, motion_scale: float = 1.0) -> np.ndarray:
+def _body_noise(
+    rng: np.random.Generator,
+    n: int,
+    sr: int,
+    noise: NoiseParams,
+    breathing: tuple[float, float],
+    motion_rate: float,
+    motion_scale: float = 1.0,
+) -> np.ndarray:
     """Breathing noise (louder on inspiration) and motion thumps, shape (n,)."""
     t = np.arange(n) / sr
     low, high = noise.breath_noise_band_hz
     envelope = (0.55 + 0.45 * np.sin(2 * np.pi * breathing[0] * t + breathing[1])) ** 2
-    breath = (_band_noise(rng, n, sr, (low + high) / 2, high - low) * envelope
-              * rng.uniform(*noise.breath_noise_level) / np.sqrt(np.mean(envelope**2)))
+    breath = (
+        _band_noise(rng, n, sr, (low + high) / 2, high - low)
+        * envelope
+        * rng.uniform(*noise.breath_noise_level)
+        / np.sqrt(np.mean(envelope**2))
+    )
     thumps = rng.poisson(motion_rate * n / sr)
     return breath + _bursts(
-        n, sr, rng.uniform(0.0, n / sr, thumps), rng.uniform(*noise.motion_freq_hz, thumps),
-        rng.uniform(*noise.motion_decay_s, thumps), motion_scale * rng.uniform(*noise.motion_amplitude, thumps))
+        n,
+        sr,
+        rng.uniform(0.0, n / sr, thumps),
+        rng.uniform(*noise.motion_freq_hz, thumps),
+        rng.uniform(*noise.motion_decay_s, thumps),
+        motion_scale * rng.uniform(*noise.motion_amplitude, thumps),
+    )
 
 
-def _pcg(rng: np.random.Generator, params: SynthParams, device: Device, duration_s: float,
-         cues: dict[str, float], snr_offset_db: float = 0.0, artifact: bool = False) -> tuple[np.ndarray, dict]:
+def _pcg(
+    rng: np.random.Generator,
+    params: SynthParams,
+    device: Device,
+    duration_s: float,
+    cues: dict[str, float],
+    snr_offset_db: float = 0.0,
+    artifact: bool = False,
+) -> tuple[np.ndarray, dict]:
     """One heart-sound recording as ``device`` writes it, in [-1, 1], and its truth."""
     sr = device.sample_rate_hz
     n = int(round(duration_s * sr))
@@ -661,8 +882,11 @@ def _pcg(rng: np.random.Generator, params: SynthParams, device: Device, duration
         k, u = _segments(n, sr, rub_start, rub_end)
         low, high = pp.artifact_rub_band_hz
         high = min(high, 0.45 * sr)
-        heart += (_band_noise(rng, n, sr, (low + high) / 2, high - low) * np.where(k >= 0, np.sin(np.pi * u), 0.0)
-                  * rng.uniform(*pp.artifact_rub_level))
+        heart += (
+            _band_noise(rng, n, sr, (low + high) / 2, high - low)
+            * np.where(k >= 0, np.sin(np.pi * u), 0.0)
+            * rng.uniform(*pp.artifact_rub_level)
+        )
         body = _body_noise(rng, n, sr, params.noise, breathing, rng.uniform(*pp.artifact_motion_rate_per_s), 2.0)
     else:
         body = _body_noise(rng, n, sr, params.noise, breathing, rng.uniform(*params.noise.motion_rate_per_s))
@@ -704,8 +928,9 @@ def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator) -
     plan = {}
     for (name, spec), count, val in zip(specs.items(), counts, has_val):
         per_class_min = 2 if val else 1
-        abnormal = int(np.clip(round(count * spec.real_abnormal / spec.real_records), per_class_min,
-                               count - per_class_min))
+        abnormal = int(
+            np.clip(round(count * spec.real_abnormal / spec.real_records), per_class_min, count - per_class_min)
+        )
         n_val = int(np.clip(round(count * spec.real_validation / spec.real_records), 2, count - 2)) if val else 0
         val_abnormal = min(int(np.ceil(n_val * params.validation_abnormal_fraction)), abnormal - 1)
         val_normal = min(n_val - val_abnormal, count - abnormal - 1)
@@ -717,8 +942,12 @@ def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator) -
         names = [f"{name[-1]}{j + 1:0{width}d}" for j in range(count)]
         plan[name] = {"names": names, "labels": labels, "validation": validation}
     # The duplicate: a training record whose audio is copied over another of the same label and database.
-    candidates = [(db, label) for db, p in plan.items() for label in (1, -1)
-                  if np.sum((p["labels"] == label) & ~p["validation"]) >= 2]
+    candidates = [
+        (db, label)
+        for db, p in plan.items()
+        for label in (1, -1)
+        if np.sum((p["labels"] == label) & ~p["validation"]) >= 2
+    ]
     db, label = candidates[rng.integers(len(candidates))]
     pool = np.flatnonzero((plan[db]["labels"] == label) & ~plan[db]["validation"])
     source, duplicate = np.sort(rng.choice(pool, 2, replace=False))
@@ -744,14 +973,25 @@ def _write_physionet(folder: Path, seed: int, size: int, params: SynthParams) ->
             cues = _draw_cues(rng, params.cues) if label == 1 else {}
             wave, info = _pcg(rng, params, spec.device, duration, cues)
             _write_wav(out / f"{name}.wav", wave, spec.device.sample_rate_hz, spec.device.subtypes[0])
-            truth.append({"record": name, "database": db, "label": int(label), "validation": bool(in_val),
-                          "duration_s": duration, **{k: v for k, v in info.items() if not k.endswith("peaks_s")}})
+            truth.append(
+                {
+                    "record": name,
+                    "database": db,
+                    "label": int(label),
+                    "validation": bool(in_val),
+                    "duration_s": duration,
+                    **{k: v for k, v in info.items() if not k.endswith("peaks_s")},
+                }
+            )
         (out / "REFERENCE.csv").write_bytes(_lines([f"{a},{b}" for a, b in zip(p["names"], p["labels"])], "\n"))
         (out / "RECORDS").write_bytes(_lines(p["names"], "\n"))
-        counts = {"records": len(p["names"]), "abnormal": int(np.sum(p["labels"] == 1)),
-                  "normal": int(np.sum(p["labels"] == -1)),
-                  "validation_abnormal": int(np.sum(p["validation"] & (p["labels"] == 1))),
-                  "validation_normal": int(np.sum(p["validation"] & (p["labels"] == -1)))}
+        counts = {
+            "records": len(p["names"]),
+            "abnormal": int(np.sum(p["labels"] == 1)),
+            "normal": int(np.sum(p["labels"] == -1)),
+            "validation_abnormal": int(np.sum(p["validation"] & (p["labels"] == 1))),
+            "validation_normal": int(np.sum(p["validation"] & (p["labels"] == -1))),
+        }
         summary["databases"][db] = counts
         for key in ("abnormal", "normal"):
             summary["validation"][key] += counts[f"validation_{key}"]
@@ -777,9 +1017,13 @@ def _count(items) -> dict:
 
 
 _PASCAL_CUES = {  # category -> cue kinds one of which is drawn
-    "normal": (), "noisynormal": (), "artifact": (),
-    "murmur": ("systolic_murmur", "diastolic_murmur"), "noisymurmur": ("systolic_murmur", "diastolic_murmur"),
-    "extrahls": ("extra_sound_s3", "extra_sound_s4", "wide_split_s2"), "extrastole": ("premature_beats",),
+    "normal": (),
+    "noisynormal": (),
+    "artifact": (),
+    "murmur": ("systolic_murmur", "diastolic_murmur"),
+    "noisymurmur": ("systolic_murmur", "diastolic_murmur"),
+    "extrahls": ("extra_sound_s3", "extra_sound_s4", "wide_split_s2"),
+    "extrastole": ("premature_beats",),
 }
 
 
@@ -799,11 +1043,25 @@ def _pascal_plan(n: int, pp: PascalParams, rng: np.random.Generator) -> list[dic
         ts = stamp.replace("-", "").replace("T", "").replace(":", "")
         if category == "unlabelled":
             hidden = labelled_a[rng.choice(len(labelled_a), p=label_p / label_p.sum())]
-            files.append(dict(set="set_a", category=category, hidden=hidden, file=f"Aunlabelledtest__{ts}.wav",
-                              row=f"a,set_a/__{ts}.wav,,"))
+            files.append(
+                dict(
+                    set="set_a",
+                    category=category,
+                    hidden=hidden,
+                    file=f"Aunlabelledtest__{ts}.wav",
+                    row=f"a,set_a/__{ts}.wav,,",
+                )
+            )
         else:
-            files.append(dict(set="set_a", category=category, hidden=category, file=f"{category}__{ts}.wav",
-                              row=f"a,set_a/{category}__{ts}.wav,{category},"))
+            files.append(
+                dict(
+                    set="set_a",
+                    category=category,
+                    hidden=category,
+                    file=f"{category}__{ts}.wav",
+                    row=f"a,set_a/{category}__{ts}.wav,{category},",
+                )
+            )
     # set_b: sessions (patient, 13-digit ms timestamp) of 1-3 labelled files at distinct locations;
     # unlabelled files join a random session or open their own, as in the real release.
     sessions = []
@@ -817,8 +1075,9 @@ def _pascal_plan(n: int, pp: PascalParams, rng: np.random.Generator) -> list[dic
         if rng.random() < 0.5:
             sessions[rng.integers(len(sessions))]["unlabelled"] += 1
         else:
-            sessions.append({"category": sessions[rng.integers(len(sessions))]["category"], "labelled": 0,
-                             "unlabelled": 1})
+            sessions.append(
+                {"category": sessions[rng.integers(len(sessions))]["category"], "labelled": 0, "unlabelled": 1}
+            )
     order = rng.permutation(len(sessions))
     patients = np.sort(rng.choice(np.arange(101, 101 + 2 * len(sessions) + 100), len(sessions), replace=False))
     stamps = 1305030000000 + np.cumsum(rng.integers(60_000, 2_000_000_000, len(sessions)))
@@ -839,20 +1098,43 @@ def _pascal_plan(n: int, pp: PascalParams, rng: np.random.Generator) -> list[dic
         for j, location in enumerate(locations):
             tail = f"{recording}_{location}.wav"
             if j >= session["labelled"]:
-                files.append(dict(set="set_b", category="unlabelled", hidden=category,
-                                  file=f"Bunlabelledtest__{tail}", row=f"b,set_b/Bunlabelledtest_{tail},,"))
+                files.append(
+                    dict(
+                        set="set_b",
+                        category="unlabelled",
+                        hidden=category,
+                        file=f"Bunlabelledtest__{tail}",
+                        row=f"b,set_b/Bunlabelledtest_{tail},,",
+                    )
+                )
             elif category.startswith("noisy"):
-                files.append(dict(set="set_b", category=category, hidden=category, file=f"{base}_{category}_{tail}",
-                                  row=f"b,set_b/Btraining_{base}_Btraining_{category}_{tail},{base},{category}"))
+                files.append(
+                    dict(
+                        set="set_b",
+                        category=category,
+                        hidden=category,
+                        file=f"{base}_{category}_{tail}",
+                        row=f"b,set_b/Btraining_{base}_Btraining_{category}_{tail},{base},{category}",
+                    )
+                )
             else:
-                files.append(dict(set="set_b", category=category, hidden=category, file=f"{category}__{tail}",
-                                  row=f"b,set_b/Btraining_{category}_{tail},{category},"))
+                files.append(
+                    dict(
+                        set="set_b",
+                        category=category,
+                        hidden=category,
+                        file=f"{category}__{tail}",
+                        row=f"b,set_b/Btraining_{category}_{tail},{category},",
+                    )
+                )
     return files
 
 
 # Row order of the real CSVs: set_a labelled then unlabelled; set_b clean, unlabelled, noisy.
-_CSV_ORDER = {"set_a": ("artifact", "extrahls", "murmur", "normal", "unlabelled"),
-              "set_b": ("extrastole", "murmur", "normal", "unlabelled", "noisymurmur", "noisynormal")}
+_CSV_ORDER = {
+    "set_a": ("artifact", "extrahls", "murmur", "normal", "unlabelled"),
+    "set_b": ("extrastole", "murmur", "normal", "unlabelled", "noisymurmur", "noisynormal"),
+}
 
 
 def _write_pascal(folder: Path, seed: int, size: int, params: SynthParams) -> tuple[dict, list]:
@@ -867,29 +1149,52 @@ def _write_pascal(folder: Path, seed: int, size: int, params: SynthParams) -> tu
         duration = round(float(rng.uniform(*getattr(pp, f"{f['set']}_duration_s"))), 3)
         kinds = _PASCAL_CUES[f["hidden"]]
         cues = {str(rng.choice(kinds)): round(float(rng.uniform(*params.cues.strength)), 3)} if kinds else {}
-        wave, info = _pcg(rng, params, device, duration, cues,
-                          pp.noisy_snr_offset_db if f["hidden"].startswith("noisy") else 0.0,
-                          artifact=f["hidden"] == "artifact")
+        wave, info = _pcg(
+            rng,
+            params,
+            device,
+            duration,
+            cues,
+            pp.noisy_snr_offset_db if f["hidden"].startswith("noisy") else 0.0,
+            artifact=f["hidden"] == "artifact",
+        )
         _write_wav(folder / f["set"] / f["file"], wave, device.sample_rate_hz, device.subtypes[0])
         if f["set"] == "set_a" and f["category"] == "normal":
             sr, n = device.sample_rate_hz, wave.size
             s1 = np.round(info["s1_peaks_s"] * sr).astype(int)
             s2 = np.round(info["s2_peaks_s"] * sr).astype(int)
             complete = (s1 >= 0) & (s2 < n)
-            timing_rows += [(f["file"], c + 1, sound, loc) for c, (a, b) in enumerate(zip(s1[complete], s2[complete]))
-                            for sound, loc in (("S1", a), ("S2", b))]
-        truth.append({"file": f"{f['set']}/{f['file']}", "category": f["category"], "class": f["hidden"],
-                      "duration_s": duration, **{k: v for k, v in info.items() if not k.endswith("peaks_s")}})
+            timing_rows += [
+                (f["file"], c + 1, sound, loc)
+                for c, (a, b) in enumerate(zip(s1[complete], s2[complete]))
+                for sound, loc in (("S1", a), ("S2", b))
+            ]
+        truth.append(
+            {
+                "file": f"{f['set']}/{f['file']}",
+                "category": f["category"],
+                "class": f["hidden"],
+                "duration_s": duration,
+                **{k: v for k, v in info.items() if not k.endswith("peaks_s")},
+            }
+        )
     for set_name, order in _CSV_ORDER.items():
         rows = sorted((order.index(f["category"]), f["row"]) for f in files if f["set"] == set_name)
         header = "dataset,fname,label,sublabel"
         (folder / f"{set_name}.csv").write_bytes(_lines([header] + [r for _, r in rows], "\r\n"))
-    (folder / "set_a_timing.csv").write_bytes(_lines(
-        ["fname,cycle,sound,location"] + [f"set_a/{f},{c},{s},{loc}" for f, c, s, loc in sorted(timing_rows)], "\r\n"))
+    (folder / "set_a_timing.csv").write_bytes(
+        _lines(
+            ["fname,cycle,sound,location"] + [f"set_a/{f},{c},{s},{loc}" for f, c, s, loc in sorted(timing_rows)],
+            "\r\n",
+        )
+    )
     summary = {s: _count(f["category"] for f in files if f["set"] == s) for s in ("set_a", "set_b")}
     summary["files"] = len(files)
-    summary["binary_paper_mapping"] = _count("normal" if f["category"] in ("normal", "noisynormal") else "abnormal"
-                                             for f in files if f["category"] != "unlabelled")
+    summary["binary_paper_mapping"] = _count(
+        "normal" if f["category"] in ("normal", "noisynormal") else "abnormal"
+        for f in files
+        if f["category"] != "unlabelled"
+    )
     return summary, truth
 
 
@@ -920,7 +1225,7 @@ def _icbhi_plan(n: int, ip: IcbhiParams, rng: np.random.Generator) -> list[dict]
     recordings, k = [], 0
     for p_index, (patient, size) in enumerate(zip(patients, sizes)):
         locations = rng.choice(len(_LOCATIONS), size, replace=False)
-        fmts = recording_formats[k:k + size]
+        fmts = recording_formats[k : k + size]
         indices = {}
         for device in sorted({d for d, _ in fmts}):
             indices[device] = f"{rng.integers(1, 4)}{rng.choice(['b', 'p'])}{rng.integers(1, 6)}"
@@ -928,11 +1233,18 @@ def _icbhi_plan(n: int, ip: IcbhiParams, rng: np.random.Generator) -> list[dict]
             mode = "mc" if sum(d == device for d, _ in fmts) > 1 else "sc"
             crackle_p, wheeze_p = ip.cycle_probabilities[diagnosis[p_index]]
             cycles = int(rng.integers(ip.cycles_per_recording[0], ip.cycles_per_recording[1] + 1))
-            recordings.append(dict(
-                name=f"{patient}_{indices[device]}_{_LOCATIONS[loc]}_{mode}_{device}", patient=int(patient),
-                diagnosis=diagnosis[p_index], split="train" if p_index in train_patients else "test",
-                device=device, subtype=subtype, crackles=rng.random(cycles) < crackle_p,
-                wheezes=rng.random(cycles) < wheeze_p))
+            recordings.append(
+                dict(
+                    name=f"{patient}_{indices[device]}_{_LOCATIONS[loc]}_{mode}_{device}",
+                    patient=int(patient),
+                    diagnosis=diagnosis[p_index],
+                    split="train" if p_index in train_patients else "test",
+                    device=device,
+                    subtype=subtype,
+                    crackles=rng.random(cycles) < crackle_p,
+                    wheezes=rng.random(cycles) < wheeze_p,
+                )
+            )
         k += size
     _cover_cycle_classes(recordings, rng)
     return recordings
@@ -987,8 +1299,11 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     inspiration = rng.uniform(*ip.inspiration_fraction)
     expiration = rng.uniform(*ip.expiration_level)
     k, u = _segments(n, sr, start, end)
-    envelope = np.where(u < inspiration, np.sin(np.pi * u / inspiration),
-                        expiration * np.sin(np.pi * (u - inspiration) / (1 - inspiration)))
+    envelope = np.where(
+        u < inspiration,
+        np.sin(np.pi * u / inspiration),
+        expiration * np.sin(np.pi * (u - inspiration) / (1 - inspiration)),
+    )
     envelope[k < 0] = 0.05  # faint breathing outside the annotated cycles
     low, high = ip.breath_band_hz
     breath = _band_noise(rng, n, sr, (low + high) / 2, high - low) * envelope
@@ -1002,10 +1317,14 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     in_insp = rng.random(where.size) < ip.crackle_in_inspiration
     phase_start = np.where(in_insp, start[where], insp_end[where])
     phase_len = np.where(in_insp, insp_end[where] - start[where], end[where] - insp_end[where])
-    crackles = _bursts(n, sr, phase_start + rng.uniform(0.05, 0.9, where.size) * phase_len,  # inside the phase
-                       rng.uniform(*ip.crackle_freq_hz, where.size), rng.uniform(*ip.crackle_decay_s, where.size),
-                       _lerp(ip.crackle_level, severity) * rng.uniform(0.5, 1.0, where.size)
-                       * rng.choice([-1.0, 1.0], where.size))
+    crackles = _bursts(
+        n,
+        sr,
+        phase_start + rng.uniform(0.05, 0.9, where.size) * phase_len,  # inside the phase
+        rng.uniform(*ip.crackle_freq_hz, where.size),
+        rng.uniform(*ip.crackle_decay_s, where.size),
+        _lerp(ip.crackle_level, severity) * rng.uniform(0.5, 1.0, where.size) * rng.choice([-1.0, 1.0], where.size),
+    )
 
     wheezing = np.flatnonzero(rec["wheezes"])
     in_exp = rng.random(wheezing.size) < ip.wheeze_in_expiration
@@ -1014,16 +1333,24 @@ def _respiration(rng: np.random.Generator, params: SynthParams, rec: dict) -> tu
     w_start = phase_start + rng.uniform(0.0, 0.2, wheezing.size) * (phase_end - phase_start)  # early in it
     w_end = np.minimum(w_start + rng.uniform(*ip.wheeze_duration_s, wheezing.size), phase_end - 0.02)
     wheezes = _lerp(ip.wheeze_level, severity) * _tones(
-        n, sr, w_start, w_end, np.minimum(rng.uniform(*ip.wheeze_freq_hz, wheezing.size), 0.2 * sr),
-        rng.uniform(*ip.wheeze_glide, wheezing.size), ip.wheeze_harmonic)
+        n,
+        sr,
+        w_start,
+        w_end,
+        np.minimum(rng.uniform(*ip.wheeze_freq_hz, wheezing.size), 0.2 * sr),
+        rng.uniform(*ip.wheeze_glide, wheezing.size),
+        ip.wheeze_harmonic,
+    )
 
     breathing = (1.0 / float(np.mean(lengths)), 0.0)
     heart, _ = _heart_sounds(rng, n, sr, params, {}, {}, breathing)
     body = breath + crackles + wheezes + heart * rng.uniform(*ip.heart_level)
     wave = _record(rng, body, sr, device, rng.uniform(*device.snr_db), params.noise.snr_band_hz)
     decimals = 3 if sr > 8000 else 4
-    lines = [f"{_icbhi_number(a, decimals)}\t{_icbhi_number(b, decimals)}\t{int(c)}\t{int(w)}"
-             for a, b, c, w in zip(start, end, rec["crackles"], rec["wheezes"])]
+    lines = [
+        f"{_icbhi_number(a, decimals)}\t{_icbhi_number(b, decimals)}\t{int(c)}\t{int(w)}"
+        for a, b, c, w in zip(start, end, rec["crackles"], rec["wheezes"])
+    ]
     return wave, lines
 
 
@@ -1038,21 +1365,40 @@ def _write_icbhi(folder: Path, seed: int, size: int, params: SynthParams) -> tup
         device = params.icbhi.devices[rec["device"]]
         _write_wav(audio / f"{rec['name']}.wav", wave, device.sample_rate_hz, rec["subtype"])
         (audio / f"{rec['name']}.txt").write_bytes(_lines(lines, "\n"))
-        truth.append({"name": rec["name"], "patient": rec["patient"], "diagnosis": rec["diagnosis"],
-                      "split": rec["split"], "sample_rate_hz": device.sample_rate_hz, "subtype": rec["subtype"],
-                      "cycles": len(lines), "duration_s": round(wave.size / device.sample_rate_hz, 4)})
+        truth.append(
+            {
+                "name": rec["name"],
+                "patient": rec["patient"],
+                "diagnosis": rec["diagnosis"],
+                "split": rec["split"],
+                "sample_rate_hz": device.sample_rate_hz,
+                "subtype": rec["subtype"],
+                "cycles": len(lines),
+                "duration_s": round(wave.size / device.sample_rate_hz, 4),
+            }
+        )
     ordered = sorted(recordings, key=lambda r: r["name"])
     (folder / "ICBHI_challenge_train_test.txt").write_bytes(
-        _lines([f"{r['name']}\t{r['split']}" for r in ordered], "\r\n"))
+        _lines([f"{r['name']}\t{r['split']}" for r in ordered], "\r\n")
+    )
     diagnoses = sorted({(r["patient"], r["diagnosis"]) for r in recordings})
     (folder / "meta" / "patient_diagnosis.csv").write_bytes(
-        _lines([f"{p},{d}" for p, d in diagnoses], "\r\n", final=False))
+        _lines([f"{p},{d}" for p, d in diagnoses], "\r\n", final=False)
+    )
     classes = ("normal", "crackle", "wheeze", "both")
     summary = {
-        "recordings": len(recordings), "patients": len(diagnoses),
+        "recordings": len(recordings),
+        "patients": len(diagnoses),
         "splits": _count(r["split"] for r in recordings),
-        "cycles": {s: _count(classes[int(c) + 2 * int(w)] for r in recordings if r["split"] == s
-                             for c, w in zip(r["crackles"], r["wheezes"])) for s in ("train", "test")},
+        "cycles": {
+            s: _count(
+                classes[int(c) + 2 * int(w)]
+                for r in recordings
+                if r["split"] == s
+                for c, w in zip(r["crackles"], r["wheezes"])
+            )
+            for s in ("train", "test")
+        },
         "formats": _count(f"{params.icbhi.devices[r['device']].sample_rate_hz} Hz {r['subtype']}" for r in recordings),
     }
     return summary, sorted(truth, key=lambda t: t["name"])
@@ -1078,8 +1424,15 @@ def _read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and marker.get("generator") == GENERATOR else None
 
 
-def write_synthetic(out: str | Path, seed: int = 0, *, physionet: int = 300, pascal: int = 40, icbhi: int = 12,
-                    datasets: Sequence[str] = DATASETS) -> dict:
+def write_synthetic(
+    out: str | Path,
+    seed: int = 0,
+    *,
+    physionet: int = 300,
+    pascal: int = 40,
+    icbhi: int = 12,
+    datasets: Sequence[str] = DATASETS,
+) -> dict:
     """Write synthetic PhysioNet 2016, PASCAL and ICBHI 2017 datasets in their real on-disk layouts.
 
     Parameters
@@ -1125,8 +1478,10 @@ def write_synthetic(out: str | Path, seed: int = 0, *, physionet: int = 300, pas
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
             raise TypeError(f"{arguments[name]} must be an int, got {type(size).__name__}")
         if size < MIN_SIZES[name]:
-            raise ValueError(f"{arguments[name]} must be at least {MIN_SIZES[name]} to fill every class and split "
-                             f"of {name}, got {size}")
+            raise ValueError(
+                f"{arguments[name]} must be at least {MIN_SIZES[name]} to fill every class and split "
+                f"of {name}, got {size}"
+            )
     if physionet > 40_000 and "physionet2016" in datasets:
         raise ValueError(f"physionet must be at most 40000 (4-digit record names), got {physionet}")
     out = Path(out)
@@ -1135,17 +1490,29 @@ def write_synthetic(out: str | Path, seed: int = 0, *, physionet: int = 300, pas
     for name in datasets:
         folder = out / name
         if folder.is_dir() and any(folder.iterdir()) and _read_marker(folder) is None:
-            raise ValueError(f"out: {folder} is not empty and was not written by {GENERATOR} (no {MARKER}); "
-                             "refusing to overwrite it")
+            raise ValueError(
+                f"out: {folder} is not empty and was not written by {GENERATOR} (no {MARKER}); refusing to overwrite it"
+            )
 
     params, digest = SYNTH_PARAMS, _params_digest(SYNTH_PARAMS)
-    summary = {"generator": GENERATOR, "out": str(out), "seed": int(seed), "datasets": datasets,
-               "sizes": {name: int(sizes[name]) for name in datasets}, "params_digest": digest,
-               "parameters": json.loads(json.dumps(dataclasses.asdict(params)))}
+    summary = {
+        "generator": GENERATOR,
+        "out": str(out),
+        "seed": int(seed),
+        "datasets": datasets,
+        "sizes": {name: int(sizes[name]) for name in datasets},
+        "params_digest": digest,
+        "parameters": json.loads(json.dumps(dataclasses.asdict(params))),
+    }
     for name in datasets:
         folder = out / name
-        identity = {"generator": GENERATOR, "dataset": name, "seed": int(seed), "size": int(sizes[name]),
-                    "params_digest": digest}
+        identity = {
+            "generator": GENERATOR,
+            "dataset": name,
+            "seed": int(seed),
+            "size": int(sizes[name]),
+            "params_digest": digest,
+        }
         marker = _read_marker(folder)
         if marker is not None and all(marker.get(k) == v for k, v in identity.items()):
             summary[name] = marker["summary"]

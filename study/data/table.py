@@ -1,4 +1,5 @@
 """The recording table every loader returns, and the problem log they share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -124,7 +125,9 @@ def summarize(ds: LoadedDataset) -> dict:
         "splits": {str(k): int(v) for k, v in t["split"].value_counts().sort_index().items()},
         "labels_by_split": by_split,
         "sources": {str(k): int(v) for k, v in t["source"].value_counts().sort_index().items()},
-        "sample_rates": {str(k): int(v) for k, v in t.drop_duplicates("path")["sample_rate"].value_counts().sort_index().items()},
+        "sample_rates": {
+            str(k): int(v) for k, v in t.drop_duplicates("path")["sample_rate"].value_counts().sort_index().items()
+        },
         "duration_s": {
             "min": float(np.min(durations)) if len(t) else 0.0,
             "max": float(np.max(durations)) if len(t) else 0.0,
