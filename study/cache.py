@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .data.audio import cache_dir, read_audio
 from .features import FeatureProfile, compute_features
+from .io import atomic_path
 
 STORE_DTYPE = np.float16  # halves memory and disk; images in [0, 1] and normalised waves lose < 1e-3
 
@@ -119,16 +120,8 @@ class FeatureCache:
                 raise
 
     def save(self, key: str, profile: FeatureProfile, images: np.ndarray, waves: np.ndarray) -> None:
-        target = self.path(key, profile)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, images=images.astype(STORE_DTYPE), waves=waves.astype(STORE_DTYPE))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key, profile)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, images=images.astype(STORE_DTYPE), waves=waves.astype(STORE_DTYPE))
 
 
 def _compute_item(args) -> tuple[int, np.ndarray, np.ndarray]:
