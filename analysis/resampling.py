@@ -24,9 +24,9 @@ from analysis.stats import (
     PairedBootstrapResult,
     auc_kernel,
     bootstrap_interval,
-    bootstrap_p_value,
     bootstrap_weight_blocks,
     leave_one_out_weights,
+    paired_bootstrap_result,
     resampling_units,
     seed_weights,
 )
@@ -228,15 +228,4 @@ def paired_bootstrap(
     per_resample = resampled.per_resample[metric]
     differences = ((per_resample[rows_a] - per_resample[rows_b]) * seed_draws(len(rows_a))).sum(axis=0)
     value_a, value_b = (float(resampled.point[metric][rows].mean()) for rows in (rows_a, rows_b))
-    interval = bootstrap_interval(differences, value_a - value_b, confidence_level=confidence_level)
-    return PairedBootstrapResult(
-        metric,
-        value_a,
-        value_b,
-        value_a - value_b,
-        interval.low,
-        interval.high,
-        bootstrap_p_value(differences),
-        differences.size,
-        confidence_level,
-    )
+    return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)

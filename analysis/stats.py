@@ -55,6 +55,7 @@ __all__ = [
     "seed_mean_ci",
     "delong_variance",
     "delong_test",
+    "paired_bootstrap_result",
     "paired_bootstrap_test",
     "paired_permutation_test",
     "mcnemar_test",
@@ -800,9 +801,16 @@ def paired_bootstrap_test(
     stats_a, stats_b = _two_level_bootstrap(
         metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds
     )
-    differences = stats_a - stats_b
     ones = np.ones((labels.size, 1))
     value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
+    return paired_bootstrap_result(metric, value_a, value_b, stats_a - stats_b, confidence_level)
+
+
+def paired_bootstrap_result(
+    metric: str, value_a: float, value_b: float, differences: np.ndarray, confidence_level: float
+) -> PairedBootstrapResult:
+    """The result of a paired bootstrap from its point values and its (B,) resampled differences
+    A - B: the percentile interval of the difference and its two-sided p-value."""
     interval = bootstrap_interval(differences, value_a - value_b, confidence_level=confidence_level)
     return PairedBootstrapResult(
         metric,
@@ -812,7 +820,7 @@ def paired_bootstrap_test(
         interval.low,
         interval.high,
         bootstrap_p_value(differences),
-        n_resamples,
+        differences.size,
         confidence_level,
     )
 
