@@ -71,7 +71,6 @@ from analysis.resampling import (
     RESPIRATORY_METRICS,
     Kernel,
     Resampled,
-    SeedDraws,
     heart_kernel,
     named_generator,
     paired_bootstrap,
@@ -179,7 +178,6 @@ class _Analysis:
             )
         self.n_trials = len(trials)
         self.baseline = self._baseline_value(options.baseline)
-        self.seed_draws = SeedDraws(options.n_resamples, options.seed)
         self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
         self.resampled = {
             e.name: resample(e, self.kernel(e), options.n_resamples, named_generator(options.seed, e.name))
@@ -224,9 +222,7 @@ class _Analysis:
         if key not in self._intervals:
             _, trial_ids = self.trials_in(configuration, eval_set)
             self._intervals[key] = (
-                seed_mean_interval(resampled, trial_ids, metric, self.seed_draws, self.options.ci_method)
-                if trial_ids
-                else None
+                seed_mean_interval(resampled, trial_ids, metric, self.options.ci_method) if trial_ids else None
             )
         return self._intervals[key]
 
@@ -274,7 +270,7 @@ class _Analysis:
         z = special.ndtri((1 + CONFIDENCE_LEVEL) / 2)
         out, bootstrap_intervals = [], {}
         for metric in metrics:
-            paired = paired_bootstrap(resampled, trials_a, trials_b, metric, self.seed_draws)
+            paired = paired_bootstrap(resampled, trials_a, trials_b, metric)
             bootstrap_intervals[metric] = (paired.low, paired.high)
             out.append(
                 ComparisonRow(
@@ -538,7 +534,6 @@ def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
                     analysis.resampled[name],
                     analysis.trials_in(configuration, name, seeds)[1],
                     "roc_auc",
-                    analysis.seed_draws,
                     options.ci_method,
                 )
                 for name in (eval_set, analysis.primary)
@@ -1006,12 +1001,10 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             if not trial_ids:
                 continue
             rows_k = [resampled.rows[t] for t in trial_ids]
-            draws = analysis.seed_draws(len(rows_k))[:, :n_band]
             tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
-            band = np.einsum("sgb,sb->gb", tpr, draws)
-            point = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0].mean(
-                axis=0
-            )
+            per_seed = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0]
+            band = stats.seed_mean_distribution(tpr, per_seed)
+            point = per_seed.mean(axis=0)
             low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")
             curves.append(RocCurve(f"{configuration.name}: {interval_cell(auc)}", point, low, high))
@@ -1021,7 +1014,7 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             curves,
             f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
             band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
-            f"{n_band} bootstrap resamples of recordings and seeds. Legend: seed-mean ROC-AUC [95 % CI].",
+            f"{n_band} bootstrap resamples of recordings (patients where known) with seed variation. Legend: seed-mean ROC-AUC [95 % CI].",
         )
         writer.plot(path, f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands")
     deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]

@@ -3,9 +3,9 @@
 An evaluation set is resampled once (:func:`resample`): stratified bootstrap
 weights of its recordings (patients, for a respiratory study), the same for
 every trial, and a kernel that computes every trial's metrics under a block
-of weights. Seeds are drawn once per number of seeds (:class:`SeedDraws`)
-and shared by every configuration and evaluation set, so seed k is paired
-with seed k everywhere. On those draws :func:`seed_mean_interval` is what
+of weights. Seed-to-seed variation enters through variance components
+(:func:`analysis.stats.seed_mean_distribution`), with seed k paired with
+seed k in comparisons. On those draws :func:`seed_mean_interval` is what
 :func:`analysis.stats.bootstrap_ci` computes for one configuration, and
 :func:`paired_bootstrap` what :func:`analysis.stats.paired_bootstrap_test`
 computes for two, without drawing again for each.
@@ -28,7 +28,7 @@ from analysis.stats import (
     leave_one_out_weights,
     paired_bootstrap_result,
     resampling_units,
-    seed_weights,
+    seed_mean_distribution,
 )
 from analysis.study_data import EvalSet
 from study.metrics import confusion_metrics
@@ -45,7 +45,6 @@ __all__ = [
     "roc_auc_kernel",
     "Resampled",
     "resample",
-    "SeedDraws",
     "seed_mean_interval",
     "paired_bootstrap",
 ]
@@ -54,7 +53,6 @@ CONFIDENCE_LEVEL = 0.95  # every interval; alpha only sets the verdicts
 HEART_METRICS = ("roc_auc", "mcc", "f1", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
 RESPIRATORY_METRICS = ("score", "sensitivity", "specificity", "accuracy", "roc_auc")
 ROC_BAND_RESAMPLES = 1000
-_SEED_STREAM = 7919  # keeps the seed draws' random stream apart from the recording draws'
 
 # recording weights (n, B) -> metric name -> values (T, B), one row per trial of the evaluation set
 Kernel = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -159,27 +157,10 @@ def resample(eval_set: EvalSet, kernel: Kernel, n_resamples: int, rng: np.random
     return Resampled(eval_set, point, per_resample, jackknife, np.concatenate(band, axis=1))
 
 
-class SeedDraws:
-    """Seed multiplicities (S, B) / S, drawn once per number of seeds and shared by every configuration and set."""
-
-    def __init__(self, n_resamples: int, seed: int):
-        self.n_resamples, self.seed, self._cache = n_resamples, seed, {}
-
-    def __call__(self, n_seeds: int) -> np.ndarray:
-        if n_seeds not in self._cache:
-            if n_seeds == 1:
-                self._cache[n_seeds] = np.ones((1, self.n_resamples))
-            else:
-                rng = np.random.default_rng([self.seed, _SEED_STREAM, n_seeds])
-                self._cache[n_seeds] = seed_weights(n_seeds, self.n_resamples, rng)
-        return self._cache[n_seeds]
-
-
 def seed_mean_interval(
     resampled: Resampled,
     trial_ids: list[str],
     metric: str,
-    seed_draws: SeedDraws,
     method: str,
     confidence_level: float = CONFIDENCE_LEVEL,
 ) -> BootstrapCI:
@@ -190,8 +171,8 @@ def seed_mean_interval(
     """
     rows = [resampled.rows[t] for t in trial_ids]
     n_seeds = len(rows)
-    distribution = (resampled.per_resample[metric][rows] * seed_draws(n_seeds)).sum(axis=0)
     full = resampled.point[metric][rows]
+    distribution = seed_mean_distribution(resampled.per_resample[metric][rows], full)
 
     def jackknife() -> list[np.ndarray]:
         values = [per_unit[rows].mean(axis=0) for per_unit in resampled.jackknife[metric]]
@@ -214,7 +195,6 @@ def paired_bootstrap(
     trials_a: list[str],
     trials_b: list[str],
     metric: str,
-    seed_draws: SeedDraws,
     confidence_level: float = CONFIDENCE_LEVEL,
 ) -> PairedBootstrapResult:
     """Paired two-level bootstrap of the seed-mean ``metric`` of a minus b, on the shared draws.
@@ -225,7 +205,7 @@ def paired_bootstrap(
     """
     rows_a = [resampled.rows[t] for t in trials_a]
     rows_b = [resampled.rows[t] for t in trials_b]
-    per_resample = resampled.per_resample[metric]
-    differences = ((per_resample[rows_a] - per_resample[rows_b]) * seed_draws(len(rows_a))).sum(axis=0)
-    value_a, value_b = (float(resampled.point[metric][rows].mean()) for rows in (rows_a, rows_b))
+    per_resample, point = resampled.per_resample[metric], resampled.point[metric]
+    differences = seed_mean_distribution(per_resample[rows_a] - per_resample[rows_b], point[rows_a] - point[rows_b])
+    value_a, value_b = (float(point[rows].mean()) for rows in (rows_a, rows_b))
     return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)

@@ -48,7 +48,7 @@ __all__ = [
     "stratified_bootstrap_indices",
     "bootstrap_weight_blocks",
     "leave_one_out_weights",
-    "seed_weights",
+    "seed_mean_distribution",
     "bootstrap_interval",
     "bootstrap_p_value",
     "bootstrap_ci",
@@ -134,6 +134,7 @@ class McNemarResult(NamedTuple):
     statistic: float
     p_value: float
     method: str
+    standard_error: float  # of the accuracy difference a - b
 
 
 class WilcoxonResult(NamedTuple):
@@ -405,34 +406,67 @@ def leave_one_out_weights(units: np.ndarray, left_out: np.ndarray):
         yield (units[:, None] != left_out[None, start : start + per_block]).astype(np.float64)
 
 
-def seed_weights(n_seeds: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Weights (n_seeds, n_resamples) that average seeds drawn with replacement: multiplicity / n_seeds.
+def seed_mean_distribution(per_seed: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Bootstrap distribution (B,) of a seed mean over new recordings and new seeds.
 
-    Column b times per-seed statistics (n_seeds, ...) summed over seeds is resample b's seed mean.
+    ``per_seed`` (S, B) holds each seed's statistic under B resamples of the
+    recordings (the same resamples for every seed), ``point`` (S,) each
+    seed's statistic on all recordings. The seed mean of R recordings varies
+    through seeds (variance component a), recordings (b) and their
+    interaction (ab): var = a/S + b/R + ab/(SR). Resampling seeds and
+    recordings independently (a two-level bootstrap) counts ab up to three
+    times, once per level and once more in their product (McCullagh 2000,
+    Bernoulli 6:285; Owen 2007, Ann. Appl. Stat. 1:386), so it is too wide
+    when seeds and recordings interact. Here the components are estimated
+    without that double count: the recordings-only bootstrap variance V_rec
+    (b/R + ab/(SR)), the between-seed variance of ``point`` over S, V_seed
+    (a/S + ab/(SR), unbiased with ddof 1), and ab/R as Q, the mean
+    within-resample variance of the seeds' deviations from their own point
+    values; var = V_seed + V_rec - Q/S. The recordings-only distribution of
+    the seed mean is then rescaled about the estimate to that variance,
+    keeping its shape (skew near ROC-AUC 1, bias). With one seed it is the
+    recordings-only distribution; where a resample has no finite value it is
+    returned as is (the interval reports that). Extra axes between the
+    first and the last (e.g. points of an ROC curve: (S, G, B) with point
+    (S, G)) are handled elementwise.
     """
-    return _unit_counts([np.arange(n_seeds)], n_seeds, n_resamples, rng) / n_seeds
+    recordings = per_seed.mean(axis=0)
+    n_seeds = per_seed.shape[0]
+    if n_seeds == 1 or not np.isfinite(per_seed).all():
+        return recordings
+    estimate = point.mean(axis=0)[..., None]
+    v_rec = recordings.var(axis=-1)
+    deviations = per_seed - point[..., None]
+    interaction = ((deviations - deviations.mean(axis=0)) ** 2).sum(axis=0).mean(axis=-1) / (n_seeds - 1)
+    target = np.maximum(point.var(axis=0, ddof=1) / n_seeds + v_rec - interaction / n_seeds, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(v_rec > 0, np.sqrt(target / v_rec), 1.0)  # no recording variance: nothing to rescale
+    return estimate + (recordings - estimate) * scale[..., None]
 
 
-def _two_level_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
-    """Bootstrap distribution (n_models, B) of each model's seed-mean metric.
+def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
+    """Bootstrap distribution (n_models, B) of each model's seed-mean metric, and of a - b for two models.
 
     ``models`` is a list of (scores (S, n), threshold (S,)) with a common S.
     Resample b draws recordings (stratified; one draw shared by every seed
-    and model, so comparisons are paired) and, if ``resample_seeds``, S seeds
-    with replacement (the same seed indices for every model, pairing seed k
-    of one model with seed k of the other); its statistic is the mean metric
-    over the drawn seeds.
+    and model, so comparisons are paired). With ``resample_seeds`` the
+    seed-to-seed variation enters through :func:`seed_mean_distribution`
+    (seed k of one model paired with seed k of the other); without it the
+    seeds are taken as fixed. Row -1 is the paired difference when there are two models.
     """
     blocks = [
         [_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
         for w in bootstrap_weight_blocks(units, strata, n_resamples, rng)
     ]
     per_seed = [np.concatenate([block[k] for block in blocks], axis=1) for k in range(len(models))]
-    n_seeds = models[0][0].shape[0]
-    if not resample_seeds or n_seeds == 1:
+    ones = np.ones((y.size, 1))
+    points = [_metric_kernel(metric, y, scores, threshold, ones)[:, 0] for scores, threshold in models]
+    if len(models) == 2:
+        per_seed.append(per_seed[0] - per_seed[1])
+        points.append(points[0] - points[1])
+    if not resample_seeds:
         return np.stack([values.mean(axis=0) for values in per_seed])
-    drawn = seed_weights(n_seeds, n_resamples, rng)
-    return np.stack([(values * drawn).sum(axis=0) for values in per_seed])
+    return np.stack([seed_mean_distribution(values, point) for values, point in zip(per_seed, points, strict=True)])
 
 
 def _leave_one_out(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -575,16 +609,19 @@ def bootstrap_ci(
 
     Each resample draws the recordings with replacement within each label
     (or whole groups, see :func:`stratified_bootstrap_indices`), the same
-    draw for every seed, and, when ``resample_seeds``, the seeds with
-    replacement too; its statistic is the mean of the per-seed metrics. The
-    interval thus reflects both the finite test set and seed-to-seed
-    variation (a model's quality is a distribution over seeds).
+    draw for every seed; its statistic is the mean of the per-seed metrics.
+    When ``resample_seeds``, seed-to-seed variation is added by
+    :func:`seed_mean_distribution` (variance components, which unlike
+    drawing seeds with replacement as well does not count the seed x
+    recording interaction twice). The interval thus reflects both the finite
+    test set and seed-to-seed variation (a model's quality is a distribution
+    over seeds).
 
     scipy.stats.bootstrap resamples each of its samples independently, so it
-    cannot share one recording draw across seeds while also drawing seeds,
-    nor draw clusters; the two-level resampling and the BCa correction are
-    therefore written here (the BCa part follows scipy's multi-sample
-    formula and agrees with scipy.stats.bootstrap for a single seed).
+    cannot share one recording draw across seeds, nor draw clusters; the
+    resampling and the BCa correction are therefore written here (the BCa
+    part follows scipy's multi-sample formula and agrees with
+    scipy.stats.bootstrap for a single seed).
 
     Parameters
     ----------
@@ -596,7 +633,7 @@ def bootstrap_ci(
     confidence_level : e.g. 0.95.
     method : "bca" (bias-corrected and accelerated) or "percentile".
     groups : optional array (n,) of patient ids for a cluster bootstrap.
-    resample_seeds : also resample the seeds (ignored with one seed).
+    resample_seeds : include seed-to-seed variation (ignored with one seed); False takes the seeds as fixed.
     rng : numpy Generator, int seed or None.
 
     Returns
@@ -614,7 +651,7 @@ def bootstrap_ci(
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
     units, strata = resampling_units(labels, groups)
-    distribution = _two_level_bootstrap(
+    distribution = _seed_mean_bootstrap(
         metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds
     )[0]
     estimate = float(_metric_kernel(metric, labels, scores, thresholds, np.ones((labels.size, 1))).mean())
@@ -673,12 +710,34 @@ def seed_mean_ci(
 # DeLong
 
 
-def _delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs (k,) and their DeLong covariance (k, k) for scores (k, n).
+def _clusters(groups, n: int) -> np.ndarray | None:
+    """Cluster index (n,) in 0..I-1 of each recording, or None when there are no groups or every cluster is one recording."""
+    if groups is None:
+        return None
+    values = np.asarray(groups)
+    if values.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},) like y, got {values.shape}")
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise ValueError("groups contains NaN; give every recording a group (its own id if unknown)")
+    _, clusters = np.unique(values, return_inverse=True)
+    clusters = clusters.reshape(-1)
+    return None if clusters.max() + 1 == n else clusters
 
-    Fast algorithm of Sun & Xu (2014, IEEE SPL 21:1389): the structural
-    components come from midranks within the positives, within the negatives
-    and over all recordings, so the cost is O(k n log n).
+
+def _delong_covariance(y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None):
+    """AUCs (k,) and their covariance (k, k) for scores (k, n): DeLong's, or Obuchowski's for clustered recordings.
+
+    Structural components by the fast algorithm of Sun & Xu (2014, IEEE SPL
+    21:1389): midranks within the positives, within the negatives and over
+    all recordings, so the cost is O(k n log n). With ``clusters`` (cluster
+    index per recording, see :func:`_clusters`) the components are summed
+    per cluster and the covariance is Obuchowski's (1997, Biometrics 53:567,
+    the clustered extension of DeLong): with M positives and N negatives in
+    I clusters, I10 of them holding positives and I01 negatives, X_i / Y_i a
+    cluster's sums of positive / negative components minus m_i / n_i times
+    the AUC, S10 = I10 / ((I10 - 1) M) X X', S01 = I01 / ((I01 - 1) N) Y Y',
+    S11 = I / (I - 1) X Y', cov = S10 / M + S01 / N + (S11 + S11') / (M N).
+    With one recording per cluster it is DeLong's covariance exactly.
     """
     positive = y == 1
     x, z = scores[:, positive], scores[:, ~positive]
@@ -689,31 +748,54 @@ def _delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     aucs = (rank_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
     v10 = (rank_all[:, :m] - rank_x) / n  # per positive: share of negatives it beats
     v01 = 1 - (rank_all[:, m:] - rank_z) / m  # per negative: share of positives that beat it
-    covariance = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-    return aucs, covariance
+    if clusters is None:
+        return aucs, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    n_clusters = int(clusters.max()) + 1
+    of_pos, of_neg = clusters[positive], clusters[~positive]
+    # One-hot (recordings, clusters) matrices sum the components per cluster for every model at once.
+    sum_pos = np.zeros((m, n_clusters))
+    sum_pos[np.arange(m), of_pos] = 1
+    sum_neg = np.zeros((n, n_clusters))
+    sum_neg[np.arange(n), of_neg] = 1
+    x_dev = v10 @ sum_pos - aucs[:, None] * sum_pos.sum(axis=0)
+    y_dev = v01 @ sum_neg - aucs[:, None] * sum_neg.sum(axis=0)
+    i10, i01 = np.unique(of_pos).size, np.unique(of_neg).size
+    s10 = i10 / ((i10 - 1) * m) * x_dev @ x_dev.T
+    s01 = i01 / ((i01 - 1) * n) * y_dev @ y_dev.T
+    s11 = n_clusters / (n_clusters - 1) * x_dev @ y_dev.T
+    return aucs, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
-def _check_delong_labels(y) -> np.ndarray:
+def _check_delong_labels(y, clusters: np.ndarray | None = None) -> np.ndarray:
     labels = _check_labels(y)
     n_pos = int(labels.sum())
     if min(n_pos, labels.size - n_pos) < 2:
         raise ValueError(
             f"DeLong needs at least 2 recordings of each class, got {n_pos} positives out of {labels.size}"
         )
+    if clusters is not None:
+        with_pos, with_neg = np.unique(clusters[labels == 1]).size, np.unique(clusters[labels == 0]).size
+        if min(with_pos, with_neg) < 2:
+            raise ValueError(
+                f"clustered DeLong needs at least 2 clusters holding each class, got {with_pos} with positives "
+                f"and {with_neg} with negatives"
+            )
     return labels
 
 
-def delong_variance(y, scores) -> DelongVariance:
-    """ROC-AUC of one score vector (n,) and its DeLong variance."""
-    labels = _check_delong_labels(y)
+def delong_variance(y, scores, groups=None) -> DelongVariance:
+    """ROC-AUC of one score vector (n,) and its DeLong variance (Obuchowski's with ``groups``, see :func:`delong_test`)."""
+    labels = _check_labels(y)
+    clusters = _clusters(groups, labels.size)
+    labels = _check_delong_labels(labels, clusters)
     values = _check_scores(scores, labels.size, "scores")
     if values.shape[0] != 1:
         raise ValueError(f"scores must be one vector of shape ({labels.size},), got {np.shape(scores)}")
-    aucs, covariance = _delong_covariance(labels, values)
+    aucs, covariance = _delong_covariance(labels, values, clusters)
     return DelongVariance(float(aucs[0]), float(covariance[0, 0]))
 
 
-def delong_test(y, scores_a, scores_b) -> DelongResult:
+def delong_test(y, scores_a, scores_b, groups=None) -> DelongResult:
     """DeLong's test of two correlated ROC-AUCs on the same recordings (two-sided).
 
     Parameters
@@ -721,18 +803,25 @@ def delong_test(y, scores_a, scores_b) -> DelongResult:
     y : array (n,), labels 0/1, at least 2 of each class.
     scores_a, scores_b : arrays (n,), the two models' scores (any monotone
         scale: probabilities or logits give the same result).
+    groups : optional array (n,) of patient ids. Recordings of one patient
+        are correlated; the variance is then Obuchowski's clustered
+        extension of DeLong's (see :func:`_delong_covariance`), which needs
+        at least 2 patients holding each class. With one recording per
+        patient it equals DeLong's.
 
     Returns
     -------
     DelongResult(auc_a, auc_b, difference = auc_a - auc_b, var_a, var_b, cov, z, p_value).
     """
-    labels = _check_delong_labels(y)
+    labels = _check_labels(y)
+    clusters = _clusters(groups, labels.size)
+    labels = _check_delong_labels(labels, clusters)
     values = np.concatenate(
         [_check_scores(scores_a, labels.size, "scores_a"), _check_scores(scores_b, labels.size, "scores_b")]
     )
     if values.shape[0] != 2:
         raise ValueError("scores_a and scores_b must each be one vector of shape (n,); average seeds first")
-    aucs, covariance = _delong_covariance(labels, values)
+    aucs, covariance = _delong_covariance(labels, values, clusters)
     difference = aucs[0] - aucs[1]
     var_difference = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     if var_difference > 0:
@@ -798,12 +887,12 @@ def paired_bootstrap_test(
     confidence_level = _check_confidence(confidence_level)
     units, strata = resampling_units(labels, groups)
     models = [(scores_a, thresholds), (scores_b, thresholds)]
-    stats_a, stats_b = _two_level_bootstrap(
+    differences = _seed_mean_bootstrap(
         metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds
-    )
+    )[-1]
     ones = np.ones((labels.size, 1))
     value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
-    return paired_bootstrap_result(metric, value_a, value_b, stats_a - stats_b, confidence_level)
+    return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)
 
 
 def paired_bootstrap_result(
@@ -865,12 +954,16 @@ def paired_permutation_test(
     rng=None,
     *,
     threshold=0.5,
+    groups=None,
 ) -> PermutationResult:
-    """Paired permutation test of metric(a) - metric(b): swap the models' outputs per recording.
+    """Paired permutation test of metric(a) - metric(b): swap the models' outputs per recording (or patient).
 
     Under the null the two models' outputs for a recording are exchangeable,
     so each permutation swaps them for a random half of the recordings (the
-    same swaps for every seed) and recomputes the seed-mean difference.
+    same swaps for every seed) and recomputes the seed-mean difference. With
+    ``groups`` (patient ids, (n,)) whole patients are swapped: the outputs
+    of one patient's recordings are exchangeable only together, since they
+    are correlated.
     Swapped are the decisions (score >= threshold) for threshold metrics and,
     for ROC-AUC, each model's within-model midranks rather than raw scores:
     AUC only depends on ranks, and ranks put two differently calibrated
@@ -886,6 +979,8 @@ def paired_permutation_test(
     n_permutations = _check_count(n_permutations, "n_permutations")
     generator = _as_rng(rng)
     n_seeds, n = scores_a.shape
+    clusters = _clusters(groups, n)
+    n_units = n if clusters is None else int(clusters.max()) + 1
     ones = np.ones((n, 1))
     value_a = float(_metric_kernel(metric, labels, scores_a, thresholds, ones).mean())
     value_b = float(_metric_kernel(metric, labels, scores_b, thresholds, ones).mean())
@@ -918,14 +1013,16 @@ def paired_permutation_test(
     rows_per_block = max(1, _BLOCK_CELLS // n)
     extreme = 0
     for start in range(0, n_permutations, rows_per_block):
-        swap = (generator.random((min(rows_per_block, n_permutations - start), n)) < 0.5).astype(np.float64)
+        swap = (generator.random((min(rows_per_block, n_permutations - start), n_units)) < 0.5).astype(np.float64)
+        if clusters is not None:
+            swap = swap[:, clusters]
         # The tolerance keeps permutations that reproduce |observed| from being lost to rounding.
         extreme += np.count_nonzero(np.abs(differences(swap)) >= abs(observed) - 1e-12)
     p_value = (1 + extreme) / (n_permutations + 1)
     return PermutationResult(metric, value_a, value_b, observed, float(p_value), n_permutations)
 
 
-def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
+def mcnemar_test(y, pred_a, pred_b, groups=None) -> McNemarResult:
     """McNemar's test of equal accuracy of two classifiers' 0/1 predictions on the same recordings.
 
     Only the discordant recordings matter: b = only model a correct,
@@ -934,8 +1031,17 @@ def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
     chi-square statistic (|b - c| - 1)^2 / (b + c) with continuity correction
     on 1 degree of freedom. For seeds, pass a seed-ensemble's predictions.
 
+    With ``groups`` (patient ids, (n,)) holding a patient with several
+    recordings, the discordant counts of one patient are correlated and the
+    test is Durkalski et al.'s (2003, Stat. Med. 22:2417) clustered McNemar:
+    X^2 = (sum_k d_k)^2 / sum_k d_k^2 on 1 degree of freedom, d_k = b_k - c_k
+    of patient k (without clusters it is McNemar's uncorrected statistic).
+    ``standard_error`` is that of the accuracy difference a - b: Wald's for
+    paired proportions, or with groups the cluster-robust (ratio-estimator)
+    one, I / (I - 1) sum_k (d_k - n_k d / n)^2 / n^2 under the square root.
+
     Returns McNemarResult(accuracy_a, accuracy_b, n_only_a_correct,
-    n_only_b_correct, statistic, p_value, method).
+    n_only_b_correct, statistic, p_value, method, standard_error).
     """
     labels = check_binary_labels(y, "y")
     predicted_a = check_binary_labels(pred_a, "pred_a")
@@ -944,19 +1050,44 @@ def mcnemar_test(y, pred_a, pred_b) -> McNemarResult:
         raise ValueError(
             f"y, pred_a and pred_b must have one shape, got {labels.shape}, {predicted_a.shape}, {predicted_b.shape}"
         )
+    n = labels.size
+    clusters = _clusters(groups, n)
     correct_a, correct_b = predicted_a == labels, predicted_b == labels
     only_a = int(np.count_nonzero(correct_a & ~correct_b))
     only_b = int(np.count_nonzero(~correct_a & correct_b))
-    discordant = only_a + only_b
-    if discordant == 0:
-        statistic, p_value, method = 0.0, 1.0, "no discordant recordings"
-    elif discordant < 25:
-        statistic, p_value, method = float(only_a), sps.binomtest(only_a, discordant, 0.5).pvalue, "exact binomial"
+    discordant, net = only_a + only_b, only_a - only_b
+    if clusters is not None:
+        per_cluster = np.bincount(clusters, weights=correct_a.astype(float) - correct_b)
+        sizes = np.bincount(clusters)
+        n_clusters = sizes.size
+        spread = n_clusters / (n_clusters - 1) * np.sum((per_cluster - sizes * net / n) ** 2)
+        standard_error = math.sqrt(spread) / n
+        squares = float(np.sum(per_cluster**2))
+        if squares == 0:
+            statistic, p_value = 0.0, 1.0
+        else:
+            statistic = net**2 / squares
+            p_value = sps.chi2.sf(statistic, df=1)
+        method = f"clustered (Durkalski) chi-square over {n_clusters} patients"
     else:
-        statistic = (abs(only_a - only_b) - 1) ** 2 / discordant
-        p_value, method = sps.chi2.sf(statistic, df=1), "chi-square with continuity correction"
+        # Wald standard error of a difference of paired proportions (no library has it for raw counts).
+        standard_error = math.sqrt(max(discordant - net**2 / n, 0.0)) / n
+        if discordant == 0:
+            statistic, p_value, method = 0.0, 1.0, "no discordant recordings"
+        elif discordant < 25:
+            statistic, p_value, method = float(only_a), sps.binomtest(only_a, discordant, 0.5).pvalue, "exact binomial"
+        else:
+            statistic = (abs(net) - 1) ** 2 / discordant
+            p_value, method = sps.chi2.sf(statistic, df=1), "chi-square with continuity correction"
     return McNemarResult(
-        float(correct_a.mean()), float(correct_b.mean()), only_a, only_b, float(statistic), float(p_value), method
+        float(correct_a.mean()),
+        float(correct_b.mean()),
+        only_a,
+        only_b,
+        float(statistic),
+        float(p_value),
+        method,
+        float(standard_error),
     )
 
 

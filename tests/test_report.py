@@ -323,37 +323,44 @@ def test_mismatched_recordings_and_missing_files_raise(tmp_path):
 
 
 def test_intervals_and_paired_bootstrap_match_the_statistics_core():
-    """With one seed the shared-draw engine is stats.bootstrap_ci / paired_bootstrap_test exactly."""
+    """The shared-draw engine is stats.bootstrap_ci / paired_bootstrap_test exactly, with one seed and with three."""
     rng = np.random.default_rng(3)
     y = np.r_[np.zeros(70, dtype=int), np.ones(50, dtype=int)]
-    probs = special.expit(np.array([[1.2], [0.6]]) * y + rng.standard_normal((2, 120)))
-    thresholds = np.array([0.55, 0.45])
+    shifts = np.array([[1.2], [1.1], [1.3], [0.6], [0.7], [0.5]])
+    probs = special.expit(shifts * y + rng.standard_normal((6, 120)))
+    thresholds = np.array([0.55, 0.5, 0.6, 0.45, 0.4, 0.5])
+    trial_ids = ["a0", "a1", "a2", "b0", "b1", "b2"]
     eval_set = EvalSet(
-        "test", np.arange(120).astype(str), y, np.full(120, "s"), None, ["a", "b"], probs, None, thresholds
+        "test", np.arange(120).astype(str), y, np.full(120, "s"), None, trial_ids, probs, None, thresholds
     )
     resampled = resampling.resample(
         eval_set, resampling.heart_kernel(eval_set), 1000, resampling.named_generator(0, "test")
     )
-    draws = resampling.SeedDraws(1000, 0)
-    for metric in ("roc_auc", "mcc", "sensitivity"):
-        mine = resampling.seed_mean_interval(resampled, ["a"], metric, draws, "bca")
-        core = stats.bootstrap_ci(
+    shifted = probs - thresholds[:, None]
+    for seeds in (1, 3):
+        a, b = trial_ids[:seeds], trial_ids[3 : 3 + seeds]
+        for metric in ("roc_auc", "mcc", "sensitivity"):
+            mine = resampling.seed_mean_interval(resampled, a, metric, "bca")
+            core = stats.bootstrap_ci(
+                y, shifted[:seeds], metric, threshold=0.0, n_resamples=1000, rng=resampling.named_generator(0, "test")
+            )
+            assert (mine.estimate, mine.low, mine.high) == pytest.approx(
+                (core.estimate, core.low, core.high), abs=1e-12
+            )
+            np.testing.assert_allclose(mine.distribution, core.distribution, atol=1e-12)
+        core = stats.paired_bootstrap_test(
             y,
-            probs[0] - thresholds[0],
-            metric,
+            shifted[:seeds],
+            shifted[3 : 3 + seeds],
+            "mcc",
+            1000,
+            resampling.named_generator(0, "test"),
             threshold=0.0,
-            n_resamples=1000,
-            rng=resampling.named_generator(0, "test"),
         )
-        assert (mine.estimate, mine.low, mine.high) == pytest.approx((core.estimate, core.low, core.high), abs=1e-12)
-        np.testing.assert_allclose(mine.distribution, core.distribution, atol=1e-12)
-    core = stats.paired_bootstrap_test(
-        y, probs[0] - 0.55, probs[1] - 0.45, "mcc", 1000, resampling.named_generator(0, "test"), threshold=0.0
-    )
-    mine = resampling.paired_bootstrap(resampled, ["a"], ["b"], "mcc", draws)
-    assert (mine.difference, mine.low, mine.high, mine.p_value) == pytest.approx(
-        (core.difference, core.low, core.high, core.p_value), abs=1e-12
-    )
+        mine = resampling.paired_bootstrap(resampled, a, b, "mcc")
+        assert (mine.difference, mine.low, mine.high, mine.p_value) == pytest.approx(
+            (core.difference, core.low, core.high, core.p_value), abs=1e-12
+        )
 
 
 def test_roc_on_grid_matches_sklearn_roc_curve():

@@ -81,7 +81,7 @@ def test_bca_matches_scipy_on_the_same_bootstrap_distribution():
     # Recompute the same draws, then let scipy build its BCa interval on them:
     # a stratified bootstrap is scipy's independent two-sample bootstrap of (positives, negatives).
     units, strata = stats.resampling_units(y, None)
-    distribution = stats._two_level_bootstrap(
+    distribution = stats._seed_mean_bootstrap(
         "roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True
     )[0]
 
@@ -461,3 +461,175 @@ def test_auc_difference_mde():
     assert np.isnan(stats.auc_difference_mde(5, 5, 0.9, rho=0.0))
     with pytest.raises(ValueError, match="rho"):
         stats.auc_difference_mde(150, 150, 0.82, rho=1.5)
+
+
+# --- clustered recordings (several per patient) -------------------------------------
+
+
+def _clustered_models(seed, n_patients=60, max_size=5, icc=0.6):
+    """Labels, two models' scores and patient ids: 1..max_size recordings per patient, correlated within a patient."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, max_size + 1, n_patients)
+    patients = np.repeat(np.arange(n_patients), sizes)
+    patient_label = rng.random(n_patients) < 0.45
+    y = patient_label[patients].astype(int)
+    mixed = rng.random(patients.size) < 0.1  # a few recordings against their patient's label
+    y[mixed] = 1 - y[mixed]
+    patient_effect = rng.normal(size=n_patients)[patients]
+    shared = rng.normal(size=y.size)
+    noise = np.sqrt(icc) * patient_effect + np.sqrt(1 - icc) * shared
+    a = 1.2 * y + noise + 0.5 * rng.normal(size=y.size)
+    b = 0.9 * y + noise + 0.5 * rng.normal(size=y.size)
+    return y, a, b, np.array([f"p{k}" for k in patients])
+
+
+def _slow_obuchowski(y, a, b, groups):
+    """Obuchowski (1997) clustered covariance with explicit loops over clusters and pairs."""
+    clusters = sorted(set(groups))
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    big_m, big_n, n_clusters = len(positives), len(negatives), len(clusters)
+    i10 = len({groups[i] for i in positives})
+    i01 = len({groups[j] for j in negatives})
+
+    def psi(x, z):
+        return 1.0 if x > z else 0.5 if x == z else 0.0
+
+    parts = []
+    for scores in (a, b):
+        auc = sum(psi(scores[i], scores[j]) for i in positives for j in negatives) / (big_m * big_n)
+        x_sum, y_sum, m, n = [], [], [], []
+        for cluster in clusters:
+            mine_pos = [i for i in positives if groups[i] == cluster]
+            mine_neg = [j for j in negatives if groups[j] == cluster]
+            x_sum.append(sum(sum(psi(scores[i], scores[j]) for j in negatives) / big_n for i in mine_pos))
+            y_sum.append(sum(sum(psi(scores[i], scores[j]) for i in positives) / big_m for j in mine_neg))
+            m.append(len(mine_pos))
+            n.append(len(mine_neg))
+        parts.append((auc, np.array(x_sum) - auc * np.array(m), np.array(y_sum) - auc * np.array(n)))
+
+    def covariance(first, second):
+        (_, x1, y1), (_, x2, y2) = first, second
+        s10 = i10 / ((i10 - 1) * big_m) * sum(u * v for u, v in zip(x1, x2, strict=True))
+        s01 = i01 / ((i01 - 1) * big_n) * sum(u * v for u, v in zip(y1, y2, strict=True))
+        s11_12 = n_clusters / (n_clusters - 1) * sum(u * v for u, v in zip(x1, y2, strict=True))
+        s11_21 = n_clusters / (n_clusters - 1) * sum(u * v for u, v in zip(x2, y1, strict=True))
+        return s10 / big_m + s01 / big_n + (s11_12 + s11_21) / (big_m * big_n)
+
+    return (
+        parts[0][0],
+        parts[1][0],
+        covariance(parts[0], parts[0]),
+        covariance(parts[1], parts[1]),
+        covariance(parts[0], parts[1]),
+    )
+
+
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True)])
+def test_clustered_delong_matches_slow_obuchowski(seed, ties):
+    y, a, b, groups = _clustered_models(seed, n_patients=25)
+    if ties:
+        a, b = np.round(a, 1), np.round(b, 1)
+    auc_a, auc_b, var_a, var_b, cov = _slow_obuchowski(y, a, b, groups)
+    result = stats.delong_test(y, a, b, groups=groups)
+    assert (result.auc_a, result.auc_b) == pytest.approx((auc_a, auc_b), abs=1e-12)
+    assert (result.var_a, result.var_b, result.cov) == pytest.approx((var_a, var_b, cov), rel=1e-10)
+    assert result.z == pytest.approx((auc_a - auc_b) / np.sqrt(var_a + var_b - 2 * cov), rel=1e-10)
+    assert stats.delong_variance(y, a, groups=groups) == pytest.approx((auc_a, var_a), rel=1e-10)
+
+
+def test_clustered_delong_with_one_recording_per_patient_is_delong():
+    y, a, b = _two_models(3, n_pos=30, n_neg=40)
+    plain = stats.delong_test(y, a, b)
+    # own groups make _clusters return None; the Obuchowski formula itself must agree too
+    aucs, covariance = stats._delong_covariance(y, np.stack([a, b]), np.arange(y.size))
+    assert covariance == pytest.approx(np.array([[plain.var_a, plain.cov], [plain.cov, plain.var_b]]), rel=1e-10)
+    assert stats.delong_test(y, a, b, groups=np.arange(y.size)) == pytest.approx(plain)
+
+
+def test_clustered_delong_sees_through_duplicated_recordings():
+    y, a, b = _two_models(8, n_pos=50, n_neg=60)
+    plain = stats.delong_test(y, a, b)
+    tripled = [np.repeat(v, 3) for v in (y, a, b)]
+    patients = np.repeat(np.arange(y.size), 3)
+    naive = stats.delong_test(*tripled)
+    clustered = stats.delong_test(*tripled, groups=patients)
+    assert clustered.difference == pytest.approx(plain.difference)
+    # the copies add no information: the clustered variance is the original one (up to the I / (I - 1) factors)
+    assert clustered.var_a == pytest.approx(plain.var_a, rel=0.03) and clustered.p_value == pytest.approx(
+        plain.p_value, rel=0.1
+    )
+    assert naive.var_a < 0.5 * plain.var_a and naive.p_value < plain.p_value
+
+
+def test_clustered_delong_needs_two_clusters_of_each_class():
+    y = np.array([1, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="2 clusters holding each class"):
+        stats.delong_test(y, np.arange(5.0), np.arange(5.0)[::-1], groups=["p", "p", "q", "r", "s"])
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "mcc"])
+def test_permutation_swaps_whole_patients(metric):
+    """Tripled recordings permuted by patient give the original test: the same swaps, the same differences."""
+    y, a, b = _two_models(9, n_pos=40, n_neg=45)
+    if metric == "mcc":
+        a, b = (a > 0.6).astype(float), (b > 0.45).astype(float)
+    plain = stats.paired_permutation_test(y, a, b, metric, 2000, rng=4)
+    tripled = [np.repeat(v, 3) for v in (y, a, b)]
+    clustered = stats.paired_permutation_test(*tripled, metric, 2000, rng=4, groups=np.repeat(np.arange(y.size), 3))
+    naive = stats.paired_permutation_test(*tripled, metric, 2000, rng=4)
+    assert clustered.difference == pytest.approx(plain.difference)
+    assert clustered.p_value == pytest.approx(plain.p_value)
+    assert naive.p_value < plain.p_value
+
+
+def test_clustered_mcnemar_durkalski_by_hand():
+    y = np.zeros(7, dtype=int)
+    # patient p: a right twice where b is wrong (d = 2); q: b right once where a is wrong (d = -1); r: both right
+    pred_a = np.array([0, 0, 1, 0, 0, 1, 0])
+    pred_b = np.array([1, 1, 0, 0, 0, 0, 1])
+    groups = ["p", "p", "q", "r", "r", "s", "s"]  # s: a wrong on one, b wrong on the other (d = 0)
+    result = stats.mcnemar_test(y, pred_a, pred_b, groups=groups)
+    d = np.array([2, -1, 0, 0])
+    assert (result.n_only_a_correct, result.n_only_b_correct) == (3, 2)
+    assert result.statistic == pytest.approx(d.sum() ** 2 / np.sum(d**2))
+    assert result.p_value == pytest.approx(sps.chi2.sf(d.sum() ** 2 / np.sum(d**2), 1))
+    sizes = np.array([2, 1, 2, 2])
+    spread = 4 / 3 * np.sum((d - sizes * d.sum() / 7) ** 2)
+    assert result.standard_error == pytest.approx(np.sqrt(spread) / 7)
+    assert "clustered" in result.method
+    # one recording per patient: the classic test
+    classic = stats.mcnemar_test(y, pred_a, pred_b, groups=np.arange(7))
+    assert classic == stats.mcnemar_test(y, pred_a, pred_b) and classic.method == "exact binomial"
+
+
+def test_clustered_intervals_are_wider_than_naive_ones_on_clustered_data():
+    """A synthetic clustered test case: the patient-level bootstrap and DeLong widen by a similar factor."""
+    y, a, _, groups = _clustered_models(11, n_patients=150, max_size=6, icc=0.8)
+    naive = stats.bootstrap_ci(y, a, n_resamples=3000, method="percentile", rng=0)
+    clustered = stats.bootstrap_ci(y, a, n_resamples=3000, method="percentile", rng=0, groups=groups)
+    ratio = clustered.standard_error / naive.standard_error
+    delong_ratio = np.sqrt(stats.delong_variance(y, a, groups=groups).variance / stats.delong_variance(y, a).variance)
+    assert ratio > 1.2 and delong_ratio > 1.2
+    assert ratio == pytest.approx(delong_ratio, rel=0.15)
+
+
+# --- seeds x recordings -------------------------------------------------------------
+
+
+def test_seed_mean_distribution_does_not_count_the_interaction_twice():
+    """Pure seed x recording interaction: the variance is ab / (S R), which the two-level bootstrap triples."""
+    rng = np.random.default_rng(2)
+    n_seeds, n_recordings, n_resamples, n_sims = 8, 300, 1000, 200
+    counts = rng.multinomial(n_recordings, np.full(n_recordings, 1 / n_recordings), size=n_resamples).T
+    seeds = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_resamples).T / n_seeds
+    corrected, two_level = [], []
+    for _ in range(n_sims):
+        values = rng.normal(size=(n_seeds, n_recordings))  # no seed effect, no recording effect: only interaction
+        per_seed = values @ counts / n_recordings  # (S, B) each seed's mean under each resample
+        corrected.append(stats.seed_mean_distribution(per_seed, values.mean(axis=1)).var())
+        two_level.append((per_seed * seeds).sum(axis=0).var())
+    truth = 1 / (n_seeds * n_recordings)  # the variance of the mean of S R independent unit-variance values
+    assert np.mean(corrected) == pytest.approx(truth, rel=0.08)
+    assert np.mean(two_level) > 2.5 * truth
+    one_seed = stats.seed_mean_distribution(per_seed[:1], values[:1].mean(axis=1))
+    np.testing.assert_array_equal(one_seed, per_seed[0])
