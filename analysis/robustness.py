@@ -143,11 +143,21 @@ class _Robustness:
         self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
 
     def _known_perturbations(self) -> dict[str, dict]:
-        """perturbation id -> its keyword options, from the space's suite and every suite merged later."""
+        """perturbation id -> its keyword options, from the space's suite and every suite merged later.
+
+        An entry this code no longer accepts (a retired perturbation such as ``time_stretch``, whose
+        severities meant other rates) is left out with a note: its levels keep their raw ids.
+        """
         known = {}
         for suite in [self.space.get("perturbations") or [], *self.state.get("robustness_suites", [])]:
-            for item in parse_perturbation_suite(suite):
-                known[item.id] = item.kwargs
+            for entry in suite:
+                try:
+                    items = parse_perturbation_suite([entry])
+                except ValueError as error:
+                    self.notes.append(f"perturbation suite entry {entry} is not labelled ({error})")
+                    continue
+                for item in items:
+                    known[item.id] = item.kwargs
         return known
 
     def level(self, perturbation: str, severity: int) -> str:

@@ -8,17 +8,28 @@ input unchanged (bit for bit for float32 input), higher severities degrade more.
 
 Severity tables (severity 1, 2, 3, 4):
 
-================  ==============================================================
-time_stretch      tempo rate r = 0.90, 1.10, 0.80, 1.25 (output is len(x)/r long;
-                  heart rate itself varies that much)
-local_time_warp   peak local rate deviation ±2.5, ±5, ±7.5, ±10 % (a cycle is
-                  locally stretched or squeezed by up to that much)
-codec mp3         64, 32, 16, 8 kbit/s CBR (LAME through libsndfile)
-codec opus        16, 12, 8, 6 kbit/s VBR target (libopus, coded at 16 kHz)
-codec vorbis      quality q4, q2, q1, q0 on the oggenc scale (VBR, native rate)
-mu_law            8, 6, 4, 3 bits (mu = 255 companding, or linear PCM)
-band_limit        low-pass at 800, 400, 200, 100 Hz (clipped below Nyquist)
-================  ==============================================================
+=================  =============================================================
+time_stretch_slow  tempo rate r = 0.946, 0.894, 0.846, 0.800 (1.25 ** (-k / 4))
+time_stretch_fast  tempo rate r = 1.057, 1.118, 1.182, 1.250 (1.25 ** (k / 4))
+                   (output is len(x)/r long; heart rate itself varies that much)
+local_time_warp    peak local rate deviation ±2.5, ±5, ±7.5, ±10 % (a cycle is
+                   locally stretched or squeezed by up to that much)
+codec mp3          64, 32, 16, 8 kbit/s CBR (LAME through libsndfile)
+codec opus         16, 12, 8, 6 kbit/s VBR target (libopus, coded at 16 kHz)
+codec vorbis       quality q4, q2, q1, q0 on the oggenc scale (VBR, native rate)
+mu_law             8, 6, 4, 3 bits (mu = 255 companding, or linear PCM)
+band_limit         low-pass at 800, 400, 200, 100 Hz (clipped below Nyquist)
+=================  =============================================================
+
+Slowing and speeding up are two perturbations, each ordered by |log rate|:
+severity k is k equal steps of ln(1.25) / 4 in log rate, so severity 4 reaches
+the ends (0.8 and 1.25) of the range the retired ``time_stretch`` covered with
+rates 0.90, 1.10, 0.80, 1.25 (unordered, the direction alternating), and
+severity 2 (0.894, 1.118) is close to its two milder rates. The names are part
+of the feature-cache key of perturbed sets (``ID@SEVERITY``): a perturbation
+whose meaning changes gets a new name and its old one goes to
+:data:`RETIRED_PERTURBATIONS`, so cached features of the old meaning are never
+reused.
 
 Codec bitrates measured with :func:`codec_bitrate_kbps` (whole encoded stream,
 headers included) and waveform SNR against the input, on 5 s of the synthetic
@@ -85,7 +96,12 @@ from scipy.interpolate import PchipInterpolator
 
 MAX_SEVERITY = 4
 
-TEMPO_RATES: dict[int, float] = {1: 0.9, 2: 1.1, 3: 0.8, 4: 1.25}
+# Tempo rates in equal steps of |log rate| (ln(1.25) / 4 each) up to 1.25 and 1 / 1.25 = 0.8, the ends of the
+# range of the retired time_stretch: a resting heart rate varies that much, and equal log steps make
+# slowing by severity k the mirror image of speeding up by it.
+MAX_TEMPO_RATE = 1.25
+SLOW_TEMPO_RATES: dict[int, float] = {k: MAX_TEMPO_RATE ** (-k / MAX_SEVERITY) for k in range(1, MAX_SEVERITY + 1)}
+FAST_TEMPO_RATES: dict[int, float] = {k: MAX_TEMPO_RATE ** (k / MAX_SEVERITY) for k in range(1, MAX_SEVERITY + 1)}
 WARP_MAX_RATE_DEVIATION: dict[int, float] = {1: 0.025, 2: 0.05, 3: 0.075, 4: 0.10}
 MP3_BITRATES_KBPS: dict[int, int] = {1: 64, 2: 32, 3: 16, 4: 8}
 OPUS_BITRATES_KBPS: dict[int, int] = {1: 16, 2: 12, 3: 8, 4: 6}
@@ -190,8 +206,23 @@ def _stft_size(sr: int) -> int:
     return int(2 ** max(4, round(np.log2(0.05 * sr))))
 
 
-def time_stretch(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
-    """Change the global tempo by the rate ``TEMPO_RATES[severity]``.
+def _time_stretch(x: Any, sr: Any, severity: Any, method: str, rates: dict[int, float]) -> np.ndarray:
+    x, sr, severity = _validated(x, sr, severity)
+    _check_choice("method", method, TIME_STRETCH_METHODS)
+    if severity == 0:
+        return x.astype(np.float32)
+    rate = rates[severity]
+    target_length = int(round(x.size / rate))
+    if method == "phase_vocoder":
+        n_fft = _stft_size(sr)
+        stretched = librosa.effects.time_stretch(x.astype(np.float32), rate=rate, n_fft=n_fft, hop_length=n_fft // 4)
+    else:
+        stretched = soxr.resample(x.astype(np.float32), sr, sr / rate)
+    return _as_output(librosa.util.fix_length(stretched, size=target_length))
+
+
+def time_stretch_slow(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
+    """Slow the global tempo down by the rate ``SLOW_TEMPO_RATES[severity]``.
 
     Parameters
     ----------
@@ -200,28 +231,40 @@ def time_stretch(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_
     sr : int
         Sample rate in Hz; the output keeps it.
     severity : int
-        0 (identity) to 4; rates 0.90, 1.10, 0.80, 1.25 (> 1 is faster).
+        0 (identity) to 4; rates 0.946, 0.894, 0.846, 0.800 (1.25 ** (-k / 4):
+        equal steps in |log rate|, the mirror image of :func:`time_stretch_fast`).
     method : {"phase_vocoder", "resample"}
         ``"phase_vocoder"`` keeps the pitch (librosa.effects.time_stretch with a
         ~50 ms STFT window, hop a quarter of it); ``"resample"`` changes tempo
-        and pitch together, like playing the tape faster (soxr).
+        and pitch together, like playing the tape slower (soxr).
 
     Returns
     -------
     ndarray, shape (round(n_samples / rate),), float32
     """
-    x, sr, severity = _validated(x, sr, severity)
-    _check_choice("method", method, TIME_STRETCH_METHODS)
-    if severity == 0:
-        return x.astype(np.float32)
-    rate = TEMPO_RATES[severity]
-    target_length = int(round(x.size / rate))
-    if method == "phase_vocoder":
-        n_fft = _stft_size(sr)
-        stretched = librosa.effects.time_stretch(x.astype(np.float32), rate=rate, n_fft=n_fft, hop_length=n_fft // 4)
-    else:
-        stretched = soxr.resample(x.astype(np.float32), sr, sr / rate)
-    return _as_output(librosa.util.fix_length(stretched, size=target_length))
+    return _time_stretch(x, sr, severity, method, SLOW_TEMPO_RATES)
+
+
+def time_stretch_fast(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
+    """Speed the global tempo up by the rate ``FAST_TEMPO_RATES[severity]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_samples,)
+        Mono waveform.
+    sr : int
+        Sample rate in Hz; the output keeps it.
+    severity : int
+        0 (identity) to 4; rates 1.057, 1.118, 1.182, 1.250 (1.25 ** (k / 4):
+        equal steps in |log rate|, the mirror image of :func:`time_stretch_slow`).
+    method : {"phase_vocoder", "resample"}
+        As for :func:`time_stretch_slow` (``"resample"`` plays the tape faster).
+
+    Returns
+    -------
+    ndarray, shape (round(n_samples / rate),), float32
+    """
+    return _time_stretch(x, sr, severity, method, FAST_TEMPO_RATES)
 
 
 def local_time_warp(x: np.ndarray, sr: int, severity: int, seed: int = 0, *, knot_spacing_s: float = 0.8) -> np.ndarray:
@@ -450,19 +493,44 @@ def band_limit(x: np.ndarray, sr: int, severity: int, *, order: int = 4) -> np.n
 
 # ----------------------------------------------------------------------- registry
 PERTURBATIONS: dict[str, Callable[..., np.ndarray]] = {
-    "time_stretch": time_stretch,
+    "time_stretch_slow": time_stretch_slow,
+    "time_stretch_fast": time_stretch_fast,
     "local_time_warp": local_time_warp,
     "codec": codec,
     "mu_law": mu_law,
     "band_limit": band_limit,
 }
 _SEEDED = frozenset({"local_time_warp"})
+_TEMPO_RATES = {"time_stretch_slow": SLOW_TEMPO_RATES, "time_stretch_fast": FAST_TEMPO_RATES}
+# Names no longer accepted, with why: their cached features and predictions meant something else.
+RETIRED_PERTURBATIONS: dict[str, str] = {
+    "time_stretch": (
+        "its severities 1-4 were tempo rates 0.90, 1.10, 0.80, 1.25 (not ordered, the direction "
+        "alternating); use time_stretch_slow or time_stretch_fast, ordered by |log rate|"
+    ),
+}
+
+
+def _unknown_name(name: Any) -> str:
+    """Why ``name`` is not a perturbation: the valid names, and why a retired one was retired."""
+    message = f"must be one of {sorted(PERTURBATIONS)}, got {name!r}"
+    if isinstance(name, str) and name in RETIRED_PERTURBATIONS:
+        message += f" (retired: {RETIRED_PERTURBATIONS[name]})"
+    return message
 
 
 def _lookup(name: Any) -> Callable[..., np.ndarray]:
     if name not in PERTURBATIONS:
-        raise ValueError(f"name must be one of {sorted(PERTURBATIONS)}, got {name!r}")
+        raise ValueError(f"name {_unknown_name(name)}")
     return PERTURBATIONS[name]
+
+
+def tempo_rate(name: str, severity: int) -> float:
+    """The tempo rate of perturbation ``name`` at ``severity``: its output is round(n / rate) samples
+    long for n input samples; 1.0 for every perturbation that keeps the length, and at severity 0."""
+    _lookup(name)
+    severity = _check_severity(severity)
+    return _TEMPO_RATES[name][severity] if name in _TEMPO_RATES and severity > 0 else 1.0
 
 
 def _option_names(name: str) -> tuple[str, ...]:
@@ -504,7 +572,7 @@ def describe(name: str, severity: int, **kwargs: Any) -> str:
     _lookup(name)
     _check_options(name, kwargs)
     severity = _check_severity(severity)
-    if name == "time_stretch":
+    if name in _TEMPO_RATES:
         method = kwargs.get("method", "phase_vocoder")
         _check_choice("method", method, TIME_STRETCH_METHODS)
     elif name == "local_time_warp":
@@ -517,9 +585,9 @@ def describe(name: str, severity: int, **kwargs: Any) -> str:
         _check_positive_int("order", kwargs.get("order", 4))
     if severity == 0:
         return "original"
-    if name == "time_stretch":
+    if name in _TEMPO_RATES:
         suffix = "" if method == "phase_vocoder" else ", resampled"
-        return f"rate {TEMPO_RATES[severity]:.2f}{suffix}"
+        return f"rate {_TEMPO_RATES[name][severity]:.3f}{suffix}"
     if name == "local_time_warp":
         return f"local rate ±{100 * WARP_MAX_RATE_DEVIATION[severity]:g} %"
     if name == "codec":
@@ -537,7 +605,7 @@ class PerturbationItem(NamedTuple):
     """One perturbation at one severity: ``(id, severity, kwargs)``.
 
     ``id`` is the perturbation name followed by its options, e.g. ``"codec:mp3"``
-    or ``"time_stretch:resample"``; ``name`` is the bare perturbation name.
+    or ``"time_stretch_fast:resample"``; ``name`` is the bare perturbation name.
     """
 
     id: str
@@ -567,7 +635,7 @@ def parse_perturbation_suite(spec: Any) -> list[PerturbationItem]:
         Each entry has ``name`` (a key of :data:`PERTURBATIONS`), optional
         ``severities`` (list of integers in 0..4; default 1..4) and any keyword
         options of that perturbation, e.g.
-        ``[{"name": "time_stretch", "severities": [1, 2, 3]},
+        ``[{"name": "time_stretch_slow", "severities": [1, 2, 3]},
         {"name": "codec", "codec": "mp3", "severities": [1, 2, 3, 4]}]``.
 
     Returns
@@ -587,7 +655,7 @@ def parse_perturbation_suite(spec: Any) -> list[PerturbationItem]:
             raise ValueError(f"{where} lacks the key 'name'")
         name = entry["name"]
         if name not in PERTURBATIONS:
-            raise ValueError(f"{where}: 'name' must be one of {sorted(PERTURBATIONS)}, got {name!r}")
+            raise ValueError(f"{where}: 'name' {_unknown_name(name)}")
         severities = entry.get("severities", list(range(1, MAX_SEVERITY + 1)))
         if not isinstance(severities, (list, tuple)) or len(severities) == 0:
             raise ValueError(f"{where}: 'severities' must be a non-empty list, got {severities!r}")

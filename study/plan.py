@@ -30,7 +30,7 @@ from .cache import STORE_DTYPE
 from .config import DataConfig, Space, SpaceError, profile_of
 from .data import assign_validation, load_dataset
 from .features import FeatureProfile
-from .perturbations import TEMPO_RATES, parse_perturbation_suite
+from .perturbations import parse_perturbation_suite, tempo_rate
 from .run import data_key_of, trial_id_of, trial_label
 from .trial_data import cap_rows, combine_datasets, variant_name
 
@@ -282,7 +282,7 @@ def samples_at(table: pd.DataFrame, rate: int, tempo: float = 1.0) -> np.ndarray
     """Samples of each item at ``rate`` Hz, as study.features sees it.
 
     The segment [start_s, end_s] read from its file (study.data.audio.read_audio), stretched to
-    round(n / tempo) samples by a time_stretch perturbation, resampled to librosa's
+    round(n / tempo) samples by a time-stretch perturbation, resampled to librosa's
     ceil(n * rate / file rate).
     """
     sr = table["sample_rate"].to_numpy(dtype=np.int64)
@@ -330,7 +330,7 @@ def feature_object(config: dict, data_root: Path, configs: int, datasets: dict |
             variant = profile_of({**config, key: value})
             splits += [split_size(variant_name(spec, key, value), rows, variant) for spec, rows in evals.items()]
     for item in parse_perturbation_suite(data.perturbations):
-        tempo = TEMPO_RATES.get(item.severity, 1.0) if item.name == "time_stretch" else 1.0  # the one length change
+        tempo = tempo_rate(item.name, item.severity)  # time stretches change the length
         splits += [
             split_size(f"{spec}~{item.id}@{item.severity}", rows, profile, tempo, perturbed=True)
             for spec, rows in evals.items()

@@ -54,9 +54,12 @@ def pcg_44k() -> np.ndarray:
 
 
 # Every perturbation with the options that select each variant.
+TIME_STRETCHES = {"time_stretch_slow": P.SLOW_TEMPO_RATES, "time_stretch_fast": P.FAST_TEMPO_RATES}
 VARIANTS = [
-    ("time_stretch", {"method": "phase_vocoder"}),
-    ("time_stretch", {"method": "resample"}),
+    ("time_stretch_slow", {"method": "phase_vocoder"}),
+    ("time_stretch_slow", {"method": "resample"}),
+    ("time_stretch_fast", {"method": "phase_vocoder"}),
+    ("time_stretch_fast", {"method": "resample"}),
     ("local_time_warp", {}),
     ("codec", {"codec": "mp3"}),
     ("codec", {"codec": "vorbis"}),
@@ -75,25 +78,48 @@ def test_severity_zero_returns_input_bit_for_bit(name, options, pcg_2k):
     np.testing.assert_array_equal(y.view(np.uint32), pcg_2k.view(np.uint32))
 
 
+@pytest.mark.parametrize("name", TIME_STRETCHES)
 @pytest.mark.parametrize("method", P.TIME_STRETCH_METHODS)
 @pytest.mark.parametrize("severity", SEVERITIES)
-def test_time_stretch_changes_duration_by_inverse_rate(method, severity, pcg_2k):
-    rate = P.TEMPO_RATES[severity]
-    y = P.time_stretch(pcg_2k, 2000, severity, method=method)
+def test_time_stretch_changes_duration_by_inverse_rate(name, method, severity, pcg_2k):
+    rate = TIME_STRETCHES[name][severity]
+    assert P.tempo_rate(name, severity) == rate
+    y = P.PERTURBATIONS[name](pcg_2k, 2000, severity, method=method)
     hop = P._stft_size(2000) // 4
     assert abs(y.size - pcg_2k.size / rate) <= hop
     assert y.size == round(pcg_2k.size / rate)
     assert y.dtype == np.float32
 
 
+def test_time_stretch_severities_are_ordered_by_log_rate_in_each_direction():
+    slow = [P.SLOW_TEMPO_RATES[s] for s in SEVERITIES]
+    fast = [P.FAST_TEMPO_RATES[s] for s in SEVERITIES]
+    assert all(rate < 1 for rate in slow) and all(rate > 1 for rate in fast)  # one direction each
+    for rates in (slow, fast):
+        distance = np.abs(np.log(rates))
+        assert np.all(np.diff(distance) > 0), rates  # strictly more tempo change at every severity
+        np.testing.assert_allclose(np.diff(distance), distance[0])  # in equal log steps
+    np.testing.assert_allclose(np.log(slow), -np.log(fast))  # mirror images
+    assert (slow[-1], fast[-1]) == (0.8, 1.25)  # the range of the retired time_stretch
+    # what the labels and the feature-size estimate see follows the same order
+    assert [P.describe("time_stretch_slow", s) for s in SEVERITIES] == [
+        "rate 0.946",
+        "rate 0.894",
+        "rate 0.846",
+        "rate 0.800",
+    ]
+    assert [P.tempo_rate("time_stretch_fast", s) for s in range(0, P.MAX_SEVERITY + 1)] == [1.0, *fast]
+    assert P.tempo_rate("codec", 4) == 1.0
+
+
 def test_time_stretch_vocoder_keeps_pitch_and_resample_shifts_it():
     sr, f0 = 8000, 250.0
     tone = np.sin(2 * np.pi * f0 * np.arange(3 * sr) / sr).astype(np.float32)
-    rate = P.TEMPO_RATES[4]
-    vocoded = P.time_stretch(tone, sr, 4, method="phase_vocoder")
-    resampled = P.time_stretch(tone, sr, 4, method="resample")
-    assert dominant_frequency(vocoded, sr) == pytest.approx(f0, abs=2.0)
-    assert dominant_frequency(resampled, sr) == pytest.approx(f0 * rate, abs=2.0)
+    for name, rates in TIME_STRETCHES.items():
+        vocoded = P.PERTURBATIONS[name](tone, sr, 4, method="phase_vocoder")
+        resampled = P.PERTURBATIONS[name](tone, sr, 4, method="resample")
+        assert dominant_frequency(vocoded, sr) == pytest.approx(f0, abs=2.0)
+        assert dominant_frequency(resampled, sr) == pytest.approx(f0 * rates[4], abs=2.0)
 
 
 @pytest.mark.parametrize("sr", [2000, 44100])
@@ -224,7 +250,7 @@ def test_band_limit_clips_cutoff_below_nyquist_and_handles_short_clips():
 
 
 def test_registry_apply_matches_direct_calls(pcg_2k):
-    expected = {"time_stretch", "local_time_warp", "codec", "mu_law", "band_limit"}
+    expected = {"time_stretch_slow", "time_stretch_fast", "local_time_warp", "codec", "mu_law", "band_limit"}
     assert set(P.PERTURBATIONS) == expected
     np.testing.assert_array_equal(
         P.apply_perturbation("local_time_warp", pcg_2k, 2000, 2, seed=5),
@@ -244,8 +270,9 @@ def test_describe_labels():
     assert P.describe("codec", 2, codec="mp3") == "MP3 32 kbps"
     assert P.describe("codec", 3, codec="opus") == "Opus 8 kbps"
     assert P.describe("codec", 4, codec="vorbis") == "Vorbis q0"
-    assert P.describe("time_stretch", 2) == "rate 1.10"
-    assert P.describe("time_stretch", 4, method="resample") == "rate 1.25, resampled"
+    assert P.describe("time_stretch_fast", 2) == "rate 1.118"
+    assert P.describe("time_stretch_fast", 4, method="resample") == "rate 1.250, resampled"
+    assert P.describe("time_stretch_slow", 4) == "rate 0.800"
     assert P.describe("local_time_warp", 4) == "local rate ±10 %"
     assert P.describe("mu_law", 1) == "mu-law 8 bit"
     assert P.describe("mu_law", 3, companding=False) == "PCM 4 bit"
@@ -256,21 +283,21 @@ def test_describe_labels():
 def test_parse_perturbation_suite_expands_entries():
     items = P.parse_perturbation_suite(
         [
-            {"name": "time_stretch", "severities": [1, 2, 3]},
+            {"name": "time_stretch_slow", "severities": [1, 2, 3]},
             {"name": "codec", "codec": "mp3", "severities": [1, 2, 3, 4]},
-            {"name": "time_stretch", "method": "resample", "severities": [4]},
+            {"name": "time_stretch_fast", "method": "resample", "severities": [4]},
             {"name": "band_limit"},
         ]
     )
     assert [(item.id, item.severity) for item in items] == [
-        ("time_stretch", 1),
-        ("time_stretch", 2),
-        ("time_stretch", 3),
+        ("time_stretch_slow", 1),
+        ("time_stretch_slow", 2),
+        ("time_stretch_slow", 3),
         ("codec:mp3", 1),
         ("codec:mp3", 2),
         ("codec:mp3", 3),
         ("codec:mp3", 4),
-        ("time_stretch:resample", 4),
+        ("time_stretch_fast:resample", 4),
         ("band_limit", 1),
         ("band_limit", 2),
         ("band_limit", 3),
@@ -293,7 +320,7 @@ def test_parse_perturbation_suite_expands_entries():
         ([{"name": "mu_law", "severities": [0, 5]}], "severity"),
         ([{"name": "mu_law", "severities": []}], "'severities'"),
         ([{"name": "mu_law", "severities": [1, 1]}], "twice"),
-        ([{"name": "time_stretch", "method": "rubberband"}], "method"),
+        ([{"name": "time_stretch_slow", "method": "rubberband"}], "method"),
     ],
 )
 def test_parse_perturbation_suite_rejects_bad_specs(spec, message):
@@ -329,7 +356,7 @@ def test_every_function_rejects_bad_arguments(name, options, override, error, me
     ("name", "options", "message"),
     [
         ("codec", {"codec": "aac"}, "codec"),
-        ("time_stretch", {"method": "wsola"}, "method"),
+        ("time_stretch_fast", {"method": "wsola"}, "method"),
         ("local_time_warp", {"knot_spacing_s": 0.0}, "knot_spacing_s"),
         ("mu_law", {"companding": "yes"}, "companding"),
         ("band_limit", {"order": 0}, "order"),
@@ -350,6 +377,20 @@ def test_registry_rejects_bad_names_seeds_and_options():
     with pytest.raises(ValueError, match="seed"):
         P.apply_perturbation("local_time_warp", x, 2000, 1, seed=-1)
     with pytest.raises(ValueError, match="'rate'"):
-        P.apply_perturbation("time_stretch", x, 2000, 1, rate=1.2)
+        P.apply_perturbation("time_stretch_slow", x, 2000, 1, rate=1.2)
     with pytest.raises(ValueError, match="severity"):
         P.codec_bitrate_kbps(x, 2000, 0)
+
+
+def test_the_retired_time_stretch_is_rejected_with_its_replacements():
+    """Its cached features (key time_stretch@SEVERITY) and predictions meant other rates: no suite can
+    name it again, so nothing of the old meaning is reused under the new one."""
+    for call in (
+        lambda: P.parse_perturbation_suite([{"name": "time_stretch", "severities": [1]}]),
+        lambda: P.apply_perturbation("time_stretch", np.zeros(100, np.float32), 2000, 1),
+        lambda: P.describe("time_stretch", 1),
+    ):
+        with pytest.raises(
+            ValueError, match="retired: .*0.90, 1.10, 0.80, 1.25.*time_stretch_slow or time_stretch_fast"
+        ):
+            call()

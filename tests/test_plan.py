@@ -183,7 +183,8 @@ def test_window_and_byte_estimate_match_extracted_features(synth_root):
     rates = pascal.groupby("sample_rate").head(3)
     table = pd.concat([physionet, rates], ignore_index=True)
     profile = get_profile("native", image_size=16, windows="all", window_s=2.0)
-    for tempo, transform, key in ((1.0, None, ""), (0.8, partial(perturb, "time_stretch", 3, {}), "time_stretch@3")):
+    slow = (0.8, partial(perturb, "time_stretch_slow", 4, {}), "time_stretch_slow@4")
+    for tempo, transform, key in ((1.0, None, ""), slow):
         split = SplitData.from_features(
             "x", extract_features(table, profile, transform=transform, transform_key=key, n_jobs=1, progress=False)
         )
@@ -232,7 +233,7 @@ def test_min_last_window_is_inert_only_with_first_windows(synth_root, tmp_path):
 
 
 def test_eval_variants_and_perturbations_add_copies_of_the_evaluation_sets(synth_root, tmp_path):
-    suite = [{"name": "time_stretch", "severities": [3]}, {"name": "band_limit", "severities": [2]}]
+    suite = [{"name": "time_stretch_fast", "severities": [3]}, {"name": "band_limit", "severities": [2]}]
     space = _space(
         tmp_path, "copies", {"seed": [0]}, eval_variants={"features.padding": ["cyclic"]}, perturbations=suite
     )
@@ -245,8 +246,8 @@ def test_eval_variants_and_perturbations_add_copies_of_the_evaluation_sets(synth
         "pascal",
         "physionet2016:test[padding=cyclic]",
         "pascal[padding=cyclic]",
-        "physionet2016:test~time_stretch@3",
-        "pascal~time_stretch@3",
+        "physionet2016:test~time_stretch_fast@3",
+        "pascal~time_stretch_fast@3",
         "physionet2016:test~band_limit@2",
         "pascal~band_limit@2",
     ]

@@ -265,6 +265,21 @@ def test_a_clean_roc_auc_of_zero_leaves_the_relative_drop_undefined(tmp_path):
     assert clean["roc_auc"].tolist() == [0.0]
 
 
+def test_a_study_with_the_retired_time_stretch_is_still_reported(tmp_path):
+    """Studies run before time_stretch was split into slow and fast keep their rows, labelled by raw id."""
+    folder, _ = write_robustness_study(tmp_path / "robustness")
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    predictions.loc[predictions["perturbation"] == MP3, "perturbation"] = "time_stretch"
+    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    state = json.loads((folder / "study.json").read_text())
+    state["space"]["perturbations"] = [{"name": "time_stretch", "severities": [1, 2]}]
+    (folder / "study.json").write_text(json.dumps(state))
+    summary = robustness.report_robustness(folder, n_resamples=200, plots=False)
+    table = pd.read_csv(folder / "tables" / "robustness_auc.csv")
+    assert set(table.loc[table["perturbation"] == "time_stretch", "level"]) == {"time_stretch @ 1", "time_stretch @ 2"}
+    assert any("retired" in note and "time_stretch_slow" in note for note in summary["notes"])
+
+
 def test_ablation_table_shows_the_waveform_branch_carries_the_fusion(study):
     folder, _, _ = study
     table = pd.read_csv(folder / "tables" / "robustness_ablation.csv")
