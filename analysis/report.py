@@ -22,17 +22,19 @@ Method, in short (``report.md`` states it too):
   are replicates over training seeds. Only clean predictions (perturbation
   "none", severity 0, no branch ablation) are analysed here.
 * Intervals: the seed-mean metric with a 95 % bootstrap interval (BCa by
-  default) that resamples recordings, stratified by label (patients, for the
-  respiratory study), and seeds. Within an evaluation set every
-  configuration and seed sees the same recording draws, and every
-  configuration with the same number of seeds the same seed draws (seed k
-  paired with seed k, in every evaluation set), so differences are paired.
+  default) that resamples recordings, stratified by label, or whole
+  patients where an evaluation set holds several recordings of a patient
+  (PASCAL set_b, ICBHI, a manifest's ``group``), with the seed-to-seed
+  variation added by variance components
+  (:func:`analysis.stats.seed_mean_distribution`). Within an evaluation set
+  every configuration and seed sees the same recording draws and seed k is
+  paired with seed k, so differences are paired.
   For one configuration this is :func:`analysis.stats.bootstrap_ci`; the
   draws are made once here and shared, instead of once per configuration.
 * Threshold metrics use each trial's validation-chosen threshold.
 * Comparisons: each configuration against the configuration that differs
   only in having the baseline value on the space's compare axis, in every
-  evaluation set. The paired two-level bootstrap (as
+  evaluation set. The paired bootstrap (as
   :func:`analysis.stats.paired_bootstrap_test`, on the shared draws) decides
   the paper claims; DeLong runs on seed-averaged probabilities, the paired
   permutation test on all common seeds, McNemar on the seed-majority
@@ -50,6 +52,7 @@ Method, in short (``report.md`` states it too):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -76,6 +79,7 @@ from analysis.resampling import (
     paired_bootstrap,
     resample,
     respiratory_kernel,
+    roc_auc_kernel,
     seed_mean_interval,
 )
 from analysis.robustness import has_robustness_rows, report_robustness
@@ -250,7 +254,7 @@ class _Analysis:
     def compare(self, a: Configuration, b: Configuration, eval_set: str, metrics, full: bool) -> list[ComparisonRow]:
         """Paired tests of a - b on ``eval_set`` over their common seeds.
 
-        Always the two-level paired bootstrap for every metric in ``metrics``;
+        Always the paired bootstrap for every metric in ``metrics``;
         with ``full`` also DeLong, the permutation and Wilcoxon tests for the
         compare metric and McNemar for accuracy (heart studies).
         """
@@ -286,7 +290,7 @@ class _Analysis:
                     paired.high,
                     paired.p_value,
                     n_seeds,
-                    "recordings and seeds resampled",
+                    ("patients" if eval_data.groups is not None else "recordings") + " resampled, seed variation added",
                 )
             )
         if not full:
@@ -297,7 +301,7 @@ class _Analysis:
         if not self.respiratory:
             probs_a, probs_b = eval_data.probs[rows_a], eval_data.probs[rows_b]
             if metric == "roc_auc" and _delong_possible(y):
-                delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0))
+                delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0), groups=eval_data.groups)
                 half_width = z * math.sqrt(max(delong.var_a + delong.var_b - 2 * delong.cov, 0.0))
                 out.append(
                     ComparisonRow(
@@ -313,7 +317,8 @@ class _Analysis:
                         delong.difference + half_width,
                         delong.p_value,
                         n_seeds,
-                        "seed-averaged probabilities; Wald CI",
+                        "seed-averaged probabilities; Wald CI"
+                        + ("; Obuchowski's clustered variance" if eval_data.groups is not None else ""),
                     )
                 )
             # Scores minus their trial's threshold put every trial's decision at 0 (ROC-AUC is unchanged).
@@ -327,6 +332,7 @@ class _Analysis:
                 self.options.n_resamples,
                 named_generator(self.options.seed, eval_set, a.name, b.name),
                 threshold=0.0,
+                groups=eval_data.groups,
             )
             low, high = bootstrap_intervals[metric]
             out.append(
@@ -343,19 +349,15 @@ class _Analysis:
                     high,
                     permutation.p_value,
                     n_seeds,
-                    "outputs swapped per recording; CI from the paired bootstrap",
+                    f"outputs swapped per {'patient' if eval_data.groups is not None else 'recording'}; "
+                    "CI from the paired bootstrap",
                 )
             )
             majority_a = ((shifted_a >= 0).mean(axis=0) >= 0.5).astype(np.int8)
             majority_b = ((shifted_b >= 0).mean(axis=0) >= 0.5).astype(np.int8)
-            mcnemar = stats.mcnemar_test(y, majority_a, majority_b)
-            n = y.size
-            discordant, net = (
-                mcnemar.n_only_a_correct + mcnemar.n_only_b_correct,
-                mcnemar.n_only_a_correct - mcnemar.n_only_b_correct,
-            )
-            # Wald interval of a difference of paired proportions (no library has it for raw counts).
-            half_width = z * math.sqrt(max(discordant - net**2 / n, 0.0)) / n
+            mcnemar = stats.mcnemar_test(y, majority_a, majority_b, groups=eval_data.groups)
+            net = (mcnemar.n_only_a_correct - mcnemar.n_only_b_correct) / y.size
+            half_width = z * mcnemar.standard_error
             out.append(
                 ComparisonRow(
                     eval_set,
@@ -365,12 +367,13 @@ class _Analysis:
                     "McNemar",
                     mcnemar.accuracy_a,
                     mcnemar.accuracy_b,
-                    net / n,
-                    net / n - half_width,
-                    net / n + half_width,
+                    net,
+                    net - half_width,
+                    net + half_width,
                     mcnemar.p_value,
                     n_seeds,
-                    f"seed-majority decision at the validation thresholds; {mcnemar.method}; Wald CI",
+                    f"seed-majority decision at the validation thresholds; {mcnemar.method}; "
+                    + ("cluster-robust Wald CI" if eval_data.groups is not None else "Wald CI"),
                 )
             )
         wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b)
@@ -494,10 +497,14 @@ def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
                 **{m: paper.SAM_AST_ICBHI.get(m, math.nan) for m in analysis.main_metrics},
             }
         )
-    unit = "patients (cluster bootstrap)" if analysis.respiratory else "recordings stratified by label"
+    unit = (
+        "patients (cluster bootstrap)"
+        if analysis.resampled[eval_set].eval_set.groups is not None
+        else "recordings stratified by label"
+    )
     caption = (
         f"Main results on {eval_set}: seed-mean metric [95 % {_methods_of(intervals)} bootstrap CI over {unit} "
-        "and seeds]; threshold metrics at each trial's validation-chosen threshold."
+        "with seed variation]; threshold metrics at each trial's validation-chosen threshold."
     )
     notes = (
         [
@@ -539,24 +546,27 @@ def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
                 for name in (eval_set, analysis.primary)
             )
             intervals.append(pascal)
-            # seed k of one set paired with seed k of the other: the same seed draws, so the difference is paired
-            change = stats.bootstrap_interval(
-                pascal.distribution - primary.distribution,
-                pascal.estimate - primary.estimate,
-                confidence_level=CONFIDENCE_LEVEL,
-                n_seeds=len(seeds),
+            # seed k on one set paired with seed k on the other; the two sets' recordings resampled independently
+            change = paired_bootstrap(
+                analysis.resampled[eval_set],
+                analysis.trials_in(configuration, eval_set, seeds)[1],
+                analysis.trials_in(configuration, analysis.primary, seeds)[1],
+                "roc_auc",
+                resampled_b=analysis.resampled[analysis.primary],
             )
             row = {
                 "configuration": configuration.name,
                 "seeds": len(seeds),
                 f"{eval_set} ROC-AUC": interval_cell(pascal),
-                f"change vs {analysis.primary}": format_interval(change.estimate, change.low, change.high, signed=True),
+                f"change vs {analysis.primary}": format_interval(
+                    change.difference, change.low, change.high, signed=True
+                ),
             }
             numeric = {
                 "configuration": configuration.name,
                 "seeds": len(seeds),
                 **interval_numbers("roc_auc", pascal),
-                "change": change.estimate,
+                "change": change.difference,
                 "change_low": change.low,
                 "change_high": change.high,
             }
@@ -627,7 +637,7 @@ def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
         pd.DataFrame(display),
         pd.DataFrame(numbers),
         f"Every metric of every configuration on every evaluation set: seed mean [95 % bootstrap CI, "
-        f"{analysis.options.n_resamples} resamples of recordings and seeds].",
+        f"{analysis.options.n_resamples} resamples of recordings (patients where known), with seed variation].",
         "every metric × configuration × evaluation set with its 95 % interval and the interval method",
     )
 
@@ -678,18 +688,22 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
         f"over the family of {n_pairs} comparison(s) × {len(analysis.resampled)} evaluation set(s), separately for each test and metric."
     )
     notes = [
-        "paired bootstrap: two-level (recordings stratified by label, and seeds), the same draws for both configurations; "
-        "it decides the paper claims.",
-        "DeLong: on the seed-averaged probabilities of the common seeds (an ensemble's ROC-AUC, not the seed-mean ROC-AUC).",
-        "paired permutation: each recording's outputs swapped between the configurations (ranks for ROC-AUC), all seeds at once.",
-        "McNemar: on the seed-majority decision (each seed at its validation threshold; ties count as abnormal).",
+        "paired bootstrap: recordings resampled (stratified by label; whole patients where an evaluation set has "
+        "several recordings per patient), the same draws for both configurations, seed variation added by variance "
+        "components (seed k of A paired with seed k of B); it decides the paper claims.",
+        "DeLong: on the seed-averaged probabilities of the common seeds (an ensemble's ROC-AUC, not the seed-mean "
+        "ROC-AUC); with patients, Obuchowski's clustered variance.",
+        "paired permutation: each recording's outputs (each patient's, with patients) swapped between the "
+        "configurations (ranks for ROC-AUC), all seeds at once.",
+        "McNemar: on the seed-majority decision (each seed at its validation threshold; ties count as abnormal); with "
+        "patients, Durkalski's clustered statistic.",
         "Wilcoxon: over per-seed metrics, seed k of A paired with seed k of B; it treats the test recordings as fixed, "
-        "so it asks whether the seeds differ on these recordings, not on new ones.",
+        "so it asks whether the seeds differ on these recordings, not on new ones (patients do not enter it).",
     ]
     if analysis.respiratory:
         notes = notes[:1] + [
-            "Respiratory study: items within a patient are dependent, so only the cluster (patient) "
-            "bootstrap and Wilcoxon over seeds are run; DeLong, permutation and McNemar assume independent items."
+            "Respiratory study: only the cluster (patient) bootstrap and Wilcoxon over seeds are run; DeLong, "
+            "permutation and McNemar are binary-outcome tests and an ICBHI score has four classes."
         ]
     writer.table(
         "comparisons",
@@ -898,8 +912,8 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                 display.append(row)
                 numbers.append(numeric)
     caption = (
-        "Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings resampled "
-        "within the source, stratified by label, and seeds]. 'carries pooled ROC-AUC' flags a source, where the pooled "
+        "Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings (patients "
+        "where known) resampled within the source, stratified by label, with seed variation]. 'carries pooled ROC-AUC' flags a source, where the pooled "
         f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
         "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance)."
     )
@@ -913,49 +927,135 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     return flags
 
 
+def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
+    """Per evaluation set with patients: clusters, the largest one, and each configuration's ROC-AUC interval
+    with patients resampled against the interval that treats every recording as independent."""
+    display, numbers = [], []
+    for eval_set, resampled in analysis.resampled.items():
+        data = resampled.eval_set
+        if data.groups is None:
+            continue
+        independent_set = dataclasses.replace(data, groups=None)
+        independent = resample(
+            independent_set,
+            roc_auc_kernel(independent_set),
+            analysis.options.n_resamples,
+            named_generator(analysis.options.seed, eval_set, "independent"),
+        )
+        sizes = data.cluster_sizes()
+        for configuration in analysis.configurations:
+            _, trial_ids = analysis.trials_in(configuration, eval_set)
+            if not trial_ids:
+                continue
+            clustered = analysis.interval(eval_set, configuration, "roc_auc")
+            naive = seed_mean_interval(independent, trial_ids, "roc_auc", analysis.options.ci_method)
+            naive_width = naive.high - naive.low
+            ratio = (clustered.high - clustered.low) / naive_width if naive_width > 0 else math.nan
+            display.append(
+                {
+                    "evaluation set": eval_set,
+                    "recordings": data.labels.size,
+                    "patients": sizes.size,
+                    "largest": int(sizes.max()),
+                    "configuration": configuration.name,
+                    "seeds": len(trial_ids),
+                    "ROC-AUC, patients resampled": interval_cell(clustered),
+                    "as if independent": interval_cell(naive),
+                    "width ratio": f"{ratio:.2f}",
+                }
+            )
+            numbers.append(
+                {
+                    "eval_set": eval_set,
+                    "recordings": data.labels.size,
+                    "patients": sizes.size,
+                    "largest_cluster": int(sizes.max()),
+                    "configuration": configuration.name,
+                    "seeds": len(trial_ids),
+                    **interval_numbers("roc_auc", clustered),
+                    "independent_low": naive.low,
+                    "independent_high": naive.high,
+                    "width_ratio": ratio,
+                }
+            )
+    if not display:
+        return
+    writer.table(
+        "clustering",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        "Evaluation sets with several recordings per patient (a recording without a patient is its own cluster; "
+        "duplicate audio inside a set is one): patients, the largest patient's recordings, and each configuration's "
+        "seed-mean ROC-AUC [95 % CI] with whole patients resampled, as every interval and test of this report does, "
+        "against the interval that treats the recordings as independent. A width ratio above 1 is how much the "
+        "independent interval overstates the evidence.",
+        "patients per evaluation set and how much patient clustering widens each ROC-AUC interval",
+    )
+
+
 def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     display, numbers = [], []
     pairs = analysis.pairs() if analysis.baseline is not None else []
     for eval_set, resampled in analysis.resampled.items():
         data = resampled.eval_set
         n, n_pos = data.labels.size, data.n_pos
-        row = {"evaluation set": eval_set, "n": n, "n pos": n_pos, "n neg": n - n_pos}
-        numeric = {"eval_set": eval_set, "n": n, "n_pos": n_pos, "n_neg": n - n_pos}
+        sizes = data.cluster_sizes()
+        row = {
+            "evaluation set": eval_set,
+            "n": n,
+            "n pos": n_pos,
+            "n neg": n - n_pos,
+            "clusters": sizes.size,
+            "largest cluster": int(sizes.max()),
+        }
+        numeric = {
+            "eval_set": eval_set,
+            "n": n,
+            "n_pos": n_pos,
+            "n_neg": n - n_pos,
+            "clusters": sizes.size,
+            "largest_cluster": int(sizes.max()),
+        }
         if analysis.respiratory:
-            row.update(
-                {
-                    "patients": len(set(data.groups)),
-                    "smallest detectable Δ ROC-AUC": "n/a: items cluster within patients",
-                }
-            )
-            numeric.update(patients=len(set(data.groups)))
+            row["smallest detectable Δ ROC-AUC"] = "n/a: four-class score"
         else:
-            rhos, base_aucs, observed = [], [], []
+            rhos, base_aucs, observed, design_effects = [], [], [], []
             for a, b in pairs if _delong_possible(data.binary) else []:
                 common = set(analysis.trials_in(a, eval_set)[0]) & set(analysis.trials_in(b, eval_set)[0])
                 if not common:
                     continue
                 rows_a = [resampled.rows[t] for t in analysis.trials_in(a, eval_set, common)[1]]
                 rows_b = [resampled.rows[t] for t in analysis.trials_in(b, eval_set, common)[1]]
-                delong = stats.delong_test(
-                    data.binary, data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0)
-                )
+                mean_a, mean_b = data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0)
+                delong = stats.delong_test(data.binary, mean_a, mean_b)
                 if delong.var_a > 0 and delong.var_b > 0:
                     rhos.append(delong.cov / math.sqrt(delong.var_a * delong.var_b))
+                if data.groups is not None:
+                    clustered = stats.delong_test(data.binary, mean_a, mean_b, groups=data.groups)
+                    variances = [r.var_a + r.var_b - 2 * r.cov for r in (clustered, delong)]
+                    if variances[1] > 0:
+                        design_effects.append(variances[0] / variances[1])
                 base_aucs.append(delong.auc_b)
                 observed.append(abs(delong.difference))
             if rhos:
                 rho = float(np.median(rhos))
                 base_auc = float(np.median(base_aucs))
                 clipped = min(max(base_auc, 0.5), 0.999)
+                # Patients: the variance of a difference grows by the design effect, as if n shrank by it.
+                design_effect = max(float(np.median(design_effects)), 1.0) if design_effects else 1.0
                 mde = stats.auc_difference_mde(
-                    n_pos, n - n_pos, clipped, float(np.clip(rho, -1, 1)), analysis.options.alpha
+                    max(round(n_pos / design_effect), 1),
+                    max(round((n - n_pos) / design_effect), 1),
+                    clipped,
+                    float(np.clip(rho, -1, 1)),
+                    analysis.options.alpha,
                 )
                 below = sum(d < mde for d in observed) if math.isfinite(mde) else len(observed)
                 row.update(
                     {
                         "baseline ROC-AUC (seed-avg.)": format_value(base_auc),
                         "ρ between configurations": f"{rho:.2f} [{min(rhos):.2f}, {max(rhos):.2f}]",
+                        "design effect (patients)": f"{design_effect:.2f}",
                         "smallest detectable Δ ROC-AUC (80 % power)": format_value(mde),
                         "observed |Δ| below it": f"{below} of {len(observed)}",
                     }
@@ -965,6 +1065,7 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     rho_median=rho,
                     rho_min=min(rhos),
                     rho_max=max(rhos),
+                    design_effect=design_effect,
                     mde=mde,
                     n_comparisons=len(observed),
                     n_below_mde=below,
@@ -979,7 +1080,9 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         "What each test set can resolve: recordings, positives, and the smallest ROC-AUC difference a two-sided paired "
         f"DeLong test at α = {analysis.options.alpha} detects with 80 % power (stats.auc_difference_mde, Hanley-McNeil "
         "variances), at the median correlation ρ of the configurations' seed-averaged ROC-AUCs (DeLong covariance) "
-        "and the baseline's ROC-AUC (taken as 0.5 if below)."
+        "and the baseline's ROC-AUC (taken as 0.5 if below). Where recordings cluster within patients, the counts "
+        "are divided by the design effect: the median ratio of Obuchowski's clustered to DeLong's variance of a "
+        "difference."
     )
     writer.table(
         "resolution",
@@ -1037,7 +1140,7 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             path,
             [p for p in panels if p[1]],
             f"Δ {METRIC_LABELS[analysis.compare_metric]} (configuration − baseline)",
-            note=f"Paired two-level bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
+            note=f"Paired bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
             f"({analysis.options.correction}).",
         )
         writer.plot(
@@ -1134,12 +1237,13 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
         "",
         "- A configuration is every setting except the seed; seeds are replicates. Only clean predictions are "
         "analysed (no perturbation, no test-time branch ablation).",
-        "- Intervals: seed-mean metric, bootstrap over recordings stratified by label"
-        + (" (whole patients, stratified by their label mix)" if analysis.respiratory else "")
-        + " and over seeds; every configuration and seed shares the same recording draws, and configurations "
-        "with equal seed counts share the seed draws, so differences are paired.",
+        "- Intervals: seed-mean metric, bootstrap over recordings stratified by label, or over whole patients "
+        "(stratified by their label mix) in evaluation sets with several recordings per patient (see `clustering`), "
+        "with the seed-to-seed variation added by variance components (seed, recording and seed × recording "
+        "interaction, each counted once); every configuration and seed shares the same recording draws and seed k "
+        "is paired with seed k, so differences are paired.",
         "- Threshold metrics use each trial's threshold chosen on validation, never on test.",
-        "- The paired two-level bootstrap decides the paper claims; the other tests are in `comparisons`, each with "
+        "- The paired bootstrap decides the paper claims; the other tests are in `comparisons`, each with "
         "the meaning stated there. p-values are adjusted over the declared family (configurations vs baseline × "
         "evaluation sets), separately per test and metric.",
         f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
@@ -1177,6 +1281,7 @@ def report_study(out: Path, **options) -> dict:
         _comparisons_table(analysis, writer, rows)
     claims = _claims_table(analysis, writer, rows)
     flags = _per_source(analysis, writer)
+    _clustering_table(analysis, writer)
     resolution = _resolution_table(analysis, writer)
     if settings.plots:
         _plots(analysis, writer, rows, resolution)

@@ -196,16 +196,22 @@ def paired_bootstrap(
     trials_b: list[str],
     metric: str,
     confidence_level: float = CONFIDENCE_LEVEL,
+    resampled_b: Resampled | None = None,
 ) -> PairedBootstrapResult:
-    """Paired two-level bootstrap of the seed-mean ``metric`` of a minus b, on the shared draws.
+    """Paired bootstrap of the seed-mean ``metric`` of a minus b, on the shared draws, seeds paired.
 
     ``trials_a`` and ``trials_b`` hold one trial per common seed, in the same
     seed order. What :func:`analysis.stats.paired_bootstrap_test` computes:
     the percentile interval of the difference and its two-sided p-value.
+    With ``resampled_b`` the b trials are scored on another evaluation set
+    (e.g. a model's change from one test set to another): its recordings
+    are resampled independently, and seed k is still paired with seed k.
     """
+    other = resampled if resampled_b is None else resampled_b
     rows_a = [resampled.rows[t] for t in trials_a]
-    rows_b = [resampled.rows[t] for t in trials_b]
-    per_resample, point = resampled.per_resample[metric], resampled.point[metric]
-    differences = seed_mean_distribution(per_resample[rows_a] - per_resample[rows_b], point[rows_a] - point[rows_b])
-    value_a, value_b = (float(point[rows].mean()) for rows in (rows_a, rows_b))
+    rows_b = [other.rows[t] for t in trials_b]
+    per_seed = resampled.per_resample[metric][rows_a] - other.per_resample[metric][rows_b]
+    points = resampled.point[metric][rows_a], other.point[metric][rows_b]
+    differences = seed_mean_distribution(per_seed, points[0] - points[1])
+    value_a, value_b = (float(point.mean()) for point in points)
     return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)

@@ -177,7 +177,7 @@ class EvalSet:
     recordings: np.ndarray  # (n,) recording ids
     labels: np.ndarray  # (n,) 0/1 (heart) or classes 0..K-1 (respiratory)
     sources: np.ndarray  # (n,)
-    groups: np.ndarray | None  # (n,) patient ids for a cluster bootstrap (respiratory), else None
+    groups: np.ndarray | None  # (n,) cluster (patient) ids where some patient has several recordings, else None
     trial_ids: list[str]  # one per row of probs
     probs: np.ndarray  # (T, n) P(abnormal)
     class_probs: np.ndarray | None  # (T, n, K) for multi-class studies
@@ -191,6 +191,12 @@ class EvalSet:
     @property
     def n_pos(self) -> int:
         return int(self.binary.sum())
+
+    def cluster_sizes(self) -> np.ndarray:
+        """Recordings per cluster (patient); all ones when every recording is its own cluster."""
+        if self.groups is None:
+            return np.ones(self.labels.size, dtype=np.int64)
+        return np.unique(self.groups, return_counts=True)[1]
 
     def row_of(self) -> dict[str, int]:
         return {trial_id: k for k, trial_id in enumerate(self.trial_ids)}
@@ -247,6 +253,10 @@ def build_eval_sets(
     notes: list[str],
 ) -> list[EvalSet]:
     """Arrays per evaluation set; appends what is missing to ``problems`` (and what was done to ``notes``).
+
+    A recording's cluster is its ``group`` in predictions.parquet (patient;
+    a recording without one is its own cluster). An evaluation set gets
+    groups when some cluster holds several recordings.
 
     Raises StudyError for what cannot be analysed at all: predictions of
     trials that trials.parquet does not list, duplicate rows, a recording
@@ -345,7 +355,7 @@ def build_eval_sets(
             first.index.to_numpy(),
             labels,
             first["source"].astype(str).to_numpy(),
-            first["group"].astype(str).to_numpy() if respiratory else None,
+            _clusters(first),
             present,
             probs.to_numpy(dtype=np.float64),
             class_probs,
@@ -360,6 +370,16 @@ def build_eval_sets(
             "no evaluation set can be analysed: " + "; ".join(notes or ["predictions.parquet has no clean rows"])
         )
     return eval_sets
+
+
+def _clusters(first: pd.DataFrame) -> np.ndarray | None:
+    """Cluster id (n,) of each recording (its group, else the recording itself), or None when all clusters are single."""
+    recordings = first.index.to_series().astype(str)
+    if "group" not in first:
+        return None
+    groups = first["group"].astype("string")
+    clusters = ("group:" + groups).fillna("recording:" + recordings).to_numpy(dtype=str)
+    return None if np.unique(clusters).size == clusters.size else clusters
 
 
 def _check_recorded_auc(eval_set: EvalSet, trials: pd.DataFrame, trial_info: dict) -> None:

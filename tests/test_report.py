@@ -52,11 +52,14 @@ def write_study(
     n_test: int = 120,
     n_pascal: int = 40,
     seed: int = 0,
+    pascal_patient_size: int = 1,
 ):
     """A finished heart study: ``models`` maps an axis value to f(recordings, seed, rng) -> P(abnormal).
 
     Every trial also gets perturbed rows (which the report must ignore) and
-    trials.parquet carries each trial's ROC-AUC as study.run writes it.
+    trials.parquet carries each trial's ROC-AUC as study.run writes it. With
+    ``pascal_patient_size`` k > 1, PASCAL's recordings come k per patient
+    (``group``), each patient's recordings sharing their difficulty.
     """
     rng = np.random.default_rng(seed)
     fixed = fixed or {}
@@ -66,6 +69,10 @@ def write_study(
         ),
         "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q"),
     }
+    patient = np.arange(n_pascal) // pascal_patient_size
+    sets["pascal"]["group"] = [f"patient{k}" for k in patient]
+    sets["pascal"]["difficulty"] = sets["pascal"]["difficulty"].to_numpy()[patient * pascal_patient_size]
+    sets[PHYSIONET]["group"] = sets[PHYSIONET]["recording_id"]
     trials, frames = [], []
     for value, model in models.items():
         for seed_value in seeds:
@@ -97,7 +104,7 @@ def write_study(
                                 "eval_set": name,
                                 "recording_id": table["recording_id"],
                                 "source": table["source"],
-                                "group": table["recording_id"],
+                                "group": table["group"],
                                 "label": table["label"],
                                 "prob": values,
                                 "perturbation": perturbation,
@@ -462,7 +469,7 @@ def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
     assert set(comparisons["test"]) == {"paired bootstrap", "Wilcoxon signed-rank"}
     row = comparisons[(comparisons["metric"] == "score") & (comparisons["test"] == "paired bootstrap")].iloc[0]
     assert row["verdict"] == "film > concat"
-    assert pd.read_csv(folder / "tables" / "resolution.csv").loc[0, "patients"] == n_patients
+    assert pd.read_csv(folder / "tables" / "resolution.csv").loc[0, "clusters"] == n_patients
 
 
 def test_command_line(fusion_study, tmp_path, capsys):
@@ -499,3 +506,29 @@ def test_both_commands_take_and_check_the_shared_options(fusion_study, command, 
     with pytest.raises(SystemExit):
         analysis_main([command, str(folder), "--correction", "bonferroni"])
     assert "invalid choice: 'bonferroni'" in capsys.readouterr().err
+
+
+def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
+    """PASCAL with 4 recordings per patient: patient bootstrap, clustered DeLong, patient swaps, wider intervals."""
+    folder = write_study(
+        tmp_path / "clustered",
+        {"fusion": binormal(2.0), "waveform": binormal(1.2)},
+        axis="model.architecture",
+        baseline="fusion",
+        n_pascal=160,
+        pascal_patient_size=4,
+    )
+    report.report_study(folder, **FAST)
+    clustering = pd.read_csv(folder / "tables" / "clustering.csv")
+    assert set(clustering["eval_set"]) == {"pascal"}  # PhysioNet's recordings are their own clusters
+    assert (clustering["patients"] == 40).all() and (clustering["largest_cluster"] == 4).all()
+    assert (clustering["width_ratio"] > 1.2).all()
+    resolution = pd.read_csv(folder / "tables" / "resolution.csv").set_index("eval_set")
+    assert resolution.loc["pascal", "clusters"] == 40 and resolution.loc[PHYSIONET, "largest_cluster"] == 1
+    assert resolution.loc["pascal", "design_effect"] > 1.2 and resolution.loc[PHYSIONET, "design_effect"] == 1
+    comparisons = _comparisons(folder).set_index(["eval_set", "test"])
+    assert "Obuchowski" in comparisons.loc[("pascal", "DeLong"), "note"]
+    assert "Obuchowski" not in comparisons.loc[(PHYSIONET, "DeLong"), "note"]
+    assert "per patient" in comparisons.loc[("pascal", "paired permutation"), "note"]
+    assert "Durkalski" in comparisons.loc[("pascal", "McNemar"), "note"]
+    assert "patients resampled" in comparisons.loc[("pascal", "paired bootstrap")].iloc[0]["note"]
