@@ -37,6 +37,7 @@ heart study's predictions hold perturbed or ablated rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -61,7 +62,7 @@ from analysis.resampling import (
     roc_auc_kernel,
     seed_mean_interval,
 )
-from analysis.study_data import Configuration, StudyError, build_eval_sets, find_configurations, read_study
+from analysis.study_data import Configuration, EvalSet, StudyError, build_eval_sets, find_configurations, read_study
 from analysis.tables import format_interval, format_p, format_value
 from study.io import write_text
 from study.perturbations import describe, parse_perturbation_suite
@@ -445,13 +446,47 @@ def _ablation_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     return numbers
 
 
+def _stacked_conditions(conditions: dict[str, EvalSet], name: str) -> EvalSet:
+    """One evaluation set holding several conditions' predictions of the same recordings.
+
+    ``conditions`` maps a condition label to its evaluation set (same recordings, same order); a trial
+    of condition ``c`` becomes row ``c|trial_id``. Resampled once, every condition shares the recording
+    draws, so differences between conditions are paired.
+    """
+    sets = list(conditions.values())
+    return dataclasses.replace(
+        sets[0],
+        name=name,
+        trial_ids=[f"{label}|{t}" for label, e in conditions.items() for t in e.trial_ids],
+        probs=np.concatenate([e.probs for e in sets]),
+        class_probs=None,
+        thresholds=np.concatenate([e.thresholds for e in sets]),
+    )
+
+
+def _drop_cell(estimate: float, low: float, high: float) -> str:
+    return format_interval(estimate, low, high, signed=True)
+
+
+def _drop_numbers(prefix: str, result: stats.PairedBootstrapResult | None) -> dict:
+    if result is None:
+        return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
+    return {prefix: result.difference, f"{prefix}_low": result.low, f"{prefix}_high": result.high}
+
+
 def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
-    """Each source's share of every perturbation's ROC-AUC drop (point estimates); returns the flagged rows.
+    """Each source's ROC-AUC and drop under every perturbation, with 95 % intervals; returns the flagged rows.
 
     A pooled drop can be one database's: a model that separated one source's classes by a cue the
     perturbation removes loses much there and little elsewhere. A source is flagged when the pooled drop
-    is at least 0.05 and leaving that source out at least halves it.
+    is at least 0.05 and leaving that source out at least halves it (point estimates).
+
+    Every condition of an evaluation set is stacked into one set (:func:`_stacked_conditions`) and
+    resampled once within each source (and once without it), with the draws the main report's
+    per-source section uses; ROC-AUCs get seed-mean intervals and drops (clean − perturbed) the paired
+    bootstrap's percentile interval on those shared draws.
     """
+    options = analysis.options
     display, numbers, flags = [], [], []
     for eval_set in analysis.eval_set_names:
         clean_key = (eval_set, *CLEAN)
@@ -461,29 +496,55 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
         sources = sorted(set(clean.eval_set.sources))
         if len(sources) < 2:
             continue
-        clean_within = clean.eval_set.auc_by_source(sources)
-        clean_without = clean.eval_set.auc_by_source(sources, leave_out=True)
-        for perturbation, severity in [c for c in analysis.conditions(eval_set) if c[0] != "none"]:
-            key = (eval_set, perturbation, severity, "none")
-            if not analysis.paired(key, clean_key):
-                continue
-            perturbed = analysis.resampled[key]
-            within = perturbed.eval_set.auc_by_source(sources)
-            without = perturbed.eval_set.auc_by_source(sources, leave_out=True)
-            for configuration in analysis.configurations:
-                trial_ids = [t for t in analysis.trial_ids(configuration, key) if t in clean.rows]
-                if not trial_ids:
-                    continue
-                a, b = [clean.rows[t] for t in trial_ids], [perturbed.rows[t] for t in trial_ids]
-                pooled_drop = float(clean.point["roc_auc"][a].mean() - perturbed.point["roc_auc"][b].mean())
-                for k, source in enumerate(sources):
-                    mask = clean.eval_set.sources == source
-                    source_drop = float(np.mean(clean_within[a, k] - within[b, k]))
-                    drop_without = float(np.mean(clean_without[a, k] - without[b, k]))
-                    carries = bool(
-                        pooled_drop >= 0.05 and np.isfinite(drop_without) and drop_without <= pooled_drop / 2
+        perturbed = [
+            c
+            for c in analysis.conditions(eval_set)
+            if c[0] != "none" and analysis.paired((eval_set, *c, "none"), clean_key)
+        ]
+        labels = {c: f"{c[0]}@{c[1]}" for c in [("none", 0), *perturbed]}
+        stacked = _stacked_conditions(
+            {labels[c]: analysis.resampled[(eval_set, *c, "none")].eval_set for c in labels}, eval_set
+        )
+        for source in sources:
+            within_mask = clean.eval_set.sources == source
+            parts: list[Resampled | None] = []
+            for mask, name, names in (
+                (within_mask, f"{eval_set} / {source}", (eval_set, source)),  # the main report's per-source draws
+                (~within_mask, f"{eval_set} / without {source}", (eval_set, source, "left out")),
+            ):
+                subset = stacked.subset(mask, name)
+                parts.append(
+                    resample(subset, roc_auc_kernel(subset), options.n_resamples, named_generator(options.seed, *names))
+                    if len(np.unique(subset.binary)) == 2
+                    else None
+                )
+            within, without = parts
+            n, n_pos = int(within_mask.sum()), int(clean.eval_set.binary[within_mask].sum())
+            for perturbation, severity in perturbed:
+                key = (eval_set, perturbation, severity, "none")
+                level = analysis.level(perturbation, severity)
+                for configuration in analysis.configurations:
+                    trial_ids = [t for t in analysis.trial_ids(configuration, key) if t in clean.rows]
+                    if not trial_ids:
+                        continue
+                    before = [f"{labels[('none', 0)]}|{t}" for t in trial_ids]
+                    after = [f"{labels[(perturbation, severity)]}|{t}" for t in trial_ids]
+                    auc_clean = auc_perturbed = drop = None
+                    if within is not None:
+                        auc_clean = seed_mean_interval(within, before, "roc_auc", options.ci_method)
+                        auc_perturbed = seed_mean_interval(within, after, "roc_auc", options.ci_method)
+                        drop = paired_bootstrap(within, before, after, "roc_auc")
+                    drop_without = paired_bootstrap(without, before, after, "roc_auc") if without is not None else None
+                    pooled, _ = analysis.drop(configuration, key, clean_key)
+                    on_perturbed = analysis.resampled[key]
+                    pooled_drop = float(
+                        clean.point["roc_auc"][[clean.rows[t] for t in trial_ids]].mean()
+                        - on_perturbed.point["roc_auc"][[on_perturbed.rows[t] for t in trial_ids]].mean()
                     )
-                    level = analysis.level(perturbation, severity)
+                    without_estimate = drop_without.difference if drop_without is not None else math.nan
+                    carries = bool(
+                        pooled_drop >= 0.05 and np.isfinite(without_estimate) and without_estimate <= pooled_drop / 2
+                    )
                     numbers.append(
                         {
                             "configuration": configuration.name,
@@ -492,50 +553,57 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
                             "severity": severity,
                             "level": level,
                             "source": source,
-                            "n": int(mask.sum()),
-                            "n_pos": int(clean.eval_set.binary[mask].sum()),
-                            "roc_auc_clean": float(np.mean(clean_within[a, k])),
-                            "roc_auc_perturbed": float(np.mean(within[b, k])),
-                            "drop": source_drop,
+                            "n": n,
+                            "n_pos": n_pos,
+                            "seeds": len(trial_ids),
+                            **interval_numbers("roc_auc_clean", auc_clean),
+                            **interval_numbers("roc_auc_perturbed", auc_perturbed),
+                            **_drop_numbers("drop", drop),
                             "pooled_drop": pooled_drop,
-                            "pooled_drop_without_source": drop_without,
+                            "pooled_drop_low": pooled.low if pooled else math.nan,
+                            "pooled_drop_high": pooled.high if pooled else math.nan,
+                            **_drop_numbers("pooled_drop_without_source", drop_without),
                             "carries_drop": carries,
                         }
                     )
+                    row = numbers[-1]
                     display.append(
                         {
                             "configuration": configuration.name,
                             "evaluation set": eval_set,
                             "level": level,
                             "source": source,
-                            "n (pos)": f"{int(mask.sum())} ({int(clean.eval_set.binary[mask].sum())})",
-                            "ROC-AUC clean → perturbed": (
-                                f"{format_value(numbers[-1]['roc_auc_clean'])} → "
-                                f"{format_value(numbers[-1]['roc_auc_perturbed'])}"
-                                if np.isfinite(source_drop)
-                                else "one class only"
+                            "n (pos)": f"{n} ({n_pos})",
+                            "ROC-AUC clean": interval_cell(auc_clean) if within else "one class only",
+                            "ROC-AUC perturbed": interval_cell(auc_perturbed) if within else "one class only",
+                            "drop": _drop_cell(row["drop"], row["drop_low"], row["drop_high"]),
+                            "pooled drop": _drop_cell(pooled_drop, row["pooled_drop_low"], row["pooled_drop_high"]),
+                            "pooled drop without it": _drop_cell(
+                                row["pooled_drop_without_source"],
+                                row["pooled_drop_without_source_low"],
+                                row["pooled_drop_without_source_high"],
                             ),
-                            "pooled drop": format_value(pooled_drop, signed=True),
-                            "pooled drop without it": format_value(drop_without, signed=True),
                             "carries the drop": "yes" if carries else "",
                         }
                     )
                     if carries:
-                        flags.append(numbers[-1])
+                        flags.append(row)
     if not numbers:
         return []
     caption = (
-        "Per source: ROC-AUC (seed mean, point estimates) within each source on clean and perturbed audio, and the "
-        "pooled drop (clean − perturbed) with and without that source. 'carries the drop': the pooled drop is ≥ "
-        "0.05 and leaving the source out at least halves it, i.e. the perturbation mostly removes what the model "
-        "used within that source."
+        "Per source: ROC-AUC within each source on clean and perturbed audio, seed mean [95 % CI; recordings "
+        "resampled within the source, stratified by label, and seeds]; the drop (clean − perturbed) within the "
+        "source, the pooled drop and the pooled drop without that source, each [95 % percentile CI of the paired "
+        "difference on the same draws]. 'carries the drop': the pooled drop is ≥ 0.05 and leaving the source out "
+        "at least halves it (point estimates), i.e. the perturbation mostly removes what the model used within "
+        "that source."
     )
     writer.table(
         "robustness_per_source",
         pd.DataFrame(display),
         pd.DataFrame(numbers),
         caption,
-        "each source's ROC-AUC under every perturbation and whether one source carries the pooled drop",
+        "each source's ROC-AUC and drop under every perturbation with CIs, and whether one source carries the pooled drop",
     )
     return flags
 

@@ -238,6 +238,43 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     assert row["roc_auc_perturbed"] == pytest.approx(expected, abs=1e-9)
     assert any("training-e carries the ROC-AUC drop under MP3 32 kbps" in line for line in summary["claim"])
     assert "robustness_per_source.md" in (folder / "report.md").read_text()
+    # every entry has a 95 % interval that holds its point estimate
+    for prefix in ("roc_auc_clean", "roc_auc_perturbed", "drop", "pooled_drop", "pooled_drop_without_source"):
+        low, estimate, high = (table[f"{prefix}{suffix}"] for suffix in ("_low", "", "_high"))
+        assert low.notna().all() and (low <= estimate + 1e-9).all() and (estimate <= high + 1e-9).all(), prefix
+    # the drop is paired (clean and perturbed on the same draws): where the planted damage is, it excludes 0 ...
+    assert row["drop"] == pytest.approx(row["roc_auc_clean"] - row["roc_auc_perturbed"])
+    assert row["drop_low"] > 0.2 and row["roc_auc_clean_low"] > row["roc_auc_perturbed_high"]
+    damaged = table[(table["configuration"] == "spectrogram") & (table["severity"] == 2)]
+    assert (damaged["drop_low"] > 0).all()
+    # ... and where the predictions did not change (fusion at MP3 64 kbps) it is exactly 0 [0, 0]
+    unchanged = table[(table["configuration"] == "fusion") & (table["severity"] == 1)]
+    assert (unchanged[["drop", "drop_low", "drop_high"]] == 0).all().all()
+    # the pooled drop and its interval are robustness_auc's drop from clean
+    auc = pd.read_csv(folder / "tables" / "robustness_auc.csv")
+    pooled = auc.set_index(["configuration", "eval_set", "perturbation", "severity"]).loc[
+        ("waveform", PHYSIONET, MP3, 2)
+    ]
+    assert (row["pooled_drop"], row["pooled_drop_low"], row["pooled_drop_high"]) == pytest.approx(
+        (pooled["drop"], pooled["drop_low"], pooled["drop_high"])
+    )
+    markdown = (folder / "tables" / "robustness_per_source.md").read_text()
+    assert "ROC-AUC perturbed" in markdown and "pooled drop without it" in markdown
+    assert markdown.count("[") >= 5 * len(table)  # five interval cells per row
+
+
+def test_per_source_clean_intervals_are_the_main_reports(study):
+    """The robustness per-source table resamples each source with the main report's draws: its clean ROC-AUC
+    intervals are tables/per_source's, for every perturbation row."""
+    folder, _, _ = study
+    robust = pd.read_csv(folder / "tables" / "robustness_per_source.csv")
+    main = pd.read_csv(folder / "tables" / "per_source.csv").set_index(["configuration", "eval_set", "source"])
+    assert len(robust) == 3 * (3 + 2) * 2  # configurations x sources (3 + 2) x severities
+    for _, row in robust.iterrows():
+        expected = main.loc[(row["configuration"], row["eval_set"], row["source"])]
+        assert (row["roc_auc_clean_low"], row["roc_auc_clean"], row["roc_auc_clean_high"]) == pytest.approx(
+            (expected["roc_auc_low"], expected["roc_auc"], expected["roc_auc_high"]), abs=1e-12
+        )
 
 
 def test_a_clean_roc_auc_of_zero_leaves_the_relative_drop_undefined(tmp_path):
