@@ -21,7 +21,9 @@ def test_simulated_scores_have_the_designed_auc_and_correlation():
     within_class = y == 0
     assert np.corrcoef(a[within_class], b[within_class])[0, 1] == pytest.approx(design.model_correlation, abs=0.05)
     predicted = (a >= shift / 2).astype(int)
-    assert matthews_corrcoef(y, predicted) == pytest.approx(calibrate.population_mcc(design, shift), abs=0.03)
+    assert matthews_corrcoef(y, predicted) == pytest.approx(
+        calibrate.population_mcc(design.n_pos, design.n_neg, shift), abs=0.03
+    )
 
 
 def test_seed_effects_keep_the_expected_auc_and_spread_the_seeds():
@@ -44,16 +46,36 @@ def test_seed_effects_keep_the_expected_auc_and_spread_the_seeds():
     assert np.corrcoef(same[0, 0], same[1, 0])[0, 1] > np.corrcoef(different[0, 0], different[1, 0])[0, 1] + 0.2
 
 
+def test_patient_test_set_is_pascal_like_and_its_recordings_correlate_within_a_patient():
+    design = calibrate.Design()
+    test_set = calibrate.patient_test_set(design)
+    sizes = np.bincount(test_set.groups)
+    assert sizes.size == 165 and sizes.max() <= 7 and 2.4 < sizes.mean() < 3.2
+    rng = np.random.default_rng(4)
+    shift = calibrate.separation(0.82)
+    scores = calibrate.simulate_scores(design, rng, 300, (shift, shift), 1, False, test_set=test_set)[:, 0, 0]
+    residual = scores - shift * test_set.y
+    assert residual.std() == pytest.approx(1, abs=0.02)  # the AUC is the designed one
+    assert np.mean([roc_auc_score(test_set.y, row) for row in scores[:50]]) == pytest.approx(0.82, abs=0.01)
+    first, second = (np.flatnonzero(np.r_[True, np.diff(test_set.groups) != 0]) + k for k in (0, 1))
+    pairs = second < test_set.y.size
+    same_patient = test_set.groups[first[pairs]] == test_set.groups[second[pairs]]
+    within = np.corrcoef(
+        residual[:, first[pairs][same_patient]].ravel(), residual[:, second[pairs][same_patient]].ravel()
+    )
+    assert within[0, 1] == pytest.approx(design.patient_share, abs=0.05)
+
+
 def test_power_is_high_for_a_large_difference():
     result = calibrate.run_calibration(
         n_sims=12, seed=3, n_resamples=200, n_permutations=200, design=calibrate.Design(auc_better=0.95)
     )
     power = {(row["test"], row["null"]): row["power"] for row in result["tests"]}
-    assert len(power) == 9
+    assert len(power) == len(result["tests"]) == 23  # 6 + 3 + 3 + 8 + 3 rows over the five scenarios
     for (test, null), value in power.items():
-        if "McNemar" not in test and "MCC" not in test:
+        if "McNemar" not in test and "MCC" not in test and "patients" not in null:
             assert value >= 0.9, (test, null, value)
-    assert {row["verdict"] for row in result["coverage"]} <= {"ok", "FAIL"}
+    assert {row["verdict"] for row in result["coverage"]} <= {"ok", "FAIL", "contrast"}
     assert 0.02 < result["mde"]["predicted_mde"] < 0.1
 
 
