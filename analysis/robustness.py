@@ -55,7 +55,6 @@ from analysis.plots import SeverityCurve, SeverityPanel, plot_auc_vs_severity
 from analysis.resampling import (
     CONFIDENCE_LEVEL,
     Resampled,
-    SeedDraws,
     named_generator,
     paired_bootstrap,
     resample,
@@ -112,7 +111,6 @@ class _Robustness:
         compare = self.space.get("compare") or {}
         self.configurations, _ = find_configurations(trials, compare.get("axis"), self.space.get("grid") or {})
         self.notes: list[str] = []
-        self.seed_draws = SeedDraws(options.n_resamples, options.seed)
         # trials.parquet's metrics are clean ones: without them build_eval_sets does not check perturbed AUCs against them
         trials = trials[[c for c in trials.columns if "/" not in c or c.startswith("config/")]]
         predictions = with_conditions(predictions)
@@ -189,7 +187,7 @@ class _Robustness:
         if cache_key not in self._intervals:
             trial_ids = self.trial_ids(configuration, key)
             self._intervals[cache_key] = (
-                seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.seed_draws, self.options.ci_method)
+                seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.options.ci_method)
                 if trial_ids
                 else None
             )
@@ -242,9 +240,7 @@ class _Robustness:
         common = [s for s, t in zip(a.seeds, a.trial_ids, strict=True) if t in resampled.rows and s in seeds_b]
         if not common:
             return None
-        paired = paired_bootstrap(
-            resampled, self.trial_ids(a, key, common), self.trial_ids(b, key, common), "roc_auc", self.seed_draws
-        )
+        paired = paired_bootstrap(resampled, self.trial_ids(a, key, common), self.trial_ids(b, key, common), "roc_auc")
         return {
             "value_a": paired.value_a,
             "value_b": paired.value_b,
