@@ -26,8 +26,8 @@ Method, in short:
   fusion-minus-branch difference and the ablation drop are paired
   differences with percentile intervals from the same draws.
 * Fusion vs each single branch (the configurations that differ only in
-  ``model.*`` settings) at every condition without ablation: the two-level
-  paired bootstrap p-value over common seeds, adjusted (Holm by default, or
+  ``model.*`` settings) at every condition without ablation: the paired
+  bootstrap p-value over common seeds, adjusted (Holm by default, or
   BH) over that whole family.
 
 :func:`analysis.report.report_study` runs this report after its own when a
@@ -208,15 +208,20 @@ class _Robustness:
         a, b = self.interval(configuration, reference), self.interval(configuration, key)
         if a is None or b is None or a.n_seeds != b.n_seeds or not self.paired(key, reference):
             return None, None
+        # Seed by seed on the same recording draws, so the seed effects cancel in the drop as they should.
+        clean, perturbed = self.resampled[reference], self.resampled[key]
+        trial_ids = self.trial_ids(configuration, key)
+        rows_a, rows_b = [clean.rows[t] for t in trial_ids], [perturbed.rows[t] for t in trial_ids]
+        differences = stats.seed_mean_distribution(
+            clean.per_resample["roc_auc"][rows_a] - perturbed.per_resample["roc_auc"][rows_b],
+            clean.point["roc_auc"][rows_a] - perturbed.point["roc_auc"][rows_b],
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
-            relative = 1 - b.distribution / a.distribution
+            relative = differences / a.distribution
         relative_estimate = 1 - b.estimate / a.estimate if a.estimate != 0 else math.nan
         return (
             stats.bootstrap_interval(
-                a.distribution - b.distribution,
-                a.estimate - b.estimate,
-                confidence_level=CONFIDENCE_LEVEL,
-                n_seeds=a.n_seeds,
+                differences, a.estimate - b.estimate, confidence_level=CONFIDENCE_LEVEL, n_seeds=a.n_seeds
             ),
             stats.bootstrap_interval(relative, relative_estimate, confidence_level=CONFIDENCE_LEVEL, n_seeds=a.n_seeds),
         )
@@ -232,7 +237,7 @@ class _Robustness:
         return [(f, s) for f in fusions for s in singles if rest(f) == rest(s)]
 
     def compare(self, a: Configuration, b: Configuration, key: tuple) -> dict | None:
-        """Paired two-level bootstrap of ROC-AUC a − b on one condition over common seeds; a robustness_tests row."""
+        """Paired bootstrap of ROC-AUC a − b on one condition over common seeds; a robustness_tests row."""
         if key not in self.resampled:
             return None
         resampled = self.resampled[key]
@@ -302,7 +307,7 @@ def _auc_table(analysis: _Robustness, writer: ReportWriter) -> None:
                 )
     caption = (
         "ROC-AUC under each perturbation and severity: seed mean [95 % bootstrap CI over recordings stratified by label "
-        "and seeds]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
+        "(patients where known), with seed variation]; drop from clean = clean − perturbed ROC-AUC and relative drop = 1 − perturbed / clean, each "
         "[95 % percentile CI of the paired difference on the same draws]."
     )
     writer.table(
@@ -369,7 +374,7 @@ def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     )
     caption = (
         f"Fusion vs each single branch at every severity: Δ ROC-AUC (fusion − branch, seed means over common seeds) "
-        f"with the paired two-level bootstrap (recordings and seeds) 95 % CI and p-value, "
+        f"with the paired bootstrap (recordings or patients, with seed variation) 95 % CI and p-value, "
         f"{analysis.options.correction}-adjusted over all {len(rows)} rows; α = {analysis.options.alpha}."
         + (f" **Warning:** {floor}." if floor else "")
     )
@@ -430,7 +435,7 @@ def _ablation_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     caption = (
         "Test-time branch ablation of the fusion models: ROC-AUC with one branch's features replaced by their training "
         "mean (or zeros) before the fusion head, and the drop (intact − ablated) [95 % percentile CI of the paired "
-        "difference over recordings and seeds]. A large drop for waveform=… means the head relies on the waveform branch."
+        "difference over recordings, with seed variation]. A large drop for waveform=… means the head relies on the waveform branch."
     )
     writer.table(
         "robustness_ablation",
@@ -588,7 +593,7 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
         return []
     caption = (
         "Per source: ROC-AUC within each source on clean and perturbed audio, seed mean [95 % CI; recordings "
-        "resampled within the source, stratified by label, and seeds]; the drop (clean − perturbed) within the "
+        "(patients where known) resampled within the source, stratified by label, with seed variation]; the drop (clean − perturbed) within the "
         "source, the pooled drop and the pooled drop without that source, each [95 % percentile CI of the paired "
         "difference on the same draws]. 'carries the drop': the pooled drop is ≥ 0.05 and leaving the source out "
         "at least halves it (point estimates), i.e. the perturbation mostly removes what the model used within "

@@ -418,17 +418,22 @@ def seed_mean_distribution(per_seed: np.ndarray, point: np.ndarray) -> np.ndarra
     times, once per level and once more in their product (McCullagh 2000,
     Bernoulli 6:285; Owen 2007, Ann. Appl. Stat. 1:386), so it is too wide
     when seeds and recordings interact. Here the components are estimated
-    without that double count: the recordings-only bootstrap variance V_rec
-    (b/R + ab/(SR)), the between-seed variance of ``point`` over S, V_seed
-    (a/S + ab/(SR), unbiased with ddof 1), and ab/R as Q, the mean
+    without that double count: the recordings-only bootstrap variance of the
+    seed mean, V_rec = b/R + ab/(SR); the between-seed variance of ``point``
+    over S, V_seed = a/S + ab/(SR) (ddof 1); and ab/R as Q, the mean
     within-resample variance of the seeds' deviations from their own point
-    values; var = V_seed + V_rec - Q/S. The recordings-only distribution of
-    the seed mean is then rescaled about the estimate to that variance,
-    keeping its shape (skew near ROC-AUC 1, bias). With one seed it is the
-    recordings-only distribution; where a resample has no finite value it is
-    returned as is (the interval reports that). Extra axes between the
-    first and the last (e.g. points of an ROC curve: (S, G, B) with point
-    (S, G)) are handled elementwise.
+    values. Then var = V_rec + max(V_seed - Q/S, 0): the seed main effect
+    a/S is truncated at zero, as negative variance-component estimates
+    are, because V_seed rests on only S values (with 3 seeds it can come out
+    near 0 by chance) while V_rec and Q rest on every resample. The
+    recordings-only distribution of the seed mean is rescaled about the
+    estimate to that variance, keeping its shape (skew near ROC-AUC 1, bias),
+    and clipped to the range the per-seed values span (a seed mean of
+    ROC-AUCs stays within [0, 1]). With one seed it is the recordings-only
+    distribution; where a resample has no finite value it is returned as is
+    (the interval reports that). Extra axes between the first and the last
+    (e.g. points of an ROC curve: (S, G, B) with point (S, G)) are handled
+    elementwise.
     """
     recordings = per_seed.mean(axis=0)
     n_seeds = per_seed.shape[0]
@@ -438,10 +443,13 @@ def seed_mean_distribution(per_seed: np.ndarray, point: np.ndarray) -> np.ndarra
     v_rec = recordings.var(axis=-1)
     deviations = per_seed - point[..., None]
     interaction = ((deviations - deviations.mean(axis=0)) ** 2).sum(axis=0).mean(axis=-1) / (n_seeds - 1)
-    target = np.maximum(point.var(axis=0, ddof=1) / n_seeds + v_rec - interaction / n_seeds, 0.0)
+    seed_effect = np.maximum(point.var(axis=0, ddof=1) - interaction, 0.0) / n_seeds
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(v_rec > 0, np.sqrt(target / v_rec), 1.0)  # no recording variance: nothing to rescale
-    return estimate + (recordings - estimate) * scale[..., None]
+        scale = np.where(v_rec > 0, np.sqrt((v_rec + seed_effect) / v_rec), 1.0)  # no recording variance: no rescale
+    rescaled = estimate + (recordings - estimate) * scale[..., None]
+    low = np.minimum(per_seed.min(axis=(0, -1)), point.min(axis=0))[..., None]
+    high = np.maximum(per_seed.max(axis=(0, -1)), point.max(axis=0))[..., None]
+    return np.clip(rescaled, low, high)
 
 
 def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:

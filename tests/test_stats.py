@@ -629,7 +629,22 @@ def test_seed_mean_distribution_does_not_count_the_interaction_twice():
         corrected.append(stats.seed_mean_distribution(per_seed, values.mean(axis=1)).var())
         two_level.append((per_seed * seeds).sum(axis=0).var())
     truth = 1 / (n_seeds * n_recordings)  # the variance of the mean of S R independent unit-variance values
-    assert np.mean(corrected) == pytest.approx(truth, rel=0.08)
+    # The seed main effect (here 0) is truncated at zero, which adds about a fifth at S = 8 in this extreme case.
+    assert truth < np.mean(corrected) < 1.3 * truth
     assert np.mean(two_level) > 2.5 * truth
     one_seed = stats.seed_mean_distribution(per_seed[:1], values[:1].mean(axis=1))
     np.testing.assert_array_equal(one_seed, per_seed[0])
+
+
+def test_seed_mean_distribution_never_narrower_than_recordings_and_stays_in_range():
+    """Seeds that agree by chance cannot shrink the interval below the recordings-only one; AUCs stay <= 1."""
+    rng = np.random.default_rng(5)
+    per_seed = np.clip(0.97 + 0.02 * rng.standard_normal((3, 2000)), 0, 1)
+    point = np.array([0.97, 0.97, 0.97])  # identical point values: V_seed = 0
+    distribution = stats.seed_mean_distribution(per_seed, point)
+    assert distribution.var() >= 0.99 * np.clip(per_seed.mean(axis=0), 0, 1).var()
+    spread = np.array([0.90, 0.95, 0.99])  # seeds that differ: the seed effect widens the distribution
+    shifted = np.clip(per_seed + (spread - 0.97)[:, None], 0, 1)
+    wide = stats.seed_mean_distribution(shifted, spread)
+    assert wide.var() > 1.5 * distribution.var()
+    assert wide.max() <= 1.0 and distribution.max() <= 1.0  # rescaling never leaves the per-seed values' range
