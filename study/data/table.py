@@ -99,6 +99,46 @@ def duplicate_groups(table: pd.DataFrame) -> list[list[str]]:
     return sorted(sorted(ids) for ids in counts if len(ids) > 1)
 
 
+def audio_clusters(table: pd.DataFrame) -> pd.Series:
+    """Cluster name of every row: rows joined by a shared patient (``group``) or identical audio
+    (``audio_hash``, across files), transitively (union-find).
+
+    A row's unit is its group, or when the group is missing its file (named by the file's first
+    id; the segments of one file are one unit). A cluster of one unit is
+    named by that unit's group (missing for a lone recording without one); a cluster of several
+    is named by its units joined with "+" in sorted order ("set_b/103+set_b/117"), so a patient's
+    other recordings and the duplicate's other patient's recordings share one name.
+    """
+    ids = table["id"].astype("string")
+    file_ids = ids.groupby(table["path"], sort=False).transform("first") if "path" in table else ids
+    units = table["group"].astype("string").fillna(file_ids).astype(str)
+    parent: dict[str, str] = {u: u for u in units}
+
+    def find(u: str) -> str:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    if "audio_hash" in table:
+        first_unit: dict[str, str] = {}
+        for unit, digest in zip(units, table["audio_hash"]):
+            if pd.isna(digest):
+                continue
+            other = first_unit.setdefault(digest, unit)
+            a, b = find(unit), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, set[str]] = {}
+    for u in parent:
+        members.setdefault(find(u), set()).add(u)
+    names = {root: "+".join(sorted(m)) for root, m in members.items()}
+    joined = [len(members[find(u)]) > 1 for u in units]
+    out = table["group"].astype("string").copy()
+    out[joined] = [names[find(u)] for u, j in zip(units, joined) if j]
+    return out
+
+
 def resolve_inside(root: Path, name: str, where: str) -> Path:
     """``root / name``, refusing names that point outside ``root``."""
     candidate = (root / name).resolve()
