@@ -45,6 +45,8 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 CHOICES = {
     "data.validation": ("per_source_balanced", "stratified"),
+    "data.validation_sources": ("with_test", "all"),
+    "data.duplicates": ("remove", "error", "keep"),
     "data.pascal_mapping": ("paper", "clinical"),
     "train.optimizer": ("adamw",),
     "train.balance": ("class_weights", "sampler", "none"),
@@ -85,6 +87,16 @@ class DataConfig:
     validation: str = "per_source_balanced"  # or stratified (see study.data.splits)
     validation_fraction: float = 0.1
     validation_seed: int = 0  # fixed across model seeds: every trial sees the same split
+    # per_source_balanced: at most this share of a source's minority class goes to validation, in (0, 1]
+    validation_minority_cap: float = 0.25
+    # per_source_balanced: with_test (only sources with test records give validation records; every
+    # source when the dataset has no test split) | all
+    validation_sources: str = "with_test"
+    # training or validation recordings whose audio (content hash) is also in an evaluation set:
+    # remove (dropped from training / validation, the evaluation copy kept) | error (stop, naming the
+    # files) | keep (only listed, as before this setting existed). Copies inside one evaluation set are
+    # scored once, as one cluster, unless keep (see study.trial_data.handle_duplicates).
+    duplicates: str = "remove"
     pascal_mapping: str = "paper"  # or clinical
     max_train: int | None = None  # cap on training recordings (CPU-sized runs): a fixed stratified subset
     max_eval: int | None = None  # cap on recordings per evaluation set
@@ -107,10 +119,13 @@ class DataConfig:
             {
                 "validation_fraction": ("number", 0, False),
                 "validation_seed": ("int", 0, False),
+                "validation_minority_cap": ("number", 0, False),
                 "max_train": ("int", 1, True),
                 "max_eval": ("int", 1, True),
             },
         )
+        if not 0 < self.validation_minority_cap <= 1:
+            raise ValueError(f"'data.validation_minority_cap' must be in (0, 1], got {self.validation_minority_cap!r}")
         extra = self.extra_roots
         if not isinstance(extra, dict) or not all(
             isinstance(v, list) and all(isinstance(r, str) for r in v) for v in extra.values()
@@ -123,7 +138,9 @@ class DataConfig:
 
     @classmethod
     def from_config(cls, config: dict) -> DataConfig:
-        return cls(**section(config, "data"))
+        """The data settings of ``config``; a setting it lacks that was added later (ADDED_SETTINGS)
+        takes the value that reproduces a config written before it existed."""
+        return cls(**{**section(ADDED_SETTINGS, "data"), **section(config, "data")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +189,27 @@ class TrainConfig:
     @classmethod
     def from_config(cls, config: dict) -> TrainConfig:
         return cls(**section(config, "train"))
+
+
+# Settings added after studies were run, each with the value that reproduces what a trial did before
+# it existed. A config lacking one (an old study's run.json) means that value; trial ids and data
+# keys leave out a setting at that value (see identity_settings), so an old study keeps its ids when
+# it is resumed with these values set (--set data.duplicates=keep ...).
+ADDED_SETTINGS: dict = {
+    "data.validation_minority_cap": 0.5,
+    "data.validation_sources": "all",
+    "data.duplicates": "keep",
+}
+
+
+def identity_settings(config: dict) -> dict:
+    """``config`` without the ADDED_SETTINGS that hold their old value: what trial ids and data keys hash."""
+    return {k: v for k, v in config.items() if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
+
+
+def added_settings_changed(config: dict) -> dict:
+    """The ADDED_SETTINGS whose value in ``config`` differs from their old value (missing = old value)."""
+    return {k: config[k] for k in ADDED_SETTINGS if k in config and config[k] != ADDED_SETTINGS[k]}
 
 
 def _defaults(settings_class, section_name: str) -> dict:

@@ -28,11 +28,11 @@ import pandas as pd
 
 from .cache import STORE_DTYPE
 from .config import DataConfig, Space, SpaceError, profile_of
-from .data import assign_validation, load_dataset
+from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
 from .run import data_key_of, trial_id_of, trial_label
-from .trial_data import cap_rows, combine_datasets, variant_name
+from .trial_data import combine_datasets, select_tables, variant_name
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
 INDEX_ITEMSIZE = 8  # bytes per window (item_index) and per item (labels): int64
@@ -258,24 +258,13 @@ def split_tables(
                     continue
                 combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
             datasets[key] = combined
-        return datasets[key].table
+        return datasets[key]
 
-    table = assign_validation(
-        dataset(data.train_set), fraction=data.validation_fraction, seed=data.validation_seed, method=data.validation
-    )
-    train = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
-    val = table[table["split"] == "val"]
-    evals = {}
-    for spec in data.eval_sets:
-        name, _, split = spec.partition(":")
-        rows = dataset(name)
-        if split:
-            rows = table if name == data.train_set else rows
-            rows = rows[rows["split"] == split]
-        if rows.empty:
-            raise PlanError(f"evaluation set '{spec}' has no recordings")
-        evals[spec] = cap_rows(rows, data.max_eval, seed=data.validation_seed)
-    return train, val, evals
+    try:
+        selected = select_tables(data, dataset)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from exc
+    return selected.train, selected.val, selected.evals
 
 
 def samples_at(table: pd.DataFrame, rate: int, tempo: float = 1.0) -> np.ndarray:

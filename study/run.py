@@ -51,7 +51,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .config import Space, SpaceError, check_resources, load_space, parse_settings, validate_trial_config
+from .config import (
+    ADDED_SETTINGS,
+    Space,
+    SpaceError,
+    added_settings_changed,
+    check_resources,
+    identity_settings,
+    load_space,
+    parse_settings,
+    validate_trial_config,
+)
 from .data import DataError
 from .io import write_json, write_parquet
 from .synthetic import default_data_root
@@ -70,13 +80,14 @@ def _json_digest(obj, digest_size: int) -> str:
 
 
 def trial_id_of(config: dict) -> str:
-    """Stable id of a trial config: the same grid point always gets the same id."""
-    return _json_digest(config, 5)
+    """Stable id of a trial config: the same grid point always gets the same id. A setting added
+    later (config.ADDED_SETTINGS) at its old value is left out, so old studies keep their ids."""
+    return _json_digest(identity_settings(config), 5)
 
 
 def data_key_of(config: dict) -> str:
     """Key of the data and feature settings: trials sharing it share one TrialData in the object store."""
-    return _json_digest(data_settings(config), 6)
+    return _json_digest(identity_settings(data_settings(config)), 6)
 
 
 # ---------------------------------------------------------------- the trainable (runs on workers)
@@ -343,6 +354,8 @@ def write_results(study: Study, state: dict, trials_dir: Path | None = None) -> 
                 "finished_at": run.get("finished_at"),
             }
         )
+        data_info = metrics.get("data", {})
+        row.update({f"data/{k}": v for k, v in data_info.items() if k.startswith("duplicates_")})
         device = metrics.get("device", {})
         row.update(
             {"device": device.get("type"), "device_name": device.get("name"), "precision": device.get("precision")}
@@ -406,6 +419,7 @@ def run_study(
     study = Study(out)
     state = _study_state(space, study, overrides, resume, extend)
     configs = space.trial_configs(overrides)
+    _check_added_settings(study, state, configs)
     data_root = Path(data_root) if data_root else default_data_root()
     state.update(data_root=str(data_root), code=code_version(), packages=package_versions(), resources=resources)
     # Tune's checkpoints: OUT/tune on one machine; on a multi-node cluster a storage every node
@@ -460,13 +474,16 @@ def _study_state(space: Space, study: Study, overrides: dict, resume: bool, exte
     # an override of a grid axis (e.g. --set seed=0) replaces that axis for the whole study
     resolved["grid"] = {k: ([overrides[k]] if k in overrides else v) for k, v in resolved["grid"].items()}
     if previous is None:
-        return {"space": resolved, "experiments": [], "started": _now()}
+        return {"space": resolved, "experiments": [], "started": _now(), "added_settings": sorted(ADDED_SETTINGS)}
     if not (resume or extend):
         raise SpaceError(
             f"{study.out} already holds study '{previous['space']['name']}': pass --resume to continue "
             f"it, --extend to add the grid points it lacks, or another --out"
         )
-    differences = space_differences(previous["space"], resolved)
+    # a setting the study predates, set to the value its trials ran with, changes nothing
+    older = _settings_predated(previous)
+    kept = {k: v for k, v in overrides.items() if not (k in older and v == ADDED_SETTINGS[k])}
+    differences = space_differences(previous["space"], {**resolved, "overrides": kept})
     if differences and not extend:
         raise SpaceError(
             f"the space changed since {study.path} was written; refusing to resume:\n  "
@@ -478,6 +495,24 @@ def _study_state(space: Space, study: Study, overrides: dict, resume: bool, exte
     if extend:
         previous["space"] = resolved
     return previous
+
+
+def _settings_predated(state: dict) -> list[str]:
+    """The ADDED_SETTINGS a study's state predates (all of them for a study.json written before any)."""
+    return [k for k in ADDED_SETTINGS if k not in state.get("added_settings", [])]
+
+
+def _check_added_settings(study: Study, state: dict, configs: list[dict]) -> None:
+    """Refuse to resume or extend a study with another value of a setting it predates: its trials ran
+    with the old value, and new ones would train on other data under other ids in the same study."""
+    older = _settings_predated(state)
+    changed = sorted({k for c in configs for k in added_settings_changed({k: c[k] for k in older if k in c})})
+    if changed:
+        keep = " ".join(f"--set {k}={ADDED_SETTINGS[k]}" for k in changed)
+        raise SpaceError(
+            f"{study.path} was started before {', '.join(changed)} existed and its trials ran as if they were "
+            f"set to their old values; continue it with {keep}, or start a new study in another --out"
+        )
 
 
 def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) -> bool:
@@ -520,6 +555,8 @@ def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int)
             for entry in ("split_check", "spectrogram_standardization", "missing_extra_roots"):
                 if entry in data.info:
                     state.setdefault("data_info", {})[entry] = data.info[entry]
+            if "duplicates" in data.info:  # what each data setting removed or dropped, by data key
+                state.setdefault("data_info", {}).setdefault("duplicates", {})[key] = data.info["duplicates"]
             data_refs[key] = ray.put(data)
             del data
     state["data_fingerprints"] = fingerprints

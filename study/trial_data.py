@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch
 from .cache import extract_features
 from .config import DataConfig, profile_of
 from .data import LoadedDataset, assign_validation, load_dataset
+from .data.table import audio_clusters
 from .perturbations import apply_perturbation, parse_perturbation_suite
 from .tensors import PerturbedSplit, SplitData, TrialData
 
@@ -55,7 +58,10 @@ def split_check(table: pd.DataFrame) -> dict:
     """Recordings and patients on both sides of a train/test split (train includes validation).
 
     Raises ValueError when a recording (audio file) lies on both sides: an official
-    split by recording must never share one. Patients may be shared; they are listed.
+    split by recording must never share one. Patients may be shared; they are listed,
+    and so are pairs of files with identical audio (``audio_hash``) on both sides,
+    ``[train id, test id]`` (none once ``data.duplicates`` removed them, when the test
+    split is an evaluation set).
     """
     train = table[table["split"].isin(["train", "val"])]
     test = table[table["split"] == "test"]
@@ -69,10 +75,188 @@ def split_check(table: pd.DataFrame) -> dict:
         "recordings_train": int(train["path"].nunique()),
         "recordings_test": int(test["path"].nunique()),
         "recordings_in_train_and_test": 0,
+        "same_audio_in_train_and_test": _same_audio(train, test),
         "patients_train": len(train_patients),
         "patients_test": len(test_patients),
         "patients_in_train_and_test": sorted(map(str, train_patients & test_patients)),
     }
+
+
+def _same_audio(first: pd.DataFrame, second: pd.DataFrame) -> list[list[str]]:
+    """``[id in first, id in second]`` for every pair of different files with identical audio."""
+    a = first.drop_duplicates("path")[["id", "path", "audio_hash"]]
+    b = second.drop_duplicates("path")[["id", "path", "audio_hash"]]
+    pairs = a.merge(b, on="audio_hash", suffixes=("_a", "_b"))
+    pairs = pairs[pairs["path_a"] != pairs["path_b"]]
+    return sorted([str(x), str(y)] for x, y in zip(pairs["id_a"], pairs["id_b"]))
+
+
+@dataclass
+class TrialTables:
+    """The recordings a trial uses: ``table`` is the training dataset with its validation split
+    (after duplicates were removed), ``train`` and ``val`` its (capped) rows, ``evals`` each
+    evaluation set's (deduplicated, capped) rows, ``duplicates`` what was done about duplicates."""
+
+    table: pd.DataFrame
+    train: pd.DataFrame
+    val: pd.DataFrame
+    evals: dict[str, pd.DataFrame]
+    duplicates: dict
+    validation: dict  # the split's settings and eligible sources (assign_validation's attrs)
+
+
+def select_tables(data: DataConfig, dataset: Callable[[str], LoadedDataset]) -> TrialTables:
+    """Draw the validation split, select the evaluation sets and act on duplicate audio.
+
+    ``dataset(name)`` returns a loaded dataset. The validation split is drawn first (so it
+    does not depend on the evaluation sets), then :func:`handle_duplicates` applies
+    ``data.duplicates``, then the caps (``max_train``, ``max_eval``) are applied.
+    """
+    table = assign_validation(
+        dataset(data.train_set).table,
+        fraction=data.validation_fraction,
+        seed=data.validation_seed,
+        method=data.validation,
+        minority_cap=data.validation_minority_cap,
+        sources=data.validation_sources,
+        join_duplicates=data.duplicates != "keep",
+    )
+    validation = dict(table.attrs.get("validation", {}))
+    evals = {}
+    for spec in data.eval_sets:
+        name, _, split = spec.partition(":")
+        rows = dataset(name).table
+        if split:
+            rows = table if name == data.train_set else rows
+            rows = rows[rows["split"] == split]
+        if rows.empty:
+            raise ValueError(f"evaluation set '{spec}' has no recordings")
+        evals[spec] = rows
+    table, evals, duplicates = handle_duplicates(
+        table, evals, data.duplicates, cap=(data.max_eval, data.validation_seed)
+    )
+    train = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
+    val = table[table["split"] == "val"]
+    if val.empty and not train.empty:
+        raise ValueError(
+            f"the validation split of {data.train_set} is empty ({validation}): too few records per source and "
+            f"class; raise data.validation_minority_cap or data.validation_fraction, or use data.validation=stratified"
+        )
+    return TrialTables(table, train, val, evals, duplicates, validation)
+
+
+def handle_duplicates(
+    table: pd.DataFrame, evals: dict[str, pd.DataFrame], setting: str, cap: tuple[int | None, int] = (None, 0)
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict]:
+    """Act on identical audio (``audio_hash``) between a trial's training data and evaluation sets.
+
+    ``table`` holds the training dataset with its train / val / test splits, ``evals`` each
+    evaluation set's rows; returns (table, evals, info). With ``setting``
+
+    * ``remove``: inside each evaluation set the copies of one audio count once: the copy
+      with the smallest id is kept, the others dropped, and the kept copy's rows get as
+      ``group`` the cluster joining the patients (groups) of every copy
+      (:func:`study.data.table.audio_clusters`), so the analysis resamples them together.
+      The evaluation sets are then capped (``cap`` = (max_eval, seed)). A train or val row
+      whose audio also lies in any evaluation set as scored (after the cap; another file:
+      the same file is no copy) is dropped from ``table``, with every segment of its file;
+      the evaluation copy stays. Copies across two evaluation sets are left alone: each
+      set is scored on its own.
+    * ``error``: the same inside evaluation sets, but a training or validation copy of
+      evaluation audio raises ValueError naming both files.
+    * ``keep``: nothing changes (the behaviour before this setting); duplicates are only listed.
+
+    Train-vs-validation copies inside the training data are only reported (``train_val``):
+    with ``remove`` or ``error`` the validation split already keeps identical audio on one
+    side (study.data.splits.assign_validation, ``join_duplicates``), so there are none.
+    ``info`` lists what was removed (``removed_from_training``: id, split and the evaluation
+    copies, "SET:id"), dropped inside evaluation sets (``dropped_from_eval``: {set: {dropped
+    id: kept id}}) and copies left in training (``within_training``), with the counts
+    ``duplicates_removed_from_training``, ``duplicates_removed_from_validation``,
+    ``duplicates_dropped_from_eval`` and ``duplicates_train_val``.
+    """
+    limit, seed = cap
+    dropped: dict[str, dict[str, str]] = {}
+    if setting != "keep":
+        evals = {spec: _one_copy(rows, dropped.setdefault(spec, {})) for spec, rows in evals.items()}
+        dropped = {spec: d for spec, d in dropped.items() if d}
+    evals = {spec: cap_rows(rows, limit, seed=seed) for spec, rows in evals.items()}
+    training = table[table["split"].isin(["train", "val"])].drop_duplicates("path")
+    matches: dict[str, list[tuple[str, str]]] = {}  # training id -> [("SET:id", path of the evaluation copy)]
+    for spec, rows in evals.items():
+        files = rows.drop_duplicates("path")
+        files = files[~files["path"].isin(training["path"])]
+        copies = {h: sorted(zip(g["id"].astype(str), g["path"].astype(str))) for h, g in files.groupby("audio_hash")}
+        for tid, digest in zip(training["id"].astype(str), training["audio_hash"]):
+            matches.setdefault(tid, []).extend((f"{spec}:{i}", path) for i, path in copies.get(digest, []))
+    matches = {tid: found for tid, found in matches.items() if found}
+    by_id = training.set_index(training["id"].astype(str))
+    removed = [
+        {"id": tid, "split": str(by_id.at[tid, "split"]), "same_as": [name for name, _ in found]}
+        for tid, found in sorted(matches.items())
+    ]
+    if removed and setting == "error":
+        pairs = "; ".join(
+            f"{by_id.at[tid, 'path']} ({by_id.at[tid, 'split']}) = "
+            + ", ".join(f"{path} ({name})" for name, path in found)
+            for tid, found in sorted(matches.items())[:10]
+        )
+        raise ValueError(
+            f"data.duplicates=error: {len(removed)} training/validation recording(s) have the same audio as "
+            f"evaluation recordings: {pairs}{' ...' if len(removed) > 10 else ''}; set data.duplicates=remove to "
+            f"drop the training copies"
+        )
+    if removed and setting == "remove":
+        table = table[~table["path"].isin(set(by_id.loc[list(matches), "path"]))]  # every segment of the file
+    kept = table[table["split"].isin(["train", "val"])]
+    within = kept.drop_duplicates("path").groupby("audio_hash")["id"].agg(lambda ids: sorted(map(str, ids)))
+    info = {
+        "setting": setting,
+        "removed_from_training": removed if setting == "remove" else [],
+        "listed_in_training": removed if setting == "keep" else [],
+        "dropped_from_eval": dropped,
+        "within_training": sorted(ids for ids in within if len(ids) > 1),
+        "train_val": _same_audio(kept[kept["split"] == "train"], kept[kept["split"] == "val"]),
+    }
+    info["duplicates_removed_from_training"] = sum(r["split"] == "train" for r in info["removed_from_training"])
+    info["duplicates_removed_from_validation"] = sum(r["split"] == "val" for r in info["removed_from_training"])
+    info["duplicates_dropped_from_eval"] = sum(len(d) for d in dropped.values())
+    info["duplicates_train_val"] = len(info["train_val"])
+    return table, evals, info
+
+
+def _one_copy(rows: pd.DataFrame, dropped: dict[str, str]) -> pd.DataFrame:
+    """``rows`` with one file per audio content (the one with the smallest id), its rows grouped
+    with every copy's patient; ``dropped`` receives {dropped id: kept id}."""
+    files = rows.drop_duplicates("path").assign(_id=lambda f: f["id"].astype(str)).sort_values("_id")
+    first = files.drop_duplicates("audio_hash")
+    extra = files[~files["path"].isin(first["path"])]
+    if extra.empty:
+        return rows
+    kept_id = first.set_index("audio_hash")["_id"]
+    dropped.update({i: kept_id[h] for i, h in zip(extra["_id"], extra["audio_hash"])})
+    out = rows.assign(group=audio_clusters(rows))
+    return out[~out["path"].isin(extra["path"])]
+
+
+def describe_duplicates(info: dict) -> list[str]:
+    """One console line per kind of duplicate acted on (none when nothing was)."""
+    lines = []
+    removed = info.get("removed_from_training", [])
+    if removed:
+        sets = sorted({s.rsplit(":", 1)[0] for r in removed for s in r["same_as"]})
+        ids = [r["id"] for r in removed]
+        lines.append(
+            f"data: removed {len(removed)} training/validation recording(s) whose audio is also in "
+            f"{', '.join(sets)}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
+        )
+    for spec, pairs in info.get("dropped_from_eval", {}).items():
+        shown = ", ".join(f"{d} (= {k})" for d, k in list(pairs.items())[:10])
+        lines.append(
+            f"data: {spec}: dropped {len(pairs)} copy(ies) of audio already in the set, each scored once with "
+            f"its kept copy as one cluster: {shown}{' ...' if len(pairs) > 10 else ''}"
+        )
+    return lines
 
 
 @torch.no_grad()
@@ -121,6 +305,9 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
     split's mean and std (recorded in ``info["spectrogram_standardization"]``). When
     the training dataset has a test split, ``info["split_check"]`` counts the
     recordings and patients on each side; a recording on both sides is an error.
+    Duplicate audio is acted on as ``data.duplicates`` says (:func:`handle_duplicates`):
+    ``info["duplicates"]`` lists what was removed or dropped, ``info["duplicates_*"]``
+    count it, and a line on the console says so.
     """
     data = DataConfig.from_config(config)
     root = Path(data_root)
@@ -145,22 +332,10 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
             loaded[name] = combined
         return loaded[name]
 
-    train_set = dataset(data.train_set)
-    table = assign_validation(
-        train_set.table, fraction=data.validation_fraction, seed=data.validation_seed, method=data.validation
-    )
-    train_rows = cap_rows(table[table["split"] == "train"], data.max_train, seed=data.validation_seed)
-    val_rows = table[table["split"] == "val"]
-    eval_tables = {}
-    for spec in data.eval_sets:
-        name, _, split = spec.partition(":")
-        rows = dataset(name).table
-        if split:
-            rows = table if name == data.train_set else rows
-            rows = rows[rows["split"] == split]
-        if rows.empty:
-            raise ValueError(f"evaluation set '{spec}' has no recordings")
-        eval_tables[spec] = cap_rows(rows, data.max_eval, seed=data.validation_seed)
+    selected = select_tables(data, dataset)
+    table, train_rows, val_rows, eval_tables = selected.table, selected.train, selected.val, selected.evals
+    for line in describe_duplicates(selected.duplicates):
+        print(line, flush=True)
 
     clean = {}  # evaluation sets under eval_variants, scored by the same model
 
@@ -199,13 +374,16 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         for item in parse_perturbation_suite(data.perturbations)
     ]
     info = {
-        "validation": {"method": data.validation, "fraction": data.validation_fraction, "seed": data.validation_seed},
+        "validation": selected.validation,
+        "duplicates": selected.duplicates,
+        **{k: v for k, v in selected.duplicates.items() if k.startswith("duplicates_")},
         "datasets": {
             name: {
                 "root": str(ds.root),
                 "items": len(ds.table),
                 "problems": [str(p) for p in ds.problems],
                 **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))},
+                "duplicate_groups": ds.duplicates,
             }
             for name, ds in loaded.items()
         },

@@ -134,7 +134,7 @@ def test_spectrograms_are_standardised_with_training_statistics_only():
 def _cycles(paths_splits_groups):
     return pd.DataFrame(
         [
-            {"id": f"{path}_{i}", "path": path, "split": split, "group": group}
+            {"id": f"{path}_{i}", "path": path, "split": split, "group": group, "audio_hash": f"audio of {path}"}
             for i, (path, split, group) in enumerate(paths_splits_groups)
         ]
     )
@@ -150,10 +150,12 @@ def test_split_check_counts_patients_and_refuses_a_shared_recording():
             ("d.wav", "test", "103"),
         ]
     )
+    table.loc[table["path"] == "d.wav", "audio_hash"] = "audio of b.wav"  # another file, the same audio
     assert split_check(table) == {
         "recordings_train": 2,
         "recordings_test": 2,
         "recordings_in_train_and_test": 0,
+        "same_audio_in_train_and_test": [["b.wav_2", "d.wav_4"]],
         "patients_train": 2,
         "patients_test": 2,
         "patients_in_train_and_test": ["102"],

@@ -3,6 +3,7 @@
     python -m study.data inspect DATASET ROOT [--json] [--skip-bad] [--mapping paper|clinical]
     python -m study.data synth OUT [--seed N] [--physionet N] [--pascal N] [--icbhi N]
     python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
+    python -m study.data duplicates DATA_ROOT [--set data.KEY=VALUE ...]
 
 DATASET is physionet2016, pascal, icbhi2017 or manifest (ROOT = the CSV file).
 """
@@ -13,6 +14,8 @@ import argparse
 import json
 import sys
 import time
+
+import pandas as pd
 
 from . import LOADERS, DataError, load_dataset, summarize
 
@@ -106,6 +109,49 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_duplicates(args) -> int:
+    """Identical audio within and across the datasets a trial config uses, and what its
+    ``data.duplicates`` setting does about it (study.trial_data.handle_duplicates)."""
+    from pathlib import Path
+
+    from ..config import DEFAULTS, DataConfig, parse_settings
+    from ..trial_data import describe_duplicates, select_tables
+    from .table import duplicate_groups
+
+    data = DataConfig.from_config({**DEFAULTS, **parse_settings(args.set)})
+    loaded = {}
+
+    def dataset(name):
+        if name not in loaded:
+            options = {"skip_bad": data.skip_bad, **({"mapping": data.pascal_mapping} if name == "pascal" else {})}
+            loaded[name] = load_dataset(name, Path(args.root) / name, **options)
+        return loaded[name]
+
+    selected = select_tables(data, dataset)
+    for name, ds in loaded.items():
+        print(f"{name}: {len(ds.duplicates)} duplicate group(s) within it")
+        for group in ds.duplicates[:20]:
+            print("    " + " = ".join(group))
+    names = list(loaded)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            both = [loaded[n].table.assign(id=n + ":" + loaded[n].table["id"]) for n in (first, second)]
+            groups = [g for g in duplicate_groups(pd.concat(both)) if {x.split(":")[0] for x in g} == {first, second}]
+            print(f"{first} and {second}: {len(groups)} duplicate group(s) across them")
+            for group in groups[:20]:
+                print("    " + " = ".join(group))
+    info = selected.duplicates
+    print(
+        f"data.duplicates={data.duplicates}, training {data.train_set}, evaluation {', '.join(data.eval_sets)}: "
+        f"{info['duplicates_removed_from_training']} training and {info['duplicates_removed_from_validation']} "
+        f"validation recording(s) removed, {info['duplicates_dropped_from_eval']} copy(ies) dropped inside "
+        f"evaluation sets, {info['duplicates_train_val']} train/validation pair(s) left"
+    )
+    for line in describe_duplicates(info):
+        print("  " + line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m study.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--cache", default=None, help="cache folder (default: $AUDIOFUSE_CACHE or ~/.cache/audiofuse)")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("duplicates", help="identical audio within and across a trial's datasets, and what is removed")
+    p.add_argument("root", help="folder with physionet2016/, pascal/, icbhi2017/")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data.* setting of the trial")
+    p.set_defaults(func=cmd_duplicates)
 
     args = parser.parse_args(argv)
     try:
