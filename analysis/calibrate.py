@@ -88,7 +88,7 @@ class Design:
     seed_shift_sd: float = 0.1  # SD of the per-seed change of the separation d' (global seed effect)
     n_seeds: int = 10  # seeds per model in the seed scenarios (Wilcoxon needs >= 6 to reach p < 0.05)
     few_seeds: int = 3  # seeds per model in the patient scenario with seeds, as in this study's CPU-scale runs
-    # The patient scenarios: PASCAL set_b's shape (461 recordings of 165 patients, up to 7 each).
+    # The patient scenarios: about the shape of PASCAL set_b (461 labelled recordings of 166 patients, up to 7 each).
     n_patients: int = 165
     max_recordings_per_patient: int = 7
     mean_recordings_per_patient: float = 2.8

@@ -45,6 +45,12 @@ def test_pascal_real_matches_every_labelled_row(real_root):
     assert summary["csv_rows"]["unlabelled_rows"] == 832 - 585
     assert summary["recordings"] == 585 and summary["problems"] == []
     assert summary["label_mapping"] == "paper"
+    # set_b's file names carry the patient: 461 labelled recordings of 166 patients, up to 7 each (the clusters
+    # the analysis resamples); set_a's recordings have no patient and are each their own cluster
+    table = load_dataset("pascal", real_root / "pascal").table
+    set_b = table[table["source"] == "set_b"]
+    assert set_b["group"].nunique() == 166 and set_b["group"].value_counts().max() == 7
+    assert table.loc[table["source"] == "set_a", "group"].isna().all()
     assert summary["sample_rates"] == {"4000": 461, "44100": 124}
     clinical = load_dataset("pascal", real_root / "pascal", mapping="clinical")
     assert summary["labels"]["artifact"] == 40
