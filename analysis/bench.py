@@ -180,6 +180,7 @@ def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict
     a, b = _scores(rng, y)[0], _scores(rng, y)[0]
     seeds_a, seeds_b = _scores(rng, y, 5), _scores(rng, y, 5)
     idx = stats.stratified_bootstrap_indices(y, 10_000, rng)
+    patients = np.arange(y.size) // 3  # three recordings per patient
     icbhi_y = (rng.random(2800) < 0.45).astype(int)
     icbhi_groups = rng.integers(0, 120, 2800)
     icbhi_scores = _scores(rng, icbhi_y)[0]
@@ -202,6 +203,11 @@ def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict
         ),
         ("auc_resampled, 300 rec., 10,000 given index rows", lambda: stats.auc_resampled(y, a, idx), None),
         ("delong_test, 300 rec.", lambda: stats.delong_test(y, a, b), None),
+        (
+            "delong_test clustered (Obuchowski), 300 rec. of 100 patients",
+            lambda: stats.delong_test(y, a, b, groups=patients),
+            None,
+        ),
         ("bootstrap_ci ROC-AUC, 5 seeds x 300 rec., 10,000, BCa", lambda: stats.bootstrap_ci(y, seeds_a, rng=1), None),
         (
             "bootstrap_ci MCC, 5 seeds x 300 rec., 10,000, BCa",
@@ -216,6 +222,11 @@ def run_bench(repeats: int = 3, seed: int = 0, report: bool = True) -> list[dict
         (
             "paired_permutation_test ROC-AUC, 5 seeds x 300, 10,000",
             lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, rng=1),
+            None,
+        ),
+        (
+            "paired_permutation_test ROC-AUC by patient, 5 seeds x 300 rec. of 100 patients, 10,000",
+            lambda: stats.paired_permutation_test(y, seeds_a, seeds_b, rng=1, groups=patients),
             None,
         ),
         (

@@ -760,13 +760,12 @@ def _delong_covariance(y: np.ndarray, scores: np.ndarray, clusters: np.ndarray |
         return aucs, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
     n_clusters = int(clusters.max()) + 1
     of_pos, of_neg = clusters[positive], clusters[~positive]
-    # One-hot (recordings, clusters) matrices sum the components per cluster for every model at once.
-    sum_pos = np.zeros((m, n_clusters))
-    sum_pos[np.arange(m), of_pos] = 1
-    sum_neg = np.zeros((n, n_clusters))
-    sum_neg[np.arange(n), of_neg] = 1
-    x_dev = v10 @ sum_pos - aucs[:, None] * sum_pos.sum(axis=0)
-    y_dev = v01 @ sum_neg - aucs[:, None] * sum_neg.sum(axis=0)
+
+    def per_cluster(values: np.ndarray, of: np.ndarray) -> np.ndarray:  # (k, n_c) sums; k is a few models
+        return np.stack([np.bincount(of, weights=row, minlength=n_clusters) for row in values])
+
+    x_dev = per_cluster(v10, of_pos) - aucs[:, None] * np.bincount(of_pos, minlength=n_clusters)
+    y_dev = per_cluster(v01, of_neg) - aucs[:, None] * np.bincount(of_neg, minlength=n_clusters)
     i10, i01 = np.unique(of_pos).size, np.unique(of_neg).size
     s10 = i10 / ((i10 - 1) * m) * x_dev @ x_dev.T
     s01 = i01 / ((i01 - 1) * n) * y_dev @ y_dev.T
