@@ -1176,6 +1176,12 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
         + "; ".join(
             f"`{e.name}` (n = {e.labels.size}, {e.n_pos} abnormal"
             + (
+                f", {e.cluster_sizes().size} patients (largest {e.cluster_sizes().max()} recordings): "
+                "resampled and tested by patient"
+                if e.groups is not None
+                else ""
+            )
+            + (
                 f", {e.dropped_recordings} recordings dropped: not scored by every trial"
                 if e.dropped_recordings
                 else ""
@@ -1201,6 +1207,20 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
                 else ""
             )
         ]
+    for key, found in analysis.state.get("data_info", {}).get("duplicates", {}).items():
+        removed, dropped = found.get("removed_from_training", []), found.get("dropped_from_eval", {})
+        if removed or dropped or found.get("listed_in_training"):
+            lines.append(
+                f"- duplicate audio (data key {key}, data.duplicates={found.get('setting')}): "
+                f"{len(removed)} training/validation recording(s) removed as copies of evaluation recordings"
+                + (f" ({', '.join(r['id'] for r in removed[:5])}{' …' if len(removed) > 5 else ''})" if removed else "")
+                + f"; {sum(len(d) for d in dropped.values())} copies inside evaluation sets scored once"
+                + (
+                    f"; {len(found['listed_in_training'])} training copies of evaluation audio kept (listed only)"
+                    if found.get("listed_in_training")
+                    else ""
+                )
+            )
     search = analysis.state.get("search") or {}
     if search.get("complete"):
         best = search["best"]

@@ -518,7 +518,18 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
         n_pascal=160,
         pascal_patient_size=4,
     )
+    state = json.loads((folder / "study.json").read_text())
+    removed = [{"id": "a0007", "split": "train", "same_as": ["pascal:q0003"]}]
+    state["data_info"] = {
+        "duplicates": {"abc123": {"setting": "remove", "removed_from_training": removed, "dropped_from_eval": {}}}
+    }
+    (folder / "study.json").write_text(json.dumps(state))
     report.report_study(folder, **FAST)
+    index = (folder / "report.md").read_text()
+    assert (
+        "`pascal` (n = 160, 80 abnormal, 40 patients (largest 4 recordings): resampled and tested by patient)" in index
+    )
+    assert "1 training/validation recording(s) removed as copies of evaluation recordings (a0007)" in index
     clustering = pd.read_csv(folder / "tables" / "clustering.csv")
     assert set(clustering["eval_set"]) == {"pascal"}  # PhysioNet's recordings are their own clusters
     assert (clustering["patients"] == 40).all() and (clustering["largest_cluster"] == 4).all()
