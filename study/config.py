@@ -321,11 +321,21 @@ def check_config(config: dict, where: str) -> dict:
     return config
 
 
+def grid_with_overrides(grid: dict, overrides: dict) -> tuple[dict, dict]:
+    """(grid, remaining overrides): an override of a grid axis replaces that axis, a list override
+    (``--set seed=[0,1,2,3,4]``) with those values, a single value with that one value."""
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in overrides.items() if k in grid}
+    return {k: axes.get(k, v) for k, v in grid.items()}, {k: v for k, v in overrides.items() if k not in axes}
+
+
 def validate_trial_config(config: dict, where: str) -> None:
     """Full check of a resolved trial config: builds the feature profile and model config."""
     from .models import ModelConfig
 
     check_config(config, where)
+    seed = config.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpaceError(f"{where}: seed must be a non-negative integer, got {seed!r}")
     try:
         DataConfig.from_config(config)
         TrainConfig.from_config(config)
@@ -483,7 +493,7 @@ class Space:
             "data.perturbations": self.perturbations,
             "data.eval_variants": self.eval_variants,
         }
-        grid = {k: v for k, v in self.grid().items() if k not in overrides}
+        grid, overrides = grid_with_overrides(self.grid(), overrides)
         keys = sorted(grid)
         configs = []
         for values in itertools.product(*(grid[k] for k in keys)):

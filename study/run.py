@@ -57,6 +57,7 @@ from .config import (
     SpaceError,
     added_settings_changed,
     check_resources,
+    grid_with_overrides,
     identity_settings,
     load_space,
     parse_settings,
@@ -472,7 +473,7 @@ def _study_state(space: Space, study: Study, overrides: dict, resume: bool, exte
     previous = study.load()
     resolved = {**space.resolved(), "overrides": overrides}
     # an override of a grid axis (e.g. --set seed=0) replaces that axis for the whole study
-    resolved["grid"] = {k: ([overrides[k]] if k in overrides else v) for k, v in resolved["grid"].items()}
+    resolved["grid"], _ = grid_with_overrides(resolved["grid"], overrides)
     if previous is None:
         return {"space": resolved, "experiments": [], "started": _now(), "added_settings": sorted(ADDED_SETTINGS)}
     if not (resume or extend):
