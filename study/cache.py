@@ -8,16 +8,29 @@ dataset seen before costs one file open, not one per recording; items stay
 shared between tables (a subset, a new split) that overlap. Writes go to a
 temporary file or folder renamed into place, so processes filling the cache at
 once never see a half-written entry.
+
+Entries are checked when read, since a disk hiccup or a cache copied while being
+written can still leave a damaged file: an item's ``.npz`` carries zip's CRC-32
+of each array (checked as it is read) and must hold float16 arrays of matching
+shapes; a pack holds ``manifest.json`` with each file's size (checked on every
+load) and BLAKE2b digest (checked by ``python -m study.data cache verify``). A
+damaged entry is reported with its path, removed and recomputed, and
+``FeatureSet.stats["repaired"]`` counts them.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +47,10 @@ from .features import FeatureProfile, compute_features
 from .io import atomic_path
 
 STORE_DTYPE = np.float16  # halves memory and disk; images in [0, 1] and normalised waves lose < 1e-3
+PACK_FILES = ("images", "waves", "counts")
+# what a damaged .npz or .npy raises while numpy reads it
+_DAMAGED = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+log = logging.getLogger(__name__)
 
 # (waveform, sample_rate) -> waveform at the same rate; applied before feature extraction.
 Transform = Callable[[np.ndarray, int], np.ndarray]
@@ -77,6 +94,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else cache_dir() / "features"
+        self.repaired = 0  # damaged entries found (and removed) by this object
 
     def item_key(self, row, profile: FeatureProfile, transform_key: str = "") -> str:
         text = f"{row.audio_hash}|{row.start_s:.6f}|{row.end_s:.6f}|{profile.key()}|{transform_key}"
@@ -86,11 +104,24 @@ class FeatureCache:
         return self.root / profile.key() / key[:2] / f"{key}.npz"
 
     def load(self, key: str, profile: FeatureProfile) -> tuple[np.ndarray, np.ndarray] | None:
+        """The item's (images, waves), or None when absent; a damaged entry is removed (see :meth:`repair`)."""
+        path = self.path(key, profile)
         try:
-            with np.load(self.path(key, profile)) as stored:
-                return stored["images"], stored["waves"]
-        except (FileNotFoundError, OSError, KeyError, ValueError):
-            return None  # absent or unreadable: recompute and overwrite
+            return read_item(path)
+        except FileNotFoundError:
+            return None
+        except _DAMAGED as error:
+            self.repair(path, error)
+            return None
+
+    def repair(self, path: Path, error: Exception) -> None:
+        """Report a damaged entry (file or pack folder) with its path, remove it and count it."""
+        log.warning("feature cache: %s is damaged (%s); removed, it will be recomputed", path, _reason(error))
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        self.repaired += 1
 
     def pack_path(self, keys: list[str], profile: FeatureProfile) -> Path:
         digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
@@ -99,9 +130,15 @@ class FeatureCache:
     def load_pack(self, keys: list[str], profile: FeatureProfile) -> tuple[np.ndarray, ...] | None:
         """(images, waves, windows per item) of a table seen before, memory-mapped, or None."""
         folder = self.pack_path(keys, profile)
+        if not folder.is_dir():
+            return None
+        if not (folder / "manifest.json").is_file():  # packed before packs had a manifest: packed again
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
         try:
-            return tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "waves", "counts"))
-        except (FileNotFoundError, OSError, ValueError):
+            return read_pack(folder, len(keys))
+        except _DAMAGED as error:
+            self.repair(folder, error)
             return None
 
     def save_pack(
@@ -111,9 +148,18 @@ class FeatureCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, suffix=".tmp"))
         try:
-            for name, array in (("images", images), ("waves", waves), ("counts", counts)):
+            for name, array in zip(PACK_FILES, (images, waves, counts), strict=True):
                 np.save(tmp / f"{name}.npy", array)
+            manifest = {
+                name: {"bytes": (tmp / f"{name}.npy").stat().st_size, "blake2b": _digest(tmp / f"{name}.npy")}
+                for name in PACK_FILES
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
             os.rename(tmp, target)
+            described = target.parent.parent / "profile.json"  # names the profile folder for `cache verify`
+            if not described.is_file():
+                with atomic_path(described) as path:
+                    path.write_text(json.dumps({"name": profile.name, "settings": dataclasses.asdict(profile)}))
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same pack first
             if not target.is_dir():
@@ -122,6 +168,119 @@ class FeatureCache:
     def save(self, key: str, profile: FeatureProfile, images: np.ndarray, waves: np.ndarray) -> None:
         with atomic_path(self.path(key, profile)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, images=images.astype(STORE_DTYPE), waves=waves.astype(STORE_DTYPE))
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "blake2b").hexdigest()
+
+
+def read_item(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An item entry's (images (n, H, W), waves (n, samples)), float16; raises if it is damaged.
+
+    Reading each array whole makes zipfile check its CRC-32; FileNotFoundError when absent.
+    """
+    with np.load(path) as stored:
+        images, waves = stored["images"], stored["waves"]
+    if images.dtype != STORE_DTYPE or waves.dtype != STORE_DTYPE or images.ndim != 3 or waves.ndim != 2:
+        raise ValueError(f"unexpected arrays images {images.dtype} {images.shape}, waves {waves.dtype} {waves.shape}")
+    if len(images) != len(waves) or len(images) == 0:
+        raise ValueError(f"{len(images)} images but {len(waves)} waves")
+    return images, waves
+
+
+def read_pack(folder: Path, n_items: int | None = None, *, full: bool = False) -> tuple[np.ndarray, ...]:
+    """A pack's (images, waves, counts), memory-mapped; raises ValueError if it is damaged.
+
+    Every load checks the files' sizes against the manifest and the shapes
+    against each other (cheap); ``full`` also checks each file's digest (reads it all).
+    """
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in PACK_FILES:
+        path = folder / f"{name}.npy"
+        size = path.stat().st_size
+        if size != manifest[name]["bytes"]:
+            raise ValueError(f"{path.name} holds {size} bytes, the manifest says {manifest[name]['bytes']}")
+        if full and _digest(path) != manifest[name]["blake2b"]:
+            raise ValueError(f"{path.name} does not match its BLAKE2b digest")
+    images, waves, counts = (np.load(folder / f"{name}.npy", mmap_mode="r") for name in PACK_FILES)
+    if n_items is not None and len(counts) != n_items:
+        raise ValueError(f"{len(counts)} items packed, {n_items} expected")
+    if not int(counts.sum()) == len(images) == len(waves):
+        raise ValueError(f"counts add up to {int(counts.sum())} windows, images {len(images)}, waves {len(waves)}")
+    return images, waves, counts
+
+
+def _profile_folders(root: Path, profile: str | None) -> list[Path]:
+    """Profile folders under ``root``: all, or those whose key or recorded profile name is ``profile``."""
+    if not root.is_dir():
+        return []
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    return [p for p in folders if profile is None or profile in (p.name, _profile_name(p))]
+
+
+def _profile_name(folder: Path) -> str:
+    try:
+        return json.loads((folder / "profile.json").read_text())["name"]
+    except (OSError, ValueError, KeyError):
+        return "?"
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def verify_cache(root: str | Path, profile: str | None = None) -> list[dict]:
+    """Read every entry of the cache under ``root`` (the folders of one profile, by name or key, or all) and check it fully.
+
+    Item entries are read whole (zip CRC-32, dtypes, shapes); packs have their sizes and
+    BLAKE2b digests checked against their manifest. A damaged entry is reported with its
+    path and removed (it is recomputed when next needed); a pack written before packs had a
+    manifest is removed too (it is packed again from its items when next loaded). Returns one
+    dict per profile folder: profile (key), name, items, item_bytes, packs, pack_bytes,
+    legacy_packs, damaged (paths).
+    """
+    cache = FeatureCache(root)
+    report = []
+    for folder in _profile_folders(cache.root, profile):
+        row = {"profile": folder.name, "name": _profile_name(folder), "items": 0, "item_bytes": 0}
+        row.update(packs=0, pack_bytes=0, damaged=[])
+        for path in sorted(folder.glob("??/*.npz")):
+            try:
+                read_item(path)
+                row["items"] += 1
+                row["item_bytes"] += path.stat().st_size
+            except _DAMAGED as error:
+                cache.repair(path, error)
+                row["damaged"].append(str(path))
+        row["legacy_packs"] = 0
+        for pack in sorted(p for p in (folder / "packs").glob("*") if p.is_dir() and not p.name.endswith(".tmp")):
+            if not (pack / "manifest.json").is_file():  # packed before packs had a manifest: as load_pack does
+                shutil.rmtree(pack, ignore_errors=True)
+                row["legacy_packs"] += 1
+                continue
+            try:
+                read_pack(pack, full=True)
+                row["packs"] += 1
+                row["pack_bytes"] += _size(pack)
+            except _DAMAGED as error:
+                cache.repair(pack, error)
+                row["damaged"].append(str(pack))
+        report.append(row)
+    return report
+
+
+def clean_cache(root: str | Path, profile: str | None = None) -> list[dict]:
+    """Delete the cache under ``root`` (one profile's folders, by name or key, or all); returns profile, name, bytes."""
+    removed = []
+    for folder in _profile_folders(Path(root), profile):
+        removed.append({"profile": folder.name, "name": _profile_name(folder), "bytes": _size(folder)})
+        shutil.rmtree(folder)
+    return removed
 
 
 def _compute_item(args) -> tuple[int, np.ndarray, np.ndarray]:
@@ -187,6 +346,7 @@ def extract_features(
     if transform is not None and not transform_key:
         raise ValueError("a transform needs a transform_key naming it, or cached features would be mixed up")
     cache = cache or FeatureCache()
+    repaired_before = cache.repaired
     table = table.reset_index(drop=True)
     started = time.perf_counter()
     keys = [cache.item_key(row, profile, transform_key) for row in table.itertuples(index=False)]
@@ -197,6 +357,7 @@ def extract_features(
             "items": len(table),
             "cached": len(table),
             "computed": 0,
+            "repaired": cache.repaired - repaired_before,
             "windows": int(counts.sum()),
             "seconds": round(time.perf_counter() - started, 3),
             "pack": True,
@@ -250,6 +411,7 @@ def extract_features(
         "items": len(table),
         "cached": len(table) - len(missing),
         "computed": len(missing),
+        "repaired": cache.repaired - repaired_before,
         "windows": int(counts.sum()),
         "seconds": round(time.perf_counter() - started, 3),
         "pack": False,

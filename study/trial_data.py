@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cache import extract_features
+from .cache import FeatureCache, extract_features
 from .config import DataConfig, profile_of
 from .data import LoadedDataset, assign_validation, load_dataset
 from .data.table import audio_clusters
@@ -338,10 +338,11 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         print(line, flush=True)
 
     clean = {}  # evaluation sets under eval_variants, scored by the same model
+    cache = FeatureCache()  # one object, so that it counts the damaged entries it repaired
 
     def features(name, rows):
         return SplitData.from_features(
-            name, extract_features(rows, profile, progress=progress, n_jobs=n_jobs, desc=name)
+            name, extract_features(rows, profile, cache=cache, progress=progress, n_jobs=n_jobs, desc=name)
         )
 
     for key, values in data.eval_variants.items():
@@ -350,7 +351,7 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
             for spec, rows in list(eval_tables.items()):
                 name = variant_name(spec, key, value)
                 clean[name] = SplitData.from_features(
-                    name, extract_features(rows, variant, progress=progress, n_jobs=n_jobs, desc=name)
+                    name, extract_features(rows, variant, cache=cache, progress=progress, n_jobs=n_jobs, desc=name)
                 )
     perturbed = [
         PerturbedSplit(
@@ -364,6 +365,7 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
                     profile,
                     transform=partial(perturb, item.name, item.severity, item.kwargs),
                     transform_key=f"{item.id}@{item.severity}",
+                    cache=cache,
                     progress=progress,
                     n_jobs=n_jobs,
                     desc=f"{spec} {item.id}@{item.severity}",
@@ -403,6 +405,9 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         info,
         perturbed,
     )
+    info["cache_repaired"] = cache.repaired
+    if cache.repaired:
+        print(f"feature cache: {cache.repaired} damaged entries removed and recomputed (paths above)", flush=True)
     if profile.spectrogram == "fbank":
         splits = [trial_data.train, trial_data.val, *trial_data.evals.values(), *(p.split for p in perturbed)]
         info["spectrogram_standardization"] = standardize_spectrograms(splits, trial_data.train)

@@ -4,6 +4,7 @@
     python -m study.data synth OUT [--seed N] [--physionet N] [--pascal N] [--icbhi N]
     python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
     python -m study.data duplicates DATA_ROOT [--set data.KEY=VALUE ...]
+    python -m study.data cache verify|clean [--profile NAME|KEY] [--cache DIR]
 
 DATASET is physionet2016, pascal, icbhi2017 or manifest (ROOT = the CSV file).
 """
@@ -99,12 +100,48 @@ def cmd_features(args) -> int:
     total = time.perf_counter() - started
     print(
         f"{args.dataset}: {s['items']} items, {s['windows']} windows, profile {profile.name} ({profile.key()}): "
-        f"{s['cached']} cached, {s['computed']} computed; features {s['seconds']:.2f} s, "
+        f"{s['cached']} cached, {s['computed']} computed, {s['repaired']} damaged cache entries repaired; "
+        f"features {s['seconds']:.2f} s, "
         f"loading the table {loaded - started:.2f} s, total {total:.2f} s"
     )
     print(
         f"  images {features.images.shape} {features.images.dtype}, waves {features.waves.shape} "
         f"{features.waves.dtype}, {(features.images.nbytes + features.waves.nbytes) / 2**20:.0f} MiB in memory"
+    )
+    return 0
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MB"
+
+
+def cmd_cache(args) -> int:
+    """Check every cached feature entry (``verify``, removing damaged ones) or delete the cache (``clean``)."""
+    from ..cache import FeatureCache, clean_cache, verify_cache
+
+    root = FeatureCache(args.cache).root
+    key = args.profile
+    which = f"profile {args.profile}" if key else "every profile"
+    if args.action == "clean":
+        removed = clean_cache(root, key)
+        for row in removed:
+            print(f"{row['profile']} ({row['name']}): {_megabytes(row['bytes'])} removed")
+        print(f"feature cache {root}, {which}: {_megabytes(sum(r['bytes'] for r in removed))} freed")
+        return 0
+    rows = verify_cache(root, key)
+    for row in rows:
+        print(
+            f"{row['profile']} ({row['name']}): {row['items']:,} items ({_megabytes(row['item_bytes'])}), "
+            f"{row['packs']} packs ({_megabytes(row['pack_bytes'])}) intact; {len(row['damaged'])} damaged, removed"
+            + (f"; {row['legacy_packs']} packs without a manifest removed (repacked)" if row["legacy_packs"] else "")
+        )
+        for path in row["damaged"]:
+            print(f"  damaged: {path}")
+    damaged = sum(len(r["damaged"]) for r in rows)
+    total = sum(r["item_bytes"] + r["pack_bytes"] for r in rows)
+    print(
+        f"feature cache {root}, {which}: {len(rows)} profile folder(s), {_megabytes(total)} intact, "
+        f"{damaged} damaged entr{'y' if damaged == 1 else 'ies'} removed (recomputed when next needed)"
     )
     return 0
 
@@ -189,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", help="folder with physionet2016/, pascal/, icbhi2017/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data.* setting of the trial")
     p.set_defaults(func=cmd_duplicates)
+
+    p = sub.add_parser("cache", help="check the feature cache and remove damaged entries, or delete it, with sizes")
+    p.add_argument("action", choices=["verify", "clean"])
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="only this profile's folders, by name (native, paper, ast) or key (default: all)",
+    )
+    p.add_argument("--cache", default=None, help="feature cache folder (as for `features`)")
+    p.set_defaults(func=cmd_cache)
 
     args = parser.parse_args(argv)
     try:

@@ -7,12 +7,15 @@ fails with the same kind of message: the file's path and the reason.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -154,19 +157,35 @@ def probe_audio(path: str | Path) -> tuple[int, int, int, str]:
 _INDEXES: dict[str, sqlite3.Connection | None] = {}
 
 
+def open_probe_index(location: Path) -> sqlite3.Connection:
+    """The probe index at ``location``, created if absent; a damaged one (fails SQLite's quick_check)
+    is reported with its path, removed and started afresh (it only saves re-reading audio)."""
+    location.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(location, timeout=30)
+        problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        problem = str(error)
+    if problem != "ok":
+        conn.close()
+        log.warning("audio probe index: %s is damaged (%s); removed, it will be rebuilt", location, problem)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{location}{suffix}").unlink(missing_ok=True)
+        conn = sqlite3.connect(location, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS probes (path TEXT, size INTEGER, mtime INTEGER, rate INTEGER, "
+        "frames INTEGER, channels INTEGER, digest TEXT, PRIMARY KEY (path, size, mtime))"
+    )
+    return conn
+
+
 def _probe_index() -> sqlite3.Connection | None:
     location = cache_dir() / "audio_probes.sqlite"
     if str(location) not in _INDEXES:
         try:
-            location.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(location, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS probes (path TEXT, size INTEGER, mtime INTEGER, rate INTEGER, "
-                "frames INTEGER, channels INTEGER, digest TEXT, PRIMARY KEY (path, size, mtime))"
-            )
-            _INDEXES[str(location)] = conn
+            _INDEXES[str(location)] = open_probe_index(location)
         except (sqlite3.Error, OSError):
-            _INDEXES[str(location)] = None
+            _INDEXES[str(location)] = None  # a read-only cache only costs speed
     return _INDEXES[str(location)]
