@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import sys
 
+from study.io import describe_os_error
+from study.lock import StudyLocked
+
 COMMANDS = ("report", "robustness", "calibrate", "bench")
 
 
@@ -32,7 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"error: unknown command {command!r}; expected one of {COMMANDS}", file=sys.stderr)
         return 2
-    return run(rest)
+    try:
+        return run(rest)
+    except StudyLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        message = describe_os_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The analysis report of a finished study: intervals, paired tests, per-source breakdown, resolution.
 
-    python -m analysis report results/NAME [--baseline VALUE] [--correction holm|bh]
+    python -m analysis report results/NAME [--out DIR] [--baseline VALUE] [--correction holm|bh]
         [--resamples N] [--alpha 0.05] [--ci-method bca|percentile] [--allow-incomplete] [--no-plots]
 
 ``study.run`` calls :func:`report_study` at the end of a study. Inputs are the
@@ -95,6 +95,7 @@ from analysis.study_data import (
 )
 from analysis.tables import format_interval, format_p, format_value, to_markdown
 from study.io import write_text
+from study.lock import study_lock
 
 __all__ = ["HEART_MAIN", "METRIC_LABELS", "CARRY_DROP", "ReportOptions", "ComparisonRow", "report_study", "main"]
 
@@ -151,8 +152,9 @@ class ComparisonRow:
 class _Analysis:
     """State shared by the report's parts: the study, its configurations, the resampled evaluation sets."""
 
-    def __init__(self, out: Path, options: ReportOptions):
+    def __init__(self, out: Path, options: ReportOptions, dest: Path | None = None):
         self.out, self.options = Path(out), options
+        self.dest = Path(dest) if dest is not None else self.out  # where the report is written
         self.state, trials, predictions = read_study(self.out)
         self.space = self.state.get("space", {})
         self.name = self.space.get("name") or self.out.name
@@ -1270,11 +1272,12 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
         f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
         "source's CI contains 0.5.",
     ]
-    return write_text(analysis.out / "report.md", "\n".join(lines) + "\n")
+    return write_text(analysis.dest / "report.md", "\n".join(lines) + "\n")
 
 
-def report_study(out: Path, **options) -> dict:
-    """Write the analysis report of the finished study in ``out``, and its robustness report where it has one.
+def report_study(out: Path, dest: Path | None = None, **options) -> dict:
+    """Write the analysis report of the finished study in ``out`` (into ``dest``, default ``out``), and its
+    robustness report where it has one.
 
     Options (see :class:`ReportOptions`): baseline (a value of the compare
     axis; default the space's), correction ("holm" or "bh"), n_resamples
@@ -1291,8 +1294,8 @@ def report_study(out: Path, **options) -> dict:
     """
     started = time.perf_counter()
     settings = ReportOptions(**options)
-    analysis = _Analysis(Path(out), settings)
-    writer = ReportWriter(analysis.out)
+    analysis = _Analysis(Path(out), settings, dest)
+    writer = ReportWriter(analysis.dest)
     rows = analysis.comparisons()
     _main_table(analysis, writer)
     _pascal_table(analysis, writer)
@@ -1319,7 +1322,7 @@ def report_study(out: Path, **options) -> dict:
         "seconds": seconds,
     }
     if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
-        robustness = report_robustness(analysis.out, **settings.shared())
+        robustness = report_robustness(analysis.out, dest=analysis.dest, **settings.shared())
         summary.update(
             tables=summary["tables"] + robustness["tables"],
             plots=summary["plots"] + robustness["plots"],
@@ -1340,12 +1343,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="analyse an incomplete or mismatched study as it is (the report says so)",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the report into this folder instead of the study's (reads the study only, so it may run "
+        "while a driver writes the study)",
+    )
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
+    options = dict(baseline=args.baseline, allow_incomplete=args.allow_incomplete, **analysis_options(args))
     try:
-        summary = report_study(
-            args.study, baseline=args.baseline, allow_incomplete=args.allow_incomplete, **analysis_options(args)
-        )
+        if args.out is not None and args.out.resolve() != args.study.resolve():
+            summary = report_study(args.study, dest=args.out, **options)
+        else:
+            with study_lock(args.study, "python -m analysis report", create=False):
+                summary = report_study(args.study, **options)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

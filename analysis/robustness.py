@@ -64,6 +64,7 @@ from analysis.resampling import (
 from analysis.study_data import Configuration, EvalSet, StudyError, build_eval_sets, find_configurations, read_study
 from analysis.tables import format_interval, format_p, format_value
 from study.io import write_text
+from study.lock import study_lock
 from study.perturbations import describe, parse_perturbation_suite
 
 __all__ = [
@@ -834,7 +835,7 @@ def _update_index(out: Path, section: list[str]) -> Path:
     return write_text(path, text.rstrip("\n") + "\n\n" + "\n".join([SECTION_START, *section, SECTION_END]) + "\n")
 
 
-def report_robustness(out: Path, **options) -> dict:
+def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
     """Write the robustness tables, plots and report.md section of the study in ``out``; returns a summary.
 
     Options (see :class:`analysis.options.AnalysisOptions`): correction ("holm" or "bh"),
@@ -844,7 +845,8 @@ def report_robustness(out: Path, **options) -> dict:
     """
     started = time.perf_counter()
     analysis = _Robustness(Path(out), AnalysisOptions(**options))
-    writer = ReportWriter(analysis.out)
+    dest = Path(dest) if dest is not None else analysis.out  # where the tables, plots and section go
+    writer = ReportWriter(dest)
     _auc_table(analysis, writer)
     tests = _tests_table(analysis, writer)
     ablation = _ablation_table(analysis, writer)
@@ -866,7 +868,7 @@ def report_robustness(out: Path, **options) -> dict:
             f"the fusion-vs-branch family; took {seconds:.1f} s.",
         ]
     )
-    _update_index(analysis.out, section)
+    _update_index(dest, section)
     return {
         "tables": writer.table_paths(),
         "plots": writer.plot_paths(),
@@ -901,6 +903,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        lock = study_lock(
+            args.study, "python -m analysis robustness" + (" --perturb" if args.perturb else ""), create=False
+        )
+        with lock:
+            return _run(args)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     try:
         if args.perturb is not None:
             from study.evaluate import reevaluate_study

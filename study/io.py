@@ -7,8 +7,10 @@ report's tables hold Δ, ρ, α).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,14 +27,47 @@ def atomic_path(target: str | Path):
     shared results folder stays readable.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as error:
+        if error.errno in RESOURCE_ERRNOS and error.filename != str(target):
+            # name the file the caller meant, not the temporary one (or none, for a failed write())
+            raise OSError(error.errno, os.strerror(error.errno), str(target)) from error
+        raise
+
+
+# disk full, quota, read-only file system, no permission: the user must free or change something
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def describe_os_error(error: OSError) -> str | None:
+    """One line for an exhausted or forbidden output (disk full, read-only, no permission), else None."""
+    if error.errno not in RESOURCE_ERRNOS:
+        return None
+    path = Path(error.filename) if error.filename else None
+    where = f" writing {path}" if path else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full" if error.errno == errno.ENOSPC else "the disk quota is used up"
+        free = (
+            f"; {shutil.disk_usage(path.parent).free / 2**20:,.0f} MB free there"
+            if path and path.parent.exists()
+            else ""
+        )
+        advice = (
+            "free space there (old studies under results/, the feature cache: python -m study.data cache clean) "
+            "or write elsewhere (--out)"
+        )
+    else:
+        what = "the file system is read-only" if error.errno == errno.EROFS else "permission denied"
+        free, advice = "", "write to a folder you can write to (--out), or fix its permissions"
+    return f"{what}{where}{free}: {advice}; files written before are intact (every write is atomic)"
 
 
 def write_json(target: str | Path, obj) -> Path:

@@ -64,7 +64,8 @@ from .config import (
     validate_trial_config,
 )
 from .data import DataError
-from .io import write_json, write_parquet
+from .io import describe_os_error, write_json, write_parquet
+from .lock import StudyLocked, study_lock
 from .synthetic import default_data_root
 from .train import finish_from_state, train_and_evaluate
 from .trial import save_trial
@@ -414,7 +415,29 @@ def run_study(
     ``resources`` overrides the space's per-trial ``{"cpu": n, "gpu": g}`` (either key alone).
     A space with a ``search`` first runs the search (Optuna + ASHA) into ``OUT/search/``, then
     trains its best configuration and the default one over the scale's seeds into ``OUT/trials``.
+    The study folder is locked meanwhile (:mod:`study.lock`): a second driver is refused.
     """
+    mode = " --resume" if resume else " --extend" if extend else ""
+    with study_lock(out, f"python -m study.run --space {space.name}{mode}"):
+        return _run_locked(
+            space,
+            out,
+            data_root,
+            address,
+            storage,
+            resume,
+            extend,
+            max_concurrent,
+            overrides,
+            resources,
+            report,
+            verbose,
+        )
+
+
+def _run_locked(
+    space, out, data_root, address, storage, resume, extend, max_concurrent, overrides, resources, report, verbose
+) -> dict:
     overrides = overrides or {}
     resources = trial_resources(space, resources)
     study = Study(out)
@@ -547,11 +570,21 @@ def _ray_session(address: str | None, verbose: int):
 def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) -> dict:
     """Features once, before any trial, into the object store: {data key: ObjectRef}."""
 
-    data_refs, fingerprints = {}, {}
+    data_refs, fingerprints, needed = {}, {}, 0
+    capacity = _object_store_capacity()
     for config in configs:
         key = data_key_of(config)
         if key not in data_refs:
             data = prepare_data(config, data_root, progress=verbose > 0)
+            needed += data.nbytes
+            if needed > capacity:
+                raise SpaceError(
+                    f"the features need {needed / 2**20:.1f} MB in Ray's object store ({len(data_refs) + 1} feature "
+                    f"object(s) so far, data key {key} {data.nbytes / 2**20:.1f} MB), more than the "
+                    f"{capacity / 2**20:.1f} MB of this driver's node. Use fewer perturbations, fewer training or "
+                    "evaluation recordings (--set data.max_train=N, data.max_eval=N), or a bigger object store: "
+                    "`ray start --head --object-store-memory BYTES` and --address auto"
+                )
             fingerprints.update(data.info["fingerprints"])
             for entry in ("split_check", "spectrogram_standardization", "missing_extra_roots"):
                 if entry in data.info:
@@ -562,6 +595,15 @@ def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int)
             del data
     state["data_fingerprints"] = fingerprints
     return data_refs
+
+
+def _object_store_capacity() -> float:
+    """Bytes of object store on the driver's node, where ray.put puts the features."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return float(node.get("Resources", {}).get("object_store_memory", float("inf")))
+    return float("inf")
 
 
 def _trainable_with(data_refs: dict, resources: dict):
@@ -862,8 +904,14 @@ def main(argv: list[str] | None = None) -> int:
             report=not args.no_report,
             verbose=args.verbose,
         )
-    except (SpaceError, DataError, ValueError) as exc:
+    except (SpaceError, DataError, ValueError, StudyLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

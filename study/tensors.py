@@ -90,6 +90,12 @@ class TrialData:
     info: dict = field(default_factory=dict)
     perturbed: list[PerturbedSplit] = field(default_factory=list)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every split's tensors: what ray.put stores."""
+        splits = [self.train, self.val, *self.evals.values(), *(p.split for p in self.perturbed)]
+        return sum(split.nbytes for split in splits)
+
 
 def place_splits(data: TrialData, device: torch.device, headroom: float = 0.5) -> tuple[TrialData, bool]:
     """Put every split's tensors on ``device`` once, when they fit in ``headroom`` of its free memory.

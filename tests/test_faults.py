@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from study import io as study_io
 from study.cache import FeatureCache, extract_features
 from study.data import __main__ as data_cli
 from study.data.audio import open_probe_index
 from study.features import get_profile
+from study.lock import LOCK_NAME, StudyLocked, lock_holder, study_lock
 from tests.test_features import _table
 
 PROFILE = dict(image_size=32, windows="all", window_s=2.0)
@@ -135,3 +144,143 @@ def test_cache_verify_and_clean_commands(tmp_path, capsys):
     assert f"{profile.key()} (native): {size / 2**20:,.1f} MB removed" in out
     assert not (cache.root / profile.key()).exists() and len(list(cache.root.iterdir())) == 1
     assert json.loads((next(cache.root.iterdir()) / "profile.json").read_text())["name"] == "native"
+
+
+# --- one driver per study ---------------------------------------------------------------------
+
+
+def test_a_second_driver_is_refused_and_the_lock_is_released_on_exit(tmp_path):
+    out = tmp_path / "study"
+    with study_lock(out, "python -m study.run --space smoke") as path:
+        holder = json.loads(path.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(StudyLocked) as refused:
+            with study_lock(out, "python -m study.run --space smoke --resume"):
+                pass
+        message = str(refused.value)
+        assert f"{out} is in use by `python -m study.run --space smoke` (pid {os.getpid()} here, since " in message
+        assert "analysis report --out OTHER_FOLDER" in message and "\n" not in message
+        assert lock_holder(out)["pid"] == os.getpid()
+    assert not path.exists() and lock_holder(out) is None
+    with pytest.raises(RuntimeError, match="boom"), study_lock(out, "x"):
+        raise RuntimeError("boom")
+    assert not path.exists()  # released on errors too
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"pid": int(gone.stdout), "host": socket.gethostname(), "command": "x", "started": "t", "started_unix": 0}
+    (out / LOCK_NAME).write_text(json.dumps(dead))
+    assert lock_holder(out) is None
+    with study_lock(out, "the new driver") as path:
+        assert json.loads(path.read_text())["command"] == "the new driver"
+    # the pid of a live process that started after the lock was taken: reused, so stale too
+    reused = {**dead, "pid": os.getpid(), "started_unix": time.time() + 3600 * 24 * 365 * -30}
+    (out / LOCK_NAME).write_text(json.dumps(reused))
+    assert lock_holder(out) is None
+    # another host's lock cannot be checked from here: refused, with how to remove it
+    elsewhere = {**dead, "host": "node-7", "started_unix": time.time()}
+    (out / LOCK_NAME).write_text(json.dumps(elsewhere))
+    with pytest.raises(StudyLocked, match=f"on host node-7.*delete {out / LOCK_NAME}"):
+        with study_lock(out, "y"):
+            pass
+
+
+def test_commands_that_write_a_study_are_refused_while_a_driver_holds_it(tmp_path, capsys):
+    from analysis.__main__ import main as analysis_main
+    from study.config import load_space
+    from study.run import run_study
+    from tests.test_report import binormal, write_study
+
+    folder = write_study(
+        tmp_path / "study",
+        {"fusion": binormal(2.0), "waveform": binormal(1.0)},
+        axis="model.architecture",
+        baseline="fusion",
+    )
+    with study_lock(folder, "python -m study.run --space branches"):
+        with pytest.raises(StudyLocked, match="in use by `python -m study.run --space branches`"):
+            run_study(load_space("smoke"), out=folder, resume=True, report=False, verbose=0)
+        for command in (["report", str(folder)], ["robustness", str(folder), "--perturb", "[]"]):
+            assert analysis_main([*command, "--resamples", "200", "--no-plots"]) == 2
+            error = capsys.readouterr().err
+            assert error.startswith(f"error: {folder} is in use by `python -m study.run --space branches`")
+            assert error.count("\n") == 1
+        # reading the study into another folder runs beside the driver
+        assert analysis_main(["report", str(folder), "--out", str(tmp_path / "copy"), "--resamples", "200"]) == 0
+        assert (tmp_path / "copy" / "report.md").is_file() and (tmp_path / "copy" / "tables" / "main.csv").is_file()
+        assert not (folder / "report.md").exists()
+    assert analysis_main(["report", str(folder), "--resamples", "200", "--no-plots"]) == 0  # free again
+    assert (folder / "report.md").is_file() and lock_holder(folder) is None
+
+
+# --- exhausted resources -------------------------------------------------------------------
+
+
+def _failing_replace(monkeypatch, error_number: int, after: int):
+    """os.replace as study.io calls it, failing with ``error_number`` after ``after`` successful calls."""
+    calls = []
+    real = os.replace
+
+    def replace(source, target):
+        calls.append(target)
+        if len(calls) > after:
+            raise OSError(error_number, os.strerror(error_number))
+        return real(source, target)
+
+    monkeypatch.setattr(study_io.os, "replace", replace)
+    return calls
+
+
+@pytest.mark.parametrize("error_number, says", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only")])
+def test_a_full_or_read_only_disk_ends_the_report_in_one_line_and_keeps_what_was_written(
+    tmp_path, capsys, monkeypatch, error_number, says
+):
+    from analysis.__main__ import main as analysis_main
+    from tests.test_report import binormal, write_study
+
+    folder = write_study(
+        tmp_path / "study",
+        {"fusion": binormal(2.0), "waveform": binormal(1.0)},
+        axis="model.architecture",
+        baseline="fusion",
+    )
+    assert analysis_main(["report", str(folder), "--resamples", "200", "--no-plots"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    calls = _failing_replace(monkeypatch, error_number, after=3)
+    assert analysis_main(["report", str(folder), "--resamples", "300", "--no-plots"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: {says}")
+    assert f" writing {calls[-1]}" in error and "files written before are intact" in error
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+    assert set(after) == set(before)  # no temporary file left behind, nothing lost
+    changed = [p for p in before if before[p] != after[p]]
+    assert set(changed) <= set(map(Path, calls[:3]))  # only the files replaced whole before the failure
+
+
+def test_a_full_disk_while_filling_the_feature_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    table = _table(tmp_path)
+    _failing_replace(monkeypatch, errno.ENOSPC, after=2)
+    root = tmp_path / "physionet"
+    code = data_cli.main(
+        [
+            "features",
+            "physionet2016",
+            str(root),
+            "--profile",
+            "native",
+            "--jobs",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 2 and len(table) == 6
+    printed = capsys.readouterr().err
+    error = printed.rstrip("\n").split("\n")[-1]  # after the progress bars
+    assert error.startswith("error: the disk is full writing ") and str(tmp_path / "cache") in error
+    assert "python -m study.data cache clean" in error and "Traceback" not in printed
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

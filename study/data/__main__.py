@@ -18,6 +18,7 @@ import time
 
 import pandas as pd
 
+from ..io import describe_os_error
 from . import LOADERS, DataError, load_dataset, summarize
 
 
@@ -242,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 
