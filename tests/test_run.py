@@ -128,6 +128,62 @@ def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(referenc
     pd.testing.assert_frame_equal(trials.loc[expected.index, metric_columns], expected[metric_columns])
 
 
+def _remove_the_node_of_the_running_trial(cluster, workers, out: Path, stop: threading.Event, removed: list) -> None:
+    """Once the (only) running trial has written an epoch checkpoint, remove the worker node running it:
+    its raylet, object store and workers are killed at once, as when a machine goes away."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in workers}
+    while not stop.is_set():
+        if list((out / "tune").glob("run-1/trial_*/checkpoint_000000")):
+            for proc in psutil.process_iter(["cmdline", "pid"]):
+                if not " ".join(proc.info["cmdline"] or []).startswith("ray::ImplicitFunc"):
+                    continue
+                node = next((raylets[p.pid] for p in proc.parents() if p.pid in raylets), None)
+                if node is not None:
+                    cluster.remove_node(node, allow_graceful=False)
+                    removed.append(node.node_id)
+                    return
+        time.sleep(0.02)
+
+
+def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(reference, synth_root, tmp_path):
+    """Two worker nodes (the head runs no trial and holds the driver's features); the node running
+    the first trial is removed after its first epoch: the trial resumes from that checkpoint on the
+    other node, reading the features from the driver's copy in the head's object store."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    out = tmp_path / "node_lost"
+    stop, removed = threading.Event(), []
+    remover = threading.Thread(
+        target=_remove_the_node_of_the_running_trial, args=(cluster, workers, out, stop, removed), daemon=True
+    )
+    try:
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        remover.start()
+        summary = run_study(
+            load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0, max_concurrent=1
+        )
+    finally:
+        stop.set()
+        if remover.is_alive():
+            remover.join()
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "no trial was found running on a worker node"
+    survivor = next(node.node_id for node in workers if node.node_id != removed[0])
+    assert summary["failed"] == 0 and summary["retried"] >= 1
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    retried = trials[trials["retries"] > 0]
+    print(f"removed node {removed[0]}; retried trial(s) {list(retried.index)} finished on {list(retried['node_id'])}")
+    assert (retried["node_id"] == survivor).all()  # finished on the node that was left
+    expected = pd.read_parquet(reference / "trials.parquet").set_index("trial_id")
+    metric_columns = [c for c in expected.columns if "/" in c and not c.startswith("config/")]
+    pd.testing.assert_frame_equal(trials.loc[expected.index, metric_columns], expected[metric_columns])
+
+
 def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
     space = _space_file(tmp_path, seeds=[0, 1, 2], architectures=("waveform",))
     out = tmp_path / "study"
