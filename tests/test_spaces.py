@@ -133,3 +133,18 @@ def test_set_on_a_grid_axis_replaces_the_axis_and_a_bad_seed_is_refused_before_a
     assert {c["seed"] for c in space.trial_configs({"seed": 7})} == {7}
     with pytest.raises(SpaceError, match="seed must be a non-negative integer, got 0.5"):
         space.trial_configs({"seed": [0.5]})
+
+
+def test_features_larger_than_the_object_store_end_in_one_line_before_any_trial(
+    ray_session, synth_root, tmp_path, capsys, monkeypatch
+):
+    from study import run as run_module
+
+    monkeypatch.setattr(run_module, "_object_store_capacity", lambda: 2**20)
+    out = tmp_path / "smoke"
+    argv = ["--space", "smoke", "--out", str(out), "--data-root", str(synth_root), "--verbose", "0"]
+    assert run_module.main(argv) == 2
+    error = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert error.startswith("error: the features need ") and "more than the 1.0 MB of this driver's node" in error
+    assert "--set data.max_train=N" in error and "--object-store-memory" in error
+    assert sorted(p.name for p in out.iterdir()) == []  # no study state, no trial, and the lock released
