@@ -200,8 +200,21 @@ def test_commands_that_write_a_study_are_refused_while_a_driver_holds_it(tmp_pat
         axis="model.architecture",
         baseline="fusion",
     )
-    with study_lock(folder, "python -m study.run --space branches"):
-        with pytest.raises(StudyLocked, match="in use by `python -m study.run --space branches`"):
+    holder = subprocess.Popen(  # another process, as a driver would be
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from study.lock import study_lock\n"
+            "with study_lock(sys.argv[1], 'python -m study.run --space branches'):\n"
+            "    print('locked', flush=True); time.sleep(120)",
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StudyLocked, match=f"in use by `python -m study.run --space branches` \\(pid {holder.pid} "):
             run_study(load_space("smoke"), out=folder, resume=True, report=False, verbose=0)
         for command in (["report", str(folder)], ["robustness", str(folder), "--perturb", "[]"]):
             assert analysis_main([*command, "--resamples", "200", "--no-plots"]) == 2
@@ -212,7 +225,11 @@ def test_commands_that_write_a_study_are_refused_while_a_driver_holds_it(tmp_pat
         assert analysis_main(["report", str(folder), "--out", str(tmp_path / "copy"), "--resamples", "200"]) == 0
         assert (tmp_path / "copy" / "report.md").is_file() and (tmp_path / "copy" / "tables" / "main.csv").is_file()
         assert not (folder / "report.md").exists()
-    assert analysis_main(["report", str(folder), "--resamples", "200", "--no-plots"]) == 0  # free again
+    finally:
+        holder.kill()
+        holder.wait()
+    # the killed holder left its lock behind: stale, so taken over
+    assert analysis_main(["report", str(folder), "--resamples", "200", "--no-plots"]) == 0
     assert (folder / "report.md").is_file() and lock_holder(folder) is None
 
 
@@ -234,7 +251,9 @@ def _failing_replace(monkeypatch, error_number: int, after: int):
     return calls
 
 
-@pytest.mark.parametrize("error_number, says", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only")])
+@pytest.mark.parametrize(
+    "error_number, says", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only")]
+)
 def test_a_full_or_read_only_disk_ends_the_report_in_one_line_and_keeps_what_was_written(
     tmp_path, capsys, monkeypatch, error_number, says
 ):
