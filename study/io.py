@@ -62,11 +62,12 @@ def describe_os_error(error: OSError) -> str | None:
         )
         advice = (
             "free space there (old studies under results/, the feature cache: python -m study.data cache clean) "
-            "or write elsewhere (--out)"
+            "or write elsewhere (--out; the feature cache: --cache or AUDIOFUSE_CACHE)"
         )
     else:
         what = "the file system is read-only" if error.errno == errno.EROFS else "permission denied"
-        free, advice = "", "write to a folder you can write to (--out), or fix its permissions"
+        free = ""
+        advice = "write where you can (--out; the feature cache: --cache or AUDIOFUSE_CACHE), or fix the permissions"
     return f"{what}{where}{free}: {advice}; files written before are intact (every write is atomic)"
 
 
