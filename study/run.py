@@ -591,6 +591,8 @@ def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int)
                     state.setdefault("data_info", {})[entry] = data.info[entry]
             if "duplicates" in data.info:  # what each data setting removed or dropped, by data key
                 state.setdefault("data_info", {}).setdefault("duplicates", {})[key] = data.info["duplicates"]
+            if data.info.get("cache_repaired"):  # damaged feature-cache entries found, removed and recomputed
+                state.setdefault("data_info", {}).setdefault("cache_repaired", {})[key] = data.info["cache_repaired"]
             data_refs[key] = ray.put(data)
             del data
     state["data_fingerprints"] = fingerprints

@@ -303,3 +303,26 @@ def test_a_full_disk_while_filling_the_feature_cache_is_one_line(tmp_path, capsy
     assert error.startswith("error: the disk is full writing ") and str(tmp_path / "cache") in error
     assert "python -m study.data cache clean" in error and "Traceback" not in printed
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_a_trials_data_counts_the_cache_entries_it_repaired(synth_root, capsys):
+    from study.config import load_space
+    from study.trial_data import prepare_data
+
+    config = load_space("smoke").trial_configs({"model.architecture": "waveform", "seed": 0})[0]
+    prepare_data(config, synth_root, progress=False)
+    cache = FeatureCache()
+    profile_dirs = [p for p in cache.root.iterdir() if (p / "packs").is_dir()]
+    for folder in profile_dirs:  # the packs go, and two items are damaged: read from the items, two repaired
+        for pack in (folder / "packs").iterdir():
+            for path in pack.iterdir():
+                path.unlink()
+            pack.rmdir()
+    damaged = sorted(profile_dirs[0].glob("??/*.npz"))[:2]
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:100])
+    capsys.readouterr()
+    data = prepare_data(config, synth_root, progress=False)
+    assert data.info["cache_repaired"] == 2
+    assert "feature cache: 2 damaged entries removed and recomputed (paths above)" in capsys.readouterr().out
+    assert prepare_data(config, synth_root, progress=False).info["cache_repaired"] == 0
