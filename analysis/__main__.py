@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from study.io import describe_os_error
+from study.io import print_resource_error
 from study.lock import StudyLocked
 
 COMMANDS = ("report", "robustness", "calibrate", "bench")
@@ -41,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        message = describe_os_error(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_resource_error(error)
 
 
 if __name__ == "__main__":

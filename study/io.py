@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,3 +100,13 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def print_resource_error(error: OSError) -> int:
+    """For a command line: print an exhausted or forbidden output's one line and return exit status 2;
+    any other OSError is raised again (with its traceback: it is a bug or a different problem)."""
+    message = describe_os_error(error)
+    if message is None:
+        raise error
+    print(f"error: {message}", file=sys.stderr)
+    return 2

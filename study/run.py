@@ -64,7 +64,7 @@ from .config import (
     validate_trial_config,
 )
 from .data import DataError
-from .io import describe_os_error, write_json, write_parquet
+from .io import print_resource_error, write_json, write_parquet
 from .lock import StudyLocked, study_lock
 from .synthetic import default_data_root
 from .train import finish_from_state, train_and_evaluate
@@ -910,11 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        message = describe_os_error(exc)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_resource_error(exc)
     return 0
 
 

@@ -18,7 +18,7 @@ import time
 
 import pandas as pd
 
-from ..io import describe_os_error
+from ..io import print_resource_error
 from . import LOADERS, DataError, load_dataset, summarize
 
 
@@ -245,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        message = describe_os_error(exc)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_resource_error(exc)
 
 
 if __name__ == "__main__":
