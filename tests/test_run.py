@@ -130,17 +130,20 @@ def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(referenc
 
 def _remove_the_node_of_the_running_trial(cluster, workers, out: Path, stop: threading.Event, removed: list) -> None:
     """Once the (only) running trial has written an epoch checkpoint, remove the worker node running it:
-    its raylet, object store and workers are killed at once, as when a machine goes away."""
+    its workers, raylet and object store are killed at once, as when a machine goes away."""
     raylets = {node.all_processes["raylet"][0].process.pid: node for node in workers}
     while not stop.is_set():
         if list((out / "tune").glob("run-1/trial_*/checkpoint_000000")):
             for proc in psutil.process_iter(["cmdline", "pid"]):
                 if not " ".join(proc.info["cmdline"] or []).startswith("ray::ImplicitFunc"):
                     continue
-                node = next((raylets[p.pid] for p in proc.parents() if p.pid in raylets), None)
-                if node is not None:
-                    cluster.remove_node(node, allow_graceful=False)
-                    removed.append(node.node_id)
+                raylet = next((p for p in proc.parents() if p.pid in raylets), None)
+                if raylet is not None:
+                    # the workers first (a worker outliving its raylet could still finish the trial), then the rest
+                    for child in raylet.children(recursive=True):
+                        child.kill()
+                    cluster.remove_node(raylets[raylet.pid], allow_graceful=False)
+                    removed.append(raylets[raylet.pid].node_id)
                     return
         time.sleep(0.02)
 
