@@ -62,7 +62,7 @@ from analysis.resampling import (
     seed_mean_interval,
 )
 from analysis.study_data import Configuration, EvalSet, StudyError, build_eval_sets, find_configurations, read_study
-from analysis.tables import format_interval, format_p, format_value
+from analysis.tables import format_interval, format_p, format_value, to_markdown
 from study.io import write_text
 from study.lock import study_lock
 from study.perturbations import describe, parse_perturbation_suite
@@ -716,15 +716,29 @@ def _claim(analysis: _Robustness, tests: list[dict], ablation: list[dict], carri
                     f"{architecture}-only: " + "; ".join(cells) + "."
                 )
     for eval_set in [e for e in (primary, shifted) if e]:
-        cells = [
-            f"{r['ablation']} {format_interval(r['drop'], r['drop_low'], r['drop_high'], signed=True)}"
-            for r in ablation
-            if r["eval_set"] == eval_set and r["perturbation"] == "none" and r["ablation"].endswith("=mean")
-        ]
-        if cells:
+        # one row per fusion configuration, one column per ablated branch: every figure names both
+        drops: dict[str, dict[str, str]] = {}
+        for r in ablation:
+            if r["eval_set"] == eval_set and r["perturbation"] == "none" and r["ablation"].endswith("=mean"):
+                cell = format_interval(r["drop"], r["drop_low"], r["drop_high"], signed=True)
+                drops.setdefault(r["configuration"], {})[
+                    r["ablation"].removesuffix("=mean") + " replaced by its mean"
+                ] = cell
+        if len(drops) == 1:
+            ((configuration, cells),) = drops.items()
             lines.append(
-                f"- Branch ablation of the fusion model on clean {eval_set} (ROC-AUC drop): " + "; ".join(cells) + "."
+                f"- Branch ablation of `{configuration}` on clean {eval_set} (ROC-AUC drop): "
+                + "; ".join(f"{branch} {cell}" for branch, cell in cells.items())
+                + "."
             )
+        elif drops:
+            table = pd.DataFrame([{"configuration": c, **cells} for c, cells in drops.items()])
+            lines += [
+                f"- Branch ablation on clean {eval_set} (ROC-AUC drop, intact − ablated):",
+                "",
+                to_markdown(table),
+                "",
+            ]
     by_source: dict[tuple, list[str]] = {}
     for row in carried:
         by_source.setdefault((row["configuration"], row["eval_set"], row["source"]), []).append(row["level"])

@@ -407,3 +407,34 @@ def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root,
     reevaluate_study(out, [{"name": "band_limit", "severities": [4]}], n_jobs=1)
     assert len(pd.read_parquet(out / "predictions.parquet")) == len(after)
     assert len(pd.read_parquet(out / "trials" / "t0" / "predictions.parquet")) == len(after)
+
+
+def test_branch_ablation_summary_names_every_configuration(study, tmp_path):
+    folder, _, _ = study
+    text = (folder / "report.md").read_text()
+    line = next(row for row in text.splitlines() if row.startswith("- Branch ablation of `"))
+    assert line.startswith(
+        f"- Branch ablation of `fusion` on clean {PHYSIONET} (ROC-AUC drop): spectrogram replaced by"
+    )
+    # two fusion configurations: one compact table, a row per configuration and a column per ablated branch
+    copy = tmp_path / "two_fusions"
+    shutil.copytree(folder, copy)
+    trials = pd.read_parquet(copy / "trials.parquet")
+    predictions = pd.read_parquet(copy / "predictions.parquet")
+    fusion = trials[trials["config/model.architecture"] == "fusion"].assign(
+        trial_id=lambda t: t["trial_id"] + "-film", **{"config/model.fusion": "film"}
+    )
+    film_rows = predictions[predictions["trial_id"].str.startswith("fusion")].assign(
+        trial_id=lambda p: p["trial_id"] + "-film"
+    )
+    pd.concat([trials, fusion]).to_parquet(copy / "trials.parquet", index=False)
+    pd.concat([predictions, film_rows]).to_parquet(copy / "predictions.parquet", index=False)
+    state = json.loads((copy / "study.json").read_text())
+    state["space"]["grid"]["model.fusion"] = ["concat", "film"]
+    (copy / "study.json").write_text(json.dumps(state))
+    robustness.report_robustness(copy, n_resamples=N_RESAMPLES, plots=False)
+    text = (copy / "report.md").read_text()
+    start = text.index(f"- Branch ablation on clean {PHYSIONET} (ROC-AUC drop, intact − ablated):")
+    table = text[start:].split("\n\n")[1].splitlines()
+    assert table[0] == "| configuration | spectrogram replaced by its mean | waveform replaced by its mean |"
+    assert len(table) == 4 and sum("film" in row for row in table[2:]) == 1
