@@ -63,6 +63,7 @@ from .config import (
     parse_settings,
     validate_trial_config,
 )
+from .console import StudyConsole, tune_output
 from .data import DataError
 from .io import print_resource_error, write_json, write_parquet
 from .lock import StudyLocked, study_lock
@@ -459,7 +460,7 @@ def _run_locked(
         return {"trials": len(trials), "trained": 0, "out": str(out)}
 
     started = time.perf_counter()
-    with _ray_session(address, verbose):
+    with tune_output(out / "tune.log"), _ray_session(address, verbose):  # Tune's whole log kept in OUT
         data_refs = _share_data(configs, data_root, state, verbose)
         study.save(state)
         wrapped = _trainable_with(data_refs, resources)
@@ -552,12 +553,14 @@ def _ray_session(address: str | None, verbose: int):
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=verbose > 1,
+            log_to_driver=verbose > 2,
             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
         )
     try:
@@ -709,12 +712,13 @@ def trial_label(config: dict, axes: list[str]) -> str:
     return " ".join(f"{k.split('.')[-1]}={config[k]}" for k in axes)
 
 
-def _run_config(name, experiment_dir, verbose):
-
+def _run_config(name, experiment_dir, verbose, console: StudyConsole | None = None):
+    """Tune's tables only with --verbose 2 and up; by default ``console`` prints a line per trial instead."""
     return tune.RunConfig(
         name=name,
         storage_path=experiment_dir,
-        verbose=verbose,
+        verbose=1 if verbose >= 2 else 0,
+        callbacks=[console] if console is not None and verbose == 1 else None,
         failure_config=tune.FailureConfig(max_failures=3),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
@@ -726,10 +730,13 @@ def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verb
     param_space = {
         "trial": tune.grid_search([{"trial_id": i, "base": c, "label": trial_label(c, axes)} for i, c in todo])
     }
+    first = todo[0][1]
+    headline = f"{first['data.eval_sets'][0]}/{'score' if first['train.monitor'] == 'score' else 'roc_auc'}"
+    console = StudyConsole(len(todo), headline, first["train.monitor"])
     return tune.Tuner(
         wrapped,
         param_space=param_space,
-        run_config=_run_config(name, experiment_dir, verbose),
+        run_config=_run_config(name, experiment_dir, verbose, console),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname
         ),
@@ -749,7 +756,12 @@ def _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, ve
     return tune.Tuner(
         wrapped,
         param_space={"trial": {"base": base, "params": _search_space(search)}},
-        run_config=_run_config(name, experiment_dir, verbose),
+        run_config=_run_config(
+            name,
+            experiment_dir,
+            verbose,
+            StudyConsole(search.get("num_samples", 8), f"val/{base['train.monitor']}", base["train.monitor"]),
+        ),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -867,7 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         help="print the resolved plan (trials, resources, concurrency, feature sizes against the "
         "object store, grid axes that change no training input) and train nothing",
     )
-    parser.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 Tune's trial table, 2 trial logs too")
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        help="0 quiet; 1 a line per trial start and end and a status line (default); 2 Tune's tables instead; "
+        "3 trial logs too",
+    )
     args = parser.parse_args(argv)
     try:
         space = load_space(args.space, args.scale)

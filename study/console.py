@@ -1,0 +1,128 @@
+"""What a study prints while it runs: a line per trial start and end, and a periodic status line.
+
+Tune's own output (a configuration box per started trial, a trial table every
+few seconds) drowns what a person wants to know: which trial ran, its headline
+metric, and how far along the study is. :class:`StudyConsole` is a Tune
+callback printing exactly that; ``study.run --verbose 2`` brings Tune's tables
+back. :func:`tune_output` writes Tune's log records to the study folder
+whatever is shown, and :class:`OnceFilter` shows a warning Tune repeats (the
+experiment-state snapshot one) once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ray import tune
+
+__all__ = ["StudyConsole", "OnceFilter", "tune_output", "format_seconds"]
+
+
+def format_seconds(seconds: float) -> str:
+    """1 h 02 min, 3 min 05 s, 42 s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+class StudyConsole(tune.Callback):
+    """Prints "start LABEL", "done LABEL: …" per trial and a status line every ``every`` seconds.
+
+    ``total`` is the number of trials this run trains, ``headline`` the evaluation-set metric
+    shown on each finished trial (e.g. "physionet2016:test/roc_auc"), ``monitor`` the validation one.
+    """
+
+    def __init__(self, total: int, headline: str, monitor: str, every: float = 30.0, stream=None):
+        self.total, self.headline, self.monitor, self.every = total, headline, monitor, every
+        self.stream = stream or sys.stdout
+        self.started = time.monotonic()
+        self.last_status = self.started
+        self.walls: list[float] = []
+
+    def _print(self, text: str) -> None:
+        print(f"[{format_seconds(time.monotonic() - self.started):>10}] {text}", file=self.stream, flush=True)
+
+    @staticmethod
+    def _label(trial) -> str:
+        spec = trial.config.get("trial", {})
+        return f"{spec.get('label') or trial.trial_id} ({spec.get('trial_id') or trial.trial_id})"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._print(f"start {self._label(trial)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        wall = float(result.get("wall_time_s") or 0.0)
+        self.walls.append(wall)
+        parts = [f"{result.get('epoch', '?')} epochs (best {result.get('best_epoch', '?')})"]
+        for name, key in (("validation", f"val/{self.monitor}"), (self.headline.split("/")[0], self.headline)):
+            if isinstance(result.get(key), (int, float)):
+                parts.append(f"{name} {self.monitor if name == 'validation' else key.split('/')[-1]} {result[key]:.3f}")
+        parts.append(format_seconds(wall))
+        self._print(f"done  {self._label(trial)}: " + ", ".join(parts))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(f"error {self._label(trial)} (retried from its last checkpoint while retries remain)")
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.last_status >= self.every:
+            self.last_status = now
+            self._print(self.status(trials))
+
+    def on_experiment_end(self, trials, **info):
+        self._print(self.status(trials))
+
+    def status(self, trials) -> str:
+        counts = {state: sum(t.status == state for t in trials) for state in ("TERMINATED", "RUNNING", "ERROR")}
+        done, running, failed = counts["TERMINATED"], counts["RUNNING"], counts["ERROR"]
+        pending = max(self.total - done - running - failed, 0)
+        text = f"status: {done} done, {running} running, {pending} pending, {failed} failed of {self.total}"
+        if self.walls and (pending or running):
+            at_once = max(running, 1)
+            left = sum(self.walls) / len(self.walls) * (pending + running / 2) / at_once
+            text += f"; about {format_seconds(left)} left"
+        return text
+
+
+class OnceFilter(logging.Filter):
+    """Lets each message through once (by its first 60 characters): for warnings Tune repeats."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage()[:60]
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def tune_output(log_path: Path):
+    """While a study runs: every Ray Tune log record (INFO and up) also goes to ``log_path``, and the
+    experiment-state snapshot warning Tune repeats every few seconds is shown once."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tune_logger = logging.getLogger("ray.tune")
+    snapshots = logging.getLogger("ray.tune.execution.experiment_state")
+    once = OnceFilter()
+    tune_logger.addHandler(handler)
+    snapshots.addFilter(once)
+    try:
+        yield
+    finally:
+        tune_logger.removeHandler(handler)
+        snapshots.removeFilter(once)
+        handler.close()

@@ -1,0 +1,56 @@
+"""What a study prints: a line per trial start and end, a status line, Tune's log kept, repeats shown once."""
+
+from __future__ import annotations
+
+import io
+import logging
+from types import SimpleNamespace
+
+from study.console import StudyConsole, format_seconds, tune_output
+
+
+def _trial(trial_id: str, label: str, status: str = "RUNNING", result: dict | None = None):
+    return SimpleNamespace(
+        trial_id="tune_" + trial_id,
+        config={"trial": {"trial_id": trial_id, "label": label}},
+        status=status,
+        last_result=result or {},
+    )
+
+
+def test_a_line_per_trial_and_a_status_line_with_the_time_left():
+    stream = io.StringIO()
+    console = StudyConsole(3, "physionet2016:test/roc_auc", "roc_auc", every=0, stream=stream)
+    first = _trial("aa11", "architecture=waveform seed=0")
+    console.on_trial_start(0, [first], first)
+    result = {"epoch": 12, "best_epoch": 9, "val/roc_auc": 0.8123, "physionet2016:test/roc_auc": 0.7711}
+    done = _trial("aa11", "architecture=waveform seed=0", "TERMINATED", {**result, "wall_time_s": 65.0})
+    console.on_trial_complete(1, [done], done)
+    running = _trial("bb22", "architecture=fusion seed=0")
+    console.on_step_end(2, [done, running])
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == [
+        "start architecture=waveform seed=0 (aa11)",
+        "done  architecture=waveform seed=0 (aa11): 12 epochs (best 9), validation roc_auc 0.812, "
+        "physionet2016:test roc_auc 0.771, 1 min 05 s",
+        "status: 1 done, 1 running, 1 pending, 0 failed of 3; about 1 min 38 s left",
+    ]
+    assert format_seconds(3725) == "1 h 02 min" and format_seconds(42) == "42 s"
+
+
+def test_tunes_log_is_kept_and_a_repeated_warning_shown_once(tmp_path):
+    seen = io.StringIO()
+    shown = logging.StreamHandler(seen)
+    snapshots = logging.getLogger("ray.tune.execution.experiment_state")
+    snapshots.addHandler(shown)
+    try:
+        with tune_output(tmp_path / "tune.log"):
+            for _ in range(3):
+                snapshots.warning("Experiment state snapshotting has been triggered multiple times")
+            logging.getLogger("ray.tune.tune").info("Wrote the latest version of all result files")
+        snapshots.warning("Experiment state snapshotting has been triggered multiple times")  # after: not filtered
+    finally:
+        snapshots.removeHandler(shown)
+    assert seen.getvalue().count("snapshotting") == 2  # once during the study, once after it
+    log = (tmp_path / "tune.log").read_text()
+    assert log.count("snapshotting") == 1 and "Wrote the latest version" in log
