@@ -1198,10 +1198,16 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
     lines += [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
     for dataset, check in analysis.state.get("data_info", {}).get("split_check", {}).items():
         shared = check["patients_in_train_and_test"]
-        lines += [
+        recordings = (
             f"- split of `{dataset}`: {check['recordings_train']} train / {check['recordings_test']} test "
-            f"recordings (none in both); {check['patients_train']} train / {check['patients_test']} test "
-            f"patients, **{len(shared)} in both**"
+            "recordings (none in both); "
+        )
+        if not check["patients_train"] and not check["patients_test"]:
+            lines.append(recordings + "the dataset gives no patient ids, so patients cannot be checked")
+            continue
+        lines += [
+            recordings
+            + f"{check['patients_train']} train / {check['patients_test']} test patients, **{len(shared)} in both**"
             + (
                 f" ({', '.join(shared)}): the split is by recording, so "
                 "these patients' cycles leak between train and test"
@@ -1241,6 +1247,7 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
         ]
     if claims:
         lines += [
+            "",
             "## Paper claims",
             "",
             to_markdown(pd.DataFrame(claims)),

@@ -521,7 +521,16 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
     state = json.loads((folder / "study.json").read_text())
     removed = [{"id": "a0007", "split": "train", "same_as": ["pascal:q0003"]}]
     state["data_info"] = {
-        "duplicates": {"abc123": {"setting": "remove", "removed_from_training": removed, "dropped_from_eval": {}}}
+        "duplicates": {"abc123": {"setting": "remove", "removed_from_training": removed, "dropped_from_eval": {}}},
+        "split_check": {
+            "physionet2016": {
+                "recordings_train": 2943,
+                "recordings_test": 297,
+                "patients_train": 0,
+                "patients_test": 0,
+                "patients_in_train_and_test": [],
+            }
+        },
     }
     (folder / "study.json").write_text(json.dumps(state))
     report.report_study(folder, **FAST)
@@ -530,6 +539,10 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
         "`pascal` (n = 160, 80 abnormal, 40 patients (largest 4 recordings): resampled and tested by patient)" in index
     )
     assert "1 training/validation recording(s) removed as copies of evaluation recordings (a0007)" in index
+    assert (
+        "- split of `physionet2016`: 2943 train / 297 test recordings (none in both); the dataset gives no patient "
+        "ids, so patients cannot be checked" in index
+    )
     clustering = pd.read_csv(folder / "tables" / "clustering.csv")
     assert set(clustering["eval_set"]) == {"pascal"}  # PhysioNet's recordings are their own clusters
     assert (clustering["patients"] == 40).all() and (clustering["largest_cluster"] == 4).all()
