@@ -146,3 +146,143 @@ def reevaluate_study(
     state["robustness_suites"] = [*state.get("robustness_suites", []), list(suite)]
     write_json(out / "study.json", state)
     return new
+
+
+# ---------------------------------------------------------------- external evaluation sets
+
+
+def parse_eval_set(text: str) -> tuple[str, str, Path, str | None]:
+    """``[NAME=]DATASET:ROOT[:SPLIT]`` -> (name, dataset, root, split); the name defaults to DATASET@ROOT's folder name."""
+    from .data import LOADERS
+
+    name, _, spec = text.rpartition("=") if "=" in text.split(":", 1)[0] else ("", "", text)
+    dataset, _, rest = spec.partition(":")
+    if dataset not in LOADERS or not rest:
+        raise ValueError(
+            f"--eval-set {text!r}: expected [NAME=]DATASET:ROOT[:SPLIT] with DATASET one of {sorted(LOADERS)}"
+        )
+    root, _, split = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise ValueError(f"--eval-set {text!r}: {root_path} does not exist")
+    split = split or None
+    return name or f"{dataset}@{root_path.stem}" + (f":{split}" if split else ""), dataset, root_path, split
+
+
+def external_table(config: dict, dataset: str, root: Path, split: str | None) -> pd.DataFrame:
+    """The recordings of ``dataset`` at ``root`` (one split, or all), loaded with the trial's data settings."""
+    from .config import DataConfig
+    from .data import load_dataset
+
+    data = DataConfig.from_config(config)
+    options = {"skip_bad": data.skip_bad, **({"mapping": data.pascal_mapping} if dataset == "pascal" else {})}
+    table = load_dataset(dataset, root, **options).table
+    if split is not None:
+        if split not in set(table["split"]):
+            raise ValueError(f"{dataset} at {root} has no split {split!r}; its splits: {sorted(set(table['split']))}")
+        table = table[table["split"] == split]
+    if table.empty:
+        raise ValueError(f"{dataset} at {root}{f' ({split})' if split else ''} holds no labelled recording")
+    return table
+
+
+def evaluate_study(out: str | Path, eval_sets: list[str], *, device: str = "cpu", report: bool = True) -> pd.DataFrame:
+    """Score every saved checkpoint of the study in ``out`` on external evaluation sets, without training.
+
+    ``eval_sets`` are ``[NAME=]DATASET:ROOT[:SPLIT]`` specs. Features use each trial's own profile (once per
+    profile, through the cache); rows go into each trial's and the study's predictions.parquet under the
+    new evaluation-set names, replacing rows of the same name (so re-running is idempotent), and the study's
+    report is written again. Raises ValueError, naming the trial, for a checkpoint whose model cannot be
+    rebuilt or a dataset whose labels do not fit the model's task; nothing is written then.
+    """
+    from .cache import FeatureCache, extract_features
+    from .lock import study_lock
+    from .tensors import SplitData, TrialData
+
+    out = Path(out)
+    specs = [parse_eval_set(text) for text in eval_sets]
+    names = [spec[0] for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluation-set names must differ, got {names}")
+    with study_lock(out, "python -m study.evaluate", create=False):
+        trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
+        cache, splits, frames = FeatureCache(), {}, []
+        torch_device = pick_device(device)
+        for trial_id in trial_ids:
+            path = out / "trials" / trial_id / "checkpoint.pt"
+            checkpoint = load_checkpoint(path)
+            try:
+                model = load_model(checkpoint).to(torch_device)
+            except (RuntimeError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"trial {trial_id}: the model of {path} cannot be rebuilt ({error})") from error
+            config = checkpoint["config"]
+            n_classes = int(getattr(model, "num_classes", 0) or config.get("model.num_classes", 1) or 1)
+            evals = {}
+            for name, dataset, root, split in specs:
+                key = (name, profile_of(config).key(), json.dumps(data_settings(config), sort_keys=True, default=str))
+                if key not in splits:
+                    table = external_table(config, dataset, root, split)
+                    if n_classes <= 2 and int(table["label"].max()) > 1:
+                        raise ValueError(
+                            f"{name}: {dataset} has {int(table['label'].max()) + 1} classes, but trial {trial_id} is "
+                            "a binary (heart) model: score it with a study of that task"
+                        )
+                    features = extract_features(table, profile_of(config), cache=cache, desc=name)
+                    splits[key] = SplitData.from_features(name, features)
+                evals[name] = splits[key]
+            data = TrialData(next(iter(evals.values())), next(iter(evals.values())), evals, profile_of(config))
+            means = checkpoint.get("feature_means") or {}
+            _, predictions = evaluate_model(model, data, torch_device, trial_id, float(checkpoint["threshold"]), means)
+            frames.append(predictions)
+        new = pd.concat(frames, ignore_index=True)
+        for trial_id, rows in new.groupby("trial_id", sort=False):
+            trial_file = out / "trials" / trial_id / "predictions.parquet"
+            existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
+            write_parquet(trial_file, merge_predictions(existing, rows))
+        write_parquet(out / "predictions.parquet", merge_predictions(pd.read_parquet(out / "predictions.parquet"), new))
+        state = json.loads((out / "study.json").read_text())
+        external = {e["name"]: e for e in state.get("external_eval_sets", [])}
+        for name, dataset, root, split in specs:
+            external[name] = {"name": name, "dataset": dataset, "root": str(root), "split": split}
+        state["external_eval_sets"] = list(external.values())
+        write_json(out / "study.json", state)
+        if report:
+            from analysis.report import report_study  # like study.run, the one other study -> analysis import
+
+            report_study(out)
+    return new
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from .lock import StudyLocked
+
+    parser = argparse.ArgumentParser(
+        prog="python -m study.evaluate",
+        description="Score a finished study's saved checkpoints on new data, without training, and rewrite its report.",
+    )
+    parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/fusion")
+    parser.add_argument(
+        "--eval-set",
+        action="append",
+        required=True,
+        metavar="[NAME=]DATASET:ROOT[:SPLIT]",
+        help="a dataset to score (repeatable): manifest:my.csv, pascal:DATA/pascal, physionet2016:DATA/physionet2016:test",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
+    args = parser.parse_args(argv)
+    try:
+        new = evaluate_study(args.study, args.eval_set, device=args.device, report=not args.no_report)
+    except (FileNotFoundError, ValueError, StudyLocked) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sets = ", ".join(sorted(new["eval_set"].unique()))
+    print(f"scored {new['trial_id'].nunique()} trials on {sets}: {len(new)} rows merged into {args.study}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
