@@ -112,7 +112,7 @@ def tune_output(log_path: Path):
     """While a study runs: every Ray Tune log record (INFO and up) also goes to ``log_path``, and the
     experiment-state snapshot warning Tune repeats every few seconds is shown once."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler = logging.FileHandler(log_path, encoding="utf-8", delay=True)  # no file until Tune logs something
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     tune_logger = logging.getLogger("ray.tune")
