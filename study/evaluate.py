@@ -115,6 +115,18 @@ def merge_predictions(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame
     return merged.astype({"severity": "int64", "perturbation": str, "ablation": str})
 
 
+def merge_into_study(out: Path, new: pd.DataFrame) -> None:
+    """Merge prediction rows into each trial's and the study's predictions.parquet (see merge_predictions).
+
+    Each trial's own file first: `study.run --resume/--extend` rebuilds OUT/predictions.parquet from them.
+    """
+    for trial_id, rows in new.groupby("trial_id", sort=False):
+        trial_file = out / "trials" / trial_id / "predictions.parquet"
+        existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
+        write_parquet(trial_file, merge_predictions(existing, rows))
+    write_parquet(out / "predictions.parquet", merge_predictions(pd.read_parquet(out / "predictions.parquet"), new))
+
+
 def reevaluate_study(
     out: str | Path, suite: list, *, device: str = "cpu", progress: bool = False, n_jobs: int | None = None
 ) -> pd.DataFrame:
@@ -135,13 +147,7 @@ def reevaluate_study(
     trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
     checkpoints = {t: load_checkpoint(out / "trials" / t / "checkpoint.pt") for t in trial_ids}
     new = reevaluate_trials(checkpoints, state["data_root"], suite, device=device, progress=progress, n_jobs=n_jobs)
-    # Each trial's own file first: `study.run --resume/--extend` rebuilds OUT/predictions.parquet from them.
-    for trial_id, rows in new.groupby("trial_id", sort=False):
-        trial_file = out / "trials" / trial_id / "predictions.parquet"
-        existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
-        write_parquet(trial_file, merge_predictions(existing, rows))
-    merged = merge_predictions(pd.read_parquet(out / "predictions.parquet"), new)
-    write_parquet(out / "predictions.parquet", merged)
+    merge_into_study(out, new)
     # the report labels a perturbation level with its options, so the study remembers the suites merged in
     state["robustness_suites"] = [*state.get("robustness_suites", []), list(suite)]
     write_json(out / "study.json", state)
@@ -235,11 +241,7 @@ def evaluate_study(out: str | Path, eval_sets: list[str], *, device: str = "cpu"
             _, predictions = evaluate_model(model, data, torch_device, trial_id, float(checkpoint["threshold"]), means)
             frames.append(predictions)
         new = pd.concat(frames, ignore_index=True)
-        for trial_id, rows in new.groupby("trial_id", sort=False):
-            trial_file = out / "trials" / trial_id / "predictions.parquet"
-            existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
-            write_parquet(trial_file, merge_predictions(existing, rows))
-        write_parquet(out / "predictions.parquet", merge_predictions(pd.read_parquet(out / "predictions.parquet"), new))
+        merge_into_study(out, new)
         state = json.loads((out / "study.json").read_text())
         external = {e["name"]: e for e in state.get("external_eval_sets", [])}
         for name, dataset, root, split in specs:
