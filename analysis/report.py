@@ -6,7 +6,10 @@
 ``study.run`` calls :func:`report_study` at the end of a study. Inputs are the
 files ``study.run`` writes (``study.json``, ``trials.parquet``,
 ``predictions.parquet``); outputs are ``results/NAME/tables/*.md|csv|tex``,
-``results/NAME/plots/*.png`` and the index ``results/NAME/report.md``. Where
+``results/NAME/plots/*.png`` and the index ``results/NAME/report.md``, whose
+summary puts every figure in a compact table with one row per row of a
+table under ``tables/`` (naming its configuration and evaluation set; the
+test ``tests/test_report_trace.py`` checks it). Where
 the predictions hold perturbed or branch-ablated rows (a heart study),
 :func:`report_study` then runs :func:`analysis.robustness.report_robustness`,
 which adds its tables, plots and a section to ``report.md``.
@@ -458,6 +461,41 @@ def _methods_of(intervals) -> str:
     return ", ".join("BCa" if m == "bca" else m for m in methods)
 
 
+def _configurations_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
+    """Write tables/configurations: each configuration's varying settings, seeds and trials; returns its rows."""
+    display, numbers = [], []
+    for configuration in analysis.configurations:
+        settings = ", ".join(f"{k}={setting_text(configuration.settings.get(k))}" for k in analysis.varying) or "–"
+        seeds = ", ".join(str(s) for s in configuration.seeds)
+        display.append(
+            {
+                "configuration": configuration.name,
+                "settings": settings,
+                "seeds": len(configuration.seeds),
+                "seed values": seeds,
+                "trials": ", ".join(configuration.trial_ids),
+            }
+        )
+        numbers.append(
+            {
+                "configuration": configuration.name,
+                "settings": settings,
+                "seeds": len(configuration.seeds),
+                "seed_values": seeds,
+                "trial_ids": " ".join(configuration.trial_ids),
+            }
+        )
+    writer.table(
+        "configurations",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        "Configurations: every setting except the seed, replicated over seeds; the settings that vary between "
+        "configurations, the seeds and the trials of each.",
+        "each configuration's varying settings, seeds and trial ids",
+    )
+    return numbers
+
+
 def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
     eval_set = analysis.primary
     display, numbers, intervals = [], [], []
@@ -725,7 +763,10 @@ def _matching(configurations: list[Configuration], claim: paper.Claim, value: st
     ]
 
 
-def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> list[dict]:
+def _claims_table(
+    analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]
+) -> tuple[list[dict], list[dict]]:
+    """Write tables/claims; returns (claim and verdict of each claim, the table's numeric rows: one per part)."""
     by_pair = {(r.eval_set, r.a, r.b, r.metric): r for r in rows if r.test == "paired bootstrap"}
     display, numbers, summaries = [], [], []
     for claim in paper.CLAIMS:
@@ -789,6 +830,7 @@ def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[Comparis
             numbers.append(
                 {
                     "claim": claim.key,
+                    "claim_text": claim.text,
                     "winner": winner.name,
                     "loser": loser.name,
                     "eval_set": claim.eval_set,
@@ -824,7 +866,7 @@ def _claims_table(analysis: _Analysis, writer: ReportWriter, rows: list[Comparis
             "and is otherwise not supported at this test set's resolution (see resolution).",
             "each paper claim this study can check, the deciding test, and whether it holds",
         )
-    return summaries
+    return summaries, numbers
 
 
 def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
@@ -873,6 +915,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     "n": n,
                     "n_pos": n_pos,
                     "configuration": configuration.name,
+                    **interval_numbers("pooled_roc_auc", pooled),
                 }
                 for metric in analysis.metrics:
                     interval = (
@@ -882,7 +925,8 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     )
                     row[METRIC_LABELS[metric]] = interval_cell(interval) if source in per_source else "one class only"
                     numeric.update(interval_numbers(metric, interval))
-                reasons = []
+                reasons, why = [], []  # why: the reasons, short, for report.md's table
+                numeric["roc_auc_without_source"] = math.nan
                 if source in without:
                     auc_without = float(without[source][rows].mean())
                     numeric["roc_auc_without_source"] = auc_without
@@ -890,6 +934,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                         reasons.append(
                             f"without it the pooled ROC-AUC falls from {pooled.estimate:.3f} to {auc_without:.3f}"
                         )
+                        why.append("the pooled ROC-AUC falls without it")
                 others = [s for s in per_source if s != source]
                 if (
                     source in per_source
@@ -900,6 +945,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     and all(source_auc[s].low <= 0.5 <= source_auc[s].high for s in others)
                 ):
                     reasons.append("the pooled ROC-AUC lies in its CI while every other source's CI contains 0.5")
+                    why.append("the only source above chance, and the pooled ROC-AUC lies in its CI")
                 row["carries pooled ROC-AUC"] = ("YES: " + "; ".join(reasons)) if reasons else ""
                 numeric["carries_pooled_roc_auc"] = bool(reasons)
                 if reasons:
@@ -909,6 +955,8 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                             "configuration": configuration.name,
                             "source": source,
                             "reason": "; ".join(reasons),
+                            "why": "; ".join(why),
+                            **{k: numeric[k] for k in _FLAG_NUMBERS},
                         }
                     )
                 display.append(row)
@@ -927,6 +975,10 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         "every metric per source database with intervals, and a flag where one source carries the pooled ROC-AUC",
     )
     return flags
+
+
+# The numbers of a flagged source that report.md's table shows (tables/per_source columns).
+_FLAG_NUMBERS = ("pooled_roc_auc", "roc_auc_without_source", "roc_auc", "roc_auc_low", "roc_auc_high")
 
 
 def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
@@ -1017,6 +1069,8 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             "n_neg": n - n_pos,
             "clusters": sizes.size,
             "largest_cluster": int(sizes.max()),
+            "resampled_by_patient": data.groups is not None,
+            "dropped_recordings": data.dropped_recordings,
         }
         if analysis.respiratory:
             row["smallest detectable Δ ROC-AUC"] = "n/a: four-class score"
@@ -1151,7 +1205,98 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
         )
 
 
-def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags: list[dict], seconds: float) -> Path:
+def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: list[dict]) -> list[str]:
+    """report.md's compact tables of the configurations and evaluation sets, a row per row of
+    tables/configurations and tables/resolution."""
+    positive = "not normal" if analysis.respiratory else "abnormal"
+    sets = []
+    for r in resolution:
+        row = {
+            "evaluation set": f"`{r['eval_set']}`",
+            "recordings": r["n"],
+            positive: r["n_pos"],
+            "patients": r["clusters"] if r["resampled_by_patient"] else "–",
+            "largest patient (recordings)": r["largest_cluster"] if r["resampled_by_patient"] else "–",
+            "resampled and tested by": "patient" if r["resampled_by_patient"] else "recording",
+        }
+        if any(x["dropped_recordings"] for x in resolution):
+            row["recordings dropped (not scored by every trial)"] = r["dropped_recordings"]
+        sets.append(row)
+    return [
+        "- configurations ([tables/configurations.md](tables/configurations.md)):",
+        "",
+        to_markdown(
+            pd.DataFrame([{"configuration": f"`{r['configuration']}`", "seeds": r["seeds"]} for r in configurations])
+        ),
+        "- evaluation sets ([tables/resolution.md](tables/resolution.md)):",
+        "",
+        to_markdown(pd.DataFrame(sets)),
+    ]
+
+
+def _claims_summary(parts: list[dict]) -> list[str]:
+    """report.md's table of the paper claims: a row per part (a row of tables/claims), the claim's text and
+    verdict on its first part."""
+    rows, seen = [], set()
+    for part in parts:
+        first = part["claim"] not in seen
+        seen.add(part["claim"])
+        paper_gap = part["paper_difference"]
+        rows.append(
+            {
+                "claim": part["claim_text"] if first else "",
+                "verdict": part["claim_verdict"] if first else "",
+                "comparison": f"{part['winner']} vs {part['loser']}",
+                "evaluation set": part["eval_set"],
+                "paper Δ": format_value(paper_gap, 4, signed=True) if math.isfinite(paper_gap) else "ranking only",
+                "study Δ [95 % CI]": format_interval(part["difference"], part["low"], part["high"], signed=True),
+                "p": format_p(part["p"]),
+                "part": part["part"],
+            }
+        )
+    return [
+        "## Paper claims",
+        "",
+        to_markdown(pd.DataFrame(rows)),
+        "(Δ: winner − loser in "
+        + ", ".join(dict.fromkeys(METRIC_LABELS[p["metric"]] for p in parts))
+        + "; the deciding test of each p and the claims' wording: [tables/claims.md](tables/claims.md))",
+        "",
+    ]
+
+
+def _flags_summary(flags: list[dict]) -> list[str]:
+    """report.md's table of the sources that carry a pooled ROC-AUC, a row per flagged row of tables/per_source."""
+    rows = [
+        {
+            "configuration": f"`{f['configuration']}`",
+            "evaluation set": f["eval_set"],
+            "source": f"**{f['source']}**",
+            "pooled ROC-AUC": format_value(f["pooled_roc_auc"]),
+            "pooled ROC-AUC without the source": format_value(f["roc_auc_without_source"]),
+            "ROC-AUC within the source [95 % CI]": format_interval(f["roc_auc"], f["roc_auc_low"], f["roc_auc_high"]),
+            "flagged because": f["why"],
+        }
+        for f in flags
+    ]
+    return [
+        "## Sources carrying a pooled ROC-AUC",
+        "",
+        "- seed-mean ROC-AUCs of [tables/per_source.md](tables/per_source.md); the rule is under Method:",
+        "",
+        to_markdown(pd.DataFrame(rows)),
+    ]
+
+
+def _index(
+    analysis: _Analysis,
+    writer: ReportWriter,
+    tables: dict[str, list[dict]],
+    claims: list[dict],
+    flags: list[dict],
+    seconds: float,
+) -> Path:
+    """Write report.md; ``tables`` holds the numeric rows of configurations, resolution and claims."""
     options = analysis.options
     lines = [
         f"# Report: study `{analysis.name}`",
@@ -1168,32 +1313,12 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
         "",
         f"- study type: {'respiratory (ICBHI, 4 classes)' if analysis.respiratory else 'heart (binary)'}; "
         f"scale: {analysis.space.get('scale', '?')}",
-        f"- configurations ({len(analysis.configurations)}): "
-        + "; ".join(f"`{c.name}` ({len(c.seeds)} seeds)" for c in analysis.configurations),
         f"- settings that vary: {', '.join(analysis.varying) or 'none'}; seeds are replicates",
         f"- comparisons: {analysis.axis} vs baseline `{analysis.baseline}` on {METRIC_LABELS[analysis.compare_metric]}"
         if analysis.baseline is not None
         else "- comparisons: none (the space declares no compare axis in these trials)",
-        "- evaluation sets: "
-        + "; ".join(
-            f"`{e.name}` (n = {e.labels.size}, {e.n_pos} abnormal"
-            + (
-                f", {e.cluster_sizes().size} patients (largest {e.cluster_sizes().max()} recordings): "
-                "resampled and tested by patient"
-                if e.groups is not None
-                else ""
-            )
-            + (
-                f", {e.dropped_recordings} recordings dropped: not scored by every trial"
-                if e.dropped_recordings
-                else ""
-            )
-            + ")"
-            for e in analysis.eval_sets
-        ),
         f"- options: {options.n_resamples} bootstrap resamples and permutations, {options.ci_method} intervals, "
         f"{options.correction} correction, α = {options.alpha}, random seed {options.seed}; took {seconds:.1f} s",
-        "",
     ]
     lines += [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
     for dataset, check in analysis.state.get("data_info", {}).get("split_check", {}).items():
@@ -1229,11 +1354,11 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
                     else ""
                 )
             )
+    lines += ["", *_study_tables(analysis, tables["configurations"], tables["resolution"])]
     search = analysis.state.get("search") or {}
     if search.get("complete"):
         best = search["best"]
         lines += [
-            "",
             "## Hyperparameter search",
             "",
             f"- {search['trials']} trials in [search/trials.parquet](search/trials.parquet), "
@@ -1246,19 +1371,9 @@ def _index(analysis: _Analysis, writer: ReportWriter, claims: list[dict], flags:
             "",
         ]
     if claims:
-        lines += [
-            "",
-            "## Paper claims",
-            "",
-            to_markdown(pd.DataFrame(claims)),
-            "(details: [tables/claims.md](tables/claims.md))",
-            "",
-        ]
+        lines += _claims_summary(tables["claims"])
     if flags:
-        lines += ["## Sources carrying a pooled ROC-AUC", ""]
-        lines += [f"- `{f['configuration']}` on {f['eval_set']}: **{f['source']}** ({f['reason']})" for f in flags] + [
-            ""
-        ]
+        lines += _flags_summary(flags)
     lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
     lines += [
         "",
@@ -1304,19 +1419,21 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
     analysis = _Analysis(Path(out), settings, dest)
     writer = ReportWriter(analysis.dest)
     rows = analysis.comparisons()
+    configurations = _configurations_table(analysis, writer)
     _main_table(analysis, writer)
     _pascal_table(analysis, writer)
     _intervals_table(analysis, writer)
     if rows:
         _comparisons_table(analysis, writer, rows)
-    claims = _claims_table(analysis, writer, rows)
+    claims, claim_parts = _claims_table(analysis, writer, rows)
     flags = _per_source(analysis, writer)
     _clustering_table(analysis, writer)
     resolution = _resolution_table(analysis, writer)
     if settings.plots:
         _plots(analysis, writer, rows, resolution)
     seconds = time.perf_counter() - started
-    report = _index(analysis, writer, claims, flags, seconds)
+    tables = {"configurations": configurations, "resolution": resolution, "claims": claim_parts}
+    report = _index(analysis, writer, tables, claims, flags, seconds)
     summary = {
         "out": str(analysis.out),
         "report": str(report),

@@ -535,9 +535,7 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
     (folder / "study.json").write_text(json.dumps(state))
     report.report_study(folder, **FAST)
     index = (folder / "report.md").read_text()
-    assert (
-        "`pascal` (n = 160, 80 abnormal, 40 patients (largest 4 recordings): resampled and tested by patient)" in index
-    )
+    assert "| `pascal` | 160 | 80 | 40 | 4 | patient |" in index  # recordings, abnormal, patients, the largest
     assert "1 training/validation recording(s) removed as copies of evaluation recordings (a0007)" in index
     assert (
         "- split of `physionet2016`: 2943 train / 297 test recordings (none in both); the dataset gives no patient "

@@ -186,10 +186,14 @@ def test_paired_test_flags_the_planted_difference_and_not_the_null(study):
     # Holm: the adjusted p-values are at least the raw ones, and the family is every row
     assert (tests["adjusted_p"] >= tests["p"] - 1e-12).all()
     claim = "\n".join(summary and (folder / "report.md").read_text().split(robustness.SECTION_START)[1:])
-    assert "fusion − spectrogram" in claim
+    assert "| Δ fusion − branch [95 % CI] |" in claim
+    assert f"| {PHYSIONET} | MP3 32 kbps | fusion | spectrogram |" in claim  # the highest severity's row
     # the planted codec damage to the spectrogram branch is found, and judged apart from the (null) real shift
+    verdicts = pd.read_csv(folder / "tables" / "robustness_claim.csv").set_index(["eval_set", "branch"])
+    assert verdicts.loc[(PHYSIONET, "spectrogram"), ["better", "worse", "tests"]].tolist() == [2, 0, 2]
+    assert verdicts.loc[("pascal", "spectrogram"), ["better", "worse", "tests"]].tolist() == [0, 0, 1]
     assert (
-        "under perturbations of the in-domain test set fusion is significantly better / worse than spectrogram-only in 2 / 0 of 2"
+        f"| perturbations of the in-domain test set, every severity | {PHYSIONET} | fusion | spectrogram | 2 | 0 | 2 |"
         in claim
     )
     assert "The claim is not supported on the real shift, although fusion resists the simulated perturbations" in claim
@@ -236,7 +240,7 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     perturbed = predictions[broken]
     expected = np.mean([roc_auc_score(g["label"], g["prob"]) for _, g in perturbed.groupby("trial_id")])
     assert row["roc_auc_perturbed"] == pytest.approx(expected, abs=1e-9)
-    assert any("training-e carries the ROC-AUC drop under MP3 32 kbps" in line for line in summary["claim"])
+    assert f"\n| waveform | {PHYSIONET} | MP3 32 kbps | training-e | " in "\n".join(summary["claim"])
     assert "robustness_per_source.md" in (folder / "report.md").read_text()
     # every entry has a 95 % interval that holds its point estimate
     for prefix in ("roc_auc_clean", "roc_auc_perturbed", "drop", "pooled_drop", "pooled_drop_without_source"):
@@ -412,11 +416,18 @@ def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root,
 def test_branch_ablation_summary_names_every_configuration(study, tmp_path):
     folder, _, _ = study
     text = (folder / "report.md").read_text()
-    line = next(row for row in text.splitlines() if row.startswith("- Branch ablation of `"))
-    assert line.startswith(
-        f"- Branch ablation of `fusion` on clean {PHYSIONET} (ROC-AUC drop): spectrogram replaced by"
+    start = text.index("- Branch ablation of the fusion models on clean audio")
+    table = text[start:].split("\n\n")[1].splitlines()
+    assert (
+        table[0] == "| configuration | evaluation set | ablation | ROC-AUC intact | ROC-AUC ablated | drop [95 % CI] |"
     )
-    # two fusion configurations: one compact table, a row per configuration and a column per ablated branch
+    assert [row.split(" | ")[1:3] for row in table[2:]] == [
+        [PHYSIONET, "spectrogram=mean"],
+        [PHYSIONET, "waveform=mean"],
+        ["pascal", "spectrogram=mean"],
+        ["pascal", "waveform=mean"],
+    ]
+    # two fusion configurations: one compact table, a row per configuration, evaluation set and ablated branch
     copy = tmp_path / "two_fusions"
     shutil.copytree(folder, copy)
     trials = pd.read_parquet(copy / "trials.parquet")
@@ -434,7 +445,6 @@ def test_branch_ablation_summary_names_every_configuration(study, tmp_path):
     (copy / "study.json").write_text(json.dumps(state))
     robustness.report_robustness(copy, n_resamples=N_RESAMPLES, plots=False)
     text = (copy / "report.md").read_text()
-    start = text.index(f"- Branch ablation on clean {PHYSIONET} (ROC-AUC drop, intact − ablated):")
+    start = text.index("- Branch ablation of the fusion models on clean audio")
     table = text[start:].split("\n\n")[1].splitlines()
-    assert table[0] == "| configuration | spectrogram replaced by its mean | waveform replaced by its mean |"
-    assert len(table) == 4 and sum("film" in row for row in table[2:]) == 1
+    assert len(table) == 2 + 8 and sum("model.fusion=film |" in row for row in table[2:]) == 4
