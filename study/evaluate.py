@@ -1,4 +1,4 @@
-"""Re-evaluate a finished study's saved checkpoints on a new perturbation suite.
+"""Score a finished study's saved checkpoints again, without training: on a perturbation suite or on new data.
 
 ``python -m analysis robustness results/NAME --perturb SUITE`` calls
 :func:`reevaluate_study`: every trial's best weights (``OUT/trials/ID/checkpoint.pt``)
@@ -6,11 +6,19 @@ are scored on every evaluation set with each perturbation of the suite applied
 (and, for fusion models, with each branch ablated), and the new rows replace
 rows with the same key in ``OUT/predictions.parquet`` and in each trial's
 ``OUT/trials/ID/predictions.parquet``.
+
+``python -m study.evaluate OUT --eval-set [NAME=]DATASET:ROOT[:SPLIT] [--address auto|HOST:PORT]
+[--ray-min-trials N]`` calls :func:`evaluate_study`: the same for external datasets. Features are
+extracted once in the driver; a few trials are scored there, many (or any, given ``--address``) as
+Ray tasks, one per trial, spread over the cluster.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +34,7 @@ from .trial_data import data_settings, prepare_data
 
 ROW_KEY = ["trial_id", "eval_set", "recording_id", "perturbation", "severity", "ablation"]
 CONDITION_KEY = ["trial_id", "eval_set", "perturbation", "severity", "ablation"]
+RAY_MIN_TRIALS = 8  # study.evaluate scores this many trials or more as Ray tasks; fewer here, one by one
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -33,10 +42,15 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return parse_checkpoint(path.read_bytes(), str(path))
+
+
+def parse_checkpoint(raw: bytes, source: str) -> dict:
+    """The checkpoint held in ``raw`` (the bytes of the file ``source``, named in errors), on the CPU."""
+    checkpoint = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     missing = [k for k in ("config", "model", "threshold") if k not in checkpoint]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {missing}")
+        raise ValueError(f"checkpoint {source} lacks {missing}")
     return checkpoint
 
 
@@ -192,18 +206,153 @@ def external_table(config: dict, dataset: str, root: Path, split: str | None) ->
     return table
 
 
-def evaluate_study(out: str | Path, eval_sets: list[str], *, device: str = "cpu", report: bool = True) -> pd.DataFrame:
+def check_task(trial_id: str, config: dict, name: str, dataset: str, labels: pd.Series) -> None:
+    """Refuse an evaluation set whose labels (0 … C-1) a trial's model cannot score: multi-class for a binary model."""
+    if int(config.get("model.num_classes", 1) or 1) <= 2 and int(labels.max()) > 1:
+        raise ValueError(
+            f"{name}: {dataset} has {int(labels.max()) + 1} classes, but trial {trial_id} is "
+            "a binary (heart) model: score it with a study of that task"
+        )
+
+
+def prepare_external_sets(configs: dict[str, dict], specs: list[tuple]) -> tuple[dict[str, str], dict[str, dict]]:
+    """The features every trial is scored on, extracted once per (profile, data settings) through the cache.
+
+    ``configs``: trial id -> resolved config; ``specs``: :func:`parse_eval_set` tuples. Returns
+    ({trial id: features key}, {features key: {evaluation-set name: SplitData}}).
+    """
+    from .cache import FeatureCache, extract_features
+    from .tensors import SplitData
+
+    cache, keys, prepared = FeatureCache(), {}, {}
+    for trial_id, config in configs.items():
+        profile = profile_of(config)
+        key = json.dumps([profile.key(), data_settings(config)], sort_keys=True, default=str)
+        sets = prepared.setdefault(key, {})
+        for name, dataset, root, split in specs:
+            if name in sets:
+                check_task(trial_id, config, name, dataset, sets[name].table["label"])
+                continue
+            table = external_table(config, dataset, root, split)
+            check_task(trial_id, config, name, dataset, table["label"])  # before the (long) extraction
+            sets[name] = SplitData.from_features(name, extract_features(table, profile, cache=cache, desc=name))
+        keys[trial_id] = key
+    return keys, prepared
+
+
+def score_checkpoint(trial_id: str, raw: bytes, source: str, evals: dict, device: torch.device) -> pd.DataFrame:
+    """Predictions of one trial's checkpoint (``raw``: the bytes of ``source``) on prepared evaluation sets.
+
+    ``evals``: name -> SplitData. Returns rows in predictions.parquet's columns, one per evaluation set,
+    branch ablation and recording. Raises ValueError naming the trial when its model cannot be rebuilt.
+    The local loop and the Ray task both score through here.
+    """
+    from .tensors import TrialData
+
+    checkpoint = parse_checkpoint(raw, source)
+    try:
+        model = load_model(checkpoint).to(device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"trial {trial_id}: the model of {source} cannot be rebuilt ({error})") from error
+    first = next(iter(evals.values()))  # evaluate_model reads only evals; train and val are placeholders
+    data = TrialData(first, first, evals, profile_of(checkpoint["config"]))
+    means = checkpoint.get("feature_means") or {}
+    _, predictions = evaluate_model(model, data, device, trial_id, float(checkpoint["threshold"]), means)
+    return predictions
+
+
+def score_locally(paths: dict[str, Path], keys: dict[str, str], prepared: dict, device: str) -> pd.DataFrame:
+    """Every trial's predictions, one trial after another in this process, in ``paths``' order."""
+    print(f"scoring {len(paths)} trial(s) locally", flush=True)
+    torch_device = pick_device(device)
+    frames = [score_checkpoint(t, p.read_bytes(), str(p), prepared[keys[t]], torch_device) for t, p in paths.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _score_task(trial_id: str, raw: bytes, source: str, evals: dict, device: str) -> pd.DataFrame:
+    """Ray task (num_cpus=1): :func:`score_checkpoint` on a worker, with one torch thread."""
+    torch.set_num_threads(1)  # one per CPU Ray gave the task: more would oversubscribe the node's cores
+    return score_checkpoint(trial_id, raw, source, evals, pick_device(device))
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Ray connected like study.run does; started here (and shut down after) unless the caller is connected."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
+        )
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()  # stops a local Ray started here; only disconnects from a cluster
+
+
+def score_on_ray(
+    paths: dict[str, Path], keys: dict[str, str], prepared: dict, device: str, address: str | None
+) -> pd.DataFrame:
+    """Every trial's predictions from one Ray task per trial (1 CPU, and 1 GPU for a CUDA device), in ``paths``' order.
+
+    Each features object goes into the object store once and a checkpoint travels as bytes, so worker
+    nodes need neither the study folder nor the datasets. The first failing task cancels the others;
+    a ValueError it raised (naming the trial) is raised here as it is.
+    """
+    import ray
+
+    with ray_session(address):
+        resources = ray.cluster_resources()
+        gpus = 1 if device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0) else 0
+        if gpus and not resources.get("GPU", 0):
+            raise ValueError("--device cuda: the Ray cluster has no GPU")  # the tasks would wait forever
+        print(
+            f"scoring {len(paths)} trial(s) as Ray tasks on a cluster of {int(resources.get('CPU', 0))} CPUs",
+            flush=True,
+        )
+        sets = {key: ray.put(evals) for key, evals in prepared.items()}
+        task = ray.remote(_score_task).options(num_cpus=1, num_gpus=gpus)
+        refs = {task.remote(t, p.read_bytes(), str(p), sets[keys[t]], device): t for t, p in paths.items()}
+        frames, pending = {}, list(refs)
+        try:
+            while pending:
+                [done], pending = ray.wait(pending, num_returns=1)
+                frames[refs[done]] = ray.get(done)
+        except ray.exceptions.RayTaskError as error:
+            for ref in pending:
+                ray.cancel(ref)
+            if isinstance(error.cause, ValueError):
+                raise error.cause from None  # one line naming the trial, not the worker's traceback
+            raise
+    return pd.concat([frames[t] for t in paths], ignore_index=True)
+
+
+def evaluate_study(
+    out: str | Path,
+    eval_sets: list[str],
+    *,
+    device: str = "cpu",
+    report: bool = True,
+    address: str | None = None,
+    ray_min_trials: int = RAY_MIN_TRIALS,
+) -> pd.DataFrame:
     """Score every saved checkpoint of the study in ``out`` on external evaluation sets, without training.
 
     ``eval_sets`` are ``[NAME=]DATASET:ROOT[:SPLIT]`` specs. Features use each trial's own profile (once per
-    profile, through the cache); rows go into each trial's and the study's predictions.parquet under the
-    new evaluation-set names, replacing rows of the same name (so re-running is idempotent), and the study's
-    report is written again. Raises ValueError, naming the trial, for a checkpoint whose model cannot be
-    rebuilt or a dataset whose labels do not fit the model's task; nothing is written then.
+    profile and data settings, through the cache, here); the trials are scored here one after another, or as
+    Ray tasks when there are at least ``ray_min_trials`` of them or an ``address`` (auto, HOST:PORT) names a
+    cluster. Rows go into each trial's and the study's predictions.parquet under the new evaluation-set names,
+    replacing rows of the same name (so re-running is idempotent), and the study's report is written again.
+    Raises ValueError, naming the trial, for a checkpoint whose model cannot be rebuilt or a dataset whose
+    labels do not fit the model's task; nothing is written then.
     """
-    from .cache import FeatureCache, extract_features
     from .lock import study_lock
-    from .tensors import SplitData, TrialData
 
     out = Path(out)
     specs = [parse_eval_set(text) for text in eval_sets]
@@ -212,35 +361,13 @@ def evaluate_study(out: str | Path, eval_sets: list[str], *, device: str = "cpu"
         raise ValueError(f"evaluation-set names must differ, got {names}")
     with study_lock(out, "python -m study.evaluate", create=False):
         trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
-        cache, splits, frames = FeatureCache(), {}, []
-        torch_device = pick_device(device)
-        for trial_id in trial_ids:
-            path = out / "trials" / trial_id / "checkpoint.pt"
-            checkpoint = load_checkpoint(path)
-            try:
-                model = load_model(checkpoint).to(torch_device)
-            except (RuntimeError, ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"trial {trial_id}: the model of {path} cannot be rebuilt ({error})") from error
-            config = checkpoint["config"]
-            n_classes = int(getattr(model, "num_classes", 0) or config.get("model.num_classes", 1) or 1)
-            evals = {}
-            for name, dataset, root, split in specs:
-                key = (name, profile_of(config).key(), json.dumps(data_settings(config), sort_keys=True, default=str))
-                if key not in splits:
-                    table = external_table(config, dataset, root, split)
-                    if n_classes <= 2 and int(table["label"].max()) > 1:
-                        raise ValueError(
-                            f"{name}: {dataset} has {int(table['label'].max()) + 1} classes, but trial {trial_id} is "
-                            "a binary (heart) model: score it with a study of that task"
-                        )
-                    features = extract_features(table, profile_of(config), cache=cache, desc=name)
-                    splits[key] = SplitData.from_features(name, features)
-                evals[name] = splits[key]
-            data = TrialData(next(iter(evals.values())), next(iter(evals.values())), evals, profile_of(config))
-            means = checkpoint.get("feature_means") or {}
-            _, predictions = evaluate_model(model, data, torch_device, trial_id, float(checkpoint["threshold"]), means)
-            frames.append(predictions)
-        new = pd.concat(frames, ignore_index=True)
+        paths = {t: out / "trials" / t / "checkpoint.pt" for t in trial_ids}
+        # only the configs stay in memory here: the weights are read again when a trial is scored
+        keys, prepared = prepare_external_sets({t: load_checkpoint(p)["config"] for t, p in paths.items()}, specs)
+        if address is not None or len(paths) >= ray_min_trials:
+            new = score_on_ray(paths, keys, prepared, device, address)
+        else:
+            new = score_locally(paths, keys, prepared, device)
         merge_into_study(out, new)
         state = json.loads((out / "study.json").read_text())
         external = {e["name"]: e for e in state.get("external_eval_sets", [])}
@@ -274,11 +401,28 @@ def main(argv: list[str] | None = None) -> int:
         help="a dataset to score (repeatable): manifest:my.csv, pascal:DATA/pascal, physionet2016:DATA/physionet2016:test",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument(
+        "--address", default=None, help="score as Ray tasks on this Ray cluster: auto or HOST:PORT (default: see below)"
+    )
+    parser.add_argument(
+        "--ray-min-trials",
+        type=int,
+        default=RAY_MIN_TRIALS,
+        metavar="N",
+        help=f"without --address, score N or more trials as Ray tasks (a local Ray), fewer here (default {RAY_MIN_TRIALS})",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
     args = parser.parse_args(argv)
     try:
-        new = evaluate_study(args.study, args.eval_set, device=args.device, report=not args.no_report)
-    except (FileNotFoundError, ValueError, StudyLocked) as error:
+        new = evaluate_study(
+            args.study,
+            args.eval_set,
+            device=args.device,
+            report=not args.no_report,
+            address=args.address,
+            ray_min_trials=args.ray_min_trials,
+        )
+    except (FileNotFoundError, ValueError, ConnectionError, StudyLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     sets = ", ".join(sorted(new["eval_set"].unique()))
