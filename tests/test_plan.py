@@ -194,19 +194,19 @@ def test_window_and_byte_estimate_match_extracted_features(synth_root):
 
 
 def test_warns_about_padding_that_no_training_recording_needs(synth_root, tmp_path):
-    # every synthetic training (and validation) recording is at least 5.09 s long: the 5 s window is never padded
+    # every synthetic training (and validation) recording is at least 5.00 s long: the 5 s window is never padded
     space = _space(tmp_path, "padding", {"features.padding": ["zero", "cyclic"], "seed": [0, 1]})
     plan = build_plan(space, overrides=None, data_root=synth_root, resources=CPU)
     (warning,) = plan.warnings
     assert warning.axis == "features.padding" and warning.values == ["zero", "cyclic"]
-    assert warning.evidence == ["shortest training recording 5.09 s ≥ window 5 s"]
+    assert warning.evidence == ["shortest training recording 5.00 s ≥ window 5 s"]
     assert (warning.repeated, warning.trials) == (2, 4)
     pascal = load_dataset("pascal", synth_root / "pascal").table
-    assert warning.eval_changes["pascal"] == ((pascal["duration_s"] < 5.0).sum(), len(pascal)) == (18, 44)
+    assert warning.eval_changes["pascal"] == ((pascal["duration_s"] < 5.0).sum(), len(pascal)) == (109, 304)
     assert warning.eval_changes["physionet2016:test"][0] == 0
     text = format_plan(plan)
     assert "warning: features.padding ['zero', 'cyclic'] changes no training input" in text
-    assert "pascal (18 of 44 recordings padded)" in text and "2 of 4 trials" in text
+    assert "pascal (109 of 304 recordings padded)" in text and "2 of 4 trials" in text
 
 
 @pytest.mark.parametrize(

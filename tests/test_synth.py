@@ -269,12 +269,33 @@ def test_rewrite_is_a_no_op_and_foreign_folders_are_refused(tmp_path):
         (dict(seed=1.5), TypeError, "seed"),
         (dict(datasets=["physionet"]), ValueError, "datasets"),
         (dict(datasets="pascal"), TypeError, "datasets"),
+        (dict(physionet=100, physionet_test=77), ValueError, "physionet_test"),
+        (dict(physionet=100, physionet_test=9), ValueError, "physionet_test"),
+        (dict(physionet=100, physionet_test=30.0), TypeError, "physionet_test"),
     ],
 )
 def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, argument):
     with pytest.raises(error, match=argument):
         write_synthetic(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_larger_test_set_keeps_the_real_training_part_and_balance(tmp_path):
+    summary = write_synthetic(tmp_path, seed=5, physionet=160, physionet_test=70, datasets=["physionet2016"])
+    physionet = summary["physionet2016"]
+    copies = sorted(p.stem for p in (tmp_path / "physionet2016" / "validation").glob("*.wav"))
+    assert physionet["validation_records"] == len(copies) == 70
+    assert sum(physionet["train"].values()) == 90
+    databases = physionet["databases"]
+    assert databases["training-f"]["validation_abnormal"] + databases["training-f"]["validation_normal"] == 0
+    for name, counts in databases.items():  # balanced per database, as the real test set is
+        assert abs(counts["validation_abnormal"] - counts["validation_normal"]) <= 1, name
+        assert counts["abnormal"] - counts["validation_abnormal"] >= 1, name  # training keeps both classes
+        assert counts["normal"] - counts["validation_normal"] >= 1, name
+    # another test size is another dataset: the folder is rewritten, not reused
+    again = write_synthetic(tmp_path, seed=5, physionet=160, physionet_test=40, datasets=["physionet2016"])
+    assert again["physionet2016"]["validation_records"] == 40
+    assert len(list((tmp_path / "physionet2016" / "validation").glob("*.wav"))) == 40
 
 
 def test_every_parameter_is_documented():

@@ -1,7 +1,7 @@
 """Command-line tools for datasets.
 
     python -m study.data inspect DATASET ROOT [--json] [--skip-bad] [--mapping paper|clinical]
-    python -m study.data synth OUT [--seed N] [--physionet N] [--pascal N] [--icbhi N]
+    python -m study.data synth OUT [--seed N] [--physionet N] [--physionet-test N] [--pascal N] [--icbhi N]
     python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
     python -m study.data duplicates DATA_ROOT [--set data.KEY=VALUE ...]
     python -m study.data cache verify|clean [--profile NAME|KEY] [--cache DIR]
@@ -76,7 +76,14 @@ def cmd_inspect(args) -> int:
 def cmd_synth(args) -> int:
     from .synth import write_synthetic
 
-    summary = write_synthetic(args.out, seed=args.seed, physionet=args.physionet, pascal=args.pascal, icbhi=args.icbhi)
+    summary = write_synthetic(
+        args.out,
+        seed=args.seed,
+        physionet=args.physionet,
+        physionet_test=args.physionet_test,
+        pascal=args.pascal,
+        icbhi=args.icbhi,
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -210,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("synth", help="write synthetic PhysioNet, PASCAL and ICBHI datasets")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--physionet", type=int, default=300, help="PhysioNet training recordings")
+    p.add_argument("--physionet", type=int, default=300, help="PhysioNet recordings (training-a ... f)")
+    p.add_argument(
+        "--physionet-test", type=int, default=None, help="of them, copied to validation/ (default: about 10 %%)"
+    )
     p.add_argument("--pascal", type=int, default=40, help="PASCAL files")
     p.add_argument("--icbhi", type=int, default=12, help="ICBHI recordings")
     p.set_defaults(func=cmd_synth)

@@ -919,19 +919,37 @@ def _lines(rows: Sequence[str], newline: str, final: bool = True) -> bytes:
     return (newline.join(rows) + (newline if final and rows else "")).encode("ascii")
 
 
-def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator) -> dict:
-    """Records per database: names, labels (1 / -1), validation copies and the duplicate pair."""
+def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator, n_test: int | None = None) -> dict:
+    """Records per database: names, labels (1 / -1), validation copies and the duplicate pair.
+
+    By default each database has its real share of the ``n`` records and copies its real share of
+    them (about 10 %) to validation/ (the test set). With ``n_test``, validation/ holds ``n_test``
+    of the ``n`` records, shared over the databases in proportion to their real test counts, and
+    the rest are training records shared and labelled like the real training part.
+    """
     specs = params.databases
     has_val = np.array([s.real_validation > 0 for s in specs.values()])
-    # Two records per class where the class must appear in training and validation, one otherwise.
-    counts = _allocate(n, [s.real_records for s in specs.values()], np.where(has_val, 4, 2))
+    if n_test is None:
+        # Two records per class where the class must appear in training and validation, one otherwise.
+        counts = _allocate(n, [s.real_records for s in specs.values()], np.where(has_val, 4, 2))
+        tests = [round(c * s.real_validation / s.real_records) for c, s in zip(counts, specs.values())]
+        abnormals = [round(c * s.real_abnormal / s.real_records) for c, s in zip(counts, specs.values())]
+    else:
+        tests = _allocate(n_test, [s.real_validation for s in specs.values()], np.where(has_val, 2, 0))
+        real_train = [s.real_records - s.real_validation for s in specs.values()]
+        trains = _allocate(n - n_test, real_train, np.full(len(specs), 2))
+        counts = tests + trains
+        # the real test set is balanced per database, so the real training part holds the rest of each class
+        real_train_abnormal = [s.real_abnormal - s.real_validation / 2 for s in specs.values()]
+        abnormals = [
+            round(test * params.validation_abnormal_fraction) + round(train * a / r)
+            for test, train, a, r in zip(tests, trains, real_train_abnormal, real_train)
+        ]
     plan = {}
-    for (name, spec), count, val in zip(specs.items(), counts, has_val):
+    for name, count, val, test, abnormal in zip(specs, counts, has_val, tests, abnormals):
         per_class_min = 2 if val else 1
-        abnormal = int(
-            np.clip(round(count * spec.real_abnormal / spec.real_records), per_class_min, count - per_class_min)
-        )
-        n_val = int(np.clip(round(count * spec.real_validation / spec.real_records), 2, count - 2)) if val else 0
+        abnormal = int(np.clip(abnormal, per_class_min, count - per_class_min))
+        n_val = int(np.clip(test, 2, count - 2)) if val else 0
         val_abnormal = min(int(np.ceil(n_val * params.validation_abnormal_fraction)), abnormal - 1)
         val_normal = min(n_val - val_abnormal, count - abnormal - 1)
         labels = rng.permutation(np.r_[np.ones(abnormal, int), -np.ones(count - abnormal, int)])
@@ -955,8 +973,10 @@ def _physionet_plan(n: int, params: PhysioNetParams, rng: np.random.Generator) -
     return plan
 
 
-def _write_physionet(folder: Path, seed: int, size: int, params: SynthParams) -> tuple[dict, list]:
-    plan = _physionet_plan(size, params.physionet, _rng(seed, 1, 0))
+def _write_physionet(
+    folder: Path, seed: int, size: int, params: SynthParams, n_test: int | None = None
+) -> tuple[dict, list]:
+    plan = _physionet_plan(size, params.physionet, _rng(seed, 1, 0), n_test)
     dup_db, dup_source, dup_copy = plan.pop("duplicate")
     truth, validation_rows = [], []
     summary = {"databases": {}, "train": {"abnormal": 0, "normal": 0}, "validation": {"abnormal": 0, "normal": 0}}
@@ -1431,6 +1451,7 @@ def write_synthetic(
     physionet: int = 300,
     pascal: int = 40,
     icbhi: int = 12,
+    physionet_test: int | None = None,
     datasets: Sequence[str] = DATASETS,
 ) -> dict:
     """Write synthetic PhysioNet 2016, PASCAL and ICBHI 2017 datasets in their real on-disk layouts.
@@ -1446,6 +1467,9 @@ def write_synthetic(
     pascal : PASCAL files in set_a and set_b together (labelled and
         unlabelled), at least 11.
     icbhi : ICBHI recordings, at least 4.
+    physionet_test : how many of the ``physionet`` records validation/ (the test
+        set) copies; default None: each database's real share, about 10 %.
+        Larger test sets resolve smaller differences at no training cost.
     datasets : which of "physionet2016", "pascal", "icbhi2017" to write.
 
     Returns
@@ -1484,6 +1508,14 @@ def write_synthetic(
             )
     if physionet > 40_000 and "physionet2016" in datasets:
         raise ValueError(f"physionet must be at most 40000 (4-digit record names), got {physionet}")
+    if physionet_test is not None:
+        if isinstance(physionet_test, bool) or not isinstance(physionet_test, (int, np.integer)):
+            raise TypeError(f"physionet_test must be an int or None, got {type(physionet_test).__name__}")
+        # two test records in each database that gives some, two training records per class in each
+        if not 10 <= physionet_test <= physionet - 24:
+            raise ValueError(
+                f"physionet_test must lie in [10, physionet - 24] = [10, {physionet - 24}], got {physionet_test}"
+            )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out must be a folder, but {out} is a file")
@@ -1512,6 +1544,7 @@ def write_synthetic(
             "seed": int(seed),
             "size": int(sizes[name]),
             "params_digest": digest,
+            **({"test_size": physionet_test} if name == "physionet2016" else {}),
         }
         marker = _read_marker(folder)
         if marker is not None and all(marker.get(k) == v for k, v in identity.items()):
@@ -1521,7 +1554,8 @@ def write_synthetic(
         partial = out / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        dataset_summary, truth = _WRITERS[name](partial, int(seed), int(sizes[name]), params)
+        options = {"n_test": physionet_test} if name == "physionet2016" else {}
+        dataset_summary, truth = _WRITERS[name](partial, int(seed), int(sizes[name]), params, **options)
         dataset_summary["marker"] = str(folder / MARKER)
         (partial / MARKER).write_text(json.dumps({**identity, "summary": dataset_summary, "truth": truth}, indent=1))
         if folder.exists():
