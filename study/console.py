@@ -39,15 +39,17 @@ class StudyConsole(tune.Callback):
     shown on each finished trial (e.g. "physionet2016:test/roc_auc"), ``monitor`` the validation one.
     """
 
-    def __init__(self, total: int, headline: str, monitor: str, every: float = 30.0, stream=None):
+    def __init__(self, total: int, headline: str, monitor: str, every: float = 30.0, stream=None, clock=None):
         self.total, self.headline, self.monitor, self.every = total, headline, monitor, every
         self.stream = stream or sys.stdout
-        self.started = time.monotonic()
+        self.clock = clock or time.monotonic
+        self.started = self.clock()
         self.last_status = self.started
         self.walls: list[float] = []
+        self.trial_started: dict[str, float] = {}
 
     def _print(self, text: str) -> None:
-        print(f"[{format_seconds(time.monotonic() - self.started):>10}] {text}", file=self.stream, flush=True)
+        print(f"[{format_seconds(self.clock() - self.started):>10}] {text}", file=self.stream, flush=True)
 
     @staticmethod
     def _label(trial) -> str:
@@ -55,6 +57,7 @@ class StudyConsole(tune.Callback):
         return f"{spec.get('label') or trial.trial_id} ({spec.get('trial_id') or trial.trial_id})"
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.trial_started[trial.trial_id] = self.clock()
         self._print(f"start {self._label(trial)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -72,7 +75,7 @@ class StudyConsole(tune.Callback):
         self._print(f"error {self._label(trial)} (retried from its last checkpoint while retries remain)")
 
     def on_step_end(self, iteration, trials, **info):
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_status >= self.every:
             self.last_status = now
             self._print(self.status(trials))
@@ -86,8 +89,14 @@ class StudyConsole(tune.Callback):
         pending = max(self.total - done - running - failed, 0)
         text = f"status: {done} done, {running} running, {pending} pending, {failed} failed of {self.total}"
         if self.walls and (pending or running):
-            at_once = max(running, 1)
-            left = sum(self.walls) / len(self.walls) * (pending + running / 2) / at_once
+            # a pending trial takes the mean finished wall time; a running one what is left of it
+            mean, now = sum(self.walls) / len(self.walls), self.clock()
+            running_left = sum(
+                max(mean - (now - self.trial_started.get(t.trial_id, now)), 0.0)
+                for t in trials
+                if t.status == "RUNNING"
+            )
+            left = (pending * mean + running_left) / max(running, 1)
             text += f"; about {format_seconds(left)} left"
         return text
 

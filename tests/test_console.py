@@ -19,21 +19,28 @@ def _trial(trial_id: str, label: str, status: str = "RUNNING", result: dict | No
 
 
 def test_a_line_per_trial_and_a_status_line_with_the_time_left():
-    stream = io.StringIO()
-    console = StudyConsole(3, "physionet2016:test/roc_auc", "roc_auc", every=0, stream=stream)
+    stream, now = io.StringIO(), [0.0]
+    console = StudyConsole(3, "physionet2016:test/roc_auc", "roc_auc", every=0, stream=stream, clock=lambda: now[0])
     first = _trial("aa11", "architecture=waveform seed=0")
     console.on_trial_start(0, [first], first)
     result = {"epoch": 12, "best_epoch": 9, "val/roc_auc": 0.8123, "physionet2016:test/roc_auc": 0.7711}
+    now[0] = 65.0
     done = _trial("aa11", "architecture=waveform seed=0", "TERMINATED", {**result, "wall_time_s": 65.0})
     console.on_trial_complete(1, [done], done)
     running = _trial("bb22", "architecture=fusion seed=0")
-    console.on_step_end(2, [done, running])
+    console.on_trial_start(2, [done, running], running)
+    now[0] = 105.0  # the running trial has 25 s of the 65 s mean left; the pending one takes 65 s
+    console.on_step_end(3, [done, running])
+    now[0] = 205.0  # past the mean: the running trial counts as about to finish
+    console.on_step_end(4, [done, running])
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
     assert lines == [
         "start architecture=waveform seed=0 (aa11)",
         "done  architecture=waveform seed=0 (aa11): 12 epochs (best 9), validation roc_auc 0.812, "
         "physionet2016:test roc_auc 0.771, 1 min 05 s",
-        "status: 1 done, 1 running, 1 pending, 0 failed of 3; about 1 min 38 s left",
+        "start architecture=fusion seed=0 (bb22)",
+        "status: 1 done, 1 running, 1 pending, 0 failed of 3; about 1 min 30 s left",
+        "status: 1 done, 1 running, 1 pending, 0 failed of 3; about 1 min 05 s left",
     ]
     assert format_seconds(3725) == "1 h 02 min" and format_seconds(42) == "42 s"
 
