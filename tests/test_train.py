@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.stats import delong_variance
 from study.config import load_space
 from study.metrics import choose_threshold
 from study.train import epoch_order, train_and_evaluate
@@ -34,8 +35,13 @@ def test_synthetic_trial_beats_chance_and_reports_every_set(data):
     config = _config(**{"train.max_epochs": 20, "train.patience": 20, "train.lr": 3e-3})
     result = train_and_evaluate(config, data, trial_id="t")
     assert set(result.metrics) == {"val", "physionet2016:test", "pascal"}
-    assert result.metrics["physionet2016:test"]["roc_auc"] > 0.75
     predictions = result.predictions
+    # beats chance: the DeLong 95 % interval of the test ROC-AUC (300 recordings) lies above 0.5;
+    # measured 0.593 +- 0.033 (the old 38-recording test set showed 0.75+, by luck of its size)
+    test = predictions[(predictions["eval_set"] == "physionet2016:test") & (predictions["ablation"] == "none")]
+    auc, variance = delong_variance(test["label"].to_numpy(), test["prob"].to_numpy())
+    assert auc == pytest.approx(result.metrics["physionet2016:test"]["roc_auc"])
+    assert len(test) == 300 and auc - 1.96 * np.sqrt(variance) > 0.5
     assert list(predictions.columns[:9]) == [
         "trial_id",
         "eval_set",
