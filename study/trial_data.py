@@ -183,13 +183,17 @@ def handle_duplicates(
     evals = {spec: cap_rows(rows, limit, seed=seed) for spec, rows in evals.items()}
     training = table[table["split"].isin(["train", "val"])].drop_duplicates("path")
     matches: dict[str, list[tuple[str, str]]] = {}  # training id -> [("SET:id", path of the evaluation copy)]
+    training_hashes = pd.DataFrame({"id": training["id"].astype(str), "audio_hash": training["audio_hash"]})
     for spec, rows in evals.items():
         files = rows.drop_duplicates("path")
         files = files[~files["path"].isin(training["path"])]
-        copies = {h: sorted(zip(g["id"].astype(str), g["path"].astype(str))) for h, g in files.groupby("audio_hash")}
-        for tid, digest in zip(training["id"].astype(str), training["audio_hash"]):
-            matches.setdefault(tid, []).extend((f"{spec}:{i}", path) for i, path in copies.get(digest, []))
-    matches = {tid: found for tid, found in matches.items() if found}
+        copies = pd.DataFrame(
+            {"eval_id": files["id"].astype(str), "path": files["path"].astype(str), "audio_hash": files["audio_hash"]}
+        )
+        # a join on the content hash: only the (rare) matching pairs reach Python
+        pairs = training_hashes.merge(copies, on="audio_hash").sort_values(["id", "eval_id", "path"])
+        for tid, eval_id, path in zip(pairs["id"], pairs["eval_id"], pairs["path"]):
+            matches.setdefault(tid, []).append((f"{spec}:{eval_id}", path))
     by_id = training.set_index(training["id"].astype(str))
     removed = [
         {"id": tid, "split": str(by_id.at[tid, "split"]), "same_as": [name for name, _ in found]}
