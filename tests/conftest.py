@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated cache, the real datasets (materialized once), a synthetic set."""
+"""Shared fixtures: an isolated cache, the real datasets (materialized once), a synthetic set, a trained trial."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,40 @@ def synth_root(isolated_cache) -> Path:
     from study.synthetic import default_data_root
 
     return default_data_root()
+
+
+@pytest.fixture(scope="session")
+def trained_study_template(synth_root, tmp_path_factory):
+    """One trained smoke trial (fusion, 1 epoch, 16 recordings per evaluation set) in study.run's file layout.
+
+    Trained once per test session; tests take a private copy through the ``trained_study`` fixture.
+    Returns (folder, the trial's TrialData).
+    """
+    import pandas as pd
+
+    from study.config import load_space
+    from study.train import train_and_evaluate
+    from study.trial import save_trial
+    from study.trial_data import prepare_data
+
+    config = load_space("smoke").trial_configs(
+        {"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1, "data.max_eval": 16}
+    )[0]
+    data = prepare_data(config, synth_root, progress=False, n_jobs=1)
+    result = train_and_evaluate(config, data, trial_id="t0")
+    out = tmp_path_factory.mktemp("trained") / "study"
+    save_trial(out / "trials" / "t0", config, result, data.info, "t0")
+    pd.DataFrame(
+        [{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion", "threshold": result.threshold}]
+    ).to_parquet(out / "trials.parquet", index=False)
+    result.predictions.to_parquet(out / "predictions.parquet", index=False)
+    state = {"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)}
+    (out / "study.json").write_text(json.dumps(state))
+    return out, data
+
+
+@pytest.fixture
+def trained_study(trained_study_template, tmp_path):
+    """A private copy of the session's trained trial folder (tests change it), with its TrialData."""
+    folder, data = trained_study_template
+    return Path(shutil.copytree(folder, tmp_path / "study")), data

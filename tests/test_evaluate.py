@@ -13,30 +13,7 @@ import pytest
 import ray
 import torch
 
-from study.config import load_space
 from study.evaluate import evaluate_study, main, parse_eval_set
-from study.train import train_and_evaluate
-from study.trial import save_trial
-from study.trial_data import prepare_data
-
-
-@pytest.fixture(scope="module")
-def tiny_study(synth_root, tmp_path_factory):
-    """One trained smoke trial (fusion, 1 epoch) in study.run's file layout."""
-    torch.set_num_threads(1)
-    config = load_space("smoke").trial_configs(
-        {"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1, "data.max_eval": 16}
-    )[0]
-    data = prepare_data(config, synth_root, progress=False, n_jobs=1)
-    result = train_and_evaluate(config, data, trial_id="t0")
-    out = tmp_path_factory.mktemp("evaluate") / "study"
-    save_trial(out / "trials" / "t0", config, result, data.info, "t0")
-    pd.DataFrame(
-        [{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion", "threshold": result.threshold}]
-    ).to_parquet(out / "trials.parquet", index=False)
-    result.predictions.to_parquet(out / "predictions.parquet", index=False)
-    (out / "study.json").write_text(json.dumps({"space": {"name": "tiny", "study": "heart"}}))
-    return out, data
 
 
 def test_eval_set_specs():
@@ -48,8 +25,8 @@ def test_eval_set_specs():
         parse_eval_set("pascal:/nowhere/at/all")
 
 
-def test_scores_a_new_dataset_without_training_and_is_idempotent(tiny_study, synth_root, tmp_path):
-    out, data = tiny_study
+def test_scores_a_new_dataset_without_training_and_is_idempotent(trained_study, synth_root):
+    out, data = trained_study
     before = pd.read_parquet(out / "predictions.parquet")
     new = evaluate_study(out, [f"extra=pascal:{synth_root / 'pascal'}"], report=False)
     pascal_all = len(set(new["recording_id"]))
@@ -67,8 +44,8 @@ def test_scores_a_new_dataset_without_training_and_is_idempotent(tiny_study, syn
     assert len(pd.read_parquet(out / "predictions.parquet")) == len(after)
 
 
-def test_the_wrong_task_is_refused_and_nothing_written(tiny_study, synth_root, capsys):
-    out, _ = tiny_study
+def test_the_wrong_task_is_refused_and_nothing_written(trained_study, synth_root, capsys):
+    out, _ = trained_study
     before = (out / "predictions.parquet").read_bytes()
     code = main([str(out), "--eval-set", f"icbhi2017:{synth_root / 'icbhi2017'}", "--no-report"])
     assert code == 2
@@ -78,9 +55,9 @@ def test_the_wrong_task_is_refused_and_nothing_written(tiny_study, synth_root, c
 
 
 @pytest.fixture
-def two_trials(tiny_study, tmp_path):
-    """A copy of the tiny study with a second trial, t1, holding t0's checkpoint."""
-    out = shutil.copytree(tiny_study[0], tmp_path / "study")
+def two_trials(trained_study):
+    """The trained study with a second trial, t1, holding t0's checkpoint."""
+    out = trained_study[0]
     (out / "trials" / "t1").mkdir()
     shutil.copy(out / "trials" / "t0" / "checkpoint.pt", out / "trials" / "t1" / "checkpoint.pt")
     trials = pd.read_parquet(out / "trials.parquet")

@@ -8,17 +8,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import special
 from sklearn.metrics import roc_auc_score
 
 from analysis import report, robustness
 from analysis.__main__ import main as analysis_main
-from study.config import load_space
 from study.evaluate import merge_predictions, reevaluate_study
-from study.train import train_and_evaluate
-from study.trial import save_trial
-from study.trial_data import prepare_data
 
 N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 12 tests
 SEEDS = (0, 1, 2)
@@ -371,22 +366,8 @@ def test_merge_replaces_rows_of_the_same_condition():
         merge_predictions(existing, rows("t", "x", 1, 0.5).drop(columns="ablation"))
 
 
-def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(synth_root, tmp_path):
-    torch.set_num_threads(1)
-    config = load_space("smoke").trial_configs(
-        {"model.architecture": "fusion", "seed": 0, "train.max_epochs": 1, "data.max_eval": 16}
-    )[0]
-    data = prepare_data(config, synth_root, progress=False, n_jobs=1)
-    result = train_and_evaluate(config, data, trial_id="t0")
-    out = tmp_path / "study"
-    save_trial(out / "trials" / "t0", config, result, data.info, "t0")
-    pd.DataFrame(
-        [{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion", "threshold": result.threshold}]
-    ).to_parquet(out / "trials.parquet", index=False)
-    result.predictions.to_parquet(out / "predictions.parquet", index=False)
-    (out / "study.json").write_text(
-        json.dumps({"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)})
-    )
+def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(trained_study):
+    out, data = trained_study
     before = pd.read_parquet(out / "predictions.parquet")
 
     # severity 0 is the identity: the re-loaded checkpoint must reproduce the trial's own clean predictions
