@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -275,27 +273,6 @@ def _score_task(trial_id: str, raw: bytes, source: str, evals: dict, device: str
     return score_checkpoint(trial_id, raw, source, evals, pick_device(device))
 
 
-@contextmanager
-def ray_session(address: str | None):
-    """Ray connected like study.run does; started here (and shut down after) unless the caller is connected."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
-        )
-    try:
-        yield
-    finally:
-        if started_here:
-            ray.shutdown()  # stops a local Ray started here; only disconnects from a cluster
-
-
 def score_on_ray(
     paths: dict[str, Path], keys: dict[str, str], prepared: dict, device: str, address: str | None
 ) -> pd.DataFrame:
@@ -306,6 +283,8 @@ def score_on_ray(
     a ValueError it raised (naming the trial) is raised here as it is.
     """
     import ray
+
+    from .run import ray_session  # Ray (and Tune, with study.run) is imported only on this path
 
     with ray_session(address):
         resources = ray.cluster_resources()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from .config import DataConfig, Space, SpaceError, profile_of
 from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
-from .run import data_key_of, trial_id_of, trial_label
+from .run import data_key_of, ray_session, trial_id_of, trial_label
 from .trial_data import combine_datasets, select_tables, variant_name
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
@@ -181,11 +180,7 @@ def cluster_nodes(address: str) -> list[Node]:
     """The alive nodes of the Ray cluster at ``address``; Ray is shut down afterwards only if started here."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address):
         driver = ray.get_runtime_context().get_node_id()
         return [
             Node(
@@ -198,9 +193,6 @@ def cluster_nodes(address: str) -> list[Node]:
             for node in ray.nodes()
             if node.get("Alive")
         ]
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def trials_per_node(node: Node, resources: dict) -> int:

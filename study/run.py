@@ -460,7 +460,10 @@ def _run_locked(
         return {"trials": len(trials), "trained": 0, "out": str(out)}
 
     started = time.perf_counter()
-    with tune_output(out / "tune.log"), _ray_session(address, verbose):  # Tune's whole log kept in OUT
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with tune_output(out / "tune.log"), ray_session(address, log_to_driver=verbose > 2):  # Tune's log kept in OUT
         data_refs = _share_data(configs, data_root, state, verbose)
         study.save(state)
         wrapped = _trainable_with(data_refs, resources)
@@ -548,19 +551,20 @@ def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) 
 
 
 @contextmanager
-def _ray_session(address: str | None, verbose: int):
-    """Ray for the length of a study: connected here (and shut down after) unless already up."""
+def ray_session(address: str | None, *, log_to_driver: bool = False):
+    """Ray for the length of a block: connected here (and shut down after) unless the caller already is.
 
+    ``address``: None for a local Ray, ``auto`` or HOST:PORT for a cluster (whose workers get
+    RAY_AUTH_MODE=disabled as this process does). ``ray.shutdown`` stops a local Ray started here and
+    only disconnects from a cluster. study.run, study.evaluate and the plan's cluster query all connect here.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=verbose > 2,
+            log_to_driver=log_to_driver,
             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
         )
     try:
