@@ -787,7 +787,22 @@ def _verdict_table(analysis: _Robustness, writer: ReportWriter, tests: list[dict
                 )
     if not numbers:
         return []
-    display = pd.DataFrame(
+    writer.table(
+        "robustness_claim",
+        _claim_display(numbers),
+        pd.DataFrame(numbers),
+        f"The robustness claim against this study: of the fusion-vs-branch tests (robustness_tests) on the real "
+        f"domain shift and under the in-domain perturbations, how many find fusion significantly better or worse "
+        f"({options.correction}-adjusted p < {options.alpha}).",
+        "how often fusion is significantly better / worse than each single branch, on the real shift and under "
+        "perturbations",
+    )
+    return numbers
+
+
+def _claim_display(numbers: list[dict]) -> pd.DataFrame:
+    """The robustness_claim rows as tables/robustness_claim.md and the report.md summary both show them."""
+    return pd.DataFrame(
         [
             {
                 "scope": r["scope"],
@@ -801,17 +816,6 @@ def _verdict_table(analysis: _Robustness, writer: ReportWriter, tests: list[dict
             for r in numbers
         ]
     )
-    writer.table(
-        "robustness_claim",
-        display,
-        pd.DataFrame(numbers),
-        f"The robustness claim against this study: of the fusion-vs-branch tests (robustness_tests) on the real "
-        f"domain shift and under the in-domain perturbations, how many find fusion significantly better or worse "
-        f"({options.correction}-adjusted p < {options.alpha}).",
-        "how often fusion is significantly better / worse than each single branch, on the real shift and under "
-        "perturbations",
-    )
-    return numbers
 
 
 def _paper_claim() -> str:
@@ -1038,27 +1042,13 @@ def _claim_verdict(analysis: _Robustness, tests: list[dict], verdicts: list[dict
             f"{'it ranks' if len(below) == 1 else 'they rank'} that database's recordings the wrong way round, "
             f"so comparisons there are between failures."
         )
-    table = pd.DataFrame(
-        [
-            {
-                "scope": r["scope"],
-                "evaluation set": r["eval_set"],
-                "fusion": r["fusion"],
-                "vs": r["branch"],
-                "significantly better": r["better"],
-                "significantly worse": r["worse"],
-                "tests": r["tests"],
-            }
-            for r in verdicts
-        ]
-    )
     return [
         sentence,
         "",
         "- how often fusion is significantly better / worse than each single branch "
         "([tables/robustness_claim.md](tables/robustness_claim.md)):",
         "",
-        _markdown(table),
+        _markdown(_claim_display(verdicts)),
         "",
     ]
 
