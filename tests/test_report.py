@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -508,16 +509,9 @@ def test_both_commands_take_and_check_the_shared_options(fusion_study, command, 
     assert "invalid choice: 'bonferroni'" in capsys.readouterr().err
 
 
-def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
-    """PASCAL with 4 recordings per patient: patient bootstrap, clustered DeLong, patient swaps, wider intervals."""
-    folder = write_study(
-        tmp_path / "clustered",
-        {"fusion": binormal(2.0), "waveform": binormal(1.2)},
-        axis="model.architecture",
-        baseline="fusion",
-        n_pascal=160,
-        pascal_patient_size=4,
-    )
+def add_data_checks(folder: Path) -> None:
+    """study.json's data checks as study.run writes them: PhysioNet's split without patient ids, and one
+    training recording (a0007) removed as a copy of the PASCAL recording q0003."""
     state = json.loads((folder / "study.json").read_text())
     removed = [{"id": "a0007", "split": "train", "same_as": ["pascal:q0003"]}]
     state["data_info"] = {
@@ -533,6 +527,19 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
         },
     }
     (folder / "study.json").write_text(json.dumps(state))
+
+
+def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
+    """PASCAL with 4 recordings per patient: patient bootstrap, clustered DeLong, patient swaps, wider intervals."""
+    folder = write_study(
+        tmp_path / "clustered",
+        {"fusion": binormal(2.0), "waveform": binormal(1.2)},
+        axis="model.architecture",
+        baseline="fusion",
+        n_pascal=160,
+        pascal_patient_size=4,
+    )
+    add_data_checks(folder)
     report.report_study(folder, **FAST)
     index = (folder / "report.md").read_text()
     assert "| `pascal` | 160 | 80 | 40 | 4 | patient |" in index  # recordings, abnormal, patients, the largest

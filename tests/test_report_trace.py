@@ -9,7 +9,6 @@ row's own cells are checked for numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ import pandas as pd
 import pytest
 
 from analysis import paper, report
-from tests.test_report import FUSION_MODELS, binormal, write_study
-from tests.test_robustness import MP3, PHYSIONET, write_robustness_study
+from tests.test_report import FUSION_MODELS, add_data_checks, binormal, write_study
+from tests.test_robustness import PHYSIONET, break_waveform_within_training_e, write_robustness_study
 
 # Columns that say what a row is about: a summary line must name each of them that the row has.
 KEYS = (
@@ -212,16 +211,7 @@ def _fusion_types(tmp: Path) -> Path:
 def _robustness(tmp: Path) -> Path:
     """Spectrogram, waveform and fusion under two MP3 levels with branch ablations; one source breaks."""
     folder, _ = write_robustness_study(tmp / "robustness")
-    predictions = pd.read_parquet(folder / "predictions.parquet")
-    broken = (
-        predictions["trial_id"].str.startswith("waveform-")
-        & (predictions["eval_set"] == PHYSIONET)
-        & (predictions["perturbation"] == MP3)
-        & (predictions["severity"] == 2)
-        & (predictions["source"] == "training-e")
-    )
-    predictions.loc[broken, "prob"] = np.random.default_rng(7).random(int(broken.sum()))
-    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    break_waveform_within_training_e(folder)
     return folder
 
 
@@ -236,26 +226,7 @@ def _patients(tmp: Path) -> Path:
         n_pascal=160,
         pascal_patient_size=4,
     )
-    state = json.loads((folder / "study.json").read_text())
-    state["data_info"] = {
-        "split_check": {
-            "physionet2016": {
-                "recordings_train": 2943,
-                "recordings_test": 297,
-                "patients_train": 0,
-                "patients_test": 0,
-                "patients_in_train_and_test": [],
-            }
-        },
-        "duplicates": {
-            "abc123": {
-                "setting": "remove",
-                "removed_from_training": [{"id": "a0007", "split": "train", "same_as": ["pascal:q0003"]}],
-                "dropped_from_eval": {},
-            }
-        },
-    }
-    (folder / "study.json").write_text(json.dumps(state))
+    add_data_checks(folder)
     return folder
 
 

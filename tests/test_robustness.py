@@ -210,10 +210,11 @@ def test_too_few_resamples_for_the_corrected_family_is_said_not_hidden(study, tm
     assert not [n for n in summary["notes"] if "resamples" in n]
 
 
-def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
-    folder, sets = write_robustness_study(tmp_path / "robustness")
+def break_waveform_within_training_e(folder) -> pd.DataFrame:
+    """The waveform model loses its cue within training-e only, under MP3 at severity 2: pure noise there.
+
+    Rewrites the study's predictions.parquet; returns the rows made noise."""
     predictions = pd.read_parquet(folder / "predictions.parquet")
-    # the waveform model loses its cue within training-e only, under MP3 at severity 2: pure noise there
     broken = (
         (predictions["trial_id"].str.startswith("waveform-"))
         & (predictions["eval_set"] == PHYSIONET)
@@ -223,6 +224,12 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     )
     predictions.loc[broken, "prob"] = np.random.default_rng(7).random(int(broken.sum()))
     predictions.to_parquet(folder / "predictions.parquet", index=False)
+    return predictions[broken]
+
+
+def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
+    folder, sets = write_robustness_study(tmp_path / "robustness")
+    perturbed = break_waveform_within_training_e(folder)
     summary = robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
     table = pd.read_csv(folder / "tables" / "robustness_per_source.csv")
     flagged = table[table["carries_drop"]]
@@ -232,7 +239,6 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     row = flagged.iloc[0]
     assert row["pooled_drop"] > 0.05 and row["pooled_drop_without_source"] < row["pooled_drop"] / 2
     # the within-source numbers are the seed means of sklearn's ROC-AUC on that source's recordings
-    perturbed = predictions[broken]
     expected = np.mean([roc_auc_score(g["label"], g["prob"]) for _, g in perturbed.groupby("trial_id")])
     assert row["roc_auc_perturbed"] == pytest.approx(expected, abs=1e-9)
     assert f"\n| waveform | {PHYSIONET} | MP3 32 kbps | training-e | " in "\n".join(summary["claim"])
