@@ -156,6 +156,11 @@ class TrainConfig:
     batch_size: int = 32
     max_epochs: int = 100
     patience: int = 30  # epochs without a better validation score before stopping
+    # fusion models only: weight of each branch head's auxiliary loss (0: none, the paper's recipe). A
+    # jointly trained fusion model can lean on the branch that learns fastest and leave the other
+    # untrained ("modality laziness"; Wang et al. 2020, gradient blending); a loss per branch keeps
+    # both learning. Trains with model.branch_heads (set from this), ignored by single-branch models.
+    branch_loss_weight: float = 0.0
     # validation metric for early stopping: accuracy | roc_auc | balanced_accuracy | score (ICBHI Score;
     # for a binary model the same as balanced accuracy). A multi-class model monitors accuracy or Score.
     monitor: str = "accuracy"
@@ -178,6 +183,7 @@ class TrainConfig:
                 "lr": ("number", 0, False),
                 "weight_decay": ("number", 0, False),
                 "sam_rho": ("number", 0, False),
+                "branch_loss_weight": ("number", 0, False),
                 "batch_size": ("int", 1, False),
                 "max_epochs": ("int", 1, False),
                 "patience": ("int", 1, False),
@@ -199,6 +205,7 @@ ADDED_SETTINGS: dict = {
     "data.validation_minority_cap": 0.5,
     "data.validation_sources": "all",
     "data.duplicates": "keep",
+    "train.branch_loss_weight": 0.0,
 }
 
 
@@ -287,7 +294,8 @@ def _allowed_keys() -> set[str]:
 
     keys = set(DEFAULTS)
     keys |= {f"features.{f.name}" for f in dataclasses.fields(FeatureProfile) if f.name != "name"}
-    keys |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig)}
+    # model.branch_heads follows train.branch_loss_weight (model_settings), so it is no setting of its own
+    keys |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig) if f.name != "branch_heads"}
     return keys
 
 
@@ -420,6 +428,9 @@ def model_settings(config: dict) -> dict:
     """The ``model.*`` settings that make a ModelConfig (the initial checkpoint is not one)."""
     settings = section(config, "model")
     settings.pop("init_checkpoint", None)
+    weight = config.get("train.branch_loss_weight", 0.0)
+    if isinstance(weight, (int, float)) and weight > 0 and settings.get("architecture") == "fusion":
+        settings["branch_heads"] = True
     return settings
 
 

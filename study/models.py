@@ -153,6 +153,10 @@ class ModelConfig:
         Dropout before the final Dense of every head.
     num_classes : int
         1 for a single binary logit, otherwise one logit per class.
+    branch_heads : bool
+        ``"fusion"`` only: one more single-branch head per branch, on its pooled
+        features, for the auxiliary per-branch losses of training (a study sets it
+        from ``train.branch_loss_weight``). Predictions and ablations never use them.
     """
 
     architecture: str = "fusion"
@@ -180,6 +184,7 @@ class ModelConfig:
     fusion_heads: int = 8
     dropout: float = 0.5
     num_classes: int = 1
+    branch_heads: bool = False
 
     def __post_init__(self):
         _choice("architecture", self.architecture, ARCHITECTURES)
@@ -235,6 +240,9 @@ class ModelConfig:
         object.__setattr__(self, "wave_filters", tuple(filters))
         _choice("wave_padding", self.wave_padding, _WAVE_PADDINGS)
         _choice("branch_activation", self.branch_activation, _ACTIVATIONS)
+        _flag("branch_heads", self.branch_heads)
+        if self.branch_heads and self.architecture != "fusion":
+            raise ValueError(f"branch_heads=True needs architecture 'fusion', got {self.architecture!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
@@ -595,6 +603,10 @@ class AudioClassifier(nn.Module):
         The branches the architecture uses.
     head : nn.Module
         Maps the features dict to logits (B, num_classes).
+    branch_heads : nn.ModuleDict or None
+        With ``config.branch_heads``: a single-branch head per branch, trained by
+        auxiliary losses (:meth:`forward_train`) so that the fusion head cannot lean
+        on one branch while the other stops learning.
     branch_feature_keys : dict[str, tuple[str, ...]]
         For each branch, the feature entries the head reads: the entries to
         replace for test-time ablation of that branch.
@@ -626,6 +638,11 @@ class AudioClassifier(nn.Module):
         if self.spectrogram_branch is not None and self.spectrogram_branch.projection is not None:
             self.spectrogram_branch.projection.apply(_init_keras_style)
         self.head.apply(_init_keras_style)
+        self.branch_heads = None
+        if config.branch_heads:  # built last, so the other weights start as they would without them
+            dims = {"spectrogram": self.spectrogram_branch.out_dim, "waveform": self.waveform_branch.out_dim}
+            self.branch_heads = nn.ModuleDict({b: SingleBranchHead(b, d, config) for b, d in dims.items()})
+            self.branch_heads.apply(_init_keras_style)
 
     @property
     def branch_feature_keys(self) -> dict[str, tuple[str, ...]]:
@@ -657,6 +674,16 @@ class AudioClassifier(nn.Module):
 
     def forward(self, spec: Tensor | None = None, wave: Tensor | None = None) -> Tensor:
         return self.forward_head(self.forward_features(spec, wave))
+
+    def forward_train(self, spec: Tensor | None = None, wave: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """(logits of :meth:`forward`, logits of each branch head): the branch heads' list is empty
+        without ``config.branch_heads``; each entry is shaped like the logits."""
+        features = self.forward_features(spec, wave)
+        logits = self.forward_head(features)
+        if self.branch_heads is None:
+            return logits, []
+        squeeze = self.config.num_classes == 1
+        return logits, [h(features).squeeze(-1) if squeeze else h(features) for h in self.branch_heads.values()]
 
 
 def create_model(config: dict | ModelConfig) -> AudioClassifier:

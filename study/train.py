@@ -369,7 +369,7 @@ class _EpochTrainer:
         self.run, self.window_labels, self.generator = run, window_labels, generator
         train = run.data.train
         self.step = _train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
-        self.forward = torch.compile(run.model) if run.train_cfg.compile else run.model
+        self.forward = torch.compile(run.model.forward_train) if run.train_cfg.compile else run.model.forward_train
         self.targets = train.labels[train.item_index]  # on the data's device
         self.val_labels = run.data.val.labels.cpu().numpy()
         n, size = len(window_labels), run.train_cfg.batch_size
@@ -445,14 +445,23 @@ def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float)
 def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: bool):
     """One optimizer update on a batch; returns the (device) loss, never a host number."""
     model, device, dtype, balance = run.model, run.device, run.dtype, run.train_cfg.balance
+    branch_weight = run.train_cfg.branch_loss_weight
 
-    def loss_of(forward, inputs, targets):
-        with _autocast(device, dtype):
-            logits = forward(*inputs).float()
+    def criterion(logits, targets):
+        logits = logits.float()
         if binary:
             weights = class_weights[targets] if balance == "class_weights" else None
             return F.binary_cross_entropy_with_logits(logits, targets.float(), weight=weights)
         return F.cross_entropy(logits, targets, weight=class_weights if balance == "class_weights" else None)
+
+    def loss_of(forward, inputs, targets):
+        """The fused logits' loss plus, with branch heads, branch_loss_weight x each branch head's."""
+        with _autocast(device, dtype):
+            logits, branch_logits = forward(*inputs)
+        loss = criterion(logits, targets)
+        for head_logits in branch_logits:
+            loss = loss + branch_weight * criterion(head_logits, targets)
+        return loss
 
     def step(forward, inputs, targets) -> torch.Tensor:
         loss = loss_of(forward, inputs, targets)

@@ -209,6 +209,7 @@ def test_keras_style_initialisation():
         ({"branch_activation": "tanh"}, "branch_activation"),
         ({"wave_padding": "causal"}, "wave_padding"),
         ({"vit_sizes": 3}, "vit_sizes"),
+        ({"architecture": "waveform", "branch_heads": True}, "branch_heads"),
     ],
 )
 def test_config_validation_names_the_bad_key(values, message):
@@ -366,3 +367,29 @@ def test_load_ast_checkpoint_refuses_silent_adaptation(tmp_path):
         load_ast_checkpoint(small_ast(), path, source_grid=(12, 100))
     with pytest.raises(TypeError, match="spectrogram branch"):
         load_ast_checkpoint(tiny("waveform"), path)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_branch_heads_train_each_branch_and_leave_the_model_unchanged(fusion):
+    torch.manual_seed(0)
+    plain = tiny("fusion", fusion).eval()
+    torch.manual_seed(0)
+    with_heads = tiny("fusion", fusion, branch_heads=True).eval()
+    # built after every other layer: the shared weights start the same, and predictions ignore the heads
+    shared = plain.state_dict()
+    assert {
+        k: v for k, v in with_heads.state_dict().items() if not k.startswith("branch_heads.")
+    }.keys() == shared.keys()
+    assert all(torch.equal(with_heads.state_dict()[k], v) for k, v in shared.items())
+    spec, wave = inputs()
+    assert torch.equal(with_heads(spec, wave), plain(spec, wave))
+    assert list(with_heads.branch_feature_keys) == list(plain.branch_feature_keys)
+    logits, branch_logits = with_heads.forward_train(spec, wave)
+    assert torch.equal(logits, plain(spec, wave)) and len(branch_logits) == 2
+    assert all(b.shape == logits.shape for b in branch_logits)
+    assert plain.forward_train(spec, wave)[1] == []
+    # each branch head's loss reaches its own branch only
+    spec_logits, wave_logits = branch_logits
+    spec_logits.sum().backward()
+    assert with_heads.spectrogram_branch.encoder.vit.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert with_heads.waveform_branch.blocks[0].conv.weight.grad is None

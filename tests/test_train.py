@@ -154,3 +154,26 @@ def test_trial_cli_writes_its_files(synth_root, tmp_path):
     assert checkpoint["threshold"] == metrics["threshold"]
     bad = subprocess.run(command[:-2] + ["--set", "train.lr_typo=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown setting 'train.lr_typo'" in bad.stderr
+
+
+def test_branch_loss_weight_trains_a_head_per_branch_of_a_fusion_model_only(data):
+    from study.config import SpaceError, TrainConfig, model_settings, validate_trial_config
+
+    config = _config(**{"train.max_epochs": 2, "train.patience": 2, "train.branch_loss_weight": 0.5})
+    plain = train_and_evaluate({**config, "train.branch_loss_weight": 0.0}, data, trial_id="t")
+    aux = train_and_evaluate(config, data, trial_id="t")
+    again = train_and_evaluate(config, data, trial_id="t")
+    heads = sorted({k.split(".")[1] for k in aux.best_state if k.startswith("branch_heads.")})
+    assert heads == ["spectrogram", "waveform"] and not any(k.startswith("branch_heads.") for k in plain.best_state)
+    pd.testing.assert_frame_equal(aux.predictions, again.predictions)  # deterministic
+    assert not np.allclose(aux.predictions["prob"], plain.predictions["prob"])  # the extra losses change training
+    # the training loss counts the branch heads' losses too: larger than the fused loss alone at the start
+    assert aux.history[0]["train_loss"] > plain.history[0]["train_loss"]
+    assert aux.predictions["ablation"].unique().tolist() == plain.predictions["ablation"].unique().tolist()
+    # single-branch models ignore the setting; model.branch_heads is derived, not a setting of its own
+    assert "branch_heads" not in model_settings({**config, "model.architecture": "waveform"})
+    assert model_settings(config)["branch_heads"] is True
+    with pytest.raises(ValueError, match="train.branch_loss_weight"):
+        TrainConfig(branch_loss_weight=-1.0)
+    with pytest.raises(SpaceError, match="model.branch_heads"):
+        validate_trial_config({**config, "model.branch_heads": True}, "test")
