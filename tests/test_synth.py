@@ -396,3 +396,23 @@ def test_pascal_is_out_of_domain(learnability):
     # (a drop of 0.13-0.23 over seeds 0-5).
     assert learnability["n_pascal"] > 40
     assert learnability["pascal_auc"] < learnability["physionet_cv_auc"] - 0.05
+
+
+def test_positive_control_preset_plants_one_cue_of_the_chosen_kinds(tmp_path):
+    summary = write_synthetic(tmp_path, seed=0, physionet=120, preset="positive_control", datasets=["physionet2016"])
+    marker = json.loads((tmp_path / "physionet2016" / synth.MARKER).read_text())
+    assert summary["preset"] == "positive_control" and marker["params_digest"] != synth._params_digest(SYNTH_PARAMS)
+    abnormal = [t for t in marker["truth"] if t["label"] == 1 and "duplicate_of" not in t]
+    kinds = synth.POSITIVE_CONTROL_PARAMS.cues.kind_weights
+    assert abnormal and all(len(t["cues"]) == 1 and set(t["cues"]) <= set(kinds) for t in abnormal)
+    assert {k for t in abnormal for k in t["cues"]} == set(kinds)  # every kind occurs
+    low = synth.POSITIVE_CONTROL_PARAMS.cues.strength[0]
+    assert min(s for t in abnormal for s in t["cues"].values()) >= low
+    assert all(not t["cues"] for t in marker["truth"] if t["label"] == 0)
+    # the default parameters in the same folder are another dataset: rewritten, not reused
+    write_synthetic(tmp_path, seed=0, physionet=120, datasets=["physionet2016"])
+    assert json.loads((tmp_path / "physionet2016" / synth.MARKER).read_text())["params_digest"] == (
+        synth._params_digest(SYNTH_PARAMS)
+    )
+    with pytest.raises(ValueError, match="preset"):
+        write_synthetic(tmp_path, preset="strong", datasets=["physionet2016"])

@@ -2,6 +2,7 @@
 
     python -m study.data inspect DATASET ROOT [--json] [--skip-bad] [--mapping paper|clinical]
     python -m study.data synth OUT [--seed N] [--physionet N] [--physionet-test N] [--pascal N] [--icbhi N]
+                               [--preset default|positive_control]
     python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
     python -m study.data duplicates DATA_ROOT [--set data.KEY=VALUE ...]
     python -m study.data cache verify|clean [--profile NAME|KEY] [--cache DIR]
@@ -20,6 +21,7 @@ import pandas as pd
 
 from ..io import print_resource_error
 from . import LOADERS, DataError, load_dataset, summarize
+from .synth import PRESETS
 
 
 def _load(args):
@@ -83,6 +85,7 @@ def cmd_synth(args) -> int:
         physionet_test=args.physionet_test,
         pascal=args.pascal,
         icbhi=args.icbhi,
+        preset=args.preset,
     )
     print(json.dumps(summary, indent=1))
     return 0
@@ -223,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pascal", type=int, default=40, help="PASCAL files")
     p.add_argument("--icbhi", type=int, default=12, help="ICBHI recordings")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="generator parameters: default, or positive_control (one cue per abnormal recording, "
+        "seen well by only one branch)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("features", help="fill the feature cache for a dataset")
