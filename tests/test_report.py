@@ -561,3 +561,31 @@ def test_patients_in_an_evaluation_set_are_resampled_whole(tmp_path):
     assert "per patient" in comparisons.loc[("pascal", "paired permutation"), "note"]
     assert "Durkalski" in comparisons.loc[("pascal", "McNemar"), "note"]
     assert "patients resampled" in comparisons.loc[("pascal", "paired bootstrap")].iloc[0]["note"]
+
+
+def test_per_cue_table_on_synthetic_data_only(trained_study, synth_root):
+    from study.data.synth import planted_cues
+
+    out, _ = trained_study
+    report.report_study(out, n_resamples=200, plots=False)
+    table = pd.read_csv(out / "tables" / "per_cue.csv")
+    cues = planted_cues(synth_root)
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    clean = predictions[(predictions["perturbation"] == "none") & (predictions["ablation"] == "none")]
+    assert set(table["eval_set"]) == set(clean["eval_set"]) and len(table) >= 4
+    for row in table.itertuples():
+        rows = clean[clean["eval_set"] == row.eval_set]
+        carries = np.array([row.cue in cues[r] for r in rows["recording_id"]], dtype=bool)
+        with_cue = rows[(rows["label"] == 1).to_numpy() & carries]
+        normal = rows[rows["label"] == 0]
+        assert (len(with_cue), len(normal)) == (row.n_with_cue, row.n_normal)
+        expected = roc_auc_score([0] * len(normal) + [1] * len(with_cue), np.r_[normal["prob"], with_cue["prob"]])
+        assert row.roc_auc == pytest.approx(expected)  # one trial: the seed mean is its ROC-AUC
+        assert row.roc_auc_low <= row.roc_auc <= row.roc_auc_high
+    assert "tables/per_cue.md" in (out / "report.md").read_text()
+    # data whose cues nobody planted (real data, or a synthetic folder gone): no table
+    state = json.loads((out / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps({**state, "data_root": str(out / "gone")}))
+    shutil.rmtree(out / "tables")
+    report.report_study(out, n_resamples=200, plots=False)
+    assert not (out / "tables" / "per_cue.csv").exists()

@@ -416,3 +416,18 @@ def test_positive_control_preset_plants_one_cue_of_the_chosen_kinds(tmp_path):
     )
     with pytest.raises(ValueError, match="preset"):
         write_synthetic(tmp_path, preset="strong", datasets=["physionet2016"])
+
+
+def test_planted_cues_are_keyed_by_the_loaders_recording_ids(small):
+    from study.data import load_dataset
+
+    out, _ = small
+    cues = synth.planted_cues(out)
+    for name in ("physionet2016", "pascal"):
+        table = load_dataset(name, out / name).table
+        assert set(table["id"]) <= set(cues), name
+        abnormal = table["label"] == 1
+        without = [i for i in table.loc[abnormal, "id"] if not cues[i]]
+        assert all("artifact" in i for i in without), without  # PASCAL's artifacts count as abnormal: noise only
+        assert not any(cues[i] for i in table.loc[~abnormal, "id"])
+    assert synth.planted_cues(out / "elsewhere") == {}

@@ -121,6 +121,7 @@ __all__ = [
     "SYNTH_PARAMS",
     "SynthParams",
     "describe_parameters",
+    "planted_cues",
     "write_synthetic",
 ]
 
@@ -1480,6 +1481,22 @@ def _read_marker(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and marker.get("generator") == GENERATOR else None
+
+
+def planted_cues(root: str | Path) -> dict[str, dict[str, float]]:
+    """The abnormal cues this generator planted in the heart-sound folders under ``root``.
+
+    Returns recording id (as the PhysioNet and PASCAL loaders name it: ``a0001``,
+    ``set_a/normal__201101070538``) -> {cue kind: strength} ({} for a recording without
+    cues); empty when neither ``root/physionet2016`` nor ``root/pascal`` was written here.
+    """
+    root, cues = Path(root), {}
+    physionet, pascal = _read_marker(root / "physionet2016"), _read_marker(root / "pascal")
+    for truth in physionet["truth"] if physionet else []:
+        cues[truth["record"]] = truth["cues"]
+    for truth in pascal["truth"] if pascal else []:
+        cues[str(Path(truth["file"]).with_suffix("").as_posix())] = truth["cues"]
+    return cues
 
 
 def write_synthetic(
