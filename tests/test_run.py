@@ -22,6 +22,10 @@ from study.run import run_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+# The fault tests stop a trial after its first epoch checkpoint: enough epochs after it that the
+# trial is still training when the fault lands (with smoke's 3 epochs it could finish first on a
+# loaded machine, and nothing was left to retry).
+LONGER = {"train.max_epochs": 12, "train.patience": 12}
 
 
 def _space_file(tmp_path: Path, seeds: list[int], architectures=("waveform", "fusion")) -> Path:
@@ -53,7 +57,7 @@ def reference(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     try:
         ray.init(address=cluster.address)
-        run_study(load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0)
+        run_study(load_space("smoke"), out=out, data_root=synth_root, overrides=LONGER, report=False, verbose=0)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -89,7 +93,9 @@ def test_two_node_cluster_runs_every_trial_on_both_nodes(reference):
 
 def test_resume_after_finish_trains_nothing(reference, synth_root, capsys):
     before = pd.read_parquet(reference / "trials.parquet")
-    summary = run_study(load_space("smoke"), out=reference, data_root=synth_root, resume=True, report=False, verbose=0)
+    summary = run_study(
+        load_space("smoke"), out=reference, data_root=synth_root, overrides=LONGER, resume=True, report=False, verbose=0
+    )
     assert summary["trained"] == 0
     pd.testing.assert_frame_equal(before, pd.read_parquet(reference / "trials.parquet"))
 
@@ -114,7 +120,13 @@ def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(referenc
     killer.start()
     try:  # one trial at a time, so the worker killed is the one that checkpointed
         summary = run_study(
-            load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0, max_concurrent=1
+            load_space("smoke"),
+            out=out,
+            data_root=synth_root,
+            overrides=LONGER,
+            report=False,
+            verbose=0,
+            max_concurrent=1,
         )
     finally:
         stop.set()
@@ -167,7 +179,13 @@ def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(referenc
         cluster.wait_for_nodes()
         remover.start()
         summary = run_study(
-            load_space("smoke"), out=out, data_root=synth_root, report=False, verbose=0, max_concurrent=1
+            load_space("smoke"),
+            out=out,
+            data_root=synth_root,
+            overrides=LONGER,
+            report=False,
+            verbose=0,
+            max_concurrent=1,
         )
     finally:
         stop.set()
