@@ -189,14 +189,17 @@ class _Analysis:
         self.n_trials = len(trials)
         self.baseline = self._baseline_value(options.baseline)
         self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
-        self.resampled = {
-            e.name: resample(e, self.kernel(e), options.n_resamples, named_generator(options.seed, e.name))
-            for e in self.eval_sets
-        }
+        self.resampled = {e.name: self.resample_set(e, e.name) for e in self.eval_sets}
         self.primary = next((e.name for e in self.eval_sets if e.name == "physionet2016:test"), self.eval_sets[0].name)
 
     def kernel(self, eval_set: EvalSet) -> Kernel:
         return respiratory_kernel(eval_set) if self.respiratory else heart_kernel(eval_set)
+
+    def resample_set(self, eval_set: EvalSet, *stream: str) -> Resampled:
+        """The report's resampling of ``eval_set`` (or a part of it), from the random stream named ``stream``."""
+        return resample(
+            eval_set, self.kernel(eval_set), self.options.n_resamples, named_generator(self.options.seed, *stream)
+        )
 
     def _baseline_value(self, requested: str | None) -> str | None:
         if not self.axis or all(c.axis_value is None for c in self.configurations):
@@ -881,12 +884,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             mask = data.sources == source
             subset = data.subset(mask, f"{eval_set} / {source}")
             if len(np.unique(subset.binary)) == 2:
-                per_source[source] = resample(
-                    subset,
-                    analysis.kernel(subset),
-                    analysis.options.n_resamples,
-                    named_generator(analysis.options.seed, eval_set, source),
-                )
+                per_source[source] = analysis.resample_set(subset, eval_set, source)
         # Leave-one-source-out ROC-AUC of every trial: one 0/1 weighting per source.
         without = {}
         if len(sources) > 1:
@@ -998,10 +996,7 @@ def _per_cue(analysis: _Analysis) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             subset = data.subset(mask, f"{eval_set} / {kind}")
             if len(np.unique(subset.binary)) < 2:
                 continue
-            options = analysis.options
-            cue_resampled = resample(
-                subset, analysis.kernel(subset), options.n_resamples, named_generator(options.seed, eval_set, kind)
-            )
+            cue_resampled = analysis.resample_set(subset, eval_set, kind)
             n_with, n_normal = int(subset.binary.sum()), int(negatives.sum())
             for configuration in analysis.configurations:
                 interval = analysis.interval(eval_set, configuration, "roc_auc", cue_resampled)

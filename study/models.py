@@ -669,8 +669,11 @@ class AudioClassifier(nn.Module):
 
     def forward_head(self, features: dict[str, Tensor]) -> Tensor:
         """Features dict -> logits (B,) if num_classes == 1 else (B, num_classes)."""
-        logits = self.head(features)
-        return logits.squeeze(-1) if self.config.num_classes == 1 else logits
+        return self._logits(self.head(features))
+
+    def _logits(self, head_output: Tensor) -> Tensor:
+        """A head's (B, num_classes) output as the model's logits: (B,) for one binary logit."""
+        return head_output.squeeze(-1) if self.config.num_classes == 1 else head_output
 
     def forward(self, spec: Tensor | None = None, wave: Tensor | None = None) -> Tensor:
         return self.forward_head(self.forward_features(spec, wave))
@@ -682,8 +685,7 @@ class AudioClassifier(nn.Module):
         logits = self.forward_head(features)
         if self.branch_heads is None:
             return logits, []
-        squeeze = self.config.num_classes == 1
-        return logits, [h(features).squeeze(-1) if squeeze else h(features) for h in self.branch_heads.values()]
+        return logits, [self._logits(head(features)) for head in self.branch_heads.values()]
 
 
 def create_model(config: dict | ModelConfig) -> AudioClassifier:

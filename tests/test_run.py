@@ -113,21 +113,20 @@ def _kill_one_trial_worker(out: Path, stop: threading.Event, killed: list) -> No
         time.sleep(0.05)
 
 
+def _run_one_trial_at_a_time(out: Path, synth_root: Path) -> dict:
+    """The reference's smoke study, one trial at a time, so the trial a fault hits is the one that checkpointed."""
+    return run_study(
+        load_space("smoke"), out=out, data_root=synth_root, overrides=LONGER, report=False, verbose=0, max_concurrent=1
+    )
+
+
 def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(reference, synth_root, tmp_path):
     stop, killed = threading.Event(), []
     out = tmp_path / "killed"
     killer = threading.Thread(target=_kill_one_trial_worker, args=(out, stop, killed), daemon=True)
     killer.start()
-    try:  # one trial at a time, so the worker killed is the one that checkpointed
-        summary = run_study(
-            load_space("smoke"),
-            out=out,
-            data_root=synth_root,
-            overrides=LONGER,
-            report=False,
-            verbose=0,
-            max_concurrent=1,
-        )
+    try:
+        summary = _run_one_trial_at_a_time(out, synth_root)
     finally:
         stop.set()
         killer.join()
@@ -178,15 +177,7 @@ def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(referenc
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
         remover.start()
-        summary = run_study(
-            load_space("smoke"),
-            out=out,
-            data_root=synth_root,
-            overrides=LONGER,
-            report=False,
-            verbose=0,
-            max_concurrent=1,
-        )
+        summary = _run_one_trial_at_a_time(out, synth_root)
     finally:
         stop.set()
         if remover.is_alive():

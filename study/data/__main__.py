@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..io import print_resource_error
 from . import LOADERS, DataError, load_dataset, summarize
-from .synth import PRESETS
+from .synth import PRESETS, write_synthetic
 
 
 def _load(args):
@@ -76,8 +76,6 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .synth import write_synthetic
-
     summary = write_synthetic(
         args.out,
         seed=args.seed,
