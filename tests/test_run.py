@@ -22,10 +22,14 @@ from study.run import run_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-# The fault tests stop a trial after its first epoch checkpoint: enough epochs after it that the
+# The fault tests stop a trial after its third epoch checkpoint: enough epochs after it that the
 # trial is still training when the fault lands (with smoke's 3 epochs it could finish first on a
 # loaded machine, and nothing was left to retry).
 LONGER = {"train.max_epochs": 12, "train.patience": 12}
+# A checkpoint folder appears on disk before the driver has registered it; a fault right after the
+# first one can land before that, and Tune then restarts the trial from scratch (no retry counted,
+# as CI saw). The fault waits for the third checkpoint, two epochs later, with nine still to come.
+REGISTERED_CHECKPOINT = "run-1/trial_*/checkpoint_000002"
 
 
 def _space_file(tmp_path: Path, seeds: list[int], architectures=("waveform", "fusion")) -> Path:
@@ -103,7 +107,7 @@ def test_resume_after_finish_trains_nothing(reference, synth_root, capsys):
 def _kill_one_trial_worker(out: Path, stop: threading.Event, killed: list) -> None:
     """Once the (only) running trial has written an epoch checkpoint, SIGKILL its worker process."""
     while not stop.is_set():
-        if list((out / "tune").glob("run-1/trial_*/checkpoint_000000")):
+        if list((out / "tune").glob(REGISTERED_CHECKPOINT)):
             for proc in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
                 if cmd.startswith("ray::ImplicitFunc") and "train" in cmd:
@@ -144,7 +148,7 @@ def _remove_the_node_of_the_running_trial(cluster, workers, out: Path, stop: thr
     its workers, raylet and object store are killed at once, as when a machine goes away."""
     raylets = {node.all_processes["raylet"][0].process.pid: node for node in workers}
     while not stop.is_set():
-        if list((out / "tune").glob("run-1/trial_*/checkpoint_000000")):
+        if list((out / "tune").glob(REGISTERED_CHECKPOINT)):
             for proc in psutil.process_iter(["cmdline", "pid"]):
                 if not " ".join(proc.info["cmdline"] or []).startswith("ray::ImplicitFunc"):
                     continue
@@ -161,7 +165,7 @@ def _remove_the_node_of_the_running_trial(cluster, workers, out: Path, stop: thr
 
 def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(reference, synth_root, tmp_path):
     """Two worker nodes (the head runs no trial and holds the driver's features); the node running
-    the first trial is removed after its first epoch: the trial resumes from that checkpoint on the
+    the first trial is removed after its third epoch: the trial resumes from a checkpoint on the
     other node, reading the features from the driver's copy in the head's object store."""
     import ray
     from ray.cluster_utils import Cluster
