@@ -174,32 +174,45 @@ def run_bare(config: dict, data, device: torch.device, dtype: torch.dtype | None
     The same model and optimizer settings, the float16 features on ``device`` (as the trainer
     places them there: outside the timed epochs), randperm batches, class-weighted BCE.
     """
-    torch.manual_seed(seed)
-    model = create_model(model_config_of(config, data.profile)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["train.lr"], weight_decay=config["train.weight_decay"])
-    images, waves = data.train.images.to(device), data.train.waves.to(device)
-    targets = data.train.labels[data.train.item_index].to(device)
-    counts = torch.bincount(targets, minlength=2).double()
-    class_weights = (counts.sum() / (2 * counts.clamp(min=1))).float()
-    bounds = batches(len(targets), config["train.batch_size"])
+    loop = BareLoop(config, data, device, dtype, seed)
+    bounds = batches(len(loop.targets), config["train.batch_size"])
     seconds = []
     for _ in range(config["train.max_epochs"]):
         _sync(device)
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(targets)).to(device)
+        order = torch.randperm(len(loop.targets)).to(device)
         for lo, hi in bounds:
-            rows = order[lo:hi]
-            y = targets[rows]
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(images[rows].float(), waves[rows].float()).float()
-            loss = F.binary_cross_entropy_with_logits(logits, y.float(), weight=class_weights[y])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loop.step(order[lo:hi])
         _sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+class BareLoop:
+    """The model, optimizer and device-resident features of a bare training loop; :meth:`step` trains
+    one batch: forward, class-weighted BCE, backward, AdamW step, zero_grad."""
+
+    def __init__(self, config: dict, data, device: torch.device, dtype: torch.dtype | None, seed: int = 0):
+        torch.manual_seed(seed)
+        self.device, self.dtype = device, dtype
+        self.model = create_model(model_config_of(config, data.profile)).to(device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config["train.lr"], weight_decay=config["train.weight_decay"]
+        )
+        self.images, self.waves = data.train.images.to(device), data.train.waves.to(device)
+        self.targets = data.train.labels[data.train.item_index].to(device)
+        counts = torch.bincount(self.targets, minlength=2).double()
+        self.class_weights = (counts.sum() / (2 * counts.clamp(min=1))).float()
+
+    def step(self, rows: torch.Tensor) -> None:
+        y = self.targets[rows]
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            logits = self.model(self.images[rows].float(), self.waves[rows].float()).float()
+        loss = F.binary_cross_entropy_with_logits(logits, y.float(), weight=self.class_weights[y])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _counted(seconds: list[float]) -> float:
@@ -361,6 +374,127 @@ def measure_peak_memory(size: str, device: torch.device, precision: str, threads
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+SHARING_SECONDS = {"cpu": 2.0, "cuda": 8.0}  # how long each phase's trials train together
+SHARING_KNEE = 0.9  # the recommended sharing: the fewest trials reaching this share of the best throughput
+
+
+def _sharing_worker(conn, size: str, device_type: str, precision: str, windows: int, threads: int) -> None:
+    """One trial of the sharing bench, in its own process as a Ray trial is: a bare loop on random
+    features of ``windows`` windows held on the device. Trains when told ``("run", start_at, seconds)``
+    and answers its steps and seconds; ``("stop",)`` answers its peak memory and ends."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_type)
+    data = make_trial_data(size_profile(size), windows, 2, 2)
+    config = trial_config(size, device, precision, 1, threads)
+    loop = BareLoop(config, data, device, autocast_dtype(precision, device))
+    batch = config["train.batch_size"]
+    generator = torch.Generator().manual_seed(0)
+
+    def rows() -> torch.Tensor:
+        return torch.randint(0, windows, (batch,), generator=generator).to(device)
+
+    for _ in range(3):  # warm-up: kernels chosen, allocator filled
+        loop.step(rows())
+    _sync(device)
+    conn.send({"ready": True})
+    while (message := conn.recv())[0] == "run":
+        _, start_at, seconds = message
+        time.sleep(max(0.0, start_at - time.time()))
+        started, steps = time.perf_counter(), 0
+        while time.time() < start_at + seconds:
+            loop.step(rows())
+            steps += 1
+        _sync(device)  # the steps queued on the device count until they are done
+        answer = {"steps": steps, "windows": steps * batch, "seconds": time.perf_counter() - started}
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            answer["gpu_used_mb"] = (total - free) / 2**20  # every process on the GPU, contexts included
+            answer["gpu_total_mb"] = total / 2**20
+        conn.send(answer)
+    memory = {"rss_peak_mb": _rss_mb("VmHWM")}
+    if device.type == "cuda":
+        memory["gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    conn.send(memory)
+
+
+def bench_sharing(size: str, device: torch.device, counts: list[int], threads: int, quick: bool) -> dict:
+    """Trials sharing one device: for each count k, k processes train together for a few seconds.
+
+    Every process (the largest count of them, started once) trains the size's model with a bare
+    loop on random features of a full training split (2,943 windows; 32 with ``quick``), as a Ray
+    trial would with its features on the GPU. Per count: windows/s of all together and of one
+    trial, the epoch of 2,943 windows one trial then takes, and (on a GPU) the memory every
+    process holds together. The recommendation: the fewest trials that reach SHARING_KNEE of the
+    best throughput (more only slow each trial down), and how many fit the GPU's memory.
+    """
+    from multiprocessing import get_context
+
+    context = get_context("spawn")
+    windows = QUICK["windows"] if quick else TRAIN_RECORDINGS
+    precision = precisions(device)[0]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the bench's own cached blocks would crowd the trials
+    workers = []
+    for _ in range(max(counts)):
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_sharing_worker, args=(child, size, device.type, precision, windows, threads), daemon=True
+        )
+        process.start()
+        workers.append((process, parent))
+    try:
+        for _, conn in workers:
+            conn.recv()
+        seconds = 0.5 if quick else SHARING_SECONDS[device.type]
+        rows = []
+        for k in sorted(counts):
+            start_at = time.time() + 0.5
+            for _, conn in workers[:k]:
+                conn.send(("run", start_at, seconds))
+            answers = [conn.recv() for _, conn in workers[:k]]
+            wall = max(a["seconds"] for a in answers)
+            per_trial = statistics.fmean(a["windows"] / a["seconds"] for a in answers)
+            row = {
+                "trials": k,
+                "windows_per_s": sum(a["windows"] for a in answers) / wall,
+                "per_trial_windows_per_s": per_trial,
+                "epoch_2943_s": TRAIN_RECORDINGS / per_trial,
+            }
+            if "gpu_used_mb" in answers[0]:
+                row["gpu_used_mb"] = max(a["gpu_used_mb"] for a in answers)
+                row["gpu_total_mb"] = answers[0]["gpu_total_mb"]
+            rows.append(row)
+        for _, conn in workers:
+            conn.send(("stop",))
+        memory = [conn.recv() for _, conn in workers]
+    finally:
+        for process, _ in workers:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    best = max(r["windows_per_s"] for r in rows)
+    knee = min(r["trials"] for r in rows if r["windows_per_s"] >= SHARING_KNEE * best)
+    result = {
+        "size": size,
+        "precision": precision,
+        "windows": windows,
+        "seconds": seconds,
+        "rows": rows,
+        "recommended_trials": knee,
+        "recommended_gpus_per_trial": math.floor(1000 / knee) / 1000,
+        "rss_peak_mb": max(m["rss_peak_mb"] for m in memory),
+    }
+    if device.type == "cuda":
+        largest = max(rows, key=lambda r: r["trials"])
+        per_trial_mb = largest["gpu_used_mb"] / largest["trials"]
+        result.update(
+            gpu_reserved_mb=max(m["gpu_reserved_mb"] for m in memory),
+            gpu_per_trial_mb=per_trial_mb,
+            trials_fit_memory=int(largest["gpu_total_mb"] // per_trial_mb),
+        )
+    return result
+
+
 def _write_recordings(folder: Path, n: int) -> dict[str, pd.DataFrame]:
     """Synthetic recordings of every profile's kind; per profile a table of path, audio_hash,
     start_s, end_s with n + 1 rows (the first for the warm-up)."""
@@ -452,8 +586,16 @@ def describe_device(device: torch.device, threads: int) -> dict:
     return record
 
 
-def run_bench(sizes: list[str], device: torch.device, repeats: int = 3, threads: int = 1, quick: bool = False) -> dict:
-    """Every figure of the bench as one dict: device, trainer, memory, features (or features_skipped), notes."""
+def run_bench(
+    sizes: list[str],
+    device: torch.device,
+    repeats: int = 3,
+    threads: int = 1,
+    quick: bool = False,
+    sharing: list[int] | None = None,
+) -> dict:
+    """Every figure of the bench as one dict: device, trainer, memory, sharing (with ``sharing``:
+    trial counts, for the largest size), features (or features_skipped), notes."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
     missing = missing_audio_modules()
@@ -464,6 +606,8 @@ def run_bench(sizes: list[str], device: torch.device, repeats: int = 3, threads:
         for size in sizes
         for precision in precisions(device)
     ]
+    if sharing:
+        results["sharing"] = bench_sharing(sizes[-1], device, sharing, threads, quick)
     if missing:
         results["features_skipped"] = (
             f"feature extraction needs {', '.join(AUDIO_MODULES)}; missing: {', '.join(missing)}"
@@ -523,6 +667,8 @@ def format_results(results: dict) -> str:
                 f"{m['size']:<6} {m['windows']:>7} {m['features_mb']:>8.1f} {m['rss_before_mb']:>10.0f} "
                 f"{m['rss_peak_mb']:>8.0f} {m['rss_full_trial_mb']:>32.0f}"
             )
+    if "sharing" in results:
+        lines += ["", *format_sharing(results["sharing"])]
     lines.append("")
     if "features" in results:
         lines += [
@@ -543,6 +689,32 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sharing(sharing: dict) -> list[str]:
+    """The sharing table and its recommendation."""
+    gpu = "gpu_used_mb" in sharing["rows"][0]
+    lines = [
+        f"trials sharing the device ({sharing['size']} size, {sharing['precision']}, bare loop, "
+        f"{sharing['windows']} windows each, {sharing['seconds']:g} s per count)",
+        f"{'trials':>6} {'windows/s':>10} {'per trial':>10} {'epoch 2,943 s':>13}"
+        + (f" {'GPU used MB':>11}" if gpu else ""),
+    ]
+    for r in sharing["rows"]:
+        lines.append(
+            f"{r['trials']:>6} {r['windows_per_s']:>10.4g} {r['per_trial_windows_per_s']:>10.4g} "
+            f"{r['epoch_2943_s']:>13.4g}" + (f" {r['gpu_used_mb']:>11.0f}" if gpu else "")
+        )
+    lines.append(
+        f"recommended: {sharing['recommended_trials']} trial(s) at once ({SHARING_KNEE:.0%} of the best throughput), "
+        f"gpus_per_trial {sharing['recommended_gpus_per_trial']:g}"
+        + (
+            f"; {sharing['gpu_per_trial_mb']:.0f} MB of GPU memory per trial, {sharing['trials_fit_memory']} fit"
+            if gpu
+            else ""
+        )
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -553,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of trainer and bare loop (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, as train.threads (default 1)")
+    parser.add_argument(
+        "--sharing",
+        metavar="COUNTS",
+        help="also train this many trials at once, e.g. 1,2,4,8 (processes sharing the device; the largest size)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument(
         "--quick",
@@ -572,7 +749,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
-    results = run_bench(sizes, device, 1 if args.quick else args.repeats, args.threads, args.quick)
+    try:
+        sharing = sorted({int(c) for c in args.sharing.split(",")}) if args.sharing else None
+    except ValueError:
+        parser.error(f"--sharing expects trial counts like 1,2,4,8, got {args.sharing!r}")
+    if sharing and min(sharing) < 1:
+        parser.error("--sharing counts must be at least 1")
+    results = run_bench(sizes, device, 1 if args.quick else args.repeats, args.threads, args.quick, sharing)
     print(format_results(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -28,9 +28,15 @@ KNOWN_LABELS = set(LABEL_MAPPINGS["paper"])
 _NAME_NOISE = re.compile(r"btraining_|[ab]unlabelledtest", re.IGNORECASE)
 
 
+AUDIO_SUFFIXES = (".wav", ".aif", ".aiff", ".flac")
+
+
 def match_key(name: str) -> str:
-    """A key shared by a CSV ``fname`` and the file it describes."""
-    stem = _NAME_NOISE.sub("", Path(name).name.lower())
+    """A key shared by a CSV ``fname`` and the file it describes, whatever its audio format (the CSVs
+    name .wav files; a FLAC copy such as ``python -m study.gpu prepare`` writes matches them too)."""
+    path = Path(name)
+    name = path.stem if path.suffix.lower() in AUDIO_SUFFIXES else path.name
+    stem = _NAME_NOISE.sub("", name.lower())
     return re.sub(r"_+", "_", stem).strip("_")
 
 
@@ -57,7 +63,7 @@ def load_pascal(root: str | Path, *, mapping: str = "paper", skip_bad: bool = Fa
         csv_path, folder = root / f"{set_name}.csv", root / set_name
         files = {}
         for f in sorted(folder.glob("*")):
-            if f.suffix.lower() in (".wav", ".aif", ".aiff", ".flac"):
+            if f.suffix.lower() in AUDIO_SUFFIXES:
                 files.setdefault(match_key(f.name), []).append(f)
         used = set()
         with open(csv_path, newline="") as fh:

@@ -1,7 +1,8 @@
 """PhysioNet/CinC Challenge 2016 heart sounds.
 
 Layout: ``ROOT/training-a`` … ``training-f`` with ``REFERENCE.csv`` (``a0001,1``:
-1 abnormal, -1 normal) and the WAVs; optionally ``REFERENCE_withSQI.csv``
+1 abnormal, -1 normal) and the recordings (``a0001.wav`` as released, or ``a0001.flac``:
+``python -m study.gpu prepare`` writes trimmed FLAC copies); optionally ``REFERENCE_withSQI.csv``
 (a third column, 1 good / 0 poor signal quality) and WFDB ``.hea`` headers.
 ``ROOT/validation`` lists the AudioFuse paper's test records; they are copies
 of training records and are removed from training (paper protocol).
@@ -16,6 +17,17 @@ from .audio import DataError, probe_audio
 from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file
 
 LABELS = {"1": ("abnormal", 1), "-1": ("normal", 0)}
+AUDIO_SUFFIXES = (".wav", ".flac")  # a record's file: the first of these that exists
+
+
+def record_file(folder: Path, record: str) -> Path:
+    """The audio file of ``record`` in ``folder``: ``record.wav``, else ``record.flac``
+    (``record.wav`` when neither exists, for the error message)."""
+    for suffix in AUDIO_SUFFIXES:
+        candidate = folder / f"{record}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return folder / f"{record}{AUDIO_SUFFIXES[0]}"
 
 
 def _read_reference(path: Path, log: ProblemLog, min_columns: int = 2) -> dict[str, list[str]]:
@@ -69,7 +81,7 @@ def load_physionet2016(root: str | Path, *, skip_bad: bool = False) -> LoadedDat
         sqi_file = folder / "REFERENCE_withSQI.csv"
         sqi = _read_reference(sqi_file, log, min_columns=3) if sqi_file.is_file() else {}
         for record, row in labels.items():
-            wav = folder / f"{record}.wav"
+            wav = record_file(folder, record)
             listed_files.add(wav)
             if record in sqi and sqi[record][1] != row[1]:
                 log.report(sqi_file, f"{record}: label {sqi[record][1]} disagrees with REFERENCE.csv ({row[1]})")
@@ -107,7 +119,7 @@ def load_physionet2016(root: str | Path, *, skip_bad: bool = False) -> LoadedDat
                     signal_quality=int(sqi[record][2]) if record in sqi else None,
                 )
             )
-        for wav in sorted(folder.glob("*.wav")):
+        for wav in sorted(f for f in folder.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES):
             if wav not in listed_files:
                 log.note(wav, "not listed in REFERENCE.csv; ignored")
 
@@ -142,7 +154,7 @@ def _mark_test_records(root: Path, table, log: ProblemLog) -> list[str]:
         if LABELS[row[1]][1] != by_id.at[record, "label"]:
             log.report(reference, f"{record}: label {row[1]} disagrees with its training folder")
             continue
-        copy = root / "validation" / f"{record}.wav"
+        copy = record_file(root / "validation", record)
         if copy.is_file():
             if probe_audio(copy)[3] != by_id.at[record, "audio_hash"]:
                 log.note(copy, "differs from the training file of the same name; the training file is used")
