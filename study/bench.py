@@ -586,6 +586,74 @@ def describe_device(device: torch.device, threads: int) -> dict:
     return record
 
 
+ARCHITECTURE_STEPS = {"cpu": 3, "cuda": 30}  # timed steps per architecture and cuDNN setting
+PROFILED_KERNELS = 12
+
+
+def bench_architectures(size: str, device: torch.device, threads: int, quick: bool) -> dict:
+    """Milliseconds per training step (batch of the size's trainer) of each architecture, with cuDNN's
+    autotuner (``torch.backends.cudnn.benchmark``) off and on, and, on a GPU, the kernels that take
+    the fusion model's device time (torch.profiler over a few steps)."""
+    precision = precisions(device)[0]
+    steps = 2 if quick else ARCHITECTURE_STEPS[device.type]
+    data = make_trial_data(size_profile(size), QUICK["windows"] if quick else 256, 2, 2)
+    rows, autotune = [], torch.backends.cudnn.benchmark
+    try:
+        for tuned in (False, True) if device.type == "cuda" else (False,):
+            torch.backends.cudnn.benchmark = tuned
+            for architecture in ("spectrogram", "waveform", "fusion"):
+                config = {**trial_config(size, device, precision, 1, threads), "model.architecture": architecture}
+                loop = BareLoop(config, data, device, autocast_dtype(precision, device))
+                generator = torch.Generator().manual_seed(0)
+                batch = [torch.randint(0, len(loop.targets), (config["train.batch_size"],), generator=generator)]
+                for _ in range(3):
+                    loop.step(batch[0].to(device))
+                _sync(device)
+                started = time.perf_counter()
+                for _ in range(steps):
+                    loop.step(batch[0].to(device))
+                _sync(device)
+                ms = 1e3 * (time.perf_counter() - started) / steps
+                rows.append(
+                    {
+                        "architecture": architecture,
+                        "cudnn_benchmark": tuned,
+                        "step_ms": ms,
+                        "windows_per_s": 1e3 * config["train.batch_size"] / ms,
+                    }
+                )
+        result = {"size": size, "precision": precision, "steps": steps, "rows": rows}
+        if device.type == "cuda":
+            result["kernels"] = _profile_kernels(loop, batch[0].to(device))
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+    return result
+
+
+def _profile_kernels(loop: BareLoop, rows: torch.Tensor, steps: int = 5) -> list[dict]:
+    """The GPU kernels of ``steps`` training steps by device time: name, ms per step, share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            loop.step(rows)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return [
+        {
+            "kernel": e.key[:90],
+            "ms_per_step": e.self_device_time_total / 1e3 / steps,
+            "share": e.self_device_time_total / total,
+        }
+        for e in events[:PROFILED_KERNELS]
+    ]
+
+
+PARTS = ("trainer", "memory", "sharing", "architectures", "features")
+
+
 def run_bench(
     sizes: list[str],
     device: torch.device,
@@ -593,22 +661,30 @@ def run_bench(
     threads: int = 1,
     quick: bool = False,
     sharing: list[int] | None = None,
+    parts: tuple[str, ...] = ("trainer", "memory", "features"),
 ) -> dict:
-    """Every figure of the bench as one dict: device, trainer, memory, sharing (with ``sharing``:
-    trial counts, for the largest size), features (or features_skipped), notes."""
+    """Every figure of the bench's ``parts`` as one dict: device, trainer, memory, sharing (``sharing``
+    trial counts, at the largest size), architectures (the largest size), features (or
+    features_skipped), notes."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
     missing = missing_audio_modules()
     results = {"device": describe_device(device, threads), "quick": quick, "notes": []}
-    results["trainer"] = [row for size in sizes for row in bench_trainer(size, device, repeats, threads, quick)]
-    results["memory"] = [
-        measure_peak_memory(size, device, precision, threads, quick)
-        for size in sizes
-        for precision in precisions(device)
-    ]
-    if sharing:
+    if "trainer" in parts:
+        results["trainer"] = [row for size in sizes for row in bench_trainer(size, device, repeats, threads, quick)]
+    if "memory" in parts:
+        results["memory"] = [
+            measure_peak_memory(size, device, precision, threads, quick)
+            for size in sizes
+            for precision in precisions(device)
+        ]
+    if sharing and "sharing" in parts:
         results["sharing"] = bench_sharing(sizes[-1], device, sharing, threads, quick)
-    if missing:
+    if "architectures" in parts:
+        results["architectures"] = bench_architectures(sizes[-1], device, threads, quick)
+    if "features" not in parts:
+        pass
+    elif missing:
         results["features_skipped"] = (
             f"feature extraction needs {', '.join(AUDIO_MODULES)}; missing: {', '.join(missing)}"
         )
@@ -630,14 +706,18 @@ def format_results(results: dict) -> str:
     lines += [f"note: {note}" for note in results["notes"]]
     if results["quick"]:
         lines.append("note: --quick: tiny runs that check the bench; their figures measure nothing")
-    rows = results["trainer"]
-    lines += [
-        "",
-        f"trainer against a bare loop: ms of training per window, median of {rows[0]['repeats']} "
-        f"interleaved repeats (limit {RATIO_LIMIT}x)",
-        f"{'size':<6} {'precision':<9} {'windows':>7} {'batch':>5} {'epochs':>6} {'trainer ms':>10} "
-        f"{'bare ms':>9} {'ratio':>9} {'windows/s':>9} {'epoch 2,943 s':>13} {'epoch+val s':>11}",
-    ]
+    rows = results.get("trainer", [])
+    lines += (
+        []
+        if not rows
+        else [
+            "",
+            f"trainer against a bare loop: ms of training per window, median of {rows[0]['repeats']} "
+            f"interleaved repeats (limit {RATIO_LIMIT}x)",
+            f"{'size':<6} {'precision':<9} {'windows':>7} {'batch':>5} {'epochs':>6} {'trainer ms':>10} "
+            f"{'bare ms':>9} {'ratio':>9} {'windows/s':>9} {'epoch 2,943 s':>13} {'epoch+val s':>11}",
+        ]
+    )
     for r in rows:
         lines.append(
             f"{r['size']:<6} {r['precision']:<9} {r['windows']:>7} {r['batch_size']:>5} {r['epochs']:>6} "
@@ -645,30 +725,12 @@ def format_results(results: dict) -> str:
             f"{'ok' if r['ok'] else 'SLOW':<3} "
             f"{r['windows_per_s']:>9.4g} {r['epoch_2943_s']:>13.4g} {r['epoch_val_s']:>11.4g}"
         )
-    lines += ["", "peak memory of one 1-epoch trial in a fresh process, MB"]
-    if d["type"] == "cuda":
-        lines.append(
-            f"{'size':<6} {'precision':<9} {'windows':>7} {'features':>8} {'peak RSS':>8} "
-            f"{'GPU allocated':>13} {'GPU reserved':>12} {'context':>7} {'trials/GPU':>10}"
-        )
-        for m in results["memory"]:
-            lines.append(
-                f"{m['size']:<6} {m['precision']:<9} {m['windows']:>7} {m['features_mb']:>8.0f} "
-                f"{m['rss_peak_mb']:>8.0f} {m['gpu_allocated_mb']:>13.0f} {m['gpu_reserved_mb']:>12.0f} "
-                f"{m['cuda_context_mb']:>7.0f} {m['trials_per_gpu']:>10}"
-            )
-    else:
-        lines.append(
-            f"{'size':<6} {'windows':>7} {'features':>8} {'RSS before':>10} {'peak RSS':>8} "
-            f"{'full trial (3,534 windows), est.':>32}"
-        )
-        for m in results["memory"]:
-            lines.append(
-                f"{m['size']:<6} {m['windows']:>7} {m['features_mb']:>8.1f} {m['rss_before_mb']:>10.0f} "
-                f"{m['rss_peak_mb']:>8.0f} {m['rss_full_trial_mb']:>32.0f}"
-            )
+    if "memory" in results:
+        lines += ["", *format_memory(results["memory"], d["type"])]
     if "sharing" in results:
         lines += ["", *format_sharing(results["sharing"])]
+    if "architectures" in results:
+        lines += ["", *format_architectures(results["architectures"])]
     lines.append("")
     if "features" in results:
         lines += [
@@ -683,10 +745,53 @@ def format_results(results: dict) -> str:
                 f"{f['recordings']:>10} {f['compute_ms']:>10.1f} {f['extract_ms']:>10.1f} "
                 f"{f['first_call_s']:>12.2f}"
             )
-    else:
+    elif "features_skipped" in results:
         lines.append(f"feature extraction skipped: {results['features_skipped']}")
     lines += ["", f"bench time {results['wall_s']:.0f} s"]
     return "\n".join(lines)
+
+
+def format_memory(memory: list[dict], device_type: str) -> list[str]:
+    """The peak-memory table."""
+    lines = ["peak memory of one 1-epoch trial in a fresh process, MB"]
+    if device_type == "cuda":
+        lines.append(
+            f"{'size':<6} {'precision':<9} {'windows':>7} {'features':>8} {'peak RSS':>8} "
+            f"{'GPU allocated':>13} {'GPU reserved':>12} {'context':>7} {'trials/GPU':>10}"
+        )
+        for m in memory:
+            lines.append(
+                f"{m['size']:<6} {m['precision']:<9} {m['windows']:>7} {m['features_mb']:>8.0f} "
+                f"{m['rss_peak_mb']:>8.0f} {m['gpu_allocated_mb']:>13.0f} {m['gpu_reserved_mb']:>12.0f} "
+                f"{m['cuda_context_mb']:>7.0f} {m['trials_per_gpu']:>10}"
+            )
+    else:
+        lines.append(
+            f"{'size':<6} {'windows':>7} {'features':>8} {'RSS before':>10} {'peak RSS':>8} "
+            f"{'full trial (3,534 windows), est.':>32}"
+        )
+        for m in memory:
+            lines.append(
+                f"{m['size']:<6} {m['windows']:>7} {m['features_mb']:>8.1f} {m['rss_before_mb']:>10.0f} "
+                f"{m['rss_peak_mb']:>8.0f} {m['rss_full_trial_mb']:>32.0f}"
+            )
+    return lines
+
+
+def format_architectures(result: dict) -> list[str]:
+    """Step time per architecture and cuDNN setting, and the kernels that take the device's time."""
+    lines = [
+        f"training step per architecture ({result['size']} size, {result['precision']}, mean of {result['steps']} steps)",
+        f"{'architecture':<12} {'cudnn.benchmark':>15} {'step ms':>8} {'windows/s':>10}",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['architecture']:<12} {str(r['cudnn_benchmark']):>15} {r['step_ms']:>8.3g} {r['windows_per_s']:>10.4g}"
+        )
+    if result.get("kernels"):
+        lines += ["GPU kernels of a fusion training step (cudnn.benchmark on), by device time:"]
+        lines += [f"  {k['ms_per_step']:>7.3f} ms {k['share']:>6.1%}  {k['kernel']}" for k in result["kernels"]]
+    return lines
 
 
 def format_sharing(sharing: dict) -> list[str]:
@@ -730,6 +835,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="COUNTS",
         help="also train this many trials at once, e.g. 1,2,4,8 (processes sharing the device; the largest size)",
     )
+    parser.add_argument(
+        "--parts",
+        default="trainer,memory,sharing,features",
+        help=f"comma-separated parts among {', '.join(PARTS)} (default: all but architectures; sharing needs --sharing)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument(
         "--quick",
@@ -755,7 +865,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sharing expects trial counts like 1,2,4,8, got {args.sharing!r}")
     if sharing and min(sharing) < 1:
         parser.error("--sharing counts must be at least 1")
-    results = run_bench(sizes, device, 1 if args.quick else args.repeats, args.threads, args.quick, sharing)
+    parts = tuple(args.parts.split(","))
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown part(s) {sorted(set(parts) - set(PARTS))}; expected some of {list(PARTS)}")
+    results = run_bench(sizes, device, 1 if args.quick else args.repeats, args.threads, args.quick, sharing, parts)
     print(format_results(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

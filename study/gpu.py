@@ -690,6 +690,7 @@ def device_study(prep: Path, out: Path, deadline_s: float, gpus_per_trial: float
             archive.extractall(prep / "ray", filter="data")
         record["ray_unpack_s"] = round(time.monotonic() - unpack_started, 1)
     env = _child_env(prep)
+    sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)  # the space's checks import the carried audio stack
     storage = _memory_storage(env)
     record["storage"] = storage or "the study folder's tune/ on disk"
     bench = json.loads((prep / "bench.json").read_text()) if (prep / "bench.json").is_file() else None

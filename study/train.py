@@ -223,6 +223,10 @@ def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool
     torch.set_num_threads(train_cfg.threads)
     seed_everything(int(config["seed"]))
     device, note = resolve_device(train_cfg.device, gpu_assigned)
+    if device.type == "cuda":
+        # cuDNN times its algorithms for each new input shape once and keeps the fastest (a trial has
+        # few shapes: the batch, the last batch, the evaluation batch); the CPU path is untouched
+        torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype(train_cfg.precision, device)
     model = create_model(model_config_of(config, data.profile))
     # a pretrained AST starts AST trials only: the other architectures' ViTs have no AST layout
