@@ -1,6 +1,8 @@
-"""Speed and memory of one trial: the trainer against a bare loop, feature extraction, peak memory.
+"""Speed and memory of one trial: the trainer against a bare loop, feature extraction, peak memory,
+trials sharing one device, and each architecture's training step.
 
     python -m study.bench [--sizes cpu,paper] [--device auto|cpu|cuda] [--repeats R] [--threads T]
+                          [--sharing 1,2,4,8] [--parts trainer,memory,sharing,architectures,features]
                           [--json PATH] [--quick]
 
 Trainer overhead. At each size ``study.train.train_and_evaluate`` and a bare
@@ -34,6 +36,19 @@ peak with a full trial's 2,943 + 294 + 297 windows in place of the bench's
 which the trial keeps on the device, included), the memory in use before the
 trial (the CUDA context), and how many such trials fit the GPU:
 total / (reserved + context).
+
+Sharing (``--sharing COUNTS``, the largest size). As many processes as the
+largest count each train the model with the bare loop on a full training
+split's random features held on the device, as Ray trials sharing a GPU do;
+for each count k, k of them train together for a few seconds. Per count:
+windows/s of all together and of one trial. The recommended GPU share is one
+over the fewest trials that reach 90 % of the best throughput; on a GPU also
+the memory every resident process holds and how many would fit.
+
+Architectures (``--parts architectures``, the largest size). Milliseconds per
+training step of the spectrogram, waveform and fusion models, with cuDNN's
+autotuner off and on, and on a GPU the kernels that take a fusion step's device
+time (torch.profiler).
 
 Feature extraction. Milliseconds per recording of each profile on synthetic
 WAVs (native, paper: 20 s of noise at 2 kHz; ast: 3 s breathing cycles cut from
@@ -446,7 +461,7 @@ def bench_sharing(size: str, device: torch.device, counts: list[int], threads: i
         for _, conn in workers:
             conn.recv()
         seconds = 0.5 if quick else SHARING_SECONDS[device.type]
-        rows = []
+        rows, gpu_used, gpu_total = [], 0.0, 0.0
         for k in sorted(counts):
             start_at = time.time() + 0.5
             for _, conn in workers[:k]:
@@ -461,8 +476,8 @@ def bench_sharing(size: str, device: torch.device, counts: list[int], threads: i
                 "epoch_2943_s": TRAIN_RECORDINGS / per_trial,
             }
             if "gpu_used_mb" in answers[0]:
-                row["gpu_used_mb"] = max(a["gpu_used_mb"] for a in answers)
-                row["gpu_total_mb"] = answers[0]["gpu_total_mb"]
+                gpu_used = max(gpu_used, *(a["gpu_used_mb"] for a in answers))
+                gpu_total = answers[0]["gpu_total_mb"]
             rows.append(row)
         for _, conn in workers:
             conn.send(("stop",))
@@ -485,12 +500,15 @@ def bench_sharing(size: str, device: torch.device, counts: list[int], threads: i
         "rss_peak_mb": max(m["rss_peak_mb"] for m in memory),
     }
     if device.type == "cuda":
-        largest = max(rows, key=lambda r: r["trials"])
-        per_trial_mb = largest["gpu_used_mb"] / largest["trials"]
+        # every process holds its model and features through every count: the memory in use is theirs
+        # together (and the bench's own context), read while they trained
+        per_trial_mb = gpu_used / len(workers)
         result.update(
+            gpu_used_mb=gpu_used,
+            gpu_total_mb=gpu_total,
             gpu_reserved_mb=max(m["gpu_reserved_mb"] for m in memory),
             gpu_per_trial_mb=per_trial_mb,
-            trials_fit_memory=int(largest["gpu_total_mb"] // per_trial_mb),
+            trials_fit_memory=int(gpu_total // per_trial_mb),
         )
     return result
 
@@ -796,23 +814,24 @@ def format_architectures(result: dict) -> list[str]:
 
 def format_sharing(sharing: dict) -> list[str]:
     """The sharing table and its recommendation."""
-    gpu = "gpu_used_mb" in sharing["rows"][0]
+    gpu = "gpu_per_trial_mb" in sharing
     lines = [
         f"trials sharing the device ({sharing['size']} size, {sharing['precision']}, bare loop, "
         f"{sharing['windows']} windows each, {sharing['seconds']:g} s per count)",
-        f"{'trials':>6} {'windows/s':>10} {'per trial':>10} {'epoch 2,943 s':>13}"
-        + (f" {'GPU used MB':>11}" if gpu else ""),
+        f"{'trials':>6} {'windows/s':>10} {'per trial':>10} {'epoch 2,943 s':>13}",
     ]
     for r in sharing["rows"]:
         lines.append(
             f"{r['trials']:>6} {r['windows_per_s']:>10.4g} {r['per_trial_windows_per_s']:>10.4g} "
-            f"{r['epoch_2943_s']:>13.4g}" + (f" {r['gpu_used_mb']:>11.0f}" if gpu else "")
+            f"{r['epoch_2943_s']:>13.4g}"
         )
     lines.append(
         f"recommended: {sharing['recommended_trials']} trial(s) at once ({SHARING_KNEE:.0%} of the best throughput), "
         f"gpus_per_trial {sharing['recommended_gpus_per_trial']:g}"
         + (
-            f"; {sharing['gpu_per_trial_mb']:.0f} MB of GPU memory per trial, {sharing['trials_fit_memory']} fit"
+            f"; {sharing['gpu_per_trial_mb']:.0f} MB of GPU memory per training trial "
+            f"({sharing['gpu_used_mb']:.0f} MB with {max(r['trials'] for r in sharing['rows'])} resident), "
+            f"{sharing['trials_fit_memory']} fit"
             if gpu
             else ""
         )

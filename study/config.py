@@ -173,7 +173,7 @@ class TrainConfig:
     # off until measured to help: torch.compile of the training forward pass, channels-last images
     compile: bool = False
     channels_last: bool = False
-    eval_batch_size: int | None = None  # windows per evaluation batch; None: 1024 on a GPU, 128 on the CPU
+    eval_batch_size: int | None = None  # windows per evaluation batch; None: 256 on a GPU, 128 on the CPU
 
     def __post_init__(self):
         _check_fields(

@@ -722,6 +722,9 @@ def device_study(prep: Path, out: Path, deadline_s: float, gpus_per_trial: float
         record["waves"].append({"wave": number, "seeds": wave, "trials": trials, "gpus_per_trial": gpus, **step})
         _write_json(out / "study-run.json", record)
         if step["status"] != 0:
+            # the trials this wave finished before the deadline are in Tune's storage: keep them
+            harvest = [sys.executable, "-m", "study.gpu", "device", "harvest", str(prep)]
+            record["waves"][-1]["harvest"] = _step(harvest, log, env, timeout=60)
             break
         seeds_done, last = seeds, (trials, step["seconds"])
     record["seeds"] = seeds_done
@@ -759,7 +762,7 @@ def pack_study(study_dir: Path, target: Path) -> int:
 
     def keep(info: tarfile.TarInfo):
         parts = Path(info.name).parts
-        if len(parts) > 1 and parts[1] == "tune" or parts[-1] == "checkpoint.pt" or parts[-1] == ".lock":
+        if len(parts) > 1 and parts[1] == "tune" or parts[-1] == "checkpoint.pt" or parts[-1].endswith(".lock"):
             return None
         return info
 
@@ -827,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--downloads", default=None, help="where downloaded wheels are kept (default: the project cache)")
     p.add_argument("--limit-mib", type=float, default=LIMIT_BYTES / 2**20, help="bytes one command may send, MiB")
     d = sub.add_parser("device", help="a command on the GPU machine")
-    d.add_argument("step", choices=["features", "study", "fill-cache"])
+    d.add_argument("step", choices=["features", "study", "fill-cache", "harvest"])
     d.add_argument("prep")
     d.add_argument("--out", default=None, help="where the returned files go ($OUT)")
     d.add_argument("--deadline", type=float, default=480.0, help="seconds command 2 may take")
@@ -861,6 +864,12 @@ def main(argv: list[str] | None = None) -> int:
             prep = Path(args.prep)
             if args.step == "fill-cache":
                 fill_cache(prep)
+                return 0
+            if args.step == "harvest":
+                from .run import harvest_finished
+
+                installed = harvest_finished(prep / "study")
+                print(f"harvested {len(installed)} finished trial(s) from Tune's storage: {installed}")
                 return 0
             if not args.out:
                 parser.error("device features|study need --out")

@@ -374,6 +374,37 @@ def write_results(study: Study, state: dict, trials_dir: Path | None = None) -> 
     return trials, preds
 
 
+def harvest_finished(out: Path) -> list[str]:
+    """Install the trials that finished in Tune's storage but were never collected, because the
+    driver was killed first (a deadline, a closed SSH session), then rewrite the result tables.
+
+    A finished trial's last checkpoint holds its final files (``FINAL_DIR``); each is installed
+    into ``OUT/trials/ID`` as ``_collect`` would. Unfinished trials stay in the Tune experiment,
+    and ``--resume`` continues them. Local storage only. Returns the ids installed now.
+    """
+    study = Study(out)
+    state = study.load()
+    if state is None:
+        raise SpaceError(f"{out}: no study.json; nothing to harvest")
+    storage = state.get("storage") or str(out.resolve() / TUNE_DIR)
+    if "://" in storage:
+        raise SpaceError(f"{out}: the trials' storage {storage} is not a local folder; resume the study instead")
+    finished = study.finished_ids()
+    installed = []
+    for experiment in state["experiments"]:
+        for final in sorted(Path(storage, experiment["name"]).glob(f"trial_*/checkpoint_*/{FINAL_DIR}/run.json")):
+            trial_id = json.loads(final.read_text())["trial_id"]
+            if trial_id in finished or trial_id in installed:
+                continue
+            run = json.loads(final.read_text())
+            _install(out / TRIALS_DIR, trial_id, partial(shutil.copytree, final.parent))
+            run["experiment"] = experiment["name"]
+            write_json(out / TRIALS_DIR / trial_id / "run.json", run)
+            installed.append(trial_id)
+    write_results(study, state)
+    return installed
+
+
 def replicate_configs(space: Space, configs: list[dict], best_params: dict) -> list[dict]:
     """After a search: the best configuration and the space's default one, labelled as the recipes
     ``best`` and ``default``, each over the scale's seeds, for the report's paired tests."""
@@ -866,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gpus-per-trial",
         type=float,
         default=None,
-        help="GPUs per trial, a fraction to share one GPU (default: the space's; paper scale 0.25, cpu scale 0)",
+        help="GPUs per trial, a fraction to share one GPU (default: the space's; paper scale 0.5, cpu scale 0)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument(

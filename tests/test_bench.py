@@ -94,3 +94,26 @@ def test_quick_bench_without_audio_libraries(tmp_path):
     assert "librosa, soundfile, soxr" in results["features_skipped"]
     assert "feature extraction skipped: " in done.stdout
     assert not results["notes"]  # the trainer imports no audio library: nothing had to stand in for one
+
+
+@pytest.mark.slow
+def test_quick_bench_shares_the_device_and_times_each_architecture(tmp_path, capsys):
+    """--sharing: trials in processes of their own train together, one row per count, and the
+    recommended share is one over the fewest trials near the best throughput; --parts architectures:
+    one training step per architecture. Only the parts asked for run."""
+    arguments = ["--quick", "--device", "cpu", "--parts", "sharing,architectures", "--sharing", "2,1"]
+    assert bench.main([*arguments, "--json", str(tmp_path / "bench.json")]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert not {"trainer", "memory", "features"} & set(results)
+    sharing = results["sharing"]
+    assert [row["trials"] for row in sharing["rows"]] == [1, 2]
+    check_figures(sharing["rows"], {"windows_per_s", "per_trial_windows_per_s", "epoch_2943_s"})
+    best = max(row["windows_per_s"] for row in sharing["rows"])
+    knee = min(r["trials"] for r in sharing["rows"] if r["windows_per_s"] >= bench.SHARING_KNEE * best)
+    assert sharing["recommended_trials"] == knee
+    assert sharing["recommended_gpus_per_trial"] == {1: 1.0, 2: 0.5}[knee]
+    rows = results["architectures"]["rows"]
+    assert [r["architecture"] for r in rows] == ["spectrogram", "waveform", "fusion"]
+    check_figures(rows, {"step_ms", "windows_per_s"})
+    assert "trials sharing the device" in out and "training step per architecture" in out
