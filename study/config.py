@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import itertools
 from pathlib import Path
 
 import yaml
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+# the built-in spaces ship as package data of `search_spaces`, found wherever the package is installed
+SPACES_DIR = Path(str(importlib.resources.files("search_spaces")))
 
 CHOICES = {
     "data.validation": ("per_source_balanced", "stratified"),
@@ -547,7 +549,10 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
         path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-        raise SpaceError(f"search space '{name_or_path}' not found (looked for {path}); known spaces: {known}")
+        raise SpaceError(
+            f"search space '{name_or_path}' not found (looked for {path}); built-in spaces: {known}, "
+            "or give the path of a YAML file of your own"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

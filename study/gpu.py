@@ -750,10 +750,11 @@ def _memory_storage(env: dict, min_free: float = 32 * 2**30) -> str | None:
 
 
 def _trials_per_seed(plan: dict) -> int:
+    """Trials of one seed: the space's grid points besides the seed, with the plan's overrides."""
     from .config import load_space
 
-    grid = load_space(plan["space"], plan["scale"]).grid()
-    return math.prod(len(v) for k, v in grid.items() if k != "seed")
+    configs = load_space(plan["space"], plan["scale"]).trial_configs({**plan["overrides"], "seed": [0]})
+    return len(configs)
 
 
 def pack_study(study_dir: Path, target: Path) -> int:

@@ -216,7 +216,14 @@ def package_versions() -> dict:
 
 
 def code_version() -> dict:
+    """The installed package's version, and the git commit when the code runs from a checkout."""
     repo = Path(__file__).resolve().parents[1]
+    try:
+        package = metadata.version("audiofuse-study")
+    except metadata.PackageNotFoundError:
+        package = None
+    if not (repo / ".git").exists():  # an installed package: a git repository around it is not its source
+        return {"commit": None, "dirty": None, "package": package}
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -229,9 +236,9 @@ def code_version() -> dict:
                 check=True,
             ).stdout.strip()
         )
-        return {"commit": commit, "dirty": dirty, "package": metadata.version("audiofuse-study")}
-    except (OSError, subprocess.CalledProcessError, metadata.PackageNotFoundError):
-        return {"commit": None, "dirty": None}
+        return {"commit": commit, "dirty": dirty, "package": package}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None, "package": package}
 
 
 def _search_space(search: dict):

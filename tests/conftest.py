@@ -1,24 +1,42 @@
-"""Shared fixtures: an isolated cache, the real datasets (materialized once), a synthetic set, a trained trial."""
+"""Shared fixtures: an isolated host (caches and Ray in the test's own temporary folders), the real
+datasets, a synthetic set, a trained trial; and the helpers that stop only the Ray processes a test started."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The developers' copy of the real data (tests and CI only; a user's clone has none): laid out once
+# into the system temp folder. A user runs the real-data tests with REAL_DATA_VARIABLE naming a folder
+# laid out by `python -m study.data layout`.
+DEVELOPER_DATA = REPO.parent / "shared" / "data"
+REAL_DATA_VARIABLE = "AUDIOFUSE_REAL_DATA"
 
 
 @pytest.fixture(autouse=True, scope="session")
-def isolated_cache(tmp_path_factory):
-    """Tests never read or write the user's ~/.cache/audiofuse."""
+def isolated_host(tmp_path_factory):
+    """Tests write only inside the repository and the system temp folder, and meet no Ray but their own:
+    the project's cache, matplotlib's and numba's caches, and Ray's sessions (which `ray.init("auto")`
+    searches) all live in this session's temporary folders. At the end, Ray processes started under
+    this session's folder that are still alive are stopped, by pid; nothing else is touched."""
     os.environ["AUDIOFUSE_CACHE"] = str(tmp_path_factory.mktemp("audiofuse-cache"))
+    os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
+    # librosa's compiled kernels, kept between sessions in the temp folder (compiling them takes ~20 s)
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "audiofuse-test-numba-cache")
+    # short: Ray's Unix socket paths below it must stay under the 107-character limit
+    ray_dir = tempfile.mkdtemp(prefix="afray-")
+    os.environ["RAY_TMPDIR"] = ray_dir
     # the `ray` command of this interpreter's environment, also when the venv is not activated
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -26,22 +44,78 @@ def isolated_cache(tmp_path_factory):
 
     torch.set_num_threads(1)
     yield
+    stop_ray_started_under(ray_dir)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_processes_under(folder: str | Path) -> list[psutil.Process]:
+    """The Ray processes (raylet, GCS, workers, agents) of sessions in ``folder``: their command
+    lines name their session folder, which is how a test finds the Ray it started and no other."""
+    folder, found = str(folder), []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(folder in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def stop_ray_started_under(folder: str | Path, grace_s: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace_s``, to the Ray processes of sessions in ``folder``
+    (by pid; never `ray stop`, which stops every Ray on the machine). Returns how many there were."""
+    processes = ray_processes_under(folder)
+    for proc in list(processes):  # workers rename themselves (ray::IDLE): found as the raylet's children
+        try:
+            processes += [child for child in proc.children(recursive=True) if child not in processes]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in processes:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(processes)
 
 
 @pytest.fixture(scope="session")
 def real_root() -> Path:
-    """The real datasets laid out by ../shared/data/materialize.py (skipped when absent)."""
-    if not (SHARED_DATA / "materialize.py").is_file():
+    """The real datasets in the loaders' layout: the folder $AUDIOFUSE_REAL_DATA names (laid out by
+    `python -m study.data layout`), else the developers' copy laid out into the system temp folder;
+    skipped, saying how to enable it, when neither exists."""
+    if os.environ.get(REAL_DATA_VARIABLE):
+        root = Path(os.environ[REAL_DATA_VARIABLE]).expanduser()
+        if not (root / "physionet2016").is_dir():
+            pytest.fail(
+                f"{REAL_DATA_VARIABLE}={root} holds no physionet2016/: lay it out with python -m study.data layout"
+            )
+        return root
+    if not (DEVELOPER_DATA / "materialize.py").is_file():
         pytest.skip(
-            f"real data not available: {SHARED_DATA} is absent (it ships only with the project's shared folder)"
+            f"real data not available: set {REAL_DATA_VARIABLE} to a folder laid out by `python -m study.data "
+            "layout` (physionet2016/, pascal/, icbhi2017/) to run these tests"
         )
-    dest = Path(os.environ.get("AUDIOFUSE_REAL_DATA", Path.home() / ".cache" / "audiofuse-test-data"))
-    subprocess.run([sys.executable, str(SHARED_DATA / "materialize.py"), str(dest)], check=True, capture_output=True)
+    dest = Path(tempfile.gettempdir()) / "audiofuse-test-real-data"
+    subprocess.run([sys.executable, str(DEVELOPER_DATA / "materialize.py"), str(dest)], check=True, capture_output=True)
     return dest
 
 
 @pytest.fixture(scope="session")
-def synth_root(isolated_cache) -> Path:
+def synth_root(isolated_host) -> Path:
     """The built-in synthetic PhysioNet, PASCAL and ICBHI datasets (what `study.run` uses by default)."""
     from study.synthetic import default_data_root
 

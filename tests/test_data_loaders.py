@@ -1,4 +1,4 @@
-"""Every loader on real files (when ../shared/data is present) and on synthetic data."""
+"""Every loader on real files (the real_root fixture: skipped when no real data is available) and on synthetic data."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from study.run import run_study
 
 pytestmark = pytest.mark.slow
 
-# The README's positive-control commands: data sizes and the recipe (see README, "The positive control").
+# The positive control's data sizes and recipe (docs/results.md, "The positive control").
 SIZES = dict(physionet=1300, physionet_test=300, pascal=430, icbhi=12)
 RECIPE = {"train.lr": 3e-4, "train.max_epochs": 30, "train.patience": 30, "train.branch_loss_weight": 1.0}
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from conftest import free_port, ray_processes_under, stop_ray_started_under
 
 from study.config import SpaceError, load_space
 from study.run import run_study
@@ -41,12 +43,8 @@ def _space_file(tmp_path: Path, seeds: list[int], architectures=("waveform", "fu
 
 
 def _ray_processes() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "raylet" in cmd or "gcs_server" in cmd or "ray::" in cmd:
-            found.append(proc)
-    return found
+    """This test session's Ray processes (its RAY_TMPDIR): other users' Ray instances are not ours to judge."""
+    return ray_processes_under(os.environ["RAY_TMPDIR"])
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def reference(synth_root, tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    already_running = {p.pid for p in _ray_processes()}  # other users' Ray instances are not ours to judge
+    already_running = {p.pid for p in _ray_processes()}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     out = tmp_path_factory.mktemp("reference")
@@ -203,7 +201,8 @@ def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(referenc
 def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
     space = _space_file(tmp_path, seeds=[0, 1, 2], architectures=("waveform",))
     out = tmp_path / "study"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver_ray = tempfile.mkdtemp(prefix="drv-", dir=os.environ["RAY_TMPDIR"])  # the killed driver's Ray, and no other
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": driver_ray}
     command = [
         sys.executable,
         "-m",
@@ -238,7 +237,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp
         driver.wait()
     assert finished_before, "no trial finished before the deadline"
     time.sleep(1)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    stop_ray_started_under(driver_ray)  # the killed driver's local Ray outlives it; only that one is stopped
     with pytest.raises(SpaceError, match="already holds study"):
         run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
     summary = run_study(load_space(space), out=out, data_root=synth_root, resume=True, report=False, verbose=0)
@@ -317,6 +316,47 @@ def _fake_cluster_class():
             config.update(config_kwargs)
             return config
 
+        def start(self, _system_config=None, override_env=None):
+            """Ray's start runs `ray stop --force` (every Ray on the machine) and takes the default ports;
+            this one starts the head in a session folder of its own on free ports, and touches no other Ray."""
+            self.temp_dir = tempfile.mkdtemp(prefix="fake-", dir=os.environ["RAY_TMPDIR"])
+            port = free_port()
+            from ray._private.services import get_node_ip_address
+
+            self.address = f"{get_node_ip_address()}:{port}"
+            # the fake provider's nodes join the head at this address (its default is port 6379)
+            self._config["provider"]["gcs_address"] = self.address
+            config_path = Path(self.temp_dir) / "autoscaling.json"
+            config_path.write_text(json.dumps(self._config))
+            command = [
+                "ray",
+                "start",
+                "--head",
+                f"--autoscaling-config={config_path}",
+                f"--port={port}",
+                f"--dashboard-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                "--include-dashboard=false",
+            ]
+            resources = dict(self._head_resources)
+            for key in ("CPU", "GPU"):
+                if key in resources:
+                    command.append(f"--num-{key.lower()}s={resources.pop(key)}")
+            if resources:
+                command.append(f"--resources={json.dumps(resources)}")
+            # RAY_TMPDIR, not --temp-dir: the fake provider finds the head through the session folder it names
+            env = {
+                **os.environ,
+                "RAY_TMPDIR": self.temp_dir,
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                "RAY_FAKE_CLUSTER": "1",
+            }
+            env.update(override_env or {})
+            subprocess.run(command, env=env, check=True, capture_output=True)
+
+        def shutdown(self):
+            stop_ray_started_under(self.temp_dir)
+
     return FakeAutoscalingCluster
 
 
@@ -342,7 +382,7 @@ def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_r
     cluster.start()
     out = tmp_path / "fake"
     try:
-        ray.init("auto")
+        ray.init(address=cluster.address)
         space = _space_file(tmp_path, seeds=[0], architectures=("waveform",))
         run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
     finally:
@@ -378,7 +418,7 @@ def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_p
     cluster.start()
     out = tmp_path / "gpu"
     try:
-        ray.init("auto")
+        ray.init(address=cluster.address)
         head_node = ray.get_runtime_context().get_node_id()
         space = _space_file(tmp_path, seeds=[0, 1, 2, 3], architectures=("waveform",))
         summary = run_study(

@@ -6,8 +6,11 @@
     python -m study.data features DATASET ROOT --profile P [--set key=value ...] [--jobs N] [--cache DIR]
     python -m study.data duplicates DATA_ROOT [--set data.KEY=VALUE ...]
     python -m study.data cache verify|clean [--profile NAME|KEY] [--cache DIR]
+    python -m study.data layout physionet2016|pascal|icbhi2017 SOURCE DATA [--partial] [--force]
 
 DATASET is physionet2016, pascal, icbhi2017 or manifest (ROOT = the CSV file).
+`layout` writes a dataset's official download (SOURCE: the archive, or a folder holding the
+downloads and/or their unpacked folders) to DATA/DATASET, where the loaders read it; docs/data.md.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import pandas as pd
 
 from ..io import print_resource_error
 from . import LOADERS, DataError, load_dataset, summarize
+from .layout import DATASETS as LAYOUTS
+from .layout import layout_dataset
 from .synth import PRESETS, write_synthetic
 
 
@@ -198,6 +203,12 @@ def cmd_duplicates(args) -> int:
     return 0
 
 
+def cmd_layout(args) -> int:
+    """Lay out a dataset from its official download under DATA (study.data.layout.layout_dataset)."""
+    layout_dataset(args.dataset, args.source, args.data, partial=args.partial, force=args.force, echo=print)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m study.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,6 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cache", default=None, help="feature cache folder (as for `features`)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser(
+        "layout", help="lay out a dataset's official download (archives or unpacked folders) under DATA, and load it"
+    )
+    p.add_argument("dataset", choices=sorted(LAYOUTS), metavar="DATASET", help=", ".join(sorted(LAYOUTS)))
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="the downloaded archive (.zip, .tar, .tar.gz, .tgz), or a folder holding the downloads "
+        "(archives and/or their unpacked folders)",
+    )
+    p.add_argument("data", metavar="DATA", help="data root: the dataset is written to DATA/DATASET")
+    p.add_argument(
+        "--partial", action="store_true", help="lay out an incomplete download and print what is missing, not stop"
+    )
+    p.add_argument("--force", action="store_true", help="replace DATA/DATASET when it already holds files")
+    p.set_defaults(func=cmd_layout)
 
     args = parser.parse_args(argv)
     try:

@@ -528,7 +528,7 @@ SYNTH_PARAMS = SynthParams()
 # S1/S2, in their own band and finer than the 78 ms pixels of a 64-frame image of 5 s). Cues that
 # neither branch sees at CPU scale (split S2, rhythm) are left out, so the planted effect is one a
 # 300-recording test set resolves. What each branch and AudioFuse then see, cue by cue, is measured
-# in the README ("The positive control").
+# in docs/results.md ("The positive control").
 POSITIVE_CONTROL_PARAMS = dataclasses.replace(
     SYNTH_PARAMS,
     cues=dataclasses.replace(
