@@ -284,7 +284,7 @@ def score_on_ray(
     """
     import ray
 
-    from .run import ray_session  # Ray (and Tune, with study.run) is imported only on this path
+    from .cluster import ray_session  # Ray is imported only on this path
 
     with ray_session(address):
         resources = ray.cluster_resources()

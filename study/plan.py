@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from .cache import STORE_DTYPE
+from .cluster import ray_session
 from .config import DataConfig, Space, SpaceError, profile_of
 from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
-from .run import data_key_of, ray_session, trial_id_of, trial_label
+from .run import data_key_of, trial_id_of, trial_label
 from .trial_data import combine_datasets, select_tables, variant_name
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)

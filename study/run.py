@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from importlib import metadata
@@ -51,6 +50,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from .cluster import ClusterError, check_storage, check_trials_fit, ray_session, storage_error
 from .config import (
     ADDED_SETTINGS,
     Space,
@@ -96,7 +96,7 @@ def data_key_of(config: dict) -> str:
 # ---------------------------------------------------------------- the trainable (runs on workers)
 
 
-def trainable(tune_config: dict, data_refs: dict) -> None:
+def trainable(tune_config: dict, data_refs: dict, storage: str) -> None:
     """Ray Tune function trainable: one trial, resumable from its last checkpoint."""
 
     started_at = time.time()
@@ -114,7 +114,7 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
     def report(row, get_state):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(get_state(), Path(folder) / STATE_FILE)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+            _report_to(storage, row, folder)
 
     gpu_assigned = bool(ray.get_gpu_ids())
     result = train_and_evaluate(
@@ -144,10 +144,21 @@ def trainable(tune_config: dict, data_refs: dict) -> None:
             k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc") or k.endswith("/score")
         }
         last_epoch = result.history[-1] if result.history else {}
-        tune.report(
+        _report_to(
+            storage,
             {**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s, **headline},
-            checkpoint=tune.Checkpoint.from_directory(folder),
+            folder,
         )
+
+
+def _report_to(storage: str, row: dict, folder: str) -> None:
+    """tune.report with the checkpoint in ``folder``, which Tune uploads to ``storage`` from this
+    worker: a node that cannot write there fails in one line naming it, not with pyarrow's traceback."""
+    try:
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+    except OSError as error:  # pyarrow's file-system errors
+        where = f"node {ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+        raise ClusterError(storage_error(storage, where, f"{type(error).__name__}: {error}".splitlines()[0])) from None
 
 
 def flatten_metrics(metrics: dict) -> dict:
@@ -457,6 +468,7 @@ def run_study(
     The study folder is locked meanwhile (:mod:`study.lock`): a second driver is refused.
     """
     mode = " --resume" if resume else " --extend" if extend else ""
+    out = Path(out).expanduser()  # "~/results/x" arrives unexpanded from a Ray Job's entrypoint, quoted
     with study_lock(out, f"python -m study.run --space {space.name}{mode}"):
         return _run_locked(
             space,
@@ -483,10 +495,12 @@ def _run_locked(
     state = _study_state(space, study, overrides, resume, extend)
     configs = space.trial_configs(overrides)
     _check_added_settings(study, state, configs)
-    data_root = Path(data_root) if data_root else default_data_root()
+    data_root = Path(data_root).expanduser() if data_root else default_data_root()
     state.update(data_root=str(data_root), code=code_version(), packages=package_versions(), resources=resources)
     # Tune's checkpoints: OUT/tune on one machine; on a multi-node cluster a storage every node
     # reaches (s3://bucket/prefix, or a shared file system), as Ray requires.
+    if storage and "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())  # Tune needs an absolute path
     state["storage"] = storage or state.get("storage") or str(out.resolve() / TUNE_DIR)
     searched = space.search is None or state.get("search", {}).get("complete")
     if space.search is not None and searched:
@@ -502,9 +516,11 @@ def _run_locked(
     if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with tune_output(out / "tune.log"), ray_session(address, log_to_driver=verbose > 2):  # Tune's log kept in OUT
+        check_trials_fit(resources)  # before the features: both fail in a minute at most, the features may take longer
+        check_storage(state["storage"])
         data_refs = _share_data(configs, data_root, state, verbose)
         study.save(state)
-        wrapped = _trainable_with(data_refs, resources)
+        wrapped = _trainable_with(data_refs, resources, state["storage"])
         if space.search is not None and not state.get("search", {}).get("complete"):
             _run_search(space, study, state, configs[0], wrapped, data_refs, resources, resume, max_concurrent, verbose)
             configs = replicate_configs(space, configs, state["search"]["best"]["params"])
@@ -588,30 +604,6 @@ def _nothing_left(study: Study, state: dict, configs: list[dict], resume: bool) 
     return not interrupted and all(trial_id_of(c) in finished for c in configs)
 
 
-@contextmanager
-def ray_session(address: str | None, *, log_to_driver: bool = False):
-    """Ray for the length of a block: connected here (and shut down after) unless the caller already is.
-
-    ``address``: None for a local Ray, ``auto`` or HOST:PORT for a cluster (whose workers get
-    RAY_AUTH_MODE=disabled as this process does). ``ray.shutdown`` stops a local Ray started here and
-    only disconnects from a cluster. study.run, study.evaluate and the plan's cluster query all connect here.
-    """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=log_to_driver,
-            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if address else None,
-        )
-    try:
-        yield
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
 def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) -> dict:
     """Features once, before any trial, into the object store: {data key: ObjectRef}."""
 
@@ -653,9 +645,9 @@ def _object_store_capacity() -> float:
     return float("inf")
 
 
-def _trainable_with(data_refs: dict, resources: dict):
+def _trainable_with(data_refs: dict, resources: dict, storage: str):
 
-    return tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs), dict(resources))
+    return tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs, storage=storage), dict(resources))
 
 
 def _run_search(space, study, state, base, wrapped, data_refs, resources, resume, max_concurrent, verbose) -> None:
@@ -835,7 +827,7 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
         f"({summary['seconds']:.0f} s)"
     )
     for error in errors:
-        print(f"  failed: {error.error}")
+        print(f"  failed: {_last_line(error.error)}")
     if "search" in summary:
         search = summary["search"]
         print(
@@ -858,6 +850,12 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
             table = trials.groupby(f"config/{axis}")[metric_columns].agg(["mean", "std", "count"])
             print(table.round(4).to_string())
     print(f"  results: {summary['out']}/trials.parquet, predictions.parquet, study.json")
+
+
+def _last_line(error: BaseException) -> str:
+    """A trial's error as its last line (the exception and its message): Ray's carries the worker's traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _report(out: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -23,6 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEVELOPER_DATA = REPO.parent / "shared" / "data"
 REAL_DATA_VARIABLE = "AUDIOFUSE_REAL_DATA"
 
+# Ray's folder and token, set when pytest loads this file, before any test module imports Ray: the
+# Ray client reads its token settings once, and a token other than the one its clusters start with
+# (say the user's ~/.ray/auth_token) is refused. Short: Ray's socket paths below it stay under 107 characters.
+RAY_DIR = tempfile.mkdtemp(prefix="afray-")
+os.environ["RAY_TMPDIR"] = RAY_DIR
+# Ray's token authentication on, as for users; this session's own token
+Path(RAY_DIR, "auth_token").write_text(secrets.token_hex(32))
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(Path(RAY_DIR, "auth_token")))
+os.environ.pop("RAY_AUTH_TOKEN", None)
+# the `ray` command of this interpreter's environment, also when the venv is not activated
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_host(tmp_path_factory):
@@ -34,18 +48,12 @@ def isolated_host(tmp_path_factory):
     os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
     # librosa's compiled kernels, kept between sessions in the temp folder (compiling them takes ~20 s)
     os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "audiofuse-test-numba-cache")
-    # short: Ray's Unix socket paths below it must stay under the 107-character limit
-    ray_dir = tempfile.mkdtemp(prefix="afray-")
-    os.environ["RAY_TMPDIR"] = ray_dir
-    # the `ray` command of this interpreter's environment, also when the venv is not activated
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
     torch.set_num_threads(1)
     yield
-    stop_ray_started_under(ray_dir)
-    shutil.rmtree(ray_dir, ignore_errors=True)
+    stop_ray_started_under(RAY_DIR)
+    shutil.rmtree(RAY_DIR, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -157,3 +165,53 @@ def trained_study(trained_study_template, tmp_path):
     """A private copy of the session's trained trial folder (tests change it), with its TrialData."""
     folder, data = trained_study_template
     return Path(shutil.copytree(folder, tmp_path / "study")), data
+
+
+@pytest.fixture
+def s3_storage(monkeypatch):
+    """An S3-compatible server on loopback (moto's standalone server) that checks credentials like S3:
+    one IAM user may use the bucket ``audiofuse-test``; this process, and every Ray started after it,
+    gets that user's keys and the endpoint through the AWS_* variables pyarrow (Tune's storage) reads.
+    Yields {"uri", "endpoint", "client"} (a boto3 S3 client for looking into the bucket)."""
+    import boto3
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # the first 4 requests (user, key, policy, bucket) need no credentials; every later one does
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start on port {port}") from None
+                time.sleep(0.1)
+        anyone = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **anyone)
+        iam.create_user(UserName="study")
+        key = iam.create_access_key(UserName="study")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="study", PolicyName="bucket", PolicyDocument=json.dumps(policy))
+        keys = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+        client = boto3.client("s3", **keys, **anyone)
+        client.create_bucket(Bucket="audiofuse-test")
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield {"uri": "s3://audiofuse-test/studies", "endpoint": endpoint, "client": client}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 import yaml
 from conftest import free_port, ray_processes_under, stop_ray_started_under
 
+from study.cluster import AUTOSCALER_WAIT_S, ClusterError
 from study.config import SpaceError, load_space
 from study.run import run_study
 
@@ -102,10 +105,31 @@ def test_resume_after_finish_trains_nothing(reference, synth_root, capsys):
     pd.testing.assert_frame_equal(before, pd.read_parquet(reference / "trials.parquet"))
 
 
-def _kill_one_trial_worker(out: Path, stop: threading.Event, killed: list) -> None:
-    """Once the (only) running trial has written an epoch checkpoint, SIGKILL its worker process."""
+def _storage_files(storage: str, pattern: str) -> list[str]:
+    """The files of a Tune storage (a folder or an s3:// URI) matching ``pattern``, relative to it."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    try:
+        found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        return []
+    names = [info.path[len(root) :].lstrip("/") for info in found if info.type == pyarrow.fs.FileType.File]
+    return [name for name in names if fnmatch.fnmatch(name, pattern)]
+
+
+def _storage_text(storage: str, name: str) -> str:
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    with filesystem.open_input_stream(f"{root.rstrip('/')}/{name}") as stream:
+        return stream.read().decode()
+
+
+def _kill_one_trial_worker(storage: str, stop: threading.Event, killed: list) -> None:
+    """Once the (only) running trial's third epoch checkpoint is in ``storage``, SIGKILL its worker process."""
     while not stop.is_set():
-        if list((out / "tune").glob(REGISTERED_CHECKPOINT)):
+        if _storage_files(storage, f"{REGISTERED_CHECKPOINT}/*"):
             for proc in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
                 if cmd.startswith("ray::ImplicitFunc") and "train" in cmd:
@@ -115,20 +139,33 @@ def _kill_one_trial_worker(out: Path, stop: threading.Event, killed: list) -> No
         time.sleep(0.05)
 
 
-def _run_one_trial_at_a_time(out: Path, synth_root: Path) -> dict:
+def _run_one_trial_at_a_time(out: Path, synth_root: Path, storage: str | None = None) -> dict:
     """The reference's smoke study, one trial at a time, so the trial a fault hits is the one that checkpointed."""
     return run_study(
-        load_space("smoke"), out=out, data_root=synth_root, overrides=LONGER, report=False, verbose=0, max_concurrent=1
+        load_space("smoke"),
+        out=out,
+        data_root=synth_root,
+        storage=storage,
+        overrides=LONGER,
+        report=False,
+        verbose=0,
+        max_concurrent=1,
     )
 
 
-def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(reference, synth_root, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(
+    reference, synth_root, tmp_path, storage, request
+):
+    """The trial resumes from its last checkpoint in the study's storage: OUT/tune, or S3 (a server on
+    loopback), where it reads the checkpoint back from the bucket."""
     stop, killed = threading.Event(), []
     out = tmp_path / "killed"
-    killer = threading.Thread(target=_kill_one_trial_worker, args=(out, stop, killed), daemon=True)
+    uri = request.getfixturevalue("s3_storage")["uri"] if storage == "s3" else None
+    killer = threading.Thread(target=_kill_one_trial_worker, args=(uri or str(out / "tune"), stop, killed), daemon=True)
     killer.start()
     try:
-        summary = _run_one_trial_at_a_time(out, synth_root)
+        summary = _run_one_trial_at_a_time(out, synth_root, uri)
     finally:
         stop.set()
         killer.join()
@@ -139,6 +176,10 @@ def test_killed_worker_trial_is_retried_and_matches_the_undisturbed_run(referenc
     assert trials["retries"].sum() >= 1
     metric_columns = [c for c in expected.columns if "/" in c and not c.startswith("config/")]
     pd.testing.assert_frame_equal(trials.loc[expected.index, metric_columns], expected[metric_columns])
+    if uri:
+        assert not (out / "tune").exists()  # every checkpoint went to the bucket, none to OUT
+        assert _storage_files(uri, "run-1/experiment_state-*.json")
+        assert len({name.split("/")[1] for name in _storage_files(uri, "run-1/trial_*/checkpoint_*/*")}) == 4
 
 
 def _remove_the_node_of_the_running_trial(cluster, workers, out: Path, stop: threading.Event, removed: list) -> None:
@@ -198,11 +239,15 @@ def test_a_lost_worker_node_is_survived_and_matches_the_undisturbed_run(referenc
     pd.testing.assert_frame_equal(trials.loc[expected.index, metric_columns], expected[metric_columns])
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp_path, storage, request):
+    """--resume reads the experiment's state back from the study's storage: OUT/tune, or the S3
+    bucket (the killed driver's Ray and its local staging folder are gone by then)."""
     space = _space_file(tmp_path, seeds=[0, 1, 2], architectures=("waveform",))
     out = tmp_path / "study"
+    uri = request.getfixturevalue("s3_storage")["uri"] if storage == "s3" else None
     driver_ray = tempfile.mkdtemp(prefix="drv-", dir=os.environ["RAY_TMPDIR"])  # the killed driver's Ray, and no other
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": driver_ray}
+    env = {**os.environ, "RAY_TMPDIR": driver_ray}
     command = [
         sys.executable,
         "-m",
@@ -218,6 +263,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp
         "0",
         "--max-concurrent",
         "1",
+        *(["--storage", uri] if uri else []),
     ]
     driver = subprocess.Popen(
         command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -226,8 +272,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp
     deadline = time.time() + 300
     try:
         while time.time() < deadline and not finished_before:
-            for result_file in (out / "tune").glob("run-1/*/result.json"):
-                for line in result_file.read_text().splitlines():
+            for result_file in _storage_files(uri or str(out / "tune"), "run-1/*/result.json"):
+                for line in _storage_text(uri or str(out / "tune"), result_file).splitlines():
                     record = json.loads(line)
                     if record.get("done") and "wall_time_s" in record:
                         finished_before[record["study_trial_id"]] = record["wall_time_s"]
@@ -238,6 +284,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(synth_root, tmp
     assert finished_before, "no trial finished before the deadline"
     time.sleep(1)
     stop_ray_started_under(driver_ray)  # the killed driver's local Ray outlives it; only that one is stopped
+    shutil.rmtree(driver_ray)  # with it Tune's local staging copy of the experiment: only the storage holds it
+    assert json.loads((out / "study.json").read_text())["storage"] == (uri or str(out.resolve() / "tune"))
     with pytest.raises(SpaceError, match="already holds study"):
         run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
     summary = run_study(load_space(space), out=out, data_root=synth_root, resume=True, report=False, verbose=0)
@@ -385,11 +433,25 @@ def test_smoke_runs_on_a_fake_autoscaling_cluster_of_the_same_node_types(synth_r
         ray.init(address=cluster.address)
         space = _space_file(tmp_path, seeds=[0], architectures=("waveform",))
         run_study(load_space(space), out=out, data_root=synth_root, report=False, verbose=0)
+        # two GPUs per trial: no node type has them; the autoscaler says so (or launches nothing for a
+        # minute), and the study stops instead of waiting forever with Tune's warning
+        started = time.monotonic()
+        with pytest.raises(
+            ClusterError,
+            match=r"each trial asks for 1 CPU and 2 GPU; .* its autoscaler (finds that none of its node types|launched no node)",
+        ):
+            run_study(
+                load_space(space), out=tmp_path / "two-gpus", data_root=synth_root, resources={"cpu": 1, "gpu": 2},
+                report=False, verbose=0,
+            )  # fmt: skip
+        waited = time.monotonic() - started
     finally:
         ray.shutdown()
         cluster.shutdown()
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 1 and trials["epochs"].iloc[0] >= 1
+    assert waited < AUTOSCALER_WAIT_S + 30
+    print(f"two GPUs per trial refused after {waited:.0f} s")
 
 
 def _most_at_once(spans) -> int:
@@ -446,3 +508,80 @@ def test_paper_resources_start_gpu_workers_that_share_each_gpu(synth_root, tmp_p
     most = max(_most_at_once(rows[["started_at", "finished_at"]].to_numpy()) for _, rows in trials.groupby("node_id"))
     assert most == k, f"no GPU worker ran {k} trials at once (most: {most})"
     print(f"GPU workers used: {trials['node_id'].nunique()}; most trials at once on one worker: {most}; on the head: 0")
+
+
+def test_a_driver_without_the_clusters_token_is_refused_in_one_line():
+    """Token authentication is on for every Ray the tests start (as Ray 2.59+ does for users): a driver
+    with another token, or with authentication off, is refused by the cluster, in one line that
+    names the fix; one with the cluster's token gets the plan."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    command = [sys.executable, "-m", "study.run", "--space", "smoke", "--address", cluster.address, "--dry-run"]
+    try:
+        ray.init(address=cluster.address)
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+        ray.shutdown()
+        outsiders = {
+            "another token": {**os.environ, "RAY_AUTH_TOKEN": "0" * 64},
+            "no authentication": {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+            | {"RAY_AUTH_MODE": "disabled"},
+        }
+        for name, env in outsiders.items():
+            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            assert done.returncode == 2 and len(lines) == 1, (name, done.stderr[-2000:])
+            assert (
+                f"the Ray cluster at {cluster.address} is up but refused this driver's authentication token" in lines[0]
+            )
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "study plan: smoke" in done.stdout, done.stderr[-2000:]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_cluster_faults_fail_before_training_in_one_line(synth_root, tmp_path, s3_storage, monkeypatch):
+    """A node that cannot reach the S3 storage, a driver whose credentials it rejects, and trials no
+    node can hold: each stops the study before it trains, in one line naming the node, the URI or the
+    numbers, and the fix."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # a worker whose processes cannot reach the storage's endpoint (its raylet's environment, and so theirs)
+    cut_off = cluster.add_node(num_cpus=1, env_vars={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
+    space, out = load_space("smoke"), tmp_path / "study"
+    try:
+        ray.init(address=cluster.address)
+        with pytest.raises(ClusterError) as refused:
+            run_study(space, out=out, data_root=synth_root, storage=s3_storage["uri"], report=False, verbose=0)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith(
+            f"node {cut_off.node_ip_address} ({cut_off.node_id[:8]}) cannot write the trials' checkpoints to {s3_storage['uri']} "
+        )
+        assert "NETWORK_CONNECTION" in message and "AWS_ENDPOINT_URL" in message
+        print(message)
+
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOBODY")  # the driver's credentials, rejected by the server
+        with pytest.raises(
+            ClusterError, match=r"^this driver cannot write .* to s3://audiofuse-test/studies .*ACCESS_DENIED"
+        ):
+            run_study(space, out=out, data_root=synth_root, storage=s3_storage["uri"], report=False, verbose=0)
+
+        started = time.monotonic()
+        with pytest.raises(ClusterError) as infeasible:
+            run_study(space, out=out, data_root=synth_root, resources={"cpu": 1, "gpu": 1}, report=False, verbose=0)
+        assert time.monotonic() - started < 30
+        message = str(infeasible.value)
+        assert message.startswith("no node can run a trial: each trial asks for 1 CPU and 1 GPU; the cluster has ")
+        assert message.count(": 1 CPU, 0 GPU") == 2 and "--gpus-per-trial" in message
+        print(message)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert not (out / "trials.parquet").exists() and not list(out.glob("trials/*"))  # nothing trained
