@@ -118,12 +118,15 @@ def check_storage(storage: str) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     probe = f".audiofuse-probe-{uuid.uuid4().hex[:12]}"
-    failure = _probe_storage(storage, probe)
-    if failure:
-        raise ClusterError(storage_error(storage, "this driver", failure))
-    probe_on_node = ray.remote(num_cpus=0)(_probe_storage)
-    nodes = _alive_nodes()
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    root = root.rstrip("/")
+    created = filesystem.get_file_info(root).type == pyarrow.fs.FileType.NotFound
     try:
+        failure = _probe_storage(storage, probe)
+        if failure:
+            raise ClusterError(storage_error(storage, "this driver", failure))
+        probe_on_node = ray.remote(num_cpus=0)(_probe_storage)
+        nodes = _alive_nodes()
         answers = ray.get(
             [
                 probe_on_node.options(
@@ -133,11 +136,22 @@ def check_storage(storage: str) -> None:
             ]
         )
     finally:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
-        filesystem.delete_file(f"{root.rstrip('/')}/{probe}")
+        _remove_probe(filesystem, root, probe, created)
     for node, failure in zip(nodes, answers):
         if failure:
             raise ClusterError(storage_error(storage, f"node {node_name(node)}", failure))
+
+
+def _remove_probe(filesystem, root: str, probe: str, created: bool) -> None:
+    """Delete the driver's probe, and the folder the probe created if it stayed empty: a study
+    refused later (by its features, say) leaves its output folder as it found it."""
+    import pyarrow.fs
+
+    if filesystem.get_file_info(f"{root}/{probe}").type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_file(f"{root}/{probe}")
+    if created and isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        if not filesystem.get_file_info(pyarrow.fs.FileSelector(root)):
+            filesystem.delete_dir(root)
 
 
 def storage_error(storage: str, where: str, failure: str) -> str:
