@@ -58,6 +58,7 @@ sharing the cores; the output ends with the time of each scenario.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -88,6 +89,10 @@ class Design:
     seed_shift_sd: float = 0.1  # SD of the per-seed change of the separation d' (global seed effect)
     n_seeds: int = 10  # seeds per model in the seed scenarios (Wilcoxon needs >= 6 to reach p < 0.05)
     few_seeds: int = 3  # seeds per model in the patient scenario with seeds, as in this study's CPU-scale runs
+    # The seed-dominated scenarios: a seed SD of d' of 0.3 spreads per-seed ROC-AUCs by about 0.055, twice the
+    # recording SE of the 297-recording test set (0.024): PASCAL's regime, where seeds disagree in direction.
+    dominant_seed_shift_sd: float = 0.3
+    dominated_seed_counts: tuple[int, ...] = (3, 5, 10)
     # The patient scenarios: about the shape of PASCAL set_b (461 labelled recordings of 166 patients, up to 7 each).
     n_patients: int = 165
     max_recordings_per_patient: int = 7
@@ -361,7 +366,7 @@ def _seeds(design: Design, test_set: TestSet, rng, n_sims, n_resamples, interact
     better = separation(design.auc_better, design.seed_shift_sd)
     pvalues = {key: [] for key in ("wilcoxon_same", "wilcoxon_equal", "bootstrap_equal")}
     power = {key: [] for key in pvalues}
-    coverage = {"percentile": [], "bca": [], "crossed": []}
+    coverage = {"percentile": [], "bca": [], "crossed": [], "wilcoxon": []}
     tau = design.seed_noise_share if interaction is None else interaction
     options = {"test_set": test_set, "seed_noise_share": tau}
     for architecture in ("same", "equal"):
@@ -372,6 +377,7 @@ def _seeds(design: Design, test_set: TestSet, rng, n_sims, n_resamples, interact
             pvalues[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a, b))
             power[f"wilcoxon_{architecture}"].append(_wilcoxon_pvalue(y, a_power, b_power))
             if same:
+                coverage["wilcoxon"].append(_wilcoxon_interval_hit(y, a, b))
                 continue
             pvalues["bootstrap_equal"].append(
                 stats.paired_bootstrap_test(y, a, b, "roc_auc", n_resamples, rng, groups=groups).p_value
@@ -411,7 +417,57 @@ def _seeds(design: Design, test_set: TestSet, rng, n_sims, n_resamples, interact
     ]
     if coverage["crossed"]:
         intervals.append(_coverage_row("two-level (seeds drawn), percentile", data, coverage["crossed"], True))
+    intervals.append(_wilcoxon_coverage_row(f"same arch., {data}", coverage["wilcoxon"], n_seeds))
     return tests, intervals
+
+
+def _wilcoxon_interval_hit(y, a, b) -> tuple[bool, float] | None:
+    """Whether the signed-rank interval of the per-seed ROC-AUC differences covers 0, the centre of their
+    distribution when the two models differ only by seed (a shift c moves the interval by c, so this is its
+    coverage of any true shift); None where this many seeds cannot form it."""
+    result = stats.wilcoxon_seeds(*(stats.auc_kernel(y, scores, np.ones((y.size, 1)))[:, 0] for scores in (a, b)))
+    if not np.isfinite(result.low):
+        return None
+    return result.low <= 0 <= result.high, result.high - result.low
+
+
+def _wilcoxon_coverage_row(data: str, hits: list, n_seeds: int) -> dict:
+    """The coverage row of the Wilcoxon interval over seeds, or a row saying this many seeds cannot form it."""
+    name = "Wilcoxon over seeds: Hodges-Lehmann, signed-rank interval"
+    if any(hit is None for hit in hits):
+        return {
+            "interval": name,
+            "data": data,
+            "coverage": float("nan"),
+            "mean_width": float("nan"),
+            "verdict": f"none: {n_seeds} seeds cannot reach 95 % (smallest two-sided p {2 / 2**n_seeds:.3f})",
+        }
+    return _coverage_row(name, data, hits)
+
+
+def _seed_dominated(design: Design, test_set: TestSet, rng, n_sims, n_resamples, n_seeds: int):
+    """Coverage of the seed-mean ROC-AUC intervals, and of the Wilcoxon interval, when seeds vary more than the
+    test set does (a seed SD of the ROC-AUC about twice its recording SE)."""
+    dominated = dataclasses.replace(design, seed_shift_sd=design.dominant_seed_shift_sd)
+    base = separation(design.auc_baseline, dominated.seed_shift_sd)
+    y, groups = test_set.y, test_set.groups
+    coverage = {"percentile": [], "bca": [], "wilcoxon": []}
+    options = {"test_set": test_set}
+    for a, _ in _simulated_pairs(dominated, rng, n_sims, (base, base), n_seeds, True, **options):
+        for method in ("percentile", "bca"):
+            interval = stats.bootstrap_ci(
+                y, a, "roc_auc", n_resamples=n_resamples, method=method, rng=rng, groups=groups
+            )
+            coverage[method].append(_interval_hits(interval, design.auc_baseline))
+    for a, b in _simulated_pairs(dominated, rng, n_sims, (base, base), n_seeds, True, True, **options):
+        coverage["wilcoxon"].append(_wilcoxon_interval_hit(y, a, b))
+    data = f"{n_seeds} seeds, seed SD > recording SE, {test_set.name}"
+    intervals = [
+        _coverage_row("seed-mean ROC-AUC, percentile", data, coverage["percentile"]),
+        _coverage_row("seed-mean ROC-AUC, BCa", data, coverage["bca"]),
+        _wilcoxon_coverage_row(f"same arch., {data}", coverage["wilcoxon"], n_seeds),
+    ]
+    return [], intervals
 
 
 def run_calibration(
@@ -449,6 +505,11 @@ def run_calibration(
     )
     scenario("patients, 1 run", single(patients))
     scenario("patients, seeds", lambda: _seeds(design, patients, rng, n_sims, n_resamples, n_seeds=design.few_seeds))
+    for n_seeds in design.dominated_seed_counts:
+        scenario(
+            f"seed-dominated, {n_seeds} seeds",
+            lambda n_seeds=n_seeds: _seed_dominated(design, independent, rng, n_sims, n_resamples, n_seeds),
+        )
 
     # auc_difference_mde: DeLong's simulated power at the difference it predicts for 80 % power
     y = labels(design)
@@ -531,7 +592,7 @@ def format_report(result: dict) -> str:
     for row in result["coverage"]:
         lines.append(
             f"{row['interval']:<{name_width}} {row['data']:<{data_width}} {row['coverage']:>6.3f} "
-            f"{row['mean_width']:>6.3f}  {row['verdict']}"
+            f"{row['mean_width']:>6.3f}  {row['verdict']}".replace("   nan ", "     – ")
         )
     if any(row["verdict"] == "contrast" for row in result["coverage"]):
         lines += [f"contrast rows: {IGNORING_NOTE}; two-level: {CROSSED_NOTE}"]

@@ -1222,7 +1222,7 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             rows_k = [resampled.rows[t] for t in trial_ids]
             tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
             per_seed = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0]
-            band = stats.seed_mean_distribution(tpr, per_seed)
+            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
             point = per_seed.mean(axis=0)
             low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")

@@ -26,9 +26,11 @@ from analysis.stats import (
     bootstrap_interval,
     bootstrap_weight_blocks,
     leave_one_out_weights,
+    metric_bounds,
     paired_bootstrap_result,
     resampling_units,
     seed_mean_distribution,
+    seed_variance,
 )
 from analysis.study_data import EvalSet
 from study.metrics import confusion_metrics
@@ -172,7 +174,9 @@ def seed_mean_interval(
     rows = [resampled.rows[t] for t in trial_ids]
     n_seeds = len(rows)
     full = resampled.point[metric][rows]
-    distribution = seed_mean_distribution(resampled.per_resample[metric][rows], full)
+    per_resample = resampled.per_resample[metric][rows]
+    distribution = seed_mean_distribution(per_resample, full, metric_bounds(metric))
+    variance = seed_variance(per_resample, full) if n_seeds > 1 else None
 
     def jackknife() -> list[np.ndarray]:
         values = [per_unit[rows].mean(axis=0) for per_unit in resampled.jackknife[metric]]
@@ -187,6 +191,7 @@ def seed_mean_interval(
         method=method,
         jackknife=jackknife,
         n_seeds=n_seeds,
+        variance=variance,
     )
 
 
@@ -212,6 +217,6 @@ def paired_bootstrap(
     rows_b = [other.rows[t] for t in trials_b]
     per_seed = resampled.per_resample[metric][rows_a] - other.per_resample[metric][rows_b]
     points = resampled.point[metric][rows_a], other.point[metric][rows_b]
-    differences = seed_mean_distribution(per_seed, points[0] - points[1])
+    differences = seed_mean_distribution(per_seed, points[0] - points[1], metric_bounds(metric, difference=True))
     value_a, value_b = (float(point.mean()) for point in points)
     return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)

@@ -223,6 +223,7 @@ class _Robustness:
         differences = stats.seed_mean_distribution(
             clean.per_resample["roc_auc"][rows_a] - perturbed.per_resample["roc_auc"][rows_b],
             clean.point["roc_auc"][rows_a] - perturbed.point["roc_auc"][rows_b],
+            stats.metric_bounds("roc_auc", difference=True),
         )
         with np.errstate(divide="ignore", invalid="ignore"):
             relative = differences / a.distribution

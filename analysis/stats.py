@@ -27,6 +27,8 @@ from study.metrics import check_binary_labels, confusion_metrics
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "mcc", "f1")
 CI_METHODS = ("percentile", "bca")
+# The range each metric can take; differences of two metrics span twice it.
+METRIC_BOUNDS = {"mcc": (-1.0, 1.0)}  # every other metric (rates, ROC-AUC, F1, the ICBHI score) lies in [0, 1]
 # Resamples are processed in blocks of about this many (resample, recording)
 # cells, so memory stays near 16 MB per array whatever n_resamples and n are.
 _BLOCK_CELLS = 2_000_000
@@ -41,6 +43,9 @@ __all__ = [
     "PermutationResult",
     "McNemarResult",
     "WilcoxonResult",
+    "SeedVariance",
+    "METRIC_BOUNDS",
+    "metric_bounds",
     "auc_kernel",
     "weighted_auc",
     "auc_resampled",
@@ -48,6 +53,7 @@ __all__ = [
     "stratified_bootstrap_indices",
     "bootstrap_weight_blocks",
     "leave_one_out_weights",
+    "seed_variance",
     "seed_mean_distribution",
     "bootstrap_interval",
     "bootstrap_p_value",
@@ -59,6 +65,7 @@ __all__ = [
     "paired_bootstrap_test",
     "paired_permutation_test",
     "mcnemar_test",
+    "walsh_interval",
     "wilcoxon_seeds",
     "adjust_pvalues",
     "smallest_adjusted_p",
@@ -78,6 +85,13 @@ class BootstrapCI(NamedTuple):
     confidence_level: float
     distribution: np.ndarray  # (B,) the statistic in each bootstrap resample
     n_seeds: int = 0  # training seeds the estimate averages over (0: not a seed mean)
+    seed_variance: float = math.nan  # V_seed of :class:`SeedVariance` (NaN: not a seed mean of several seeds)
+    recording_variance: float = math.nan  # V_rec of :class:`SeedVariance`
+
+    @property
+    def seed_dominated(self) -> bool:
+        """Whether seed-to-seed variation outweighs the test set's (V_seed > V_rec): more seeds narrow it most."""
+        return bool(self.seed_variance > self.recording_variance)
 
     @property
     def n_resamples(self) -> int:
@@ -145,6 +159,25 @@ class WilcoxonResult(NamedTuple):
     mean_difference: float
     method: str
     note: str
+    estimate: float = math.nan  # Hodges-Lehmann: the median of the Walsh averages of the seed differences
+    low: float = math.nan  # the signed-rank confidence interval (NaN where this many seeds cannot reach it)
+    high: float = math.nan
+    confidence_level: float = math.nan  # the interval's exact level (at least the requested one)
+    smallest_p: float = math.nan  # the smallest two-sided p this many non-zero differences can give
+
+    @property
+    def can_reject(self) -> bool:
+        """Whether some outcome of this many seeds is significant at 0.05 (at least 6 non-zero differences)."""
+        return bool(self.smallest_p < 0.05)
+
+
+class SeedVariance(NamedTuple):
+    """Variance components of a seed mean (:func:`seed_variance`), each a variance of the seed mean itself."""
+
+    recording: float  # V_rec: over new test recordings, the seeds held fixed (bootstrap; many degrees of freedom)
+    seed: float  # V_seed: between the seeds' own values, divided by S (S - 1 degrees of freedom)
+    total: float  # V_rec plus the seed main effect, V_seed less its recording-interaction part, at least 0
+    df: float  # Satterthwaite degrees of freedom of ``total`` (inf: no seed component to estimate)
 
 
 # ----------------------------------------------------------------------------
@@ -406,50 +439,82 @@ def leave_one_out_weights(units: np.ndarray, left_out: np.ndarray):
         yield (units[:, None] != left_out[None, start : start + per_block]).astype(np.float64)
 
 
-def seed_mean_distribution(per_seed: np.ndarray, point: np.ndarray) -> np.ndarray:
+def metric_bounds(metric: str, difference: bool = False) -> tuple[float, float]:
+    """The range of ``metric`` (of a difference of two values of it with ``difference``)."""
+    low, high = METRIC_BOUNDS.get(metric, (0.0, 1.0))
+    return (low - high, high - low) if difference else (low, high)
+
+
+def seed_variance(per_seed: np.ndarray, point: np.ndarray) -> SeedVariance:
+    """Variance components of a seed mean from the seeds' bootstrap values (S, ..., B) and point values (S, ...).
+
+    The seed mean of R recordings varies through seeds (variance component
+    a), recordings (b) and their interaction (ab): var = a/S + b/R + ab/(SR).
+    Resampling seeds and recordings independently (a two-level bootstrap)
+    counts ab up to three times (McCullagh 2000, Bernoulli 6:285; Owen
+    2007, Ann. Appl. Stat. 1:386). Here: the recordings-only bootstrap
+    variance of the seed mean, V_rec = b/R + ab/(SR); the between-seed
+    variance of ``point`` over S, V_seed = a/S + ab/(SR) (ddof 1); and ab/R
+    as Q, the mean within-resample variance of the seeds' deviations from
+    their own point values. total = V_rec + max(V_seed - Q/S, 0): the seed
+    main effect is truncated at zero, as negative variance-component
+    estimates are.
+
+    V_rec and Q rest on every resample; V_seed on S values only, so the
+    total is uncertain in proportion to it. Its degrees of freedom are
+    Satterthwaite's (1946), df = total^2 / (V_seed^2 / (S - 1)): S - 1 when
+    seeds dominate, growing without bound as they stop mattering.
+    """
+    n_seeds = per_seed.shape[0]
+    v_rec = per_seed.mean(axis=0).var(axis=-1)
+    deviations = per_seed - point[..., None]
+    interaction = ((deviations - deviations.mean(axis=0)) ** 2).sum(axis=0).mean(axis=-1) / (n_seeds - 1)
+    v_seed = point.var(axis=0, ddof=1) / n_seeds
+    total = v_rec + np.maximum(v_seed - interaction / n_seeds, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(v_seed > 0, total**2 * (n_seeds - 1) / v_seed**2, np.inf)
+    return SeedVariance(v_rec, v_seed, total, df)
+
+
+def seed_mean_distribution(
+    per_seed: np.ndarray, point: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)
+) -> np.ndarray:
     """Bootstrap distribution (B,) of a seed mean over new recordings and new seeds.
 
     ``per_seed`` (S, B) holds each seed's statistic under B resamples of the
     recordings (the same resamples for every seed), ``point`` (S,) each
-    seed's statistic on all recordings. The seed mean of R recordings varies
-    through seeds (variance component a), recordings (b) and their
-    interaction (ab): var = a/S + b/R + ab/(SR). Resampling seeds and
-    recordings independently (a two-level bootstrap) counts ab up to three
-    times, once per level and once more in their product (McCullagh 2000,
-    Bernoulli 6:285; Owen 2007, Ann. Appl. Stat. 1:386), so it is too wide
-    when seeds and recordings interact. Here the components are estimated
-    without that double count: the recordings-only bootstrap variance of the
-    seed mean, V_rec = b/R + ab/(SR); the between-seed variance of ``point``
-    over S, V_seed = a/S + ab/(SR) (ddof 1); and ab/R as Q, the mean
-    within-resample variance of the seeds' deviations from their own point
-    values. Then var = V_rec + max(V_seed - Q/S, 0): the seed main effect
-    a/S is truncated at zero, as negative variance-component estimates
-    are, because V_seed rests on only S values (with 3 seeds it can come out
-    near 0 by chance) while V_rec and Q rest on every resample. The
-    recordings-only distribution of the seed mean is rescaled about the
-    estimate to that variance, keeping its shape (skew near ROC-AUC 1, bias),
-    and clipped to the range the per-seed values span (a seed mean of
-    ROC-AUCs stays within [0, 1]). With one seed it is the recordings-only
-    distribution; where a resample has no finite value it is returned as is
-    (the interval reports that). Extra axes between the first and the last
-    (e.g. points of an ROC curve: (S, G, B) with point (S, G)) are handled
-    elementwise.
+    seed's statistic on all recordings. The recordings-only distribution of
+    the seed mean is rescaled about the estimate to the variance of
+    :func:`seed_variance` (keeping its shape: skew near ROC-AUC 1, bias),
+    then widened from normal to Student's t tails with that variance's
+    Satterthwaite degrees of freedom: each value's standard score z becomes
+    the t quantile at z's normal probability. The variance of a seed mean
+    of 3 seeds rests on 2 degrees of freedom; treating it as known (a
+    normal interval) covers 88 % instead of 95 % where seeds dominate
+    (``python -m analysis.calibrate``). Where the rescaled distribution is
+    normal the result is exactly the Satterthwaite t distribution, so its
+    quantiles at any level, and the p-values read from it, are the t
+    interval's and the t test's. Values are clipped to ``bounds`` (e.g.
+    [0, 1] for a seed mean of ROC-AUCs; :func:`metric_bounds`).
+
+    With one seed it is the recordings-only distribution; where a resample
+    has no finite value it is returned as is (the interval reports that).
+    Extra axes between the first and the last (e.g. points of an ROC curve:
+    (S, G, B) with point (S, G)) are handled elementwise.
     """
     recordings = per_seed.mean(axis=0)
-    n_seeds = per_seed.shape[0]
-    if n_seeds == 1 or not np.isfinite(per_seed).all():
+    if per_seed.shape[0] == 1 or not np.isfinite(per_seed).all():
         return recordings
     estimate = point.mean(axis=0)[..., None]
-    v_rec = recordings.var(axis=-1)
-    deviations = per_seed - point[..., None]
-    interaction = ((deviations - deviations.mean(axis=0)) ** 2).sum(axis=0).mean(axis=-1) / (n_seeds - 1)
-    seed_effect = np.maximum(point.var(axis=0, ddof=1) - interaction, 0.0) / n_seeds
+    components = seed_variance(per_seed, point)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(v_rec > 0, np.sqrt((v_rec + seed_effect) / v_rec), 1.0)  # no recording variance: no rescale
-    rescaled = estimate + (recordings - estimate) * scale[..., None]
-    low = np.minimum(per_seed.min(axis=(0, -1)), point.min(axis=0))[..., None]
-    high = np.maximum(per_seed.max(axis=(0, -1)), point.max(axis=0))[..., None]
-    return np.clip(rescaled, low, high)
+        # no recording variance: nothing to rescale; no variance at all: nothing to widen
+        scale = np.where(components.recording > 0, np.sqrt(components.total / components.recording), 1.0)
+        standard_error = np.sqrt(components.total)[..., None]
+        scores = np.where(standard_error > 0, (recordings - estimate) * scale[..., None] / standard_error, 0.0)
+    # t quantile of each score's normal tail probability, from the tail so that large scores stay exact
+    widened = -np.sign(scores) * special.stdtrit(components.df[..., None], special.ndtr(-np.abs(scores)))
+    return np.clip(estimate + widened * standard_error, *bounds)
 
 
 def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
@@ -474,7 +539,10 @@ def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, res
         points.append(points[0] - points[1])
     if not resample_seeds:
         return np.stack([values.mean(axis=0) for values in per_seed])
-    return np.stack([seed_mean_distribution(values, point) for values, point in zip(per_seed, points, strict=True)])
+    bounds = [metric_bounds(metric)] * len(models) + [metric_bounds(metric, difference=True)] * (
+        len(per_seed) - len(models)
+    )
+    return np.stack([seed_mean_distribution(v, point, b) for v, point, b in zip(per_seed, points, bounds, strict=True)])
 
 
 def _leave_one_out(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -555,6 +623,7 @@ def bootstrap_interval(
     method: str = "percentile",
     jackknife: Callable[[], list[np.ndarray]] | None = None,
     n_seeds: int = 0,
+    variance: SeedVariance | None = None,
 ) -> BootstrapCI:
     """The confidence interval of a statistic from its bootstrap distribution (B,).
 
@@ -566,18 +635,26 @@ def bootstrap_interval(
     leave-one-out value is not finite the interval falls back to percentile
     and ``method`` says so; where some resample has no finite statistic
     there is no interval (low = high = NaN). A constant distribution gives
-    low = high = that constant.
+    low = high = that constant. ``variance`` (a seed mean's components, scalar) is kept in the result.
     """
+    components = (float(variance.seed), float(variance.recording)) if variance is not None else (math.nan, math.nan)
     if method not in CI_METHODS or (method == "bca" and jackknife is None):
         raise ValueError(f"method must be one of {CI_METHODS} (bca needs jackknife), got {method!r}")
     alpha = 1 - confidence_level
     if not np.isfinite(distribution).all():
         return BootstrapCI(
-            estimate, math.nan, math.nan, "undefined in some resamples", confidence_level, distribution, n_seeds
+            estimate,
+            math.nan,
+            math.nan,
+            "undefined in some resamples",
+            confidence_level,
+            distribution,
+            n_seeds,
+            *components,
         )
     if np.ptp(distribution) == 0:
         value = float(distribution[0])
-        return BootstrapCI(estimate, value, value, method, confidence_level, distribution, n_seeds)
+        return BootstrapCI(estimate, value, value, method, confidence_level, distribution, n_seeds, *components)
     levels, used = np.array([alpha / 2, 1 - alpha / 2]), "percentile"
     if method == "bca":
         leave_one_out = jackknife()
@@ -586,7 +663,7 @@ def bootstrap_interval(
         else:
             used = "percentile (BCa undefined: a left-out unit leaves one class)"
     low, high = (float(q) for q in np.quantile(distribution, levels))
-    return BootstrapCI(estimate, low, high, used, confidence_level, distribution, n_seeds)
+    return BootstrapCI(estimate, low, high, used, confidence_level, distribution, n_seeds, *components)
 
 
 def bootstrap_p_value(differences: np.ndarray) -> float:
@@ -1114,7 +1191,39 @@ def _signed_rank_enumeration_pvalue(differences: np.ndarray) -> tuple[float, flo
     return float(min(observed, ranks.sum() - observed)), float(p_value)
 
 
-def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
+def _signed_rank_counts(n: int) -> np.ndarray:
+    """How many of the 2^n sign patterns give each signed-rank sum T+ = 0 .. n(n+1)/2 (no ties)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1
+    for rank in range(1, n + 1):  # rank r either joins T+ or not
+        counts[rank:] = counts[rank:] + counts[:-rank].copy()
+    return counts
+
+
+def walsh_interval(differences, confidence_level: float = 0.95) -> tuple[float, float, float, float]:
+    """Hodges-Lehmann estimate and the signed-rank confidence interval of paired differences (n,).
+
+    The interval inverts the exact signed-rank test (Hollander & Wolfe,
+    Nonparametric Statistical Methods, 3.2): its ends are the k-th smallest
+    and largest of the n(n+1)/2 Walsh averages (d_i + d_j) / 2, i <= j, with
+    k the largest count whose lower tail P(T+ < k) stays within
+    (1 - confidence_level) / 2. scipy has the test but not this interval.
+    Returns (estimate, low, high, achieved level); low = high = NaN when n
+    differences cannot reach the level (2^(1-n) > 1 - confidence_level).
+    """
+    values = np.asarray(differences, dtype=np.float64)
+    n = values.size
+    upper = np.triu_indices(n)
+    walsh = np.sort((values[:, None] + values[None, :])[upper] / 2)
+    estimate = float(np.median(walsh))
+    tail = np.cumsum(_signed_rank_counts(n)) / 2.0**n  # tail[c] = P(T+ <= c)
+    k = int(np.count_nonzero(tail <= (1 - confidence_level) / 2))  # P(T+ <= k - 1) within the tail
+    if k == 0:
+        return estimate, math.nan, math.nan, math.nan
+    return estimate, float(walsh[k - 1]), float(walsh[-k]), float(1 - 2 * tail[k - 1])
+
+
+def wilcoxon_seeds(metric_a, metric_b, confidence_level: float = 0.95) -> WilcoxonResult:
     """Wilcoxon signed-rank test over per-seed metrics of two models (seed k paired with seed k).
 
     Zero differences are dropped (Wilcoxon's convention) and the test is
@@ -1130,8 +1239,15 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
     differ over training seeds on these recordings, not on new recordings
     (for that, use :func:`paired_bootstrap_test` with seeds).
 
+    Its interval is the one the test itself gives (:func:`walsh_interval`,
+    over every seed difference, zeros included): the Hodges-Lehmann estimate
+    with the exact signed-rank interval at ``confidence_level`` or just above
+    it, or none where this many seeds cannot reach that level; a percentile
+    bootstrap of 3 to 5 seed differences covers only 75-83 %.
+
     Returns WilcoxonResult(statistic, p_value, n_seeds, n_nonzero,
-    mean_difference (zeros included), method, note).
+    mean_difference (zeros included), method, note, estimate, low, high,
+    confidence_level (the interval's achieved level), smallest_p).
     """
     a = np.asarray(metric_a, dtype=np.float64)
     b = np.asarray(metric_b, dtype=np.float64)
@@ -1147,8 +1263,12 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
     nonzero = differences[differences != 0]
     n_nonzero = nonzero.size
     mean_difference = float(differences.mean())
+    interval = walsh_interval(differences, _check_confidence(confidence_level))
+    smallest_p = 2 / 2**n_nonzero if n_nonzero else 1.0
     if n_nonzero == 0:
-        return WilcoxonResult(0.0, 1.0, a.size, 0, mean_difference, "none", "all per-seed differences are zero")
+        return WilcoxonResult(
+            0.0, 1.0, a.size, 0, mean_difference, "none", "all per-seed differences are zero", *interval, smallest_p
+        )
     notes = []
     if n_nonzero < a.size:
         notes.append(f"{a.size - n_nonzero} zero differences dropped")
@@ -1171,7 +1291,9 @@ def wilcoxon_seeds(metric_a, metric_b) -> WilcoxonResult:
             if scipy_method == "exact"
             else "normal approximation" + (" with tie correction" if has_ties else "")
         )
-    return WilcoxonResult(statistic, p_value, a.size, n_nonzero, mean_difference, method, "; ".join(notes))
+    return WilcoxonResult(
+        statistic, p_value, a.size, n_nonzero, mean_difference, method, "; ".join(notes), *interval, smallest_p
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy import special
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
@@ -122,8 +123,11 @@ def test_seed_resampling_widens_the_interval_by_the_seed_spread():
     with_seeds = stats.bootstrap_ci(y, seeds, n_resamples=4000, method="percentile", rng=1)
     recordings_only = stats.bootstrap_ci(y, seeds, n_resamples=4000, method="percentile", rng=1, resample_seeds=False)
     assert with_seeds.estimate == pytest.approx(np.mean(per_seed))
-    expected = np.sqrt(recordings_only.standard_error**2 + np.var(per_seed, ddof=0) / 5)
-    assert with_seeds.standard_error == pytest.approx(expected, rel=0.1)
+    # the seed shift barely interacts with the recordings, so the total is V_rec + V_seed, on S - 1 = 4 df or more
+    v_seed = np.var(per_seed, ddof=1) / 5
+    total = recordings_only.standard_error**2 + v_seed
+    half_width = special.stdtrit(total**2 * 4 / v_seed**2, 0.975) * np.sqrt(total)
+    assert (with_seeds.high - with_seeds.low) / 2 == pytest.approx(half_width, rel=0.1)
     assert with_seeds.standard_error > 1.2 * recordings_only.standard_error
 
 
@@ -626,7 +630,7 @@ def test_seed_mean_distribution_does_not_count_the_interaction_twice():
     for _ in range(n_sims):
         values = rng.normal(size=(n_seeds, n_recordings))  # no seed effect, no recording effect: only interaction
         per_seed = values @ counts / n_recordings  # (S, B) each seed's mean under each resample
-        corrected.append(stats.seed_mean_distribution(per_seed, values.mean(axis=1)).var())
+        corrected.append(stats.seed_variance(per_seed, values.mean(axis=1)).total)
         two_level.append((per_seed * seeds).sum(axis=0).var())
     truth = 1 / (n_seeds * n_recordings)  # the variance of the mean of S R independent unit-variance values
     # The seed main effect (here 0) is truncated at zero, which adds about a fifth at S = 8 in this extreme case.
@@ -641,10 +645,29 @@ def test_seed_mean_distribution_never_narrower_than_recordings_and_stays_in_rang
     rng = np.random.default_rng(5)
     per_seed = np.clip(0.97 + 0.02 * rng.standard_normal((3, 2000)), 0, 1)
     point = np.array([0.97, 0.97, 0.97])  # identical point values: V_seed = 0
-    distribution = stats.seed_mean_distribution(per_seed, point)
+    distribution = stats.seed_mean_distribution(per_seed, point, (0.0, 1.0))
     assert distribution.var() >= 0.99 * np.clip(per_seed.mean(axis=0), 0, 1).var()
     spread = np.array([0.90, 0.95, 0.99])  # seeds that differ: the seed effect widens the distribution
     shifted = np.clip(per_seed + (spread - 0.97)[:, None], 0, 1)
-    wide = stats.seed_mean_distribution(shifted, spread)
+    wide = stats.seed_mean_distribution(shifted, spread, stats.metric_bounds("roc_auc"))
     assert wide.var() > 1.5 * distribution.var()
-    assert wide.max() <= 1.0 and distribution.max() <= 1.0  # rescaling never leaves the per-seed values' range
+    assert wide.max() <= 1.0 and distribution.max() <= 1.0  # a seed mean of ROC-AUCs stays within [0, 1]
+
+
+@pytest.mark.parametrize("n_seeds", [3, 5, 10])
+def test_seed_dominated_distribution_is_the_satterthwaite_t(n_seeds):
+    """Normal recording noise and a large seed spread: the quantiles are the t interval's on Satterthwaite's df."""
+    rng = np.random.default_rng(n_seeds)
+    point = 0.6 + 0.1 * rng.standard_normal(n_seeds)  # seed SD 0.1, recording SE 0.01
+    per_seed = point[:, None] + 0.01 * rng.standard_normal(200_000) + 0.001 * rng.standard_normal((n_seeds, 200_000))
+    components = stats.seed_variance(per_seed, point)
+    assert components.seed > components.recording and n_seeds - 1 <= components.df < 2 * (n_seeds - 1)
+    distribution = stats.seed_mean_distribution(per_seed, point)
+    for level in (0.975, 0.995):
+        expected = point.mean() + special.stdtrit(components.df, level) * np.sqrt(components.total)
+        assert np.quantile(distribution, level) == pytest.approx(expected, rel=0.01)
+    # a p-value read from the distribution is the t test's
+    shifted = distribution - point.mean()  # under "no difference" at the estimate: p = 1
+    assert stats.bootstrap_p_value(shifted + 2 * np.sqrt(components.total)) == pytest.approx(
+        2 * special.stdtr(components.df, -2.0), abs=0.003
+    )
