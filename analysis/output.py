@@ -12,7 +12,17 @@ import pandas as pd
 from analysis.stats import BootstrapCI
 from analysis.tables import format_interval, write_table
 
-__all__ = ["ReportWriter", "slug", "interval_cell", "interval_numbers", "verdict"]
+__all__ = [
+    "MIN_CLASS_RECORDINGS",
+    "ReportWriter",
+    "slug",
+    "interval_cell",
+    "interval_numbers",
+    "verdict",
+    "few_recordings_warning",
+]
+
+MIN_CLASS_RECORDINGS = 10  # a bootstrap interval over fewer recordings of a class is too coarse to trust
 
 
 class ReportWriter:
@@ -83,3 +93,11 @@ def verdict(a: str, b: str, difference: float, p_value: float, alpha: float) -> 
     if not p_value < alpha:
         return "no significant difference"
     return f"{a} > {b}" if difference > 0 else f"{a} < {b}"
+
+
+def few_recordings_warning(n_pos: int, n_neg: int, respiratory: bool = False) -> str:
+    """ "unreliable: ..." where a class has fewer than MIN_CLASS_RECORDINGS recordings (a source's intervals
+    then rest on too few to trust), else ""."""
+    names = ("not normal", "normal") if respiratory else ("abnormal", "normal")
+    few = [f"{count} {name}" for count, name in zip((n_pos, n_neg), names) if count < MIN_CLASS_RECORDINGS]
+    return f"unreliable: only {' and '.join(few)} recording(s)" if few else ""

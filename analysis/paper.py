@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["AUDIOFUSE_RESULTS", "SAM_AST_ICBHI", "Claim", "CLAIMS", "paper_model"]
+__all__ = ["AUDIOFUSE_RESULTS", "SAM_AST_ICBHI", "Claim", "CLAIMS", "paper_model", "paper_value"]
 
 # Model name in the paper -> metric -> value. "pascal_roc_auc" is the zero-shot PASCAL ROC-AUC.
 AUDIOFUSE_RESULTS: dict[str, dict[str, float]] = {
@@ -101,3 +101,12 @@ def paper_model(settings: dict) -> str | None:
     if architecture == "fusion" and settings.get("model.fusion") == "concat":
         return _FUSION
     return None
+
+
+def paper_value(settings: dict, eval_set: str, metric: str) -> float | None:
+    """The paper's ``metric`` of the model a configuration reproduces on ``eval_set`` (PhysioNet's test set or
+    PASCAL zero-shot), or None where the paper gives none."""
+    values = AUDIOFUSE_RESULTS.get(paper_model(settings) or "", {})
+    if eval_set == "pascal":
+        return values.get(f"pascal_{metric}")
+    return values.get(metric) if eval_set.startswith("physionet2016") else None

@@ -42,9 +42,17 @@ Method, in short (``report.md`` states it too):
   the paper claims; DeLong runs on seed-averaged probabilities, the paired
   permutation test on all common seeds, McNemar on the seed-majority
   decision (ties count as abnormal), Wilcoxon over per-seed metrics (which
-  takes the test set as fixed). p-values are adjusted (Holm or BH) over the
-  family of comparisons x evaluation sets, separately for each test and
-  metric: the tests are alternative analyses of the same hypotheses.
+  takes the test set as fixed; shown only from 6 seeds, with its
+  Hodges-Lehmann interval). Every p is shown raw and adjusted (Holm or BH)
+  within exactly one named family: (1) one test on one metric over the
+  comparisons x evaluation sets; (2) the paper claims, each an
+  intersection-union test of its parts at α, adjusted across the claims;
+  (3) the robustness report's drop differences. Intervals beside adjusted
+  p-values are unadjusted 95 % intervals and say so.
+* Verdicts: a paper claim holds, is contradicted (a part's interval
+  excludes the paper's Δ), or is not resolved; a configuration whose
+  seed-mean ROC-AUC interval covers 0.5 is at chance; where seeds dominate
+  an interval (V_seed > V_rec) the claims show the per-seed values.
 * A source "carries" a configuration's pooled ROC-AUC (whose CI lies above
   0.5) when removing its recordings lowers the pooled seed-mean ROC-AUC by
   at least ``carry_drop`` (0.05, the size of the paper's gaps), or when the
@@ -69,7 +77,15 @@ from scipy import special
 
 from analysis import paper, stats
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
-from analysis.output import ReportWriter, interval_cell, interval_numbers, slug, verdict
+from analysis.output import (
+    MIN_CLASS_RECORDINGS,
+    ReportWriter,
+    few_recordings_warning,
+    interval_cell,
+    interval_numbers,
+    slug,
+    verdict,
+)
 from analysis.plots import ForestRow, RocCurve, plot_forest, plot_roc_curves, roc_tpr_on_grid
 from analysis.resampling import (
     CONFIDENCE_LEVEL,
@@ -151,6 +167,8 @@ class ComparisonRow:
     note: str = ""
     adjusted_p: float = math.nan
     verdict: str = ""
+    family: str = ""  # the family its p is adjusted over (see :func:`family_name`)
+    family_size: int = 0
 
 
 class _Analysis:
@@ -385,18 +403,18 @@ class _Analysis:
                     + ("cluster-robust Wald CI" if eval_data.groups is not None else "Wald CI"),
                 )
             )
-        wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b)
-        differences = per_seed_a - per_seed_b
-        low = high = math.nan
-        if n_seeds >= 2:
-            interval = stats.seed_mean_ci(
-                differences,
-                confidence_level=CONFIDENCE_LEVEL,
-                method="percentile",
-                rng=named_generator(self.options.seed, "wilcoxon", eval_set, a.name),
+        wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b, CONFIDENCE_LEVEL)
+        if wilcoxon.smallest_p >= self.options.alpha:  # no outcome of these seeds could be significant: not a result
+            self.notes.append(
+                f"Wilcoxon over seeds not shown: with {wilcoxon.n_nonzero} non-zero seed difference(s) its smallest "
+                f"two-sided p is {wilcoxon.smallest_p:.3g} ≥ α = {self.options.alpha}, so it cannot reject; "
+                "it needs 6 seeds or more"
             )
-            low, high = interval.low, interval.high
-        note = "over per-seed metrics: asks about these recordings, not new ones; CI of the mean seed difference"
+            return out
+        note = (
+            "over per-seed metrics: asks about these recordings, not new ones; Hodges-Lehmann Δ with the signed-rank "
+            f"interval (exact level {wilcoxon.confidence_level:.3f})"
+        )
         out.append(
             ComparisonRow(
                 eval_set,
@@ -406,9 +424,9 @@ class _Analysis:
                 "Wilcoxon signed-rank",
                 float(per_seed_a.mean()),
                 float(per_seed_b.mean()),
-                float(differences.mean()),
-                low,
-                high,
+                wilcoxon.estimate,
+                wilcoxon.low,
+                wilcoxon.high,
                 wilcoxon.p_value,
                 n_seeds,
                 note + (f"; {wilcoxon.note}" if wilcoxon.note else ""),
@@ -443,9 +461,24 @@ class _Analysis:
             adjusted = stats.adjust_pvalues([r.p_value for r in family], self.options.correction)
             for row, p in zip(family, adjusted, strict=True):
                 row.adjusted_p = float(p)
+                row.family, row.family_size = family_name(test, metric), len(family)
                 row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
         self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
         return rows
+
+
+def resampling_unit(eval_set: EvalSet) -> str:
+    """What the bootstrap of an evaluation set draws: whole patients where it has several recordings of one."""
+    return "patients" if eval_set.groups is not None else "recordings"
+
+
+def correction_name(correction: str) -> str:
+    return "Holm" if correction == "holm" else "Benjamini-Hochberg"
+
+
+def family_name(test: str, metric: str) -> str:
+    """The name of the comparisons family of one test on one metric, as the tables show it."""
+    return f"comparisons: {test}, {METRIC_LABELS[metric]}"
 
 
 # Tests whose p-values come from resampling (floor 2 / (B + 1) two-sided bootstrap, 1 / (B + 1) permutation).
@@ -695,9 +728,10 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
             "test": r.test,
             "A": format_value(r.value_a),
             "B": format_value(r.value_b),
-            "Δ = A − B [95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
-            "p": format_p(r.p_value),
-            f"adjusted p ({analysis.options.correction})": format_p(r.adjusted_p),
+            "Δ = A − B [unadjusted 95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
+            "p (raw)": format_p(r.p_value),
+            f"p ({analysis.options.correction})": format_p(r.adjusted_p),
+            "family (tests)": f"{r.family} ({r.family_size})",
             f"verdict (α = {analysis.options.alpha})": r.verdict,
             "seeds": r.n_seeds,
             "note": r.note,
@@ -719,17 +753,19 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
             "p": r.p_value,
             "adjusted_p": r.adjusted_p,
             "correction": analysis.options.correction,
+            "family": r.family,
+            "family_size": r.family_size,
             "verdict": r.verdict,
             "seeds": r.n_seeds,
             "note": r.note,
         }
         for r in rows
     ]
-    n_pairs = len({(r.a, r.b) for r in rows})
     caption = (
         f"Paired comparisons: every configuration vs its baseline ({analysis.axis} = {analysis.baseline}) on every "
-        f"evaluation set. p adjusted by {'Holm' if analysis.options.correction == 'holm' else 'Benjamini-Hochberg'} "
-        f"over the family of {n_pairs} comparison(s) × {len(analysis.resampled)} evaluation set(s), separately for each test and metric."
+        f"evaluation set: the raw p, and p adjusted by {correction_name(analysis.options.correction)} within its "
+        "family (named, with its number of tests); the intervals are each comparison's own 95 % interval, not "
+        "adjusted for the family, so one may exclude 0 while the adjusted p is above α."
     )
     notes = [
         "paired bootstrap: recordings resampled (stratified by label; whole patients where an evaluation set has "
@@ -742,7 +778,9 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
         "McNemar: on the seed-majority decision (each seed at its validation threshold; ties count as abnormal); with "
         "patients, Durkalski's clustered statistic.",
         "Wilcoxon: over per-seed metrics, seed k of A paired with seed k of B; it treats the test recordings as fixed, "
-        "so it asks whether the seeds differ on these recordings, not on new ones (patients do not enter it).",
+        "so it asks whether the seeds differ on these recordings, not on new ones (patients do not enter it). Its Δ "
+        "is the Hodges-Lehmann estimate and its interval the signed-rank one, at the exact level in the note; with "
+        "fewer than 6 seeds it cannot reject at 0.05 and is not shown.",
     ]
     if analysis.respiratory:
         notes = notes[:1] + [
@@ -767,110 +805,180 @@ def _matching(configurations: list[Configuration], claim: paper.Claim, value: st
     ]
 
 
+def _claim_components(analysis: _Analysis, claim: paper.Claim) -> list[tuple[Configuration, Configuration, str]]:
+    """(winner, loser, loser's value) for every pair of configurations that checks a part of ``claim``."""
+    components = []
+    for winner in _matching(analysis.configurations, claim, claim.winner):
+        for loser_value in claim.losers:
+            loser = next(  # the same settings apart from the claim's axis
+                (
+                    c
+                    for c in _matching(analysis.configurations, claim, loser_value)
+                    if all(
+                        setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
+                        for k in c.settings
+                        if k != claim.axis
+                    )
+                ),
+                None,
+            )
+            if loser is not None:
+                components.append((winner, loser, loser_value))
+    return components
+
+
+def _at_chance_and_seeds(analysis: _Analysis, eval_set: str, configurations, metric: str) -> list[str]:
+    """Notes on a claim part's configurations: a seed-mean ROC-AUC CI that covers 0.5 ("at chance"), and
+    intervals that seeds dominate (V_seed > V_rec), with the per-seed values."""
+    notes = []
+    for configuration in configurations:
+        interval = analysis.interval(eval_set, configuration, metric)
+        if interval is None:
+            continue
+        if metric == "roc_auc" and interval.low <= 0.5 <= interval.high:
+            notes.append(f"{configuration.name} at chance ({interval_cell(interval)})")
+        if interval.seed_dominated:
+            _, trial_ids = analysis.trials_in(configuration, eval_set)
+            resampled = analysis.resampled[eval_set]
+            values = ", ".join(format_value(resampled.point[metric][resampled.rows[t]]) for t in trial_ids)
+            notes.append(
+                f"{configuration.name}'s seeds vary more than the test set does (per seed: {values}): more seeds needed"
+            )
+    return notes
+
+
+def _paper_values_outside(analysis: _Analysis, claim: paper.Claim, configurations) -> list[str]:
+    """The paper's values of a part's configurations that lie outside the study's 95 % CI."""
+    outside = []
+    for configuration in configurations:
+        value = paper.paper_value(configuration.settings, claim.eval_set, claim.metric)
+        interval = analysis.interval(claim.eval_set, configuration, claim.metric)
+        if value is not None and interval is not None and not interval.low <= value <= interval.high:
+            outside.append(f"paper's {configuration.name} {format_value(value)} outside {interval_cell(interval)}")
+    return outside
+
+
+def _claim_part(analysis: _Analysis, claim: paper.Claim, winner, loser, loser_value, by_pair) -> dict:
+    """One part of a claim (winner beats loser): Δ, its unadjusted 95 % CI, raw p, and its outcome."""
+    row = by_pair.get((claim.eval_set, loser.name, winner.name, claim.metric))
+    if row is not None:  # the comparisons compare loser vs winner (the baseline): turn it round
+        difference, low, high, p_raw = -row.difference, -row.high, -row.low, row.p_value
+    else:
+        row = (
+            by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric))
+            or analysis.compare(winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
+        )
+        difference, low, high, p_raw = row.difference, row.low, row.high, row.p_value
+    paper_gap = claim.paper_differences.get(loser_value)
+    # the paper's Δ outside the study's interval; a ranking without numbers (Δ > 0) is contradicted by a CI below 0
+    excluded = not low <= paper_gap <= high if paper_gap is not None else high < 0
+    if p_raw < analysis.options.alpha and difference > 0:
+        outcome = "holds" + ("; the paper's Δ lies outside the CI" if excluded else "")
+    else:
+        outcome = "contradicted" if excluded else "not resolved"
+    return {
+        "claim": claim.key,
+        "claim_text": claim.text,
+        "winner": winner.name,
+        "loser": loser.name,
+        "eval_set": claim.eval_set,
+        "metric": claim.metric,
+        "paper_difference": paper_gap if paper_gap is not None else math.nan,
+        "difference": difference,
+        "low": low,
+        "high": high,
+        "p": p_raw,
+        "part": outcome,
+        "notes": "; ".join(
+            _paper_values_outside(analysis, claim, (winner, loser))
+            + _at_chance_and_seeds(analysis, claim.eval_set, (winner, loser), claim.metric)
+        ),
+    }
+
+
+def _claim_verdict(parts: list[dict], adjusted_p: float, n_claims: int, alpha: float, correction: str) -> str:
+    """A claim's verdict from its parts (intersection-union) and its p adjusted across the claims."""
+    if any(part["part"] == "contradicted" for part in parts):
+        return "contradicted"
+    if all(part["part"].startswith("holds") for part in parts):
+        if adjusted_p < alpha:
+            return "holds"
+        return f"not resolved after {correction_name(correction)} over {n_claims} claims"
+    return "not resolved at this resolution"
+
+
 def _claims_table(
     analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]
 ) -> tuple[list[dict], list[dict]]:
-    """Write tables/claims; returns (claim and verdict of each claim, the table's numeric rows: one per part)."""
+    """Write tables/claims; returns (claim and verdict of each claim, the table's numeric rows: one per part).
+
+    A claim ("the winner beats each loser") is an intersection-union test: it holds when every part is
+    significant in the paper's direction at α, so its p is its parts' largest raw p and the parts need no
+    adjustment among themselves (Berger 1982, Technometrics 24:295). Across the claims those p-values are
+    adjusted as one family.
+    """
     by_pair = {(r.eval_set, r.a, r.b, r.metric): r for r in rows if r.test == "paired bootstrap"}
-    display, numbers, summaries = [], [], []
+    checked = []
     for claim in paper.CLAIMS:
         if claim.eval_set not in analysis.resampled:
             continue
-        winners = _matching(analysis.configurations, claim, claim.winner)
-        components = []
-        for winner in winners:
-            for loser_value in claim.losers:
-                # Same settings apart from the claim's axis.
-                loser = next(
-                    (
-                        c
-                        for c in _matching(analysis.configurations, claim, loser_value)
-                        if all(
-                            setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
-                            for k in c.settings
-                            if k != claim.axis
-                        )
-                    ),
-                    None,
-                )
-                if loser is not None:
-                    components.append((winner, loser, loser_value))
-        if not components or len(components) < len(claim.losers):
-            continue
-        results = []
-        for winner, loser, loser_value in components:
-            row = by_pair.get((claim.eval_set, loser.name, winner.name, claim.metric))
-            if row is not None:  # the family compares loser vs winner (the baseline): turn it round
-                difference, low, high, adjusted = -row.difference, -row.high, -row.low, row.adjusted_p
-                decided_by = f"paired bootstrap, family-adjusted ({analysis.options.correction})"
-            else:
-                row = (
-                    by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric))
-                    or analysis.compare(winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
-                )
-                difference, low, high = row.difference, row.low, row.high
-                adjusted = row.adjusted_p if math.isfinite(row.adjusted_p) else row.p_value
-                decided_by = (
-                    "paired bootstrap, family-adjusted"
-                    if math.isfinite(row.adjusted_p)
-                    else "paired bootstrap, unadjusted (intersection-union: each part at α)"
-                )
-            significant = adjusted < analysis.options.alpha
-            outcome = "holds" if significant and difference > 0 else ("reversed" if significant else "not resolved")
-            results.append(outcome)
-            paper_gap = claim.paper_differences.get(loser_value)
-            display.append(
-                {
-                    "claim": claim.text,
-                    "comparison": f"{winner.name} vs {loser.name}",
-                    "evaluation set": claim.eval_set,
-                    "paper Δ": format_value(paper_gap, 4, signed=True) if paper_gap is not None else "> 0 (no numbers)",
-                    "study Δ [95 % CI]": format_interval(difference, low, high, signed=True),
-                    "p": format_p(adjusted),
-                    "test": decided_by,
-                    "part": outcome,
-                }
+        components = _claim_components(analysis, claim)
+        if components and len(components) >= len(claim.losers):
+            checked.append([_claim_part(analysis, claim, *component, by_pair) for component in components])
+    if not checked:
+        return [], []
+    options = analysis.options
+    claim_p = [max(part["p"] for part in parts) for parts in checked]
+    adjusted = stats.adjust_pvalues(claim_p, options.correction)
+    numbers, summaries = [], []
+    for parts, p_claim, p_adjusted in zip(checked, claim_p, adjusted, strict=True):
+        claim_verdict = _claim_verdict(parts, p_adjusted, len(checked), options.alpha, options.correction)
+        for part in parts:
+            part.update(
+                claim_p=p_claim,
+                claim_adjusted_p=float(p_adjusted),
+                correction=options.correction,
+                family=CLAIMS_FAMILY,
+                family_size=len(checked),
+                claim_verdict=claim_verdict,
             )
-            numbers.append(
-                {
-                    "claim": claim.key,
-                    "claim_text": claim.text,
-                    "winner": winner.name,
-                    "loser": loser.name,
-                    "eval_set": claim.eval_set,
-                    "metric": claim.metric,
-                    "paper_difference": paper_gap if paper_gap is not None else math.nan,
-                    "difference": difference,
-                    "low": low,
-                    "high": high,
-                    "p": adjusted,
-                    "test": decided_by,
-                    "part": outcome,
-                }
-            )
-        claim_verdict = (
-            "holds"
-            if all(r == "holds" for r in results)
-            else "contradicted"
-            if any(r == "reversed" for r in results)
-            else "not supported at this resolution"
-        )
-        for row in display[-len(results) :]:
-            row["claim verdict"] = claim_verdict
-        for row in numbers[-len(results) :]:
-            row["claim_verdict"] = claim_verdict
-        summaries.append({"claim": claim.text, "verdict": claim_verdict})
-    if display:
-        writer.table(
-            "claims",
-            pd.DataFrame(display),
-            pd.DataFrame(numbers),
-            f"The paper's claims against this study (α = {analysis.options.alpha}). A claim holds when every part "
-            "is significant in the paper's direction, is contradicted when a part is significant the other way, "
-            "and is otherwise not supported at this test set's resolution (see resolution).",
-            "each paper claim this study can check, the deciding test, and whether it holds",
-        )
+        numbers += parts
+        summaries.append({"claim": parts[0]["claim_text"], "verdict": claim_verdict})
+    display = [
+        {
+            "claim": part["claim_text"],
+            "claim verdict": part["claim_verdict"],
+            "comparison": f"{part['winner']} vs {part['loser']}",
+            "evaluation set": part["eval_set"],
+            "paper Δ": format_value(part["paper_difference"], 4, signed=True)
+            if math.isfinite(part["paper_difference"])
+            else "> 0 (no numbers)",
+            "study Δ [unadjusted 95 % CI]": format_interval(part["difference"], part["low"], part["high"], signed=True),
+            "p (raw)": format_p(part["p"]),
+            "part": part["part"],
+            "claim p (largest part's)": format_p(part["claim_p"]),
+            f"claim p ({options.correction}, {len(checked)} claims)": format_p(part["claim_adjusted_p"]),
+            "notes": part["notes"],
+        }
+        for part in numbers
+    ]
+    writer.table(
+        "claims",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        f"The paper's claims against this study (α = {options.alpha}), by the paired bootstrap. Each claim is an "
+        "intersection-union test: every part must be significant in the paper's direction at α (raw p), and the "
+        f"claim's p is its parts' largest; the claims' p-values are {correction_name(options.correction)}-adjusted "
+        f"as one family ({len(checked)} claims). A claim is contradicted when a part's 95 % CI excludes the paper's "
+        "Δ (for a ranking without numbers, when the CI lies below 0); it is not resolved when the CI holds both 0 "
+        "and the paper's Δ. Notes: the paper's own values outside the study's CI, configurations at chance (the "
+        "ROC-AUC CI covers 0.5), and intervals that seed-to-seed variation dominates.",
+        "each paper claim this study can check, the deciding test, and whether it holds",
+    )
     return summaries, numbers
+
+
+CLAIMS_FAMILY = "paper claims: paired bootstrap, intersection-union per claim"
 
 
 def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
@@ -901,6 +1009,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             for source in sources:
                 mask = data.sources == source
                 n, n_pos = int(mask.sum()), int(data.binary[mask].sum())
+                warning = few_recordings_warning(n_pos, n - n_pos, analysis.respiratory)
                 row = {
                     "evaluation set": eval_set,
                     "source": source,
@@ -914,6 +1023,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     "n": n,
                     "n_pos": n_pos,
                     "configuration": configuration.name,
+                    "unreliable": warning,
                     **interval_numbers("pooled_roc_auc", pooled),
                 }
                 for metric in analysis.metrics:
@@ -946,6 +1056,9 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     reasons.append("the pooled ROC-AUC lies in its CI while every other source's CI contains 0.5")
                     why.append("the only source above chance, and the pooled ROC-AUC lies in its CI")
                 row["carries pooled ROC-AUC"] = ("YES: " + "; ".join(reasons)) if reasons else ""
+                row["intervals"] = warning or "–"
+                if reasons and warning:
+                    why.append(warning)
                 numeric["carries_pooled_roc_auc"] = bool(reasons)
                 if reasons:
                     flags.append(
@@ -964,7 +1077,9 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         "Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings (patients "
         "where known) resampled within the source, stratified by label, with seed variation]. 'carries pooled ROC-AUC' flags a source, where the pooled "
         f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
-        "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance)."
+        "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance). "
+        f"'intervals' marks a source with fewer than {MIN_CLASS_RECORDINGS} recordings of a class: its intervals "
+        "rest on too few recordings to be trusted."
     )
     writer.table(
         "per_source",
@@ -1233,9 +1348,14 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             curves,
             f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
             band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
-            f"{n_band} bootstrap resamples of recordings (patients where known) with seed variation. Legend: seed-mean ROC-AUC [95 % CI].",
+            f"{n_band} bootstrap resamples of {resampling_unit(data)} with seed variation. Legend: seed-mean "
+            "ROC-AUC [95 % CI].",
         )
-        writer.plot(path, f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands")
+        writer.plot(
+            path,
+            f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands "
+            f"({resampling_unit(data)} resampled)",
+        )
     deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]
     if deciding:
         mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
@@ -1294,10 +1414,11 @@ def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: l
     ]
 
 
-def _claims_summary(parts: list[dict]) -> list[str]:
-    """report.md's table of the paper claims: a row per part (a row of tables/claims), the claim's text and
-    verdict on its first part."""
+def _claims_summary(parts: list[dict], correction: str) -> list[str]:
+    """report.md's table of the paper claims: a row per part (a row of tables/claims), the claim's text, verdict
+    and adjusted p on its first part."""
     rows, seen = [], set()
+    n_claims = len({part["claim"] for part in parts})
     for part in parts:
         first = part["claim"] not in seen
         seen.add(part["claim"])
@@ -1306,12 +1427,16 @@ def _claims_summary(parts: list[dict]) -> list[str]:
             {
                 "claim": part["claim_text"] if first else "",
                 "verdict": part["claim_verdict"] if first else "",
+                f"claim p ({correction}, {n_claims} claims)": format_p(part["claim_adjusted_p"]) if first else "",
                 "comparison": f"{part['winner']} vs {part['loser']}",
                 "evaluation set": part["eval_set"],
                 "paper Δ": format_value(paper_gap, 4, signed=True) if math.isfinite(paper_gap) else "ranking only",
-                "study Δ [95 % CI]": format_interval(part["difference"], part["low"], part["high"], signed=True),
-                "p": format_p(part["p"]),
+                "study Δ [unadjusted 95 % CI]": format_interval(
+                    part["difference"], part["low"], part["high"], signed=True
+                ),
+                "p (raw)": format_p(part["p"]),
                 "part": part["part"],
+                "notes": part["notes"],
             }
         )
     return [
@@ -1320,7 +1445,7 @@ def _claims_summary(parts: list[dict]) -> list[str]:
         to_markdown(pd.DataFrame(rows)),
         "(Δ: winner − loser in "
         + ", ".join(dict.fromkeys(METRIC_LABELS[p["metric"]] for p in parts))
-        + "; the deciding test of each p and the claims' wording: [tables/claims.md](tables/claims.md))",
+        + "; how a claim is decided is under Method; the claims' wording: [tables/claims.md](tables/claims.md))",
         "",
     ]
 
@@ -1359,7 +1484,9 @@ def _index(
     """Write report.md; ``tables`` holds the numeric rows of configurations, resolution and claims."""
     options = analysis.options
     lines = [
-        f"# Report: study `{analysis.name}`",
+        f"# Report: study `{analysis.name}`"
+        if analysis.out.resolve().name == analysis.name
+        else f"# Report: `{analysis.out.resolve().name}` (a study of the space `{analysis.name}`)",
         "",
         f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `python -m analysis report` from "
         f"`trials.parquet` ({analysis.n_trials} trials) and `predictions.parquet` in `{analysis.out}`.",
@@ -1431,7 +1558,7 @@ def _index(
             "",
         ]
     if claims:
-        lines += _claims_summary(tables["claims"])
+        lines += _claims_summary(tables["claims"], options.correction)
     if flags:
         lines += _flags_summary(flags)
     lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
@@ -1444,15 +1571,31 @@ def _index(
         "- Intervals: seed-mean metric, bootstrap over recordings stratified by label, or over whole patients "
         "(stratified by their label mix) in evaluation sets with several recordings per patient (see `clustering`), "
         "with the seed-to-seed variation added by variance components (seed, recording and seed × recording "
-        "interaction, each counted once); every configuration and seed shares the same recording draws and seed k "
-        "is paired with seed k, so differences are paired.",
+        "interaction, each counted once) on Student's t tails, whose Satterthwaite degrees of freedom come from the "
+        "seed component (S − 1 where seeds dominate: a mean of 3 seeds has 2); every configuration and seed shares "
+        "the same recording draws and seed k is paired with seed k, so differences are paired. Where seeds vary "
+        "more than the test set does (V_seed > V_rec) the claims show each seed's value: more seeds narrow the "
+        "interval, more recordings barely do.",
         "- Threshold metrics use each trial's threshold chosen on validation, never on test.",
-        "- The paired bootstrap decides the paper claims; the other tests are in `comparisons`, each with "
-        "the meaning stated there. p-values are adjusted over the declared family (configurations vs baseline × "
-        "evaluation sets), separately per test and metric.",
+        f"- Families ({correction_name(options.correction)}-adjusted p-values, α = {options.alpha}): each adjusted p "
+        "is adjusted within exactly one family, so no comparison carries two. (1) comparisons: one test on one "
+        "metric over every configuration vs its baseline × evaluation set, on clean audio (the tests are "
+        "alternative analyses of the same hypotheses, so each has its own family). (2) paper claims: within a "
+        "claim an intersection-union test (every part significant at α, unadjusted; the claim's p is its parts' "
+        "largest), and the claims adjusted as one family. (3) robustness: fusion's drop minus each single "
+        "branch's, over every fusion-branch pair × condition (each perturbation severity, and the real shift to "
+        "another database). Every interval shown beside an adjusted p is that comparison's unadjusted 95 % "
+        "interval and says so in its header.",
+        "- Verdicts: a paper claim holds when every part is significant in the paper's direction and the claim "
+        "survives its family's adjustment; it is contradicted when a part's interval excludes the paper's Δ (or, "
+        "for a ranking without numbers, lies below 0); otherwise it is not resolved at this resolution. A "
+        "configuration is at chance where its seed-mean ROC-AUC interval covers 0.5.",
+        "- Wilcoxon over seeds takes the test set as fixed; its Δ is the Hodges-Lehmann estimate with the "
+        "signed-rank interval, and it is left out where this many seeds cannot reach α (fewer than 6).",
         f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
         f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
-        "source's CI contains 0.5.",
+        f"source's CI contains 0.5. A source with fewer than {MIN_CLASS_RECORDINGS} recordings of a class is marked "
+        "unreliable.",
     ]
     return write_text(analysis.dest / "report.md", "\n".join(lines) + "\n")
 

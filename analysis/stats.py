@@ -476,6 +476,23 @@ def seed_variance(per_seed: np.ndarray, point: np.ndarray) -> SeedVariance:
     return SeedVariance(v_rec, v_seed, total, df)
 
 
+def _t_stretch(distribution: np.ndarray, estimate: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """Stretch a distribution (..., B) about ``estimate`` from normal to Student's t tails with ``df``.
+
+    Each value keeps its rank; its deviation from the estimate is multiplied by t_df(q) / z(q), the ratio of
+    the t and normal quantiles at its rank's level q. A normal distribution becomes exactly the t, so every
+    quantile and every p-value read from it is the t interval's and the t test's; a skewed one keeps its
+    skew. Ranks rather than standard scores, so a long tail (a ROC-AUC near 1) is stretched in proportion,
+    not by the t quantile of an extreme score.
+    """
+    levels = (sps.rankdata(distribution, axis=-1) - 0.5) / distribution.shape[-1]
+    z, t = special.ndtri(levels), special.stdtrit(df[..., None], levels)
+    at_median = (sps.norm.pdf(0) / sps.t.pdf(0, df))[..., None]  # the limit of t / z at q = 1/2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.abs(z) > 1e-9, t / z, at_median)
+    return estimate + (distribution - estimate) * ratio
+
+
 def seed_mean_distribution(
     per_seed: np.ndarray, point: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)
 ) -> np.ndarray:
@@ -486,16 +503,12 @@ def seed_mean_distribution(
     seed's statistic on all recordings. The recordings-only distribution of
     the seed mean is rescaled about the estimate to the variance of
     :func:`seed_variance` (keeping its shape: skew near ROC-AUC 1, bias),
-    then widened from normal to Student's t tails with that variance's
-    Satterthwaite degrees of freedom: each value's standard score z becomes
-    the t quantile at z's normal probability. The variance of a seed mean
-    of 3 seeds rests on 2 degrees of freedom; treating it as known (a
-    normal interval) covers 88 % instead of 95 % where seeds dominate
-    (``python -m analysis.calibrate``). Where the rescaled distribution is
-    normal the result is exactly the Satterthwaite t distribution, so its
-    quantiles at any level, and the p-values read from it, are the t
-    interval's and the t test's. Values are clipped to ``bounds`` (e.g.
-    [0, 1] for a seed mean of ROC-AUCs; :func:`metric_bounds`).
+    then stretched from normal to Student's t tails with that variance's
+    Satterthwaite degrees of freedom (:func:`_t_stretch`). The variance of
+    a mean of 3 seeds rests on 2 degrees of freedom; treating it as known
+    (a normal interval) covers 88 % instead of 95 % where seeds dominate
+    (``python -m analysis.calibrate``). Values are clipped to ``bounds``
+    (e.g. [0, 1] for a seed mean of ROC-AUCs; :func:`metric_bounds`).
 
     With one seed it is the recordings-only distribution; where a resample
     has no finite value it is returned as is (the interval reports that).
@@ -507,14 +520,10 @@ def seed_mean_distribution(
         return recordings
     estimate = point.mean(axis=0)[..., None]
     components = seed_variance(per_seed, point)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # no recording variance: nothing to rescale; no variance at all: nothing to widen
+    with np.errstate(divide="ignore", invalid="ignore"):  # no recording variance: nothing to rescale
         scale = np.where(components.recording > 0, np.sqrt(components.total / components.recording), 1.0)
-        standard_error = np.sqrt(components.total)[..., None]
-        scores = np.where(standard_error > 0, (recordings - estimate) * scale[..., None] / standard_error, 0.0)
-    # t quantile of each score's normal tail probability, from the tail so that large scores stay exact
-    widened = -np.sign(scores) * special.stdtrit(components.df[..., None], special.ndtr(-np.abs(scores)))
-    return np.clip(estimate + widened * standard_error, *bounds)
+    rescaled = estimate + (recordings - estimate) * scale[..., None]
+    return np.clip(_t_stretch(rescaled, estimate, components.df), *bounds)
 
 
 def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:

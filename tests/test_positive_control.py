@@ -33,7 +33,7 @@ def test_branches_study_finds_fusion_significantly_ahead_of_each_branch(tmp_path
     physionet = claims[claims["claim"] == "fusion_beats_branches_physionet"].set_index("loser")
     assert sorted(physionet.index) == ["spectrogram", "waveform"]
     for loser, row in physionet.iterrows():
-        assert row["winner"] == "fusion" and row["part"] == "holds", (loser, row.to_dict())
+        assert row["winner"] == "fusion" and row["part"].startswith("holds"), (loser, row.to_dict())
         assert row["low"] > 0 and row["p"] < 0.05, (loser, row.to_dict())
     assert physionet["claim_verdict"].eq("holds").all()
     # the planted design: gallops are the waveform branch's alone (tables/per_cue)

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import special
+from scipy import stats as sps
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from analysis import report, resampling, stats
+from analysis import paper, report, resampling, stats
 from analysis.__main__ import main as analysis_main
 from analysis.plots import FPR_GRID, roc_tpr_on_grid
 from analysis.study_data import REQUIRED_FILES, EvalSet, StudyError
@@ -224,13 +225,48 @@ def test_better_configuration_is_significant_and_identical_copy_is_not(fusion_st
         assert better.loc[(test, "roc_auc"), "adjusted_p"] < 0.05
         assert better.loc[(test, "roc_auc"), "verdict"] == "film > concat"
         assert better.loc[(test, "roc_auc"), "low"] > 0
-    # 3 seeds cannot reach p < 0.05 with Wilcoxon (smallest p = 0.25), and the table says why.
-    assert better.loc[("Wilcoxon signed-rank", "roc_auc"), "p"] == pytest.approx(0.25)
-    assert "cannot reject" in better.loc[("Wilcoxon signed-rank", "roc_auc"), "note"]
+    # 3 seeds cannot reach p < 0.05 with Wilcoxon (smallest p = 0.25): no row, and report.md says why
+    assert "Wilcoxon signed-rank" not in set(table["test"])
+    assert "Wilcoxon over seeds not shown: with 3 non-zero seed difference(s)" in (folder / "report.md").read_text()
     copy = table[table["a"] == "sum"]
-    assert len(copy) == 2 * 8  # two evaluation sets x (4 bootstrap metrics, DeLong, permutation, McNemar, Wilcoxon)
+    assert len(copy) == 2 * 7  # two evaluation sets x (4 bootstrap metrics, DeLong, permutation, McNemar)
     assert (copy["difference"] == 0).all() and (copy["p"] == 1).all()
     assert (copy["verdict"] == "no significant difference").all()
+    # every row names the one family its p is adjusted in, and that family's size
+    for (test, metric), family in table.groupby(["test", "metric"]):
+        assert set(family["family"]) == {report.family_name(test, metric)}
+        assert (family["family_size"] == len(family)).all()
+        assert (family["adjusted_p"] >= family["p"]).all()
+    header = (folder / "tables" / "comparisons.md").read_text()
+    assert "[unadjusted 95 % CI]" in header and "p (raw)" in header and "family (tests)" in header
+
+
+def test_wilcoxon_over_six_seeds_shows_its_own_interval(tmp_path):
+    """From 6 seeds the signed-rank test can reject: its Δ is the Hodges-Lehmann estimate, its interval the
+    signed-rank one, and its p scipy's exact p."""
+    seeds = list(range(6))
+    folder = write_study(
+        tmp_path / "six",
+        {"concat": binormal(0.8), "film": binormal(3.5)},
+        axis="model.fusion",
+        baseline="concat",
+        seeds=seeds,
+        fixed={"model.architecture": "fusion"},
+    )
+    report.report_study(folder, n_resamples=500, plots=False)
+    table = _comparisons(folder).set_index(["eval_set", "test", "metric"])
+    row = table.loc[(PHYSIONET, "Wilcoxon signed-rank", "roc_auc")]
+    predictions = pd.read_parquet(folder / "predictions.parquet").query(
+        "perturbation == 'none' and eval_set == @PHYSIONET"
+    )
+    auc = {t: roc_auc_score(g["label"], g["prob"]) for t, g in predictions.groupby("trial_id")}
+    differences = np.array([auc[f"film-s{s}"] - auc[f"concat-s{s}"] for s in seeds])
+    walsh = [(differences[i] + differences[j]) / 2 for i in range(6) for j in range(i, 6)]
+    assert row["difference"] == pytest.approx(np.median(walsh))
+    # 6 seeds: the signed-rank interval at >= 95 % is the smallest to the largest Walsh average (level 0.969)
+    assert (row["low"], row["high"]) == pytest.approx((min(walsh), max(walsh)))
+    assert row["p"] == pytest.approx(sps.wilcoxon(differences).pvalue)
+    assert "exact level 0.969" in row["note"]
 
 
 def test_holm_and_bh_adjust_over_the_family(fusion_study, tmp_path):
@@ -406,6 +442,82 @@ def test_branches_study_sets_paper_numbers_beside_and_checks_the_claims(tmp_path
     assert "0.8608" in (folder / "tables" / "main.md").read_text()
 
 
+def _flips_on_pascal(separation: float):
+    """binormal on PhysioNet; on PASCAL a per-seed direction (seeds 0, 1, 2: +1, -1, +0.2): at chance on
+    average, each seed far from it, and the same seed effect for every model (the seeds pair)."""
+    physionet = binormal(separation)
+
+    def model(table, seed, name):
+        if name != "pascal":
+            return physionet(table, seed, name)
+        noise = np.random.default_rng([seed, 7, int(separation * 10)]).standard_normal(len(table))
+        direction = {0: 1.0, 1: -1.0, 2: 0.2}[seed]
+        return special.expit(direction * (table["label"].to_numpy() - 0.5) + noise)
+
+    return model
+
+
+def test_claims_say_contradicted_at_chance_and_when_seeds_dominate(tmp_path):
+    models = {"spectrogram": _flips_on_pascal(0.6), "waveform": _flips_on_pascal(0.7), "fusion": _flips_on_pascal(4.0)}
+    folder = write_study(
+        tmp_path / "branches",
+        models,
+        axis="model.architecture",
+        baseline="fusion",
+        fixed={"model.fusion": "concat"},
+        n_pascal=200,
+    )
+    summary = report.report_study(folder, **FAST)
+    claims = pd.read_csv(folder / "tables" / "claims.csv").set_index(["claim", "loser"])
+    pascal = claims.loc["fusion_beats_branches_pascal"]
+    spectrogram = pascal.loc["spectrogram"]
+    # the paper's +0.231 lies above the study's interval: the data contradict it, not merely fail to show it
+    assert spectrogram["high"] < spectrogram["paper_difference"] == pytest.approx(0.2308)
+    assert spectrogram["part"] == "contradicted" and (pascal["claim_verdict"] == "contradicted").all()
+    assert {"claim": paper.CLAIMS[1].text, "verdict": "contradicted"} in summary["claims"]
+    # every configuration is at chance on PASCAL, its seeds far apart: per-seed values and "more seeds"
+    predictions = pd.read_parquet(folder / "predictions.parquet").query(
+        "perturbation == 'none' and eval_set == 'pascal'"
+    )
+    per_seed = [
+        roc_auc_score(g["label"], g["prob"])
+        for _, g in predictions[predictions["trial_id"].str.startswith("fusion-")].groupby("trial_id")
+    ]
+    notes = spectrogram["notes"]
+    assert "fusion at chance (" in notes and "spectrogram at chance (" in notes
+    assert (
+        "fusion's seeds vary more than the test set does (per seed: " + ", ".join(f"{v:.3f}" for v in per_seed) in notes
+    )
+    assert "more seeds needed" in notes
+    # the claims are one family: intersection-union within a claim, Holm across the claims
+    assert (pascal["claim_p"] == pascal["p"].max()).all()
+    claim_p = claims.groupby("claim")["claim_p"].first()
+    adjusted = stats.adjust_pvalues(claim_p.to_numpy(), "holm")
+    assert claims.groupby("claim")["claim_adjusted_p"].first().to_numpy() == pytest.approx(adjusted)
+    assert (claims["family_size"] == len(claim_p)).all()
+    physionet = claims.loc["fusion_beats_branches_physionet"]
+    assert (physionet["claim_verdict"] == "holds").all()
+    # the paper's own PhysioNet ROC-AUC of the spectrogram ViT (0.807) lies outside this study's interval
+    assert "paper's spectrogram 0.807 outside" in physionet.loc["spectrogram", "notes"]
+
+
+def test_per_source_intervals_on_few_recordings_are_marked_unreliable(tmp_path):
+    folder = write_study(
+        tmp_path / "small",
+        {"concat": binormal(0.8), "film": binormal(3.5)},
+        axis="model.fusion",
+        baseline="concat",
+        fixed={"model.architecture": "fusion"},
+        n_test=60,  # 6 sources of 5 abnormal and 5 normal recordings; PASCAL's 2 sources hold 10 and 10
+    )
+    report.report_study(folder, **FAST)
+    table = pd.read_csv(folder / "tables" / "per_source.csv", keep_default_na=False)
+    physionet, pascal = (table[table["eval_set"] == name] for name in (PHYSIONET, "pascal"))
+    assert (physionet["unreliable"] == "unreliable: only 5 abnormal and 5 normal recording(s)").all()
+    assert (pascal["unreliable"] == "").all()
+    assert "unreliable: only 5 abnormal and 5 normal recording(s)" in (folder / "tables" / "per_source.md").read_text()
+
+
 def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
     rng = np.random.default_rng(5)
     n_patients, per_patient = 24, 6
@@ -467,7 +579,7 @@ def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
     assert main.loc["SAM-AST paper", "score"] == 0.6810
     assert "patients (cluster bootstrap)" in (folder / "tables" / "main.md").read_text()
     comparisons = _comparisons(folder)
-    assert set(comparisons["test"]) == {"paired bootstrap", "Wilcoxon signed-rank"}
+    assert set(comparisons["test"]) == {"paired bootstrap"}  # Wilcoxon over 3 seeds cannot reject: not shown
     row = comparisons[(comparisons["metric"] == "score") & (comparisons["test"] == "paired bootstrap")].iloc[0]
     assert row["verdict"] == "film > concat"
     assert pd.read_csv(folder / "tables" / "resolution.csv").loc[0, "clusters"] == n_patients

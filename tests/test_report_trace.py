@@ -47,7 +47,7 @@ EXEMPT_SECTIONS = {
     "Incomplete": "what an incomplete study lacks (grid points, seeds), from the completeness check",
 }
 EXEMPT_LINES = (  # a line that starts with the pattern
-    (r"# Report: study `", "the title names the study"),
+    (r"# Report: (study )?`", "the title names the study"),
     (r"Generated ", "provenance: the time, the study folder and how many trials were read"),
     (r"- options: ", "the analysis options and the run time, not results"),
     (r"- split of `", "the data split's counts, from study.json's data_info: inputs, not results"),

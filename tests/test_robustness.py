@@ -15,7 +15,7 @@ from analysis import report, robustness
 from analysis.__main__ import main as analysis_main
 from study.evaluate import merge_predictions, reevaluate_study
 
-N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 12 tests
+N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 10 tests
 SEEDS = (0, 1, 2)
 PHYSIONET = "physionet2016:test"
 MP3 = "codec:mp3"
@@ -170,38 +170,90 @@ def test_auc_values_and_the_degraded_configuration_drops_more(study):
 def test_paired_test_flags_the_planted_difference_and_not_the_null(study):
     folder, _, summary = study
     tests = pd.read_csv(folder / "tables" / "robustness_tests.csv")
-    # 2 branches x (physionet: clean + 2 severities, pascal: clean + 2 severities)
-    assert len(tests) == 12
-    planted = tests[(tests["branch"] == "spectrogram") & (tests["perturbation"] == MP3) & (tests["severity"] == 2)]
-    assert (planted["adjusted_p"] < 0.05).all() and (planted["verdict"] == "fusion > spectrogram").all()
-    assert (planted["low"] > 0).all()
+    # 2 branches x (the real shift to pascal, 2 severities on physionet, 2 on pascal): no clean level rows
+    assert len(tests) == 10 and (tests["family_size"] == 10).all()
+    assert set(tests["family"]) == {robustness.ROBUSTNESS_FAMILY}
+    planted = tests[
+        (tests["branch"] == "spectrogram")
+        & (tests["perturbation"] == MP3)
+        & (tests["severity"] == 2)
+        & (tests["eval_set"] == PHYSIONET)
+    ]
+    assert (planted["adjusted_p"] < 0.05).all() and (planted["verdict"] == "fusion loses less").all()
+    assert (planted["drop_difference_low"] > 0).all()
+    # the drop difference is the difference of the two drops
+    assert planted["drop_difference"].to_numpy() == pytest.approx((planted["drop_b"] - planted["drop_a"]).to_numpy())
     null = tests[tests["branch"] == "waveform"]
-    assert (null["adjusted_p"] > 0.05).all() and (null["verdict"] == "no significant difference").all()
-    assert (null["low"] < 0).all() and (null["high"] > 0).all()
+    assert (null["adjusted_p"] > 0.05).all() and (null["verdict"] == "no significant difference in drop").all()
     # Holm: the adjusted p-values are at least the raw ones, and the family is every row
     assert (tests["adjusted_p"] >= tests["p"] - 1e-12).all()
     claim = "\n".join(summary and (folder / "report.md").read_text().split(robustness.SECTION_START)[1:])
-    assert "| Δ fusion − branch [95 % CI] |" in claim
-    assert f"| {PHYSIONET} | MP3 32 kbps | fusion | spectrogram |" in claim  # the highest severity's row
+    assert "| branch's drop − fusion's [unadjusted 95 % CI] | p (raw) | p (holm, 10 tests) |" in claim
+    assert f"| fusion | spectrogram | {PHYSIONET} | MP3 32 kbps |" in claim  # the highest severity's row
+    assert f"| fusion | spectrogram | pascal | real shift from {PHYSIONET} |" in claim
     # the planted codec damage to the spectrogram branch is found, and judged apart from the (null) real shift
-    verdicts = pd.read_csv(folder / "tables" / "robustness_claim.csv").set_index(["eval_set", "branch"])
-    assert verdicts.loc[(PHYSIONET, "spectrogram"), ["better", "worse", "tests"]].tolist() == [2, 0, 2]
-    assert verdicts.loc[("pascal", "spectrogram"), ["better", "worse", "tests"]].tolist() == [0, 0, 1]
+    verdicts = pd.read_csv(folder / "tables" / "robustness_claim.csv").set_index(["scope", "eval_set", "branch"])
+    perturbations = "perturbations, every severity"
+    assert verdicts.loc[(perturbations, PHYSIONET, "spectrogram"), ["better", "worse", "tests"]].tolist() == [2, 0, 2]
+    assert verdicts.loc[("real domain shift, clean audio", "pascal", "spectrogram"), ["better", "worse"]].tolist() == [
+        0,
+        0,
+    ]
+    assert f"| {perturbations} | {PHYSIONET} | fusion | spectrogram | 2 | 0 | 2 |" in claim
+    assert "fusion's ROC-AUC drop is not distinguishable from the spectrogram-only model's" in claim
+    spectrogram = tests[(tests["branch"] == "spectrogram") & (tests["scope"] == "perturbation")]
+    assert (spectrogram["verdict"] != "fusion loses more").all()
+    assert 2 <= (spectrogram["verdict"] == "fusion loses less").sum() < 4  # the 40 PASCAL recordings resolve less
     assert (
-        f"| perturbations of the in-domain test set, every severity | {PHYSIONET} | fusion | spectrogram | 2 | 0 | 2 |"
-        in claim
+        "Under the simulated perturbations fusion loses significantly less ROC-AUC than the spectrogram-only model "
+        "at some perturbation levels, and never more." in claim
     )
-    assert "The claim is not supported on the real shift, although fusion resists the simulated perturbations" in claim
+
+
+def test_a_verdict_on_resisting_rests_on_the_drop_not_the_level(tmp_path, monkeypatch):
+    """Fusion far ahead of the spectrogram model on clean audio and just as far ahead under the codec: it is
+    significantly better at every level, yet it resisted the codec no better, and the report says so."""
+    unchanged = {("none", 0, "none"): 1.0, (MP3, 1, "none"): 1.0, (MP3, 2, "none"): 1.0}
+    monkeypatch.setitem(SEPARATION, "spectrogram", unchanged)
+    monkeypatch.setitem(
+        SEPARATION,
+        "fusion",
+        {**{k: 3.0 for k in unchanged}, **{k: v for k, v in SEPARATION["fusion"].items() if k[2] != "none"}},
+    )
+    folder, _ = write_robustness_study(tmp_path / "levels")
+    summary = robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
+    tests = pd.DataFrame(summary["tests"])
+    perturbed = tests[(tests["branch"] == "spectrogram") & (tests["scope"] == "perturbation")]
+    assert (perturbed["low"] > 0).all()  # fusion's level is far above the branch's under the codec ...
+    assert (perturbed["drop_difference"] == 0).all()  # ... but neither loses anything: the same predictions
+    assert (perturbed["verdict"] == "no significant difference in drop").all()
+    sentence = next(line for line in summary["claim"] if line.startswith("**What our numbers say**"))
+    assert (
+        "fusion loses significantly less ROC-AUC than the spectrogram-only model at no perturbation level" in sentence
+    )
+
+
+def test_a_study_without_perturbations_says_nothing_about_them(study, tmp_path):
+    """Branch-ablated rows but no perturbation: the robustness section judges the real shift only."""
+    folder = tmp_path / "ablation_only"
+    shutil.copytree(study[0], folder)
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    predictions[predictions["perturbation"] == "none"].to_parquet(folder / "predictions.parquet", index=False)
+    summary = robustness.report_robustness(folder, n_resamples=N_RESAMPLES, plots=False)
+    assert set(pd.DataFrame(summary["tests"])["scope"]) == {"real shift"}
+    sentence = next(line for line in summary["claim"] if line.startswith("**What our numbers say**"))
+    assert "perturb" not in sentence and "resist" not in sentence
+    assert "perturbations, every severity" not in (folder / "tables" / "robustness_claim.md").read_text()
 
 
 def test_too_few_resamples_for_the_corrected_family_is_said_not_hidden(study, tmp_path, capsys):
     folder = tmp_path / "study"
     shutil.copytree(study[0], folder)
-    # 12 tests, Holm: the smallest adjusted p is 12 x 2 / 201 = 0.12, so nothing can be significant
+    # 10 tests, Holm: the smallest adjusted p is 10 x 2 / 201 = 0.0995, so nothing can be significant
     assert analysis_main(["robustness", str(folder), "--resamples", "200", "--no-plots"]) == 0
     printed = capsys.readouterr().out
-    assert "no holm-adjusted p over these 12 tests can fall below 0.119" in printed
-    assert "--resamples 4,800 or more" in printed
+    assert "no holm-adjusted p over these 10 tests can fall below 0.0995" in printed
+    assert "--resamples 4,000 or more" in printed
     section = (folder / "report.md").read_text().split(robustness.SECTION_START)[1]
     assert "nothing yet" in section and "significantly better" not in section
     assert "**Warning:**" in (folder / "tables" / "robustness_tests.md").read_text()
@@ -251,7 +303,8 @@ def test_per_source_table_finds_the_one_source_a_perturbation_breaks(tmp_path):
     assert row["drop"] == pytest.approx(row["roc_auc_clean"] - row["roc_auc_perturbed"])
     assert row["drop_low"] > 0.2 and row["roc_auc_clean_low"] > row["roc_auc_perturbed_high"]
     damaged = table[(table["configuration"] == "spectrogram") & (table["severity"] == 2)]
-    assert (damaged["drop_low"] > 0).all()
+    # every source loses; with 3 seeds on 15 + 15 recordings some intervals still reach 0 (t on 2 df)
+    assert (damaged["drop"] > 0.1).all() and (damaged["drop_high"] > damaged["drop"]).all()
     # ... and where the predictions did not change (fusion at MP3 64 kbps) it is exactly 0 [0, 0]
     unchanged = table[(table["configuration"] == "fusion") & (table["severity"] == 1)]
     assert (unchanged[["drop", "drop_low", "drop_high"]] == 0).all().all()
