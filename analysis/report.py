@@ -1006,6 +1006,7 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             rows = [resampled.rows[t] for t in trial_ids]
             pooled = analysis.interval(eval_set, configuration, "roc_auc")
             source_auc = {s: analysis.interval(eval_set, configuration, "roc_auc", r) for s, r in per_source.items()}
+            confounded = _between_source_confound(pooled, source_auc, drop)
             for source in sources:
                 mask = data.sources == source
                 n, n_pos = int(mask.sum()), int(data.binary[mask].sum())
@@ -1036,7 +1037,15 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                     numeric.update(interval_numbers(metric, interval))
                 reasons, why = [], []  # why: the reasons, short, for report.md's table
                 numeric["roc_auc_without_source"] = math.nan
-                if source in without:
+                numeric["between_source_confound"] = confounded is not None
+                if confounded == source:  # one row, the highest source's, stands for the confound
+                    reasons.append(
+                        f"the pooled ROC-AUC {pooled.estimate:.3f} exceeds every source's own, even this highest one "
+                        f"by ≥ {drop}: the sources differ in label mix and score level (a between-source confound), "
+                        "so no one source carries it"
+                    )
+                    why.append("between-source confound: the pooled ROC-AUC exceeds every source's own")
+                if confounded is None and source in without:
                     auc_without = float(without[source][rows].mean())
                     numeric["roc_auc_without_source"] = auc_without
                     if pooled.low > 0.5 and pooled.estimate - auc_without >= drop:
@@ -1046,7 +1055,8 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                         why.append("the pooled ROC-AUC falls without it")
                 others = [s for s in per_source if s != source]
                 if (
-                    source in per_source
+                    confounded is None
+                    and source in per_source
                     and others
                     and pooled.low > 0.5
                     and source_auc[source].low <= pooled.estimate <= source_auc[source].high
@@ -1055,11 +1065,13 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
                 ):
                     reasons.append("the pooled ROC-AUC lies in its CI while every other source's CI contains 0.5")
                     why.append("the only source above chance, and the pooled ROC-AUC lies in its CI")
-                row["carries pooled ROC-AUC"] = ("YES: " + "; ".join(reasons)) if reasons else ""
+                row["carries pooled ROC-AUC"] = (
+                    ("CONFOUND: " if confounded == source else "YES: ") + "; ".join(reasons) if reasons else ""
+                )
                 row["intervals"] = warning or "–"
                 if reasons and warning:
                     why.append(warning)
-                numeric["carries_pooled_roc_auc"] = bool(reasons)
+                numeric["carries_pooled_roc_auc"] = bool(reasons) and confounded is None
                 if reasons:
                     flags.append(
                         {
@@ -1078,6 +1090,9 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         "where known) resampled within the source, stratified by label, with seed variation]. 'carries pooled ROC-AUC' flags a source, where the pooled "
         f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
         "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance). "
+        f"'CONFOUND' marks, on the highest source's row, a pooled ROC-AUC that exceeds every source's own by ≥ {drop}: "
+        "a between-source confound (the sources differ in label mix and score level), where no source is flagged as "
+        "carrying it. "
         f"'intervals' marks a source with fewer than {MIN_CLASS_RECORDINGS} recordings of a class: its intervals "
         "rest on too few recordings to be trusted."
     )
@@ -1089,6 +1104,17 @@ def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
         "every metric per source database with intervals, and a flag where one source carries the pooled ROC-AUC",
     )
     return flags
+
+
+def _between_source_confound(pooled, source_auc: dict, margin: float) -> str | None:
+    """The highest-scoring source where the pooled ROC-AUC exceeds every source's own by ``margin`` or more: a
+    pooled figure no source shows is the sources' differences (label mix, score level), not one source carrying
+    it. None otherwise, or with fewer than two sources that hold both classes."""
+    within = {s: i.estimate for s, i in source_auc.items() if i is not None}
+    if pooled is None or len(within) < 2:
+        return None
+    highest = max(within, key=within.get)
+    return highest if pooled.estimate - within[highest] >= margin else None
 
 
 def _per_cue(analysis: _Analysis) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -1594,8 +1620,9 @@ def _index(
         "signed-rank interval, and it is left out where this many seeds cannot reach α (fewer than 6).",
         f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
         f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
-        f"source's CI contains 0.5. A source with fewer than {MIN_CLASS_RECORDINGS} recordings of a class is marked "
-        "unreliable.",
+        f"source's CI contains 0.5. Where the pooled ROC-AUC exceeds every source's own by ≥ {options.carry_drop}, no "
+        "source carries it: that is a between-source confound, flagged as such. A source with fewer than "
+        f"{MIN_CLASS_RECORDINGS} recordings of a class is marked unreliable.",
     ]
     return write_text(analysis.dest / "report.md", "\n".join(lines) + "\n")
 

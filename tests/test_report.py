@@ -27,11 +27,17 @@ PHYSIONET = "physionet2016:test"
 CELL = re.compile(r"^-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]$")
 
 
-def _recordings(rng, n: int, sources: tuple[str, ...], prefix: str) -> pd.DataFrame:
-    """n recordings, the same number in each source, half abnormal within each source."""
-    source = np.repeat(sources, n // len(sources))
-    label = np.tile(
-        np.r_[np.zeros(n // len(sources) // 2), np.ones(n // len(sources) - n // len(sources) // 2)], len(sources)
+def _recordings(rng, n: int, sources: tuple[str, ...], prefix: str, abnormal: dict | None = None) -> pd.DataFrame:
+    """n recordings, the same number in each source, half abnormal within each source (or the share ``abnormal``
+    gives a source)."""
+    per_source = n // len(sources)
+    source = np.repeat(sources, per_source)
+    shares = [(abnormal or {}).get(s, 0.5) for s in sources]
+    label = np.concatenate(
+        [
+            np.r_[np.zeros(per_source - round(share * per_source)), np.ones(round(share * per_source))]
+            for share in shares
+        ]
     )
     return pd.DataFrame(
         {
@@ -55,6 +61,7 @@ def write_study(
     n_pascal: int = 40,
     seed: int = 0,
     pascal_patient_size: int = 1,
+    pascal_abnormal: dict | None = None,
 ):
     """A finished heart study: ``models`` maps an axis value to f(recordings, seed, rng) -> P(abnormal).
 
@@ -69,7 +76,7 @@ def write_study(
         PHYSIONET: _recordings(
             rng, n_test, ("training-a", "training-b", "training-c", "training-d", "training-e", "training-f"), "p"
         ),
-        "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q"),
+        "pascal": _recordings(rng, n_pascal, ("set_a", "set_b"), "q", pascal_abnormal),
     }
     patient = np.arange(n_pascal) // pascal_patient_size
     sets["pascal"]["group"] = [f"patient{k}" for k in patient]
@@ -499,6 +506,36 @@ def test_claims_say_contradicted_at_chance_and_when_seeds_dominate(tmp_path):
     assert (physionet["claim_verdict"] == "holds").all()
     # the paper's own PhysioNet ROC-AUC of the spectrogram ViT (0.807) lies outside this study's interval
     assert "paper's spectrogram 0.807 outside" in physionet.loc["spectrogram", "notes"]
+
+
+def source_level(table, seed, name):
+    """No skill within a source; on PASCAL set_a (mostly abnormal) scores high, set_b (mostly normal) low."""
+    noise = np.random.default_rng([seed, 5, len(name)]).standard_normal(len(table))
+    return special.expit(np.where(table["source"] == "set_a", 1.0, -1.0) + noise)
+
+
+def test_a_pooled_figure_above_every_source_is_flagged_as_a_confound_not_carried(tmp_path):
+    folder = write_study(
+        tmp_path / "confound",
+        {"concat": binormal(0.8), "film": source_level},
+        axis="model.fusion",
+        baseline="concat",
+        fixed={"model.architecture": "fusion"},
+        n_pascal=200,
+        pascal_abnormal={"set_a": 0.8, "set_b": 0.2},
+    )
+    report.report_study(folder, **FAST)
+    table = pd.read_csv(folder / "tables" / "per_source.csv")
+    film = table[(table["eval_set"] == "pascal") & (table["configuration"] == "film")].set_index("source")
+    assert (film["pooled_roc_auc"] > film["roc_auc"] + 0.05).all()  # the pooled figure no source shows
+    assert film["between_source_confound"].all() and not film["carries_pooled_roc_auc"].any()
+    highest = film["roc_auc"].idxmax()
+    summary = (folder / "report.md").read_text()
+    assert f"| `film` | pascal | **{highest}** |" in summary
+    assert "between-source confound: the pooled ROC-AUC exceeds every source's own" in summary
+    # a model with skill within each source is not confounded
+    concat = table[(table["eval_set"] == "pascal") & (table["configuration"] == "concat")]
+    assert not concat["between_source_confound"].any()
 
 
 def test_per_source_intervals_on_few_recordings_are_marked_unreliable(tmp_path):
