@@ -1411,6 +1411,159 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
         )
 
 
+def _summary_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
+    """Write tables/summary: configuration × evaluation set with the primary metric and MCC (the ICBHI study:
+    sensitivity) with their intervals, seeds and n: the table report.md opens with. Returns its rows."""
+    second = "mcc" if "mcc" in analysis.metrics and analysis.compare_metric != "mcc" else "sensitivity"
+    numbers = []
+    for eval_set, resampled in analysis.resampled.items():
+        data = resampled.eval_set
+        for configuration in analysis.configurations:
+            seeds, _ = analysis.trials_in(configuration, eval_set)
+            primary = analysis.interval(eval_set, configuration, analysis.compare_metric)
+            if primary is None:
+                continue
+            numbers.append(
+                {
+                    "configuration": configuration.name,
+                    "eval_set": eval_set,
+                    "seeds": len(seeds),
+                    "n": int(data.labels.size),
+                    "n_pos": int(data.n_pos),
+                    **interval_numbers(analysis.compare_metric, primary),
+                    **interval_numbers(second, analysis.interval(eval_set, configuration, second)),
+                }
+            )
+    writer.table(
+        "summary",
+        _summary_display(numbers, analysis.compare_metric, second),
+        pd.DataFrame(numbers),
+        f"Every configuration on every evaluation set: seed-mean {METRIC_LABELS[analysis.compare_metric]} and "
+        f"{METRIC_LABELS[second]} [95 % CI], seeds and recordings (positives).",
+        "the table report.md opens with: each configuration's main metrics on every evaluation set",
+    )
+    return numbers
+
+
+def _summary_display(numbers: list[dict], primary: str, second: str) -> pd.DataFrame:
+    def cell(row, metric):
+        return format_interval(row[metric], row[f"{metric}_low"], row[f"{metric}_high"])
+
+    return pd.DataFrame(
+        [
+            {
+                "configuration": f"`{r['configuration']}`",
+                "evaluation set": r["eval_set"],
+                f"{METRIC_LABELS[primary]} [95 % CI]": cell(r, primary),
+                f"{METRIC_LABELS[second]} [95 % CI]": cell(r, second),
+                "seeds": r["seeds"],
+                "n (positive)": f"{r['n']} ({r['n_pos']})",
+            }
+            for r in numbers
+        ]
+    )
+
+
+def _best_sentence(analysis: _Analysis, eval_set: str, rows: list[ComparisonRow]) -> str:
+    """Which configuration scores highest on ``eval_set`` and whether the comparisons tell it from the rest."""
+    metric = analysis.compare_metric
+    scored = {c.name: i for c in analysis.configurations if (i := analysis.interval(eval_set, c, metric)) is not None}
+    if not scored:
+        return ""
+    best = max(scored, key=lambda name: scored[name].estimate)
+    sentence = f"On {eval_set}, `{best}` has the highest seed-mean {METRIC_LABELS[metric]}"
+    others = [name for name in scored if name != best]
+    if not others:
+        return sentence + "."
+    deciding = {
+        frozenset((r.a, r.b)): r
+        for r in rows
+        if r.eval_set == eval_set and r.metric == metric and r.test == "paired bootstrap"
+    }
+    ahead = [o for o in others if (r := deciding.get(frozenset((best, o)))) and r.adjusted_p < analysis.options.alpha]
+    level = [
+        o for o in others if (r := deciding.get(frozenset((best, o)))) and not r.adjusted_p < analysis.options.alpha
+    ]
+    untested = [o for o in others if frozenset((best, o)) not in deciding]
+    parts = []
+    if ahead and not level and not untested:
+        parts.append("significantly ahead of every other configuration after adjustment")
+    else:
+        if ahead:
+            parts.append("significantly ahead of " + ", ".join(f"`{o}`" for o in ahead))
+        if level:
+            parts.append("not distinguishable from " + ", ".join(f"`{o}`" for o in level))
+        if untested:
+            parts.append(
+                "not compared with "
+                + ", ".join(f"`{o}`" for o in untested)
+                + " (only comparisons with the baseline are tested)"
+            )
+    sentence += ": " + "; ".join(parts)
+    if metric == "roc_auc" and all(i.low <= 0.5 <= i.high for i in scored.values()):
+        sentence += ". Every configuration is at chance there (each interval covers 0.5)"
+    return sentence + "."
+
+
+def _lead(analysis: _Analysis, summary: list[dict], rows: list[ComparisonRow], claims: list[dict]) -> list[str]:
+    """report.md's opening: the answer in a paragraph, the main table, the significant comparisons."""
+    sentences = [s for s in (_best_sentence(analysis, e, rows) for e in analysis.resampled) if s]
+    if claims:
+        verdicts = [c["verdict"] for c in claims]
+        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+        sentences.append(
+            "Of the paper's claims this study can check: "
+            + "; ".join(
+                f"{'all' if n == len(verdicts) else ('one' if n == 1 else 'several')} {v}" for v, n in counts.items()
+            )
+            + " (below)."
+        )
+    second = next(k for k in summary[0] if k.endswith("_low") and not k.startswith(analysis.compare_metric))[:-4]
+    significant = [r for r in rows if r.adjusted_p < analysis.options.alpha]
+    lines = [
+        "## Summary",
+        "",
+        " ".join(sentences),
+        "",
+        "- every configuration on every evaluation set ([tables/summary.md](tables/summary.md)):",
+        "",
+        to_markdown(_summary_display(summary, analysis.compare_metric, second)).rstrip("\n"),
+        "",
+    ]
+    correction = correction_name(analysis.options.correction)
+    if not rows:
+        return lines
+    if not significant:
+        return lines + [
+            f"No comparison is significant after {correction} adjustment within its family "
+            "([tables/comparisons.md](tables/comparisons.md)).",
+            "",
+        ]
+    table = pd.DataFrame(
+        [
+            {
+                "evaluation set": r.eval_set,
+                "a": f"`{r.a}`",
+                "b": f"`{r.b}`",
+                "metric": METRIC_LABELS[r.metric],
+                "test": r.test,
+                "Δ = a − b [unadjusted 95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
+                "p (raw)": format_p(r.p_value),
+                f"p ({analysis.options.correction})": format_p(r.adjusted_p),
+                "family (tests)": f"{r.family} ({r.family_size})",
+            }
+            for r in significant
+        ]
+    )
+    return lines + [
+        f"- significant after {correction} adjustment within its family "
+        "(every comparison: [tables/comparisons.md](tables/comparisons.md)):",
+        "",
+        to_markdown(table).rstrip("\n"),
+        "",
+    ]
+
+
 def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: list[dict]) -> list[str]:
     """report.md's compact tables of the configurations and evaluation sets, a row per row of
     tables/configurations and tables/resolution."""
@@ -1491,7 +1644,7 @@ def _flags_summary(flags: list[dict]) -> list[str]:
         for f in flags
     ]
     return [
-        "## Sources carrying a pooled ROC-AUC",
+        "## Per-source flags",
         "",
         "- seed-mean ROC-AUCs of [tables/per_source.md](tables/per_source.md); the rule is under Method:",
         "",
@@ -1506,8 +1659,11 @@ def _index(
     claims: list[dict],
     flags: list[dict],
     seconds: float,
+    lead: list[str],
 ) -> Path:
-    """Write report.md; ``tables`` holds the numeric rows of configurations, resolution and claims."""
+    """Write report.md: the answer first (``lead``, then the paper claims), then the study's details, the
+    per-source flags, the files and the method; ``tables`` holds the numeric rows of configurations,
+    resolution and claims."""
     options = analysis.options
     lines = [
         f"# Report: study `{analysis.name}`"
@@ -1521,6 +1677,9 @@ def _index(
     if analysis.problems:
         lines += ["**Incomplete or mismatched study, analysed as it is (`--allow-incomplete`):**", ""]
         lines += [f"- {p}" for p in analysis.problems] + [""]
+    lines += lead
+    if claims:
+        lines += _claims_summary(tables["claims"], options.correction)
     lines += [
         "## Study",
         "",
@@ -1583,8 +1742,6 @@ def _index(
             "seeds of the scale; the comparisons below test `best` against `default` on held-out sets.",
             "",
         ]
-    if claims:
-        lines += _claims_summary(tables["claims"], options.correction)
     if flags:
         lines += _flags_summary(flags)
     lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
@@ -1649,6 +1806,7 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
     analysis = _Analysis(Path(out), settings, dest)
     writer = ReportWriter(analysis.dest)
     rows = analysis.comparisons()
+    summary_rows = _summary_table(analysis, writer)
     configurations = _configurations_table(analysis, writer)
     _main_table(analysis, writer)
     _pascal_table(analysis, writer)
@@ -1664,13 +1822,15 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
         _plots(analysis, writer, rows, resolution)
     seconds = time.perf_counter() - started
     tables = {"configurations": configurations, "resolution": resolution, "claims": claim_parts}
-    report = _index(analysis, writer, tables, claims, flags, seconds)
+    lead = _lead(analysis, summary_rows, rows, claims)
+    report = _index(analysis, writer, tables, claims, flags, seconds, lead)
     summary = {
         "out": str(analysis.out),
         "report": str(report),
         "tables": writer.table_paths(),
         "plots": writer.plot_paths(),
         "claims": claims,
+        "lead": lead,
         "source_flags": flags,
         "problems": analysis.problems,
         "notes": list(dict.fromkeys(analysis.notes)),

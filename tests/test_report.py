@@ -197,6 +197,46 @@ def test_tables_plots_and_index_are_written(fusion_study):
     assert not list((folder / "tables").glob(".*tmp")), "temporary files must be renamed away"
 
 
+def test_report_opens_with_the_answer(fusion_study):
+    folder, summary = fusion_study
+    markdown = (folder / "report.md").read_text()
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Summary", "## Paper claims", "## Study"] and headings[-2:] == [
+        "## Method",
+        "## Robustness",
+    ]
+    lead = markdown.split("## Summary", 1)[1].split("## Paper claims", 1)[0]
+    # film is clearly best on the test set and the comparisons with the baseline say so; the others are not compared
+    assert (
+        f"On {PHYSIONET}, `film` has the highest seed-mean ROC-AUC: significantly ahead of `concat`; not compared with"
+        in lead
+    )
+    rows = pd.read_csv(folder / "tables" / "summary.csv")
+    assert len(rows) == 2 * len(FUSION_MODELS) and set(rows.columns) >= {"roc_auc", "roc_auc_low", "mcc", "seeds", "n"}
+    assert "| `film` | physionet2016:test |" in lead
+    # the significant comparisons after adjustment, every one of them and nothing else
+    significant = _comparisons(folder).query("adjusted_p < 0.05")
+    assert len(significant) > 0 and lead.count("| comparisons: ") == len(significant)
+    assert summary["lead"][0] == "## Summary" and summary["lead"][2] in lead  # the console prints the same lead
+    # a study with nothing for the robustness report to test says so in one line
+    section = markdown.split("## Robustness", 1)[1]
+    assert "No fusion-vs-branch test here" in section and "What our numbers say" not in section
+
+
+def test_a_study_without_significant_comparisons_says_so_in_one_line(tmp_path):
+    folder = write_study(
+        tmp_path / "copies",
+        {"concat": binormal(0.8), "sum": binormal(0.8)},  # the same scores: nothing can differ
+        axis="model.fusion",
+        baseline="concat",
+        fixed={"model.architecture": "fusion"},
+    )
+    report.report_study(folder, **FAST)
+    lead = (folder / "report.md").read_text().split("## Summary", 1)[1].split("## ", 1)[0]
+    assert "No comparison is significant after Holm adjustment within its family" in lead
+    assert "| comparisons: " not in lead
+
+
 def test_cells_are_intervals_and_values_are_right(fusion_study):
     folder, _ = fusion_study
     markdown = (folder / "tables" / "main.md").read_text().splitlines()

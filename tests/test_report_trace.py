@@ -58,7 +58,7 @@ EXEMPT_LINES = (  # a line that starts with the pattern
 )
 OPTION_TOKENS = ((r"α = 0\.\d+", "the significance level: an option, stated in the options line"),)
 # A line labelled as the paper's: its numbers are analysis/paper.py's, not a table's.
-PAPER_LINE = "AudioFuse's claim (the paper's single runs, from analysis/paper.py"
+PAPER_LINE = "AudioFuse's claim (the paper's single runs, not this study's)"
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 N_RESAMPLES = 400
