@@ -3,14 +3,17 @@ and the cells of intervals and verdicts."""
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from pathlib import Path
 
+import markdown
 import pandas as pd
 
 from analysis.stats import BootstrapCI
 from analysis.tables import format_interval, write_table
+from study.io import write_text
 
 __all__ = [
     "MIN_CLASS_RECORDINGS",
@@ -20,6 +23,7 @@ __all__ = [
     "interval_numbers",
     "verdict",
     "few_recordings_warning",
+    "write_html",
 ]
 
 MIN_CLASS_RECORDINGS = 10  # a bootstrap interval over fewer recordings of a class is too coarse to trust
@@ -101,3 +105,38 @@ def few_recordings_warning(n_pos: int, n_neg: int, respiratory: bool = False) ->
     names = ("not normal", "normal") if respiratory else ("abnormal", "normal")
     few = [f"{count} {name}" for count, name in zip((n_pos, n_neg), names) if count < MIN_CLASS_RECORDINGS]
     return f"unreliable: only {' and '.join(few)} recording(s)" if few else ""
+
+
+# report.html's look: readable tables at any width; everything else is the markdown's own structure
+_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.4em 0 1em; }
+code { background: #f3f3f3; padding: 0 3px; }
+"""
+_PLOT_LINK = re.compile(r'(<a href="(plots/[^"]+\.png)">[^<]*</a>)')
+
+
+def write_html(folder: Path) -> Path:
+    """Write FOLDER/report.html from FOLDER/report.md: one self-contained file, the plots embedded beside their
+    links, for a reader who does not browse markdown. Python-Markdown renders it; the plots go in as data URIs."""
+    text = (folder / "report.md").read_text()
+    body = markdown.markdown(text, extensions=["tables", "sane_lists"])
+
+    def embed(match: re.Match) -> str:
+        path = folder / match.group(2)
+        if not path.is_file():
+            return match.group(1)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{match.group(1)}<br><img alt="{match.group(2)}" src="data:image/png;base64,{data}">'
+
+    body = _PLOT_LINK.sub(embed, body)
+    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "Report")
+    title = re.sub(r"[`<>&]", "", title)
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+    return write_text(folder / "report.html", page)

@@ -85,6 +85,7 @@ from analysis.output import (
     interval_numbers,
     slug,
     verdict,
+    write_html,
 )
 from analysis.plots import ForestRow, RocCurve, plot_forest, plot_roc_curves, roc_tpr_on_grid
 from analysis.resampling import (
@@ -1844,6 +1845,9 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
             notes=list(dict.fromkeys(summary["notes"] + robustness["notes"])),
             seconds=time.perf_counter() - started,
         )
+    else:
+        write_html(analysis.dest)
+    summary["html"] = str(analysis.dest / "report.html")
     return summary
 
 

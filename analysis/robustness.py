@@ -65,6 +65,7 @@ from analysis.output import (
     interval_cell,
     interval_numbers,
     slug,
+    write_html,
 )
 from analysis.plots import SeverityCurve, SeverityPanel, plot_auc_vs_severity
 from analysis.resampling import (
@@ -1208,6 +1209,7 @@ def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
         ]
     )
     _update_index(dest, section)
+    write_html(dest)
     return {
         "tables": writer.table_paths(),
         "plots": writer.plot_paths(),

@@ -195,6 +195,13 @@ def test_tables_plots_and_index_are_written(fusion_study):
             assert path.split("/")[-1] in index
     assert "Incomplete" not in index
     assert not list((folder / "tables").glob(".*tmp")), "temporary files must be renamed away"
+    # report.html: the same report in one self-contained file, every plot embedded
+    html = (folder / "report.html").read_text()
+    assert summary["html"] == str(folder / "report.html") and html.startswith("<!DOCTYPE html>")
+    assert html.count("<table>") == index.count("\n| --- ") and "<h2>Summary</h2>" in html
+    plots = re.findall(r"\]\((plots/[^)]+\.png)\)", index)
+    assert plots and html.count('src="data:image/png;base64,') == len(plots)
+    assert not re.search(r'src="(?!data:)', html)  # nothing fetched from elsewhere
 
 
 def test_report_opens_with_the_answer(fusion_study):
