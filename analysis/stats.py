@@ -467,8 +467,8 @@ def seed_variance(per_seed: np.ndarray, point: np.ndarray) -> SeedVariance:
     V_seed itself but its median given V_seed, V_seed (S - 1) / chi2_{S-1}(0.5):
     seeds that agree by chance make V_seed small, and with V_seed in the
     formula they would also make df large, narrowing the interval twice
-    exactly when it is too narrow; at 3 seeds that covered 92.5 % where seeds
-    dominate, against 93-95 % with V' (``python -m analysis.calibrate``).
+    exactly when it is too narrow (``python -m analysis.calibrate`` measures
+    the coverage that results at 3, 5 and 10 seeds).
     """
     n_seeds = per_seed.shape[0]
     v_rec = per_seed.mean(axis=0).var(axis=-1)
@@ -512,9 +512,8 @@ def seed_mean_distribution(
     :func:`seed_variance` (keeping its shape: skew near ROC-AUC 1, bias),
     then stretched from normal to Student's t tails with that variance's
     Satterthwaite degrees of freedom (:func:`_t_stretch`). The variance of
-    a mean of 3 seeds rests on 2 degrees of freedom; treating it as known
-    (a normal interval) covers 88 % instead of 95 % where seeds dominate
-    (``python -m analysis.calibrate``). Values are clipped to ``bounds``
+    a mean of 3 seeds rests on 2 degrees of freedom, too few to treat it
+    as known (a normal interval) where seeds dominate. Values are clipped to ``bounds``
     (e.g. [0, 1] for a seed mean of ROC-AUCs; :func:`metric_bounds`).
 
     With one seed it is the recordings-only distribution; where a resample
