@@ -86,7 +86,13 @@ from analysis.output import (
     slug,
     verdict,
 )
-from analysis.plots import ForestRow, RocCurve, plot_forest, plot_roc_curves, roc_tpr_on_grid
+from analysis.plots import (
+    ForestRow,
+    RocCurve,
+    plot_forest,
+    plot_roc_curves,
+    roc_tpr_on_grid,
+)
 from analysis.resampling import (
     CONFIDENCE_LEVEL,
     HEART_METRICS,
@@ -1325,7 +1331,15 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     return numbers
 
 
-def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+def _banded(analysis: _Analysis, configuration: Configuration) -> bool:
+    """Whether a configuration's ROC curve gets its band: the baseline's only (one band reads; five blur into
+    one), or the single configuration of a study without a baseline."""
+    if analysis.baseline is None:
+        return len(analysis.configurations) == 1
+    return configuration.axis_value == analysis.baseline
+
+
+def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
     for eval_set, resampled in analysis.resampled.items():
         data = resampled.eval_set
         n_band = resampled.band_weights.shape[1]
@@ -1335,54 +1349,67 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             if not trial_ids:
                 continue
             rows_k = [resampled.rows[t] for t in trial_ids]
-            tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
             per_seed = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0]
-            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
-            point = per_seed.mean(axis=0)
-            low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")
-            curves.append(RocCurve(f"{configuration.name}: {interval_cell(auc)}", point, low, high))
+            name = configuration.name
+            if not _banded(analysis, configuration):
+                curves.append(RocCurve(f"{name}: {interval_cell(auc)}", per_seed.mean(axis=0)))
+                continue
+            tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
+            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
+            low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
+            label = f"{name} (baseline)" if analysis.baseline is not None else name
+            curves.append(RocCurve(f"{label}: {interval_cell(auc)}", per_seed.mean(axis=0), low, high))
         path = writer.plots_dir / f"roc_{slug(eval_set)}.png"
         plot_roc_curves(
             path,
             curves,
             f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
-            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
+            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR). Shaded: the "
+            f"{'baseline' if analysis.baseline is not None else 'configuration'}'s pointwise 95 % band over "
             f"{n_band} bootstrap resamples of {resampling_unit(data)} with seed variation. Legend: seed-mean "
             "ROC-AUC [95 % CI].",
         )
         writer.plot(
             path,
-            f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands "
-            f"({resampling_unit(data)} resampled)",
+            f"ROC curve of every configuration on {eval_set}, the baseline's with its pointwise 95 % bootstrap "
+            f"band ({resampling_unit(data)} resampled)",
         )
+
+
+def _forest_plot(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]):
     deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]
-    if deciding:
-        mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
-        panels = [
-            (
-                eval_set,
-                [
-                    ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
-                    for r in deciding
-                    if r.eval_set == eval_set
-                ],
-                mde.get(eval_set),
-            )
-            for eval_set in analysis.resampled
-        ]
-        path = writer.plots_dir / "forest.png"
-        plot_forest(
-            path,
-            [p for p in panels if p[1]],
-            f"Δ {METRIC_LABELS[analysis.compare_metric]} (configuration − baseline)",
-            note=f"Paired bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
-            f"({analysis.options.correction}).",
+    if not deciding:
+        return
+    mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
+    panels = [
+        (
+            eval_set,
+            [
+                ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
+                for r in deciding
+                if r.eval_set == eval_set
+            ],
+            mde.get(eval_set),
         )
-        writer.plot(
-            path,
-            f"forest plot of Δ {METRIC_LABELS[analysis.compare_metric]} vs the baseline with 95 % CIs, per evaluation set",
-        )
+        for eval_set in analysis.resampled
+    ]
+    metric = METRIC_LABELS[analysis.compare_metric]
+    path = writer.plots_dir / "forest.png"
+    plot_forest(
+        path,
+        [p for p in panels if p[1]],
+        f"Δ {metric} (configuration − baseline)",
+        f"{analysis.name}: Δ {metric} of each configuration vs the baseline {analysis.axis} = {analysis.baseline}",
+        note=f"Paired bootstrap, 95 % percentile CI (unadjusted); filled: adjusted p < {analysis.options.alpha} "
+        f"({analysis.options.correction}).",
+    )
+    writer.plot(path, f"forest plot of Δ {metric} vs the baseline with 95 % CIs, per evaluation set")
+
+
+def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+    _roc_plots(analysis, writer)
+    _forest_plot(analysis, writer, rows, resolution)
 
 
 def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: list[dict]) -> list[str]:
