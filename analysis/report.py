@@ -1340,6 +1340,7 @@ def _banded(analysis: _Analysis, configuration: Configuration) -> bool:
 
 
 def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
+    banded = "baseline" if analysis.baseline is not None else "configuration"  # whose band is shaded
     for eval_set, resampled in analysis.resampled.items():
         data = resampled.eval_set
         n_band = resampled.band_weights.shape[1]
@@ -1365,14 +1366,14 @@ def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
             path,
             curves,
             f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
-            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR). Shaded: the "
-            f"{'baseline' if analysis.baseline is not None else 'configuration'}'s pointwise 95 % band over "
+            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR). Shaded: the {banded}'s pointwise "
+            f"95 % band over "
             f"{n_band} bootstrap resamples of {resampling_unit(data)} with seed variation. Legend: seed-mean "
             "ROC-AUC [95 % CI].",
         )
         writer.plot(
             path,
-            f"ROC curve of every configuration on {eval_set}, the baseline's with its pointwise 95 % bootstrap "
+            f"ROC curve of every configuration on {eval_set}, the {banded}'s with its pointwise 95 % bootstrap "
             f"band ({resampling_unit(data)} resampled)",
         )
 
