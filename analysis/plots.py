@@ -1,5 +1,5 @@
 """Report figures: ROC curves with the baseline's pointwise bootstrap band, a forest plot of paired effects,
-ROC-AUC vs severity.
+ROC-AUC vs severity, learning curves.
 
 Each figure has a builder (``*_figure``, returning the matplotlib figure, which the tests inspect) and a
 ``plot_*`` that saves it. Figures are drawn with matplotlib's Agg backend (no display needed), saved at
@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from study.io import atomic_path  # noqa: E402
 
@@ -31,7 +33,10 @@ __all__ = [
     "ForestRow",
     "SeverityCurve",
     "SeverityPanel",
+    "LearningCurve",
+    "LearningPanel",
     "roc_tpr_on_grid",
+    "learning_curve",
     "save_figure",
     "roc_figure",
     "plot_roc_curves",
@@ -39,6 +44,8 @@ __all__ = [
     "plot_forest",
     "severity_figure",
     "plot_auc_vs_severity",
+    "learning_curves_figure",
+    "plot_learning_curves",
 ]
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -83,6 +90,23 @@ class SeverityPanel(NamedTuple):
     title: str  # the perturbation
     levels: list[str]  # tick labels, clean first
     curves: list[SeverityCurve]
+
+
+class LearningCurve(NamedTuple):
+    """One configuration's per-epoch values over its seeds, and where each seed's early stopping kept its weights."""
+
+    label: str
+    colour: int  # index into the palette, the same in every panel for one configuration
+    epochs: np.ndarray  # (E,) epochs at least one seed trained
+    mean: np.ndarray  # (E,) mean over the seeds that trained that epoch
+    low: np.ndarray  # (E,) seed spread: lowest value
+    high: np.ndarray  # (E,) highest value
+    best: list[tuple[int, float]]  # (best epoch, value there) of each seed
+
+
+class LearningPanel(NamedTuple):
+    y_label: str  # what is plotted: "training loss", "validation ROC-AUC"
+    curves: list[LearningCurve]
 
 
 def roc_tpr_on_grid(y, scores, weights, fpr_grid=FPR_GRID) -> np.ndarray:
@@ -182,14 +206,15 @@ def _panel_grid(n_panels: int, panel_size: tuple[float, float], **kwargs):
     return figure, list(axes.flat[:n_panels])
 
 
-def _shared_legend(figure, axes_list, note: str) -> None:
+def _shared_legend(figure, axes_list, note: str, extra: dict | None = None) -> None:
     """One legend for all panels, under them: each label once (a configuration has one colour in every panel),
-    with ``note`` (how to read the figure) as its title: a note of its own under the figure would sit on the
-    legend, both anchored there."""
+    then ``extra`` (label -> handle) for markers that mean the same everywhere, with ``note`` (how to read the
+    figure) as its title: a note of its own under the figure would sit on the legend, both anchored there."""
     entries: dict = {}
     for axes in axes_list:
         for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
+    entries.update(extra or {})
     characters_per_line = int(figure.get_figwidth() * 72 / (0.55 * NOTE_PT))  # a character is about 0.55 em wide
     figure.legend(
         list(entries.values()),
@@ -298,3 +323,48 @@ def severity_figure(panels: list[SeverityPanel], title: str, note: str = ""):
 
 def plot_auc_vs_severity(path: Path, panels: list[SeverityPanel], title: str, note: str = "") -> Path:
     return save_figure(severity_figure(panels, title, note), path)
+
+
+def learning_curve(label: str, colour: int, seeds: list[dict[int, float]], best_epochs: list[int]) -> LearningCurve:
+    """A configuration's curve from each seed's {epoch: value}: at each epoch the mean, lowest and highest over
+    the seeds that trained it (early stopping ends seeds at different epochs), and each seed's value at its
+    best epoch."""
+    epochs = sorted(set().union(*seeds))
+    values = [[seed[epoch] for seed in seeds if epoch in seed] for epoch in epochs]
+    return LearningCurve(
+        label,
+        colour,
+        np.array(epochs),
+        np.array([np.mean(v) for v in values]),
+        np.array([min(v) for v in values]),
+        np.array([max(v) for v in values]),
+        [(epoch, seed[epoch]) for seed, epoch in zip(seeds, best_epochs, strict=True)],
+    )
+
+
+def learning_curves_figure(panels: list[LearningPanel], title: str, note: str = ""):
+    """One panel per quantity (training loss, the validation monitor) over epochs: each configuration's mean
+    over seeds with the seeds' spread shaded, and a star where each seed's early stopping kept its weights."""
+    if not panels or not any(panel.curves for panel in panels):
+        raise ValueError("panels must hold at least one LearningCurve")
+    colours = _palette(1 + max(curve.colour for panel in panels for curve in panel.curves))
+    figure, grid = _panel_grid(len(panels), (5.0, 3.6))
+    best = {"marker": "*", "ms": 11, "ls": "none", "mec": "black", "mew": 0.6}
+    for axes, panel in zip(grid, panels, strict=True):
+        for curve in panel.curves:
+            colour = colours(curve.colour % colours.N)
+            axes.plot(curve.epochs, curve.mean, color=colour, lw=1.6, marker="o", ms=3, label=curve.label)
+            # fainter the more configurations overlap, so the spreads do not sum to one opaque block
+            alpha = min(0.2, 0.6 / len(panel.curves))
+            axes.fill_between(curve.epochs, curve.low, curve.high, color=colour, alpha=alpha, lw=0)
+            axes.plot(*zip(*curve.best, strict=True), color=colour, zorder=3, **best)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        _label_axes(axes, "epoch", panel.y_label)
+    marker = Line2D([], [], color="0.6", **best)
+    _shared_legend(figure, grid, note, {"a seed's best validation epoch (its weights are kept)": marker})
+    figure.suptitle(title, fontsize=TITLE_PT, wrap=True)
+    return figure
+
+
+def plot_learning_curves(path: Path, panels: list[LearningPanel], title: str, note: str = "") -> Path:
+    return save_figure(learning_curves_figure(panels, title, note), path)

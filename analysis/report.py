@@ -88,8 +88,11 @@ from analysis.output import (
 )
 from analysis.plots import (
     ForestRow,
+    LearningPanel,
     RocCurve,
+    learning_curve,
     plot_forest,
+    plot_learning_curves,
     plot_roc_curves,
     roc_tpr_on_grid,
 )
@@ -115,6 +118,7 @@ from analysis.study_data import (
     build_eval_sets,
     completeness_problems,
     find_configurations,
+    read_histories,
     read_study,
     setting_text,
 )
@@ -1408,9 +1412,50 @@ def _forest_plot(analysis: _Analysis, writer: ReportWriter, rows: list[Compariso
     writer.plot(path, f"forest plot of Δ {metric} vs the baseline with 95 % CIs, per evaluation set")
 
 
+def _learning_curves(analysis: _Analysis, writer: ReportWriter) -> None:
+    trial_ids = [t for c in analysis.configurations for t in c.trial_ids]
+    histories = read_histories(analysis.out, trial_ids)
+    if not histories:
+        analysis.notes.append(
+            f"no learning curves: none of the {len(trial_ids)} trials keeps its per-epoch history in the study folder "
+            "(trials/TRIAL_ID/metrics.json; a committed reference study leaves trials/ out)"
+        )
+        return
+    if len(histories) < len(trial_ids):
+        analysis.notes.append(
+            f"learning curves from {len(histories)} of {len(trial_ids)} trials: the others have no "
+            "trials/TRIAL_ID/metrics.json with a history"
+        )
+    loss, validation = [], []
+    for k, configuration in enumerate(analysis.configurations):
+        seeds = [histories[t] for t in configuration.trial_ids if t in histories]
+        if seeds:
+            label = f"{configuration.name} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            best_epochs = [h.best_epoch for h in seeds]
+            losses = [{row["epoch"]: row["train_loss"] for row in h.rows} for h in seeds]
+            monitored = [{row["epoch"]: row[f"val_{h.monitor}"] for row in h.rows} for h in seeds]
+            loss.append(learning_curve(label, k, losses, best_epochs))
+            validation.append(learning_curve(label, k, monitored, best_epochs))
+    monitors = " / ".join(METRIC_LABELS.get(m, m) for m in sorted({h.monitor for h in histories.values()}))
+    path = writer.plots_dir / "learning_curves.png"
+    plot_learning_curves(
+        path,
+        [LearningPanel("training loss", loss), LearningPanel(f"validation {monitors}", validation)],
+        f"{analysis.name}: training loss and validation {monitors} per epoch",
+        note="Lines: mean over the seeds that trained that epoch (early stopping ends seeds at different epochs); "
+        "shaded: lowest to highest seed. Validation is the early-stopping monitor on the validation split.",
+    )
+    writer.plot(
+        path,
+        "learning curves: training loss and the validation monitor per epoch, per configuration with the seeds' "
+        "spread and each seed's early-stopping epoch",
+    )
+
+
 def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
     _roc_plots(analysis, writer)
     _forest_plot(analysis, writer, rows, resolution)
+    _learning_curves(analysis, writer)
 
 
 def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: list[dict]) -> list[str]:

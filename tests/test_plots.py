@@ -13,9 +13,11 @@ from analysis import plots
 from analysis.plots import (
     FPR_GRID,
     ForestRow,
+    LearningPanel,
     RocCurve,
     SeverityCurve,
     SeverityPanel,
+    learning_curve,
 )
 
 LONG_NOTE = "Lines: the mean over seeds; shaded: the spread over seeds; a note long enough to wrap over two lines. " * 2
@@ -49,7 +51,18 @@ def _severity(n_panels: int = 6):
     return plots.severity_figure(panels, "robustness: ROC-AUC vs severity on physionet2016:test", LONG_NOTE)
 
 
-FIGURES = {"roc": _roc, "forest": _forest, "severity": _severity}
+def _learning():
+    best_epochs = [5, 1, 3]
+    seeds = [{e: 1 / e + s / 10 for e in range(1, best + 5)} for s, best in enumerate(best_epochs)]
+    curves = [learning_curve(f"configuration_{k} (3 seeds)", k, seeds, best_epochs) for k in range(5)]
+    return plots.learning_curves_figure(
+        [LearningPanel("training loss", curves), LearningPanel("validation ROC-AUC", curves)],
+        "fusion: training loss and validation ROC-AUC per epoch",
+        LONG_NOTE,
+    )
+
+
+FIGURES = {"roc": _roc, "forest": _forest, "severity": _severity, "learning_curves": _learning}
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -98,3 +111,13 @@ def test_only_the_baseline_roc_curve_has_a_band():
     assert len(bands) == 1
     assert len(figure.axes[0].get_legend().get_texts()) == 5  # every configuration stays in the legend
     plots.plt.close(figure)
+
+
+def test_learning_curve_spread_is_over_the_seeds_that_trained_each_epoch():
+    seeds = [{1: 1.0, 2: 0.5, 3: 0.4}, {1: 0.8, 2: 0.7}, {1: 0.6}]
+    curve = learning_curve("concat (3 seeds)", 0, seeds, [3, 1, 1])
+    assert curve.epochs.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(curve.mean, [0.8, 0.6, 0.4])
+    np.testing.assert_allclose(curve.low, [0.6, 0.5, 0.4])
+    np.testing.assert_allclose(curve.high, [1.0, 0.7, 0.4])
+    assert curve.best == [(3, 0.4), (1, 0.8), (1, 0.6)]
