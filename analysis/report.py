@@ -87,7 +87,16 @@ from analysis.output import (
     verdict,
     write_html,
 )
-from analysis.plots import ForestRow, RocCurve, plot_forest, plot_roc_curves, roc_tpr_on_grid
+from analysis.plots import (
+    ForestRow,
+    LearningPanel,
+    RocCurve,
+    learning_curve,
+    plot_forest,
+    plot_learning_curves,
+    plot_roc_curves,
+    roc_tpr_on_grid,
+)
 from analysis.resampling import (
     CONFIDENCE_LEVEL,
     HEART_METRICS,
@@ -110,6 +119,7 @@ from analysis.study_data import (
     build_eval_sets,
     completeness_problems,
     find_configurations,
+    read_histories,
     read_study,
     setting_text,
 )
@@ -1352,7 +1362,16 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     return numbers
 
 
-def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+def _banded(analysis: _Analysis, configuration: Configuration) -> bool:
+    """Whether a configuration's ROC curve gets its band: the baseline's only (one band reads; five blur into
+    one), or the single configuration of a study without a baseline."""
+    if analysis.baseline is None:
+        return len(analysis.configurations) == 1
+    return configuration.axis_value == analysis.baseline
+
+
+def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
+    banded = "baseline" if analysis.baseline is not None else "configuration"  # whose band is shaded
     for eval_set, resampled in analysis.resampled.items():
         data = resampled.eval_set
         n_band = resampled.band_weights.shape[1]
@@ -1362,54 +1381,108 @@ def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow],
             if not trial_ids:
                 continue
             rows_k = [resampled.rows[t] for t in trial_ids]
-            tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
             per_seed = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0]
-            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
-            point = per_seed.mean(axis=0)
-            low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
             auc = analysis.interval(eval_set, configuration, "roc_auc")
-            curves.append(RocCurve(f"{configuration.name}: {interval_cell(auc)}", point, low, high))
+            name = configuration.name
+            if not _banded(analysis, configuration):
+                curves.append(RocCurve(f"{name}: {interval_cell(auc)}", per_seed.mean(axis=0)))
+                continue
+            tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
+            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
+            low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
+            label = f"{name} (baseline)" if analysis.baseline is not None else name
+            curves.append(RocCurve(f"{label}: {interval_cell(auc)}", per_seed.mean(axis=0), low, high))
         path = writer.plots_dir / f"roc_{slug(eval_set)}.png"
         plot_roc_curves(
             path,
             curves,
             f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
-            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR); bands: pointwise 95 % over "
+            band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR). Shaded: the {banded}'s pointwise "
+            f"95 % band over "
             f"{n_band} bootstrap resamples of {resampling_unit(data)} with seed variation. Legend: seed-mean "
             "ROC-AUC [95 % CI].",
         )
         writer.plot(
             path,
-            f"ROC curve of every configuration on {eval_set} with pointwise 95 % bootstrap bands "
-            f"({resampling_unit(data)} resampled)",
+            f"ROC curve of every configuration on {eval_set}, the {banded}'s with its pointwise 95 % bootstrap "
+            f"band ({resampling_unit(data)} resampled)",
         )
+
+
+def _forest_plot(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]):
     deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]
-    if deciding:
-        mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
-        panels = [
-            (
-                eval_set,
-                [
-                    ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
-                    for r in deciding
-                    if r.eval_set == eval_set
-                ],
-                mde.get(eval_set),
-            )
-            for eval_set in analysis.resampled
-        ]
-        path = writer.plots_dir / "forest.png"
-        plot_forest(
-            path,
-            [p for p in panels if p[1]],
-            f"Δ {METRIC_LABELS[analysis.compare_metric]} (configuration − baseline)",
-            note=f"Paired bootstrap, 95 % percentile CI; filled: adjusted p < {analysis.options.alpha} "
-            f"({analysis.options.correction}).",
+    if not deciding:
+        return
+    mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
+    panels = [
+        (
+            eval_set,
+            [
+                ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
+                for r in deciding
+                if r.eval_set == eval_set
+            ],
+            mde.get(eval_set),
         )
-        writer.plot(
-            path,
-            f"forest plot of Δ {METRIC_LABELS[analysis.compare_metric]} vs the baseline with 95 % CIs, per evaluation set",
+        for eval_set in analysis.resampled
+    ]
+    metric = METRIC_LABELS[analysis.compare_metric]
+    path = writer.plots_dir / "forest.png"
+    plot_forest(
+        path,
+        [p for p in panels if p[1]],
+        f"Δ {metric} (configuration − baseline)",
+        f"{analysis.name}: Δ {metric} of each configuration vs the baseline {analysis.axis} = {analysis.baseline}",
+        note=f"Paired bootstrap, 95 % percentile CI (unadjusted); filled: adjusted p < {analysis.options.alpha} "
+        f"({analysis.options.correction}).",
+    )
+    writer.plot(path, f"forest plot of Δ {metric} vs the baseline with 95 % CIs, per evaluation set")
+
+
+def _learning_curves(analysis: _Analysis, writer: ReportWriter) -> None:
+    trial_ids = [t for c in analysis.configurations for t in c.trial_ids]
+    histories = read_histories(analysis.out, trial_ids)
+    if not histories:
+        analysis.notes.append(
+            f"no learning curves: none of the {len(trial_ids)} trials keeps its per-epoch history in the study folder "
+            "(trials/TRIAL_ID/metrics.json; a committed reference study leaves trials/ out)"
         )
+        return
+    if len(histories) < len(trial_ids):
+        analysis.notes.append(
+            f"learning curves from {len(histories)} of {len(trial_ids)} trials: the others have no "
+            "trials/TRIAL_ID/metrics.json with a history"
+        )
+    loss, validation = [], []
+    for k, configuration in enumerate(analysis.configurations):
+        seeds = [histories[t] for t in configuration.trial_ids if t in histories]
+        if seeds:
+            label = f"{configuration.name} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            best_epochs = [h.best_epoch for h in seeds]
+            losses = [{row["epoch"]: row["train_loss"] for row in h.rows} for h in seeds]
+            monitored = [{row["epoch"]: row[f"val_{h.monitor}"] for row in h.rows} for h in seeds]
+            loss.append(learning_curve(label, k, losses, best_epochs))
+            validation.append(learning_curve(label, k, monitored, best_epochs))
+    monitors = " / ".join(METRIC_LABELS.get(m, m) for m in sorted({h.monitor for h in histories.values()}))
+    path = writer.plots_dir / "learning_curves.png"
+    plot_learning_curves(
+        path,
+        [LearningPanel("training loss", loss), LearningPanel(f"validation {monitors}", validation)],
+        f"{analysis.name}: training loss and validation {monitors} per epoch",
+        note="Lines: mean over the seeds that trained that epoch (early stopping ends seeds at different epochs); "
+        "shaded: lowest to highest seed. Validation is the early-stopping monitor on the validation split.",
+    )
+    writer.plot(
+        path,
+        "learning curves: training loss and the validation monitor per epoch, per configuration with the seeds' "
+        "spread and each seed's early-stopping epoch",
+    )
+
+
+def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+    _roc_plots(analysis, writer)
+    _forest_plot(analysis, writer, rows, resolution)
+    _learning_curves(analysis, writer)
 
 
 def _summary_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:

@@ -819,6 +819,13 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
 # ---------------------------------------------------------------------------- plots
 
 
+def _unit(analysis: _Robustness, eval_set: str) -> str:
+    """What the bootstrap draws in an evaluation set: recordings, or whole patients where it has several
+    recordings of one (as :func:`_units` says for the section)."""
+    resampled = next(r for (name, *_), r in analysis.resampled.items() if name == eval_set)
+    return "patients" if resampled.eval_set.groups is not None else "recordings"
+
+
 def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
     for eval_set in analysis.eval_set_names:
         conditions = analysis.conditions(eval_set)
@@ -852,7 +859,7 @@ def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
             writer.plots_dir / f"robustness_{slug(eval_set)}.png",
             panels,
             f"{analysis.name}: ROC-AUC vs severity on {eval_set}",
-            note="Bands: 95 % bootstrap CI over recordings (stratified) and seeds.",
+            note=f"Bands: 95 % bootstrap CI over {_unit(analysis, eval_set)} (stratified) and seeds.",
         )
         writer.plot(
             path, f"ROC-AUC vs severity per configuration with 95 % CI bands on {eval_set}, one panel per perturbation"

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,8 @@ __all__ = [
     "completeness_problems",
     "EvalSet",
     "build_eval_sets",
+    "TrialHistory",
+    "read_histories",
 ]
 
 REQUIRED_FILES = ("study.json", "trials.parquet", "predictions.parquet")
@@ -396,3 +399,27 @@ def _check_recorded_auc(eval_set: EvalSet, trials: pd.DataFrame, trial_info: dic
             f"has {column} = {recorded[k]:.4f} but its predictions give {recomputed[k]:.4f} "
             f"({int(wrong.sum())} trial(s) differ; are the files from different runs?)"
         )
+
+
+class TrialHistory(NamedTuple):
+    """A trial's training record from its folder: one row per epoch (``epoch``, ``train_loss``,
+    ``val_MONITOR``, ...; see :meth:`study.train.TrainState.record`)."""
+
+    monitor: str  # the validation metric early stopping watched (train.monitor)
+    best_epoch: int  # the epoch whose weights the trial kept
+    rows: list[dict]
+
+
+def read_histories(out: Path, trial_ids: list[str]) -> dict[str, TrialHistory]:
+    """The per-epoch histories of those trials whose folder ``OUT/trials/ID`` holds metrics.json and
+    config.json (as study.run installs them); a study copied without trials/ has none."""
+    histories = {}
+    for trial_id in trial_ids:
+        folder = Path(out) / "trials" / trial_id  # study.run's TRIALS_DIR (not imported: study.run loads Ray)
+        if not ((folder / "metrics.json").is_file() and (folder / "config.json").is_file()):
+            continue
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if metrics.get("history"):
+            monitor = json.loads((folder / "config.json").read_text())["train.monitor"]
+            histories[trial_id] = TrialHistory(monitor, metrics["best_epoch"], metrics["history"])
+    return histories

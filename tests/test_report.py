@@ -244,6 +244,25 @@ def test_a_study_without_significant_comparisons_says_so_in_one_line(tmp_path):
     assert "| comparisons: " not in lead
 
 
+def test_a_study_without_trial_histories_says_why_it_has_no_learning_curves(fusion_study):
+    folder, summary = fusion_study  # a study folder without trials/, as the committed reference studies are
+    assert not (folder / "plots" / "learning_curves.png").exists()
+    index = (folder / "report.md").read_text()
+    assert "learning_curves.png" not in index
+    [note] = [line for line in index.splitlines() if "learning curves" in line]
+    assert note.startswith("- note: no learning curves: none of the 12 trials keeps its per-epoch history")
+
+
+def test_learning_curves_from_the_histories_a_trial_writes(trained_study):
+    out, _ = trained_study  # its trials/t0 holds metrics.json and config.json as study.run installs them
+    summary = report.report_study(out, n_resamples=200)
+    path = out / "plots" / "learning_curves.png"
+    assert str(path) in summary["plots"] and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (out / "report.md").read_text()
+    assert "- [plots/learning_curves.png](plots/learning_curves.png): learning curves" in index
+    assert "no learning curves" not in index
+
+
 def test_cells_are_intervals_and_values_are_right(fusion_study):
     folder, _ = fusion_study
     markdown = (folder / "tables" / "main.md").read_text().splitlines()
