@@ -41,6 +41,8 @@ def test_branches_study_finds_fusion_significantly_ahead_of_each_branch(tmp_path
     for gallop in ("extra_sound_s3", "extra_sound_s4"):
         spectrogram = cues.loc[("physionet2016:test", gallop, "spectrogram")]
         waveform = cues.loc[("physionet2016:test", gallop, "waveform")]
-        assert spectrogram["roc_auc_high"] < waveform["roc_auc_low"], gallop
+        # the spectrogram model is at chance on gallops (its interval covers 0.5), the waveform model well above
+        assert spectrogram["roc_auc_low"] <= 0.5 <= spectrogram["roc_auc_high"], gallop
+        assert waveform["roc_auc_low"] > 0.5 and waveform["roc_auc"] > spectrogram["roc_auc"] + 0.2, gallop
     report = (out / "report.md").read_text()
     assert "AudioFuse beats each single branch on the PhysioNet 2016 test ROC-AUC | holds" in report
