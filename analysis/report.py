@@ -417,9 +417,8 @@ class _Analysis:
         wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b, CONFIDENCE_LEVEL)
         if wilcoxon.smallest_p >= self.options.alpha:  # no outcome of these seeds could be significant: not a result
             self.notes.append(
-                f"Wilcoxon over seeds not shown: with {wilcoxon.n_nonzero} non-zero seed difference(s) its smallest "
-                f"two-sided p is {wilcoxon.smallest_p:.3g} ≥ α = {self.options.alpha}, so it cannot reject; "
-                "it needs 6 seeds or more"
+                f"Wilcoxon over seeds not shown: {n_seeds} seeds (fewer where two agree) cannot give a two-sided "
+                f"p below {2 / 2**n_seeds:.3g} ≥ α = {self.options.alpha}; it needs 6 seeds or more"
             )
             return out
         note = (

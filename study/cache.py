@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
@@ -366,7 +367,8 @@ def extract_features(
     images: list = [None] * len(table)
     waves: list = [None] * len(table)
     missing = []
-    for position, key in enumerate(tqdm(keys, desc=f"{desc}: cached", disable=not progress, leave=False)):
+    bars = progress and sys.stderr.isatty()  # redrawn bars belong on a terminal, not in a log
+    for position, key in enumerate(tqdm(keys, desc=f"{desc}: cached", disable=not bars, leave=False)):
         stored = cache.load(key, profile)
         if stored is None:
             missing.append(position)
@@ -386,7 +388,7 @@ def extract_features(
         for p in missing
     ]
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
-    bar = tqdm(total=len(tasks), desc=f"{desc}: computing", disable=not progress or not tasks)
+    bar = tqdm(total=len(tasks), desc=f"{desc}: computing", disable=not bars or not tasks)
     if n_jobs == 1:
         results = map(_compute_item, tasks)
     else:

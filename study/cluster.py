@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -47,11 +49,23 @@ def ray_session(address: str | None, *, log_to_driver: bool = False):
             ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver)
         except ConnectionError as error:
             raise ClusterError(_connection_refused(address, error)) from error
+    # Ray's core worker answers SIGTERM with a native stack dump; here it stops the block like Ctrl-C,
+    # so whoever called says in one line what was kept (study.run: how to --resume).
+    previous = _stop_on_sigterm() if threading.current_thread() is threading.main_thread() else None
     try:
         yield
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if started_here:
             ray.shutdown()
+
+
+def _stop_on_sigterm():
+    def stop(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _connection_refused(address: str | None, error: ConnectionError) -> str:

@@ -5,8 +5,7 @@ few seconds) drowns what a person wants to know: which trial ran, its headline
 metric, and how far along the study is. :class:`StudyConsole` is a Tune
 callback printing exactly that; ``study.run --verbose 2`` brings Tune's tables
 back. :func:`tune_output` writes Tune's log records to the study folder
-whatever is shown, and :class:`OnceFilter` shows a warning Tune repeats (the
-experiment-state snapshot one) once.
+whatever is shown.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
-__all__ = ["StudyConsole", "OnceFilter", "tune_output", "format_seconds"]
+__all__ = ["StudyConsole", "ConsoleFilter", "tune_output", "format_seconds"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -33,13 +32,14 @@ def format_seconds(seconds: float) -> str:
 
 
 class StudyConsole(tune.Callback):
-    """Prints "start LABEL", "done LABEL: …" per trial and a status line every ``every`` seconds.
+    """Prints "start LABEL", "done LABEL: … [k/N]" per trial, and a status line when ``every`` seconds
+    passed without a line (a log stays short; a quiet study still shows it is alive).
 
     ``total`` is the number of trials this run trains, ``headline`` the evaluation-set metric
     shown on each finished trial (e.g. "physionet2016:test/roc_auc"), ``monitor`` the validation one.
     """
 
-    def __init__(self, total: int, headline: str, monitor: str, every: float = 30.0, stream=None, clock=None):
+    def __init__(self, total: int, headline: str, monitor: str, every: float = 60.0, stream=None, clock=None):
         self.total, self.headline, self.monitor, self.every = total, headline, monitor, every
         self.stream = stream or sys.stdout
         self.clock = clock or time.monotonic
@@ -49,6 +49,7 @@ class StudyConsole(tune.Callback):
         self.trial_started: dict[str, float] = {}
 
     def _print(self, text: str) -> None:
+        self.last_status = self.clock()
         print(f"[{format_seconds(self.clock() - self.started):>10}] {text}", file=self.stream, flush=True)
 
     @staticmethod
@@ -69,19 +70,14 @@ class StudyConsole(tune.Callback):
             if isinstance(result.get(key), (int, float)):
                 parts.append(f"{name} {self.monitor if name == 'validation' else key.split('/')[-1]} {result[key]:.3f}")
         parts.append(format_seconds(wall))
-        self._print(f"done  {self._label(trial)}: " + ", ".join(parts))
+        self._print(f"done  {self._label(trial)}: " + ", ".join(parts) + f" [{len(self.walls)}/{self.total}]")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"error {self._label(trial)} (retried from its last checkpoint while retries remain)")
 
     def on_step_end(self, iteration, trials, **info):
-        now = self.clock()
-        if now - self.last_status >= self.every:
-            self.last_status = now
+        if self.clock() - self.last_status >= self.every:
             self._print(self.status(trials))
-
-    def on_experiment_end(self, trials, **info):
-        self._print(self.status(trials))
 
     def status(self, trials) -> str:
         counts = {state: sum(t.status == state for t in trials) for state in ("TERMINATED", "RUNNING", "ERROR")}
@@ -101,37 +97,34 @@ class StudyConsole(tune.Callback):
         return text
 
 
-class OnceFilter(logging.Filter):
-    """Lets each message through once (by its first 60 characters): for warnings Tune repeats."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = record.getMessage()[:60]
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
 @contextmanager
 def tune_output(log_path: Path):
-    """While a study runs: every Ray Tune log record (INFO and up) also goes to ``log_path``, and the
-    experiment-state snapshot warning Tune repeats every few seconds is shown once."""
+    """While a study runs: every Ray Tune log record (INFO and up) also goes to ``log_path``, and Ray's
+    console shows warnings and errors only (:class:`ConsoleFilter`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, encoding="utf-8", delay=True)  # no file until Tune logs something
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     tune_logger = logging.getLogger("ray.tune")
-    snapshots = logging.getLogger("ray.tune.execution.experiment_state")
-    once = OnceFilter()
     tune_logger.addHandler(handler)
-    snapshots.addFilter(once)
+    quiet = ConsoleFilter()
+    ray_logger = logging.getLogger("ray")
+    for console in ray_logger.handlers:
+        console.addFilter(quiet)
     try:
         yield
     finally:
         tune_logger.removeHandler(handler)
-        snapshots.removeFilter(once)
         handler.close()
+        for console in ray_logger.handlers:
+            console.removeFilter(quiet)
+
+
+class ConsoleFilter(logging.Filter):
+    """Ray's console lines a study does not need: its INFO records (Tune's are in tune.log), and the notice
+    that token authentication is on, whose advice is to switch it off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")

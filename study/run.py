@@ -33,6 +33,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -513,6 +514,14 @@ def _run_locked(
 
     started = time.perf_counter()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Tune forces an experiment snapshot whenever a trial has checkpointed num_to_keep times since the
+    # last one, and warns when that happens within 5 s. Every epoch checkpoints (a killed worker resumes
+    # from its last epoch), so with short CPU epochs it always happens; the snapshot is what a resumed
+    # study restores from, and on local or S3 storage it costs milliseconds. Threshold 0: no warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C stops the study at once (main() says what was kept and how to --resume), not Tune's
+    # graceful stop, which waits for running trials and then reports them as failed.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with tune_output(out / "tune.log"), ray_session(address, log_to_driver=verbose > 2):  # Tune's log kept in OUT
@@ -834,21 +843,16 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
             f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by ASHA); best by "
             f"validation: {search['best']['params']} ({search['best']['value']:.4f}, trial {search['best']['trial_id']})"
         )
-    compare = space.compare
-    # clean evaluation sets only: perturbed ones ("SET~PERTURBATION@SEVERITY/...") are for the robustness report
-    metric_columns = [c for c in trials.columns if c.endswith("/roc_auc") and not c.startswith("val/") and "~" not in c]
-    if len(trials) and metric_columns:
-        key = metric_columns[0]
-        best = trials.loc[trials[key].idxmax()]
-        axis = compare.get("axis")
+    # the best trial by validation only: picking it on a test set would make that test set a validation set
+    monitor = trials.get("config/train.monitor", pd.Series(["roc_auc"])).iloc[0] if len(trials) else "roc_auc"
+    if len(trials) and f"val/{monitor}" in trials and trials[f"val/{monitor}"].notna().any():
+        best = trials.loc[trials[f"val/{monitor}"].idxmax()]
+        axis = space.compare.get("axis")
         print(
-            f"  best {key}: {best[key]:.4f} ({best['trial_id']}"
-            + (f", {axis}={best.get('config/' + axis)}" if axis else "")
-            + ")"
+            f"  best trial by validation {monitor}: {best['trial_id']}"
+            + (f" ({axis}={best.get('config/' + axis)})" if axis else "")
+            + f", {best[f'val/{monitor}']:.4f}; the configurations' test results are in the report"
         )
-        if axis and f"config/{axis}" in trials:
-            table = trials.groupby(f"config/{axis}")[metric_columns].agg(["mean", "std", "count"])
-            print(table.round(4).to_string())
     print(f"  results: {summary['out']}/trials.parquet, predictions.parquet, study.json")
 
 
@@ -864,7 +868,8 @@ def _report(out: Path) -> None:
     except ImportError:
         return  # the analysis package is optional for running a study
     summary = report_study(out)
-    print(f"report: {summary['report']}")
+    print("\n".join(line for line in summary["lead"] if line and not line.startswith("- every configuration")))
+    print(f"report: {summary['report']} (and report.html)")
     for note in summary["notes"]:
         print(f"  note: {note}")
 
@@ -964,6 +969,15 @@ def main(argv: list[str] | None = None) -> int:
             report=not args.no_report,
             verbose=args.verbose,
         )
+    except KeyboardInterrupt:
+        given = list(sys.argv[1:] if argv is None else argv)
+        again = given + [] if "--resume" in given else given + ["--resume"]
+        print(
+            f"\ninterrupted: the trials that finished are kept in {out if 'out' in locals() else 'the study folder'} "
+            f"(trials/, and Tune's state in tune/); continue with: python -m study.run {shlex.join(again)}",
+            file=sys.stderr,
+        )
+        return 130
     except (SpaceError, DataError, ValueError, StudyLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ object store, ``python -m study.trial`` in its own process.
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -343,20 +344,22 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
 
     clean = {}  # evaluation sets under eval_variants, scored by the same model
     cache = FeatureCache()  # one object, so that it counts the damaged entries it repaired
+    started, stages = time.perf_counter(), []
+
+    def extracted(rows, feature_profile, **options):
+        feature_set = extract_features(rows, feature_profile, cache=cache, progress=progress, n_jobs=n_jobs, **options)
+        stages.append(feature_set.stats)
+        return feature_set
 
     def features(name, rows):
-        return SplitData.from_features(
-            name, extract_features(rows, profile, cache=cache, progress=progress, n_jobs=n_jobs, desc=name)
-        )
+        return SplitData.from_features(name, extracted(rows, profile, desc=name))
 
     for key, values in data.eval_variants.items():
         for value in values:
             variant = profile_of({**config, key: value})
             for spec, rows in list(eval_tables.items()):
                 name = variant_name(spec, key, value)
-                clean[name] = SplitData.from_features(
-                    name, extract_features(rows, variant, cache=cache, progress=progress, n_jobs=n_jobs, desc=name)
-                )
+                clean[name] = SplitData.from_features(name, extracted(rows, variant, desc=name))
     perturbed = [
         PerturbedSplit(
             spec,
@@ -364,14 +367,11 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
             item.severity,
             SplitData.from_features(
                 spec,
-                extract_features(
+                extracted(
                     rows,
                     profile,
                     transform=partial(perturb, item.name, item.severity, item.kwargs),
                     transform_key=f"{item.id}@{item.severity}",
-                    cache=cache,
-                    progress=progress,
-                    n_jobs=n_jobs,
                     desc=f"{spec} {item.id}@{item.severity}",
                 ),
             ),
@@ -410,6 +410,13 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
         perturbed,
     )
     info["cache_repaired"] = cache.repaired
+    if progress:  # one line for the whole stage, in a terminal and in a log alike
+        total = {k: sum(stage[k] for stage in stages) for k in ("items", "cached", "computed", "windows")}
+        print(
+            f"features: {len(stages)} sets, {total['items']} recordings ({total['cached']} cached, "
+            f"{total['computed']} computed, {total['windows']} windows) in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     if cache.repaired:
         print(f"feature cache: {cache.repaired} damaged entries removed and recomputed (paths above)", flush=True)
     if profile.spectrogram == "fbank":

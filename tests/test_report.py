@@ -300,7 +300,7 @@ def test_better_configuration_is_significant_and_identical_copy_is_not(fusion_st
         assert better.loc[(test, "roc_auc"), "low"] > 0
     # 3 seeds cannot reach p < 0.05 with Wilcoxon (smallest p = 0.25): no row, and report.md says why
     assert "Wilcoxon signed-rank" not in set(table["test"])
-    assert "Wilcoxon over seeds not shown: with 3 non-zero seed difference(s)" in (folder / "report.md").read_text()
+    assert "Wilcoxon over seeds not shown: 3 seeds (fewer where two agree) cannot" in (folder / "report.md").read_text()
     copy = table[table["a"] == "sum"]
     assert len(copy) == 2 * 7  # two evaluation sets x (4 bootstrap metrics, DeLong, permutation, McNemar)
     assert (copy["difference"] == 0).all() and (copy["p"] == 1).all()

@@ -20,7 +20,7 @@ import pytest
 
 from analysis import paper, report
 from tests.test_report import FUSION_MODELS, add_data_checks, binormal, write_study
-from tests.test_robustness import PHYSIONET, break_waveform_within_training_e, write_robustness_study
+from tests.test_robustness import break_waveform_within_training_e, write_robustness_study
 
 # Columns that say what a row is about: a summary line must name each of them that the row has.
 KEYS = (
