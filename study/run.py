@@ -817,8 +817,11 @@ def trial_resources(space: Space, override: dict | None = None) -> dict:
 
 
 def trial_label(config: dict, axes: list[str]) -> str:
-    """A trial's grid values, as Tune's table and the dry run show them."""
-    return " ".join(f"{k.split('.')[-1]}={config[k]}" for k in axes)
+    """A trial's grid values, as Tune's table and the dry run show them (numbers to 4 significant digits)."""
+    return " ".join(
+        f"{k.split('.')[-1]}={config[k]:.4g}" if isinstance(config[k], float) else f"{k.split('.')[-1]}={config[k]}"
+        for k in axes
+    )
 
 
 class TrialConfigs(Searcher):
@@ -855,9 +858,10 @@ def split_configs(configs: list[dict], axes: list[str]) -> tuple[dict, list[dict
 
 
 class TrialNames:
-    """A trial as Tune's table, its folder and the console name it: grid values (or sampled settings) and study id.
+    """A trial as Tune's table, its folder, the console and the trackers name it: its grid values (a search's
+    sample: the settings sampled) and its study id.
 
-    ``axes`` are the settings shown; ``ids`` as for :func:`trainable`."""
+    ``axes`` are the grid's settings; ``ids`` as for :func:`trainable`."""
 
     def __init__(self, axes: list[str], ids: str):
         self.axes, self.ids = axes, ids
@@ -866,7 +870,8 @@ class TrialNames:
         return trial_id_of(trial.config) if self.ids == "config" else trial.trial_id
 
     def label(self, trial) -> str:
-        return trial_label(trial.config, [a for a in self.axes if a in trial.config])
+        shown = self.axes if self.ids == "config" else list(trial.evaluated_params)
+        return trial_label(trial.config, [a for a in shown if a in trial.config])
 
     def name(self, trial) -> str:
         return f"{self.trial_id(trial)} {self.label(trial)}"
@@ -902,7 +907,7 @@ def _grid_tuner(run: _Run, wrapped, configs: list[dict], name: str):
 def _search_tuner(run: _Run, wrapped, base: dict, name: str, optuna: dict):
     search = run.space.search
     samples = sample_count(search)
-    names = TrialNames(list(search["params"]), ids="tune")
+    names = TrialNames([], ids="tune")
     console = StudyConsole(samples, f"val/{base['train.monitor']}", base["train.monitor"], describe=names.console)
     return tune.Tuner(
         wrapped,
@@ -910,9 +915,11 @@ def _search_tuner(run: _Run, wrapped, base: dict, name: str, optuna: dict):
         run_config=run.run_config(name, console),
         tune_config=tune.TuneConfig(
             search_alg=optuna_searcher(search, base["seed"], optuna["storage"], optuna["study_name"]),
-            scheduler=scheduler_of(search, base["train.max_epochs"]),  # metric and mode: the searcher's
+            scheduler=scheduler_of(search, base["train.max_epochs"]),
             num_samples=samples,
             max_concurrent_trials=run.max_concurrent,
+            trial_name_creator=names.name,
+            trial_dirname_creator=names.dirname,
         ),
     )
 

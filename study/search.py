@@ -112,7 +112,9 @@ def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: s
     kind = spec["type"]
     allowed = {"type", "when"} | ({"values"} if kind == "choice" else {"low", "high"})
     if set(spec) - allowed or not (allowed - {"when"}) <= set(spec):
-        raise SpaceError(f"{where}: a {kind} parameter has the keys {sorted(allowed - {'when'})} (and 'when')")
+        raise SpaceError(
+            f"{where}: a {kind} parameter needs type and {sorted(allowed - {'type', 'when'})}, and may have when"
+        )
     if kind == "choice":
         values = spec["values"]
         if not isinstance(values, list) or not values:
@@ -250,17 +252,20 @@ def scheduler_of(search: dict, max_epochs: int):
 
     scheduler = search.get("scheduler", "asha")
     watch = {"metric": search.get("metric", "kept_val_roc_auc"), "mode": search.get("mode", "max")}
+    # a trial's last epoch report and its final one (the evaluation) both count max_epochs: a limit one
+    # above lets a trial that trains every epoch end by itself, its final metrics reported
+    max_t = max_epochs + 1
     if scheduler == "asha":
         return ASHAScheduler(
             **watch,
             time_attr=TIME_ATTR,
-            max_t=max_epochs,
+            max_t=max_t,
             grace_period=search.get("grace_period", 3),
             reduction_factor=search.get("reduction_factor", 3),
         )
     if scheduler == "hyperband":
         return HyperBandScheduler(
-            time_attr=TIME_ATTR, max_t=max_epochs, reduction_factor=search.get("reduction_factor", 3)
+            **watch, time_attr=TIME_ATTR, max_t=max_t, reduction_factor=search.get("reduction_factor", 3)
         )
     if scheduler == "median":
         return MedianStoppingRule(
