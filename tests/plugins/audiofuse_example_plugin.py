@@ -5,6 +5,7 @@ folder on PYTHONPATH); tests/test_registry.py and tests/test_plugin_study.py use
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,10 @@ from study.data.table import ProblemLog
 from study.models import register_model
 from study.perturbations import register_perturbation
 
-# tests/test_plugin_study.py asks which processes imported the plugin: each appends its pid here
+# tests/test_plugin_study.py asks which processes imported the plugin: each appends its pid and program
 if os.environ.get("AUDIOFUSE_EXAMPLE_PLUGIN_LOG"):
     with open(os.environ["AUDIOFUSE_EXAMPLE_PLUGIN_LOG"], "a") as log:
-        log.write(f"{os.getpid()}\n")
+        log.write(f"{os.getpid()} {Path(sys.argv[0]).name}\n")
 
 
 @register_model("gated_sum", kind="fusion")
