@@ -20,7 +20,7 @@ Space file layout::
     scales:
       cpu:   {fixed: {...}, grid: {seed: [0, 1]}}     # replaces grid axes of the same name
       paper: {fixed: {...}, grid: {seed: [0, ..., 9]}}
-    search: {...}                     # hpo only: Optuna + ASHA (see study.run)
+    search: {...}                     # a hyperparameter search (study.search)
     resources: {cpu: 1, gpu: 0}       # per trial
     compare: {axis: model.fusion, baseline: concat, metric: roc_auc}
     perturbations: [{name: codec, codec: mp3, severities: [1, 2]}]

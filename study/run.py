@@ -2,10 +2,12 @@
 
     python -m study.run --space NAME [--scale cpu|paper] [--data-root DIR] [--address auto|HOST:PORT]
                         [--out DIR] [--resume | --extend] [--max-concurrent N] [--set key=value ...]
-                        [--init-checkpoint AST_STATE_DICT.pth]
+                        [--init-checkpoint AST_STATE_DICT.pth] [--plugin MODULE ...]
+                        [--track tensorboard|mlflow|wandb ...]
 
-One trial = one grid point of the space (or one Optuna sample for ``hpo``),
-trained by :func:`study.train.train_and_evaluate`. Features are computed once
+One trial = one grid point of the space (or one sample of its ``search``, :mod:`study.search`),
+trained by :func:`study.train.train_and_evaluate`; Tune holds its settings flat, by name
+(``model.fusion``), as its trackers (:mod:`study.tracking`) show them. Features are computed once
 here, before any trial starts, and reach every trial on every node through
 Ray's object store, so worker nodes need no dataset. Each trial reports its
 metrics and a checkpoint every epoch; a failed trial is retried from its last
