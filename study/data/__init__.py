@@ -14,7 +14,16 @@ from pathlib import Path
 from . import icbhi, manifest, pascal, physionet  # noqa: F401 - importing them registers their loaders
 from .audio import DataError, read_audio
 from .splits import assign_validation
-from .table import LOADERS, RECORDING_COLUMNS, LoadedDataset, as_loaded, recording_row, register_dataset, summarize
+from .table import (
+    LOADERS,
+    RECORDING_COLUMNS,
+    LoadedDataset,
+    ProblemLog,
+    as_loaded,
+    recording_row,
+    register_dataset,
+    summarize,
+)
 
 
 def load_dataset(name: str, root: str | Path, **options) -> LoadedDataset:
@@ -26,6 +35,7 @@ __all__ = [
     "DataError",
     "LOADERS",
     "LoadedDataset",
+    "ProblemLog",
     "RECORDING_COLUMNS",
     "assign_validation",
     "load_dataset",

@@ -13,8 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from study.data import recording_row, register_dataset
-from study.data.table import ProblemLog
+from study.data import ProblemLog, recording_row, register_dataset
 from study.models import register_model
 from study.perturbations import register_perturbation
 
