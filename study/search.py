@@ -136,7 +136,10 @@ def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: s
         values = [low, high - 1 if integer else high]
     for value in values:  # each value, with the config every sample starts from, must make a config that runs
         validate_trial_config({**base, key: value}, where)
-    for other, accepted in (spec.get("when") or {}).items():
+    conditions = spec.get("when") or {}
+    if not isinstance(conditions, dict):
+        raise SpaceError(f"{where}: when must map parameters listed before it to a value or a list of values")
+    for other, accepted in conditions.items():
         if other not in earlier:
             raise SpaceError(f"{where}: when names {other!r}, which is not a searched parameter listed before {key}")
         accepted = accepted if isinstance(accepted, list) else [accepted]

@@ -49,6 +49,7 @@ def test_combinations_that_cannot_run_are_refused_in_one_line(search, message):
             {"train.lr": {"type": "uniform", "low": 0.1}},
             "a uniform parameter needs type and ['high', 'low'], and may have when",
         ),
+        ({"model.dropout": {**PARAMS["train.lr"], "when": "model.fusion"}}, "when must map parameters listed before"),
         (
             {"model.fusion_heads": PARAMS["model.fusion_heads"], "model.fusion": PARAMS["model.fusion"]},
             "when names 'model.fusion', which is not a searched parameter listed before model.fusion_heads",
