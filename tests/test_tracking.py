@@ -13,8 +13,8 @@ import pytest
 from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
 from study import run as run_module
+from study.tracking import check_trackers
 
-pytestmark = pytest.mark.slow
 SMALL = ["--set", "seed=[0]", "--set", "train.max_epochs=2"]  # a waveform and a fusion trial
 
 
@@ -51,6 +51,7 @@ def tracked(synth_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_hparams_by_name_and_the_report(tracked):
     trial_dir = tracked / "tune" / "run-1" / f"trial_{_fusion_trial(tracked)['trial_id']}"
     hparams, scalars = {}, set()
@@ -68,6 +69,7 @@ def test_tensorboard_holds_the_hparams_by_name_and_the_report(tracked):
     assert {"report/text_summary", "claims/text_summary"} <= texts
 
 
+@pytest.mark.slow
 def test_mlflow_holds_each_trial_and_the_report_in_the_study_folder(tracked):
     from mlflow.tracking import MlflowClient
 
@@ -124,6 +126,7 @@ def _wandb_run(path: Path) -> dict:
     return run
 
 
+@pytest.mark.slow
 def test_wandb_offline_holds_each_trial_and_the_report(tracked):
     runs = {r["name"]: r for r in map(_wandb_run, sorted((tracked / "wandb").glob("offline-run-*/run-*.wandb")))}
     trial = _fusion_trial(tracked)
@@ -136,6 +139,7 @@ def test_wandb_offline_holds_each_trial_and_the_report(tracked):
     assert {"claims", "notes"} <= set(report)
 
 
+@pytest.mark.slow
 def test_tunes_readers_show_the_settings_by_name(tracked):
     from ray import tune
 
@@ -144,3 +148,12 @@ def test_tunes_readers_show_the_settings_by_name(tracked):
     results = tune.Tuner.restore(str(tracked / "tune" / "run-1"), trainable=run_module.trainable).get_results()
     assert {r.config["model.architecture"] for r in results} == {"fusion", "waveform"}
     assert set(results.get_dataframe()["config/seed"]) == {0}
+
+
+def test_an_unknown_tracker_or_a_missing_client_is_refused_in_one_line(monkeypatch):
+    assert check_trackers(["mlflow", "tensorboard", "mlflow"]) == ["mlflow", "tensorboard"]
+    with pytest.raises(ValueError, match=r"^--track must be one of \['tensorboard', 'mlflow', 'wandb'\], got 'comet'$"):
+        check_trackers(["comet"])
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"^--track wandb needs the wandb package: pip install .*\[track\]'$"):
+        check_trackers(["wandb"])
