@@ -51,7 +51,7 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from .cluster import ClusterError, check_storage, check_trials_fit, ray_session, storage_error
 from .config import (
@@ -897,9 +897,10 @@ def _grid_tuner(run: _Run, wrapped, configs: list[dict], name: str):
         param_space=shared,
         run_config=run.run_config(name, console),
         tune_config=tune.TuneConfig(
-            search_alg=TrialConfigs(suggestions),
+            # Tune lets a searcher keep one trial pending at a time unless a ConcurrencyLimiter says more:
+            # a grid's trials all start as soon as resources allow, as Tune's own grid_search would
+            search_alg=ConcurrencyLimiter(TrialConfigs(suggestions), max_concurrent=run.max_concurrent or len(configs)),
             num_samples=len(configs),
-            max_concurrent_trials=run.max_concurrent,
             trial_name_creator=names.name,
             trial_dirname_creator=names.dirname,
         ),
