@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from .data.audio import cache_dir, read_audio
 from .features import FeatureProfile, compute_features
 from .io import atomic_path
+from .registry import load_plugins, loaded_plugins
 
 STORE_DTYPE = np.float16  # halves memory and disk; images in [0, 1] and normalised waves lose < 1e-3
 PACK_FILES = ("images", "waves", "counts")
@@ -294,33 +295,37 @@ def _compute_item(args) -> tuple[int, np.ndarray, np.ndarray]:
     return position, images.astype(STORE_DTYPE), waves.astype(STORE_DTYPE)
 
 
-def _init_worker() -> None:
+def _init_worker(plugins: list[str]) -> None:
     # Each worker is one process on one core: library thread pools would only fight.
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     threadpool_limits(1)
+    load_plugins(plugins)  # a plugin's perturbations are applied here
 
 
-_pool: tuple[int, ProcessPoolExecutor] | None = None
+_pool: tuple[int, list[str], ProcessPoolExecutor] | None = None
 
 
 def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
     """One pool of ``n_jobs`` feature workers per process, reused by every call: a spawned worker
     pays for importing librosa and compiling its numba kernels (seconds), which a robustness suite
-    calling this once per evaluation set and perturbation would otherwise pay dozens of times."""
+    calling this once per evaluation set and perturbation would otherwise pay dozens of times.
+    Its workers load the plugins this process loaded (a new pool when there are more)."""
     global _pool
-    if _pool is None or _pool[0] != n_jobs:
+    plugins = loaded_plugins()
+    if _pool is None or _pool[:2] != (n_jobs, plugins):
         _close_pool()
-        _pool = (n_jobs, ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker))
-    return _pool[1]
+        context = get_context("spawn")
+        _pool = (n_jobs, plugins, ProcessPoolExecutor(n_jobs, context, initializer=_init_worker, initargs=(plugins,)))
+    return _pool[2]
 
 
 def _close_pool() -> None:
     global _pool
     if _pool is not None:
-        _pool[1].shutdown(cancel_futures=True)
+        _pool[2].shutdown(cancel_futures=True)
         _pool = None
 
 

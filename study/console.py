@@ -36,11 +36,13 @@ class StudyConsole(tune.Callback):
     passed without a line (a log stays short; a quiet study still shows it is alive).
 
     ``total`` is the number of trials this run trains, ``headline`` the evaluation-set metric
-    shown on each finished trial (e.g. "physionet2016:test/roc_auc"), ``monitor`` the validation one.
+    shown on each finished trial (e.g. "physionet2016:test/roc_auc"), ``monitor`` the validation one,
+    ``describe(trial)`` a trial's LABEL (its grid values and study id).
     """
 
-    def __init__(self, total: int, headline: str, monitor: str, every: float = 60.0, stream=None, clock=None):
+    def __init__(self, total: int, headline: str, monitor: str, describe, every: float = 60.0, stream=None, clock=None):
         self.total, self.headline, self.monitor, self.every = total, headline, monitor, every
+        self._label = describe
         self.stream = stream or sys.stdout
         self.clock = clock or time.monotonic
         self.started = self.clock()
@@ -51,11 +53,6 @@ class StudyConsole(tune.Callback):
     def _print(self, text: str) -> None:
         self.last_status = self.clock()
         print(f"[{format_seconds(self.clock() - self.started):>10}] {text}", file=self.stream, flush=True)
-
-    @staticmethod
-    def _label(trial) -> str:
-        spec = trial.config.get("trial", {})
-        return f"{spec.get('label') or trial.trial_id} ({spec.get('trial_id') or trial.trial_id})"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.trial_started[trial.trial_id] = self.clock()

@@ -27,6 +27,7 @@ from .config import model_config_of, profile_of
 from .io import write_json, write_parquet
 from .models import create_model
 from .perturbations import parse_perturbation_suite
+from .registry import load_plugins, loaded_plugins
 from .train import PREDICTION_COLUMNS, evaluate_model, pick_device
 from .trial_data import data_settings, prepare_data
 
@@ -267,8 +268,9 @@ def score_locally(paths: dict[str, Path], keys: dict[str, str], prepared: dict, 
     return pd.concat(frames, ignore_index=True)
 
 
-def _score_task(trial_id: str, raw: bytes, source: str, evals: dict, device: str) -> pd.DataFrame:
-    """Ray task (num_cpus=1): :func:`score_checkpoint` on a worker, with one torch thread."""
+def _score_task(trial_id: str, raw: bytes, source: str, evals: dict, device: str, plugins: list[str]) -> pd.DataFrame:
+    """Ray task (num_cpus=1): :func:`score_checkpoint` on a worker, with one torch thread and the plugins loaded."""
+    load_plugins(plugins)  # the models of a plugin's architectures and heads are built here
     torch.set_num_threads(1)  # one per CPU Ray gave the task: more would oversubscribe the node's cores
     return score_checkpoint(trial_id, raw, source, evals, pick_device(device))
 
@@ -297,7 +299,8 @@ def score_on_ray(
         )
         sets = {key: ray.put(evals) for key, evals in prepared.items()}
         task = ray.remote(_score_task).options(num_cpus=1, num_gpus=gpus)
-        refs = {task.remote(t, p.read_bytes(), str(p), sets[keys[t]], device): t for t, p in paths.items()}
+        plugins = loaded_plugins()
+        refs = {task.remote(t, p.read_bytes(), str(p), sets[keys[t]], device, plugins): t for t, p in paths.items()}
         frames, pending = {}, list(refs)
         try:
             while pending:
@@ -390,9 +393,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"without --address, score N or more trials as Ray tasks (a local Ray), fewer here (default {RAY_MIN_TRIALS})",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable), here and on every Ray task, for the models and datasets it registers",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
     args = parser.parse_args(argv)
     try:
+        load_plugins(args.plugin)
         new = evaluate_study(
             args.study,
             args.eval_set,

@@ -56,6 +56,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .registry import Registry
+
 __all__ = [
     "ARCHITECTURES",
     "AST_BASE",
@@ -67,10 +69,14 @@ __all__ = [
     "count_parameters",
     "create_model",
     "load_ast_checkpoint",
+    "register_model",
 ]
 
-ARCHITECTURES = ("spectrogram", "waveform", "fusion", "ast")
-FUSIONS = ("concat", "sum", "cross_attention", "film", "logit_ensemble")
+#: ``model.architecture`` -> a builder ``f(config: ModelConfig) -> AudioClassifier``
+ARCHITECTURES = Registry("architecture", "model.architecture")
+#: ``model.fusion`` -> a fusion head class ``Head(spec_dim, wave_dim, config)`` with ``input_keys``
+FUSIONS = Registry("fusion head", "model.fusion")
+_MODEL_REGISTRIES = {"architecture": ARCHITECTURES, "fusion": FUSIONS}
 _ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "gelu": nn.GELU}
 _VIT_POOLS = ("avg", "token")
 _WAVE_PADDINGS = ("same", "valid")
@@ -105,17 +111,65 @@ def _flag(name: str, value) -> bool:
     return value
 
 
+_BRANCH_FEATURES = {"spectrogram": ("spectrogram", "spectrogram_tokens"), "waveform": ("waveform", "waveform_steps")}
+
+
+def register_model(name: str, *, kind: str = "architecture"):
+    """Register an architecture or a fusion head under ``name``, as timm's ``@register_model`` does.
+
+    ``kind="architecture"`` decorates a builder ``f(config: ModelConfig) -> AudioClassifier``,
+    built for ``model.architecture: NAME``. ``kind="fusion"`` decorates a head class
+    ``Head(spec_dim, wave_dim, config)``, built by the ``"fusion"`` architecture for
+    ``model.fusion: NAME``: its ``input_keys`` maps each branch to the feature entries it
+    reads (what test-time branch ablation replaces), its ``forward(features)`` returns
+    (B, num_classes) logits; ``spec_dim`` / ``wave_dim`` are the widths of what it reads
+    (the pooled vectors, or the sequences when it reads only those: module docstring).
+
+    Examples
+    --------
+    >>> @register_model("gated_sum", kind="fusion")
+    ... class GatedSum(nn.Module):
+    ...     input_keys = {"spectrogram": ("spectrogram",), "waveform": ("waveform",)}
+    ...     ...
+    """
+    if kind not in _MODEL_REGISTRIES:
+        raise ValueError(f"register_model: kind must be one of {sorted(_MODEL_REGISTRIES)}, got {kind!r}")
+
+    def register(obj):
+        if kind == "fusion":
+            _check_input_keys(name, obj)
+        return _MODEL_REGISTRIES[kind].register(name, obj)
+
+    return register
+
+
+def _check_input_keys(name: str, head) -> None:
+    keys = getattr(head, "input_keys", None)
+    if not isinstance(keys, Mapping) or set(keys) != set(_BRANCH_FEATURES):
+        raise TypeError(
+            f"fusion head {name!r}: input_keys must map 'spectrogram' and 'waveform' to the feature entries "
+            f"the head reads, e.g. {{'spectrogram': ('spectrogram',), 'waveform': ('waveform',)}}; got {keys!r}"
+        )
+    for branch, entries in keys.items():
+        if not entries or set(entries) - set(_BRANCH_FEATURES[branch]):
+            raise TypeError(
+                f"fusion head {name!r}: input_keys[{branch!r}] must be some of {_BRANCH_FEATURES[branch]}, got {entries!r}"
+            )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every size of every model; defaults are the AudioFuse paper's.
 
     Parameters
     ----------
-    architecture : {"spectrogram", "waveform", "fusion", "ast"}
-        Single-branch baselines, the two-branch AudioFuse model, or an Audio
-        Spectrogram Transformer (spectrogram branch only; see :data:`AST_BASE`).
-    fusion : {"concat", "sum", "cross_attention", "film", "logit_ensemble"}
-        Head of a ``"fusion"`` model; ignored by other architectures.
+    architecture : str, a name of :data:`ARCHITECTURES`
+        Built in: "spectrogram" and "waveform" (single-branch baselines), "fusion"
+        (the two-branch AudioFuse model) and "ast" (an Audio Spectrogram Transformer,
+        spectrogram branch only; see :data:`AST_BASE`).
+    fusion : str, a name of :data:`FUSIONS`
+        Head of a ``"fusion"`` model, ignored by other architectures; built in:
+        "concat", "sum", "cross_attention", "film", "logit_ensemble".
     img_size : int or (H, W)
         Spectrogram image size in pixels (mel bins x frames for AST).
     patch_size : int or (h, w)
@@ -187,8 +241,9 @@ class ModelConfig:
     branch_heads: bool = False
 
     def __post_init__(self):
-        _choice("architecture", self.architecture, ARCHITECTURES)
-        _choice("fusion", self.fusion, FUSIONS)
+        for name, registry in (("architecture", ARCHITECTURES), ("fusion", FUSIONS)):
+            if getattr(self, name) not in registry:
+                raise ValueError(f"{name} {registry.unknown(getattr(self, name))}")
         img_size = _positive_pair("img_size", self.img_size)
         patch_size = _positive_pair("patch_size", self.patch_size)
         if self.patch_stride is not None:
@@ -478,6 +533,7 @@ class ASTHead(nn.Module):
         return self.classifier(features["spectrogram"])
 
 
+@register_model("concat", kind="fusion")
 class ConcatFusionHead(nn.Module):
     """AudioFuse: concat(spectrogram, waveform) -> Dense -> ReLU -> Dropout -> logits."""
 
@@ -491,6 +547,7 @@ class ConcatFusionHead(nn.Module):
         return self.classifier(torch.cat([features["spectrogram"], features["waveform"]], dim=-1))
 
 
+@register_model("sum", kind="fusion")
 class SumFusionHead(nn.Module):
     """Project both branches to fusion_dim and add -> ReLU -> Dropout -> logits."""
 
@@ -508,6 +565,7 @@ class SumFusionHead(nn.Module):
         return self.classifier(self.spec_proj(features["spectrogram"]) + self.wave_proj(features["waveform"]))
 
 
+@register_model("cross_attention", kind="fusion")
 class CrossAttentionFusionHead(nn.Module):
     """Each branch's sequence attends to the other's; both are pooled, concatenated, classified.
 
@@ -540,6 +598,7 @@ class CrossAttentionFusionHead(nn.Module):
         return self.classifier(torch.cat([spec, wave], dim=-1))
 
 
+@register_model("film", kind="fusion")
 class FiLMFusionHead(nn.Module):
     """Gated FiLM: waveform features modulate the spectrogram features, then the fusion MLP.
 
@@ -563,6 +622,7 @@ class FiLMFusionHead(nn.Module):
         return self.classifier((1.0 - gate) * spec + gate * modulated)
 
 
+@register_model("logit_ensemble", kind="fusion")
 class LogitEnsembleHead(nn.Module):
     """Two single-branch heads whose logits are averaged."""
 
@@ -575,15 +635,6 @@ class LogitEnsembleHead(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return 0.5 * (self.spectrogram_head(features) + self.waveform_head(features))
-
-
-_FUSION_HEADS = {
-    "concat": ConcatFusionHead,
-    "sum": SumFusionHead,
-    "cross_attention": CrossAttentionFusionHead,
-    "film": FiLMFusionHead,
-    "logit_ensemble": LogitEnsembleHead,
-}
 
 
 def _init_keras_style(module: nn.Module) -> None:
@@ -612,27 +663,18 @@ class AudioClassifier(nn.Module):
         replace for test-time ablation of that branch.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(
+        self,
+        config: ModelConfig,
+        head: nn.Module,
+        spectrogram_branch: nn.Module | None = None,
+        waveform_branch: nn.Module | None = None,
+    ):
         super().__init__()
         self.config = config
-        arch = config.architecture
-        # the cross-attention head reads token sequences, so the branch Dense layers would be dead weights
-        project = not (arch == "ast" or (arch == "fusion" and config.fusion == "cross_attention"))
-        self.spectrogram_branch = (
-            SpectrogramBranch(config, project) if arch in ("spectrogram", "fusion", "ast") else None
-        )
-        self.waveform_branch = WaveformBranch(config, project) if arch in ("waveform", "fusion") else None
-        if arch == "ast":
-            self.head = ASTHead(self.spectrogram_branch.out_dim, config)
-        elif arch == "spectrogram":
-            self.head = SingleBranchHead("spectrogram", self.spectrogram_branch.out_dim, config)
-        elif arch == "waveform":
-            self.head = SingleBranchHead("waveform", self.waveform_branch.out_dim, config)
-        else:
-            spec_dim, wave_dim = self.spectrogram_branch.out_dim, self.waveform_branch.out_dim
-            if config.fusion == "cross_attention":
-                spec_dim, wave_dim = self.spectrogram_branch.token_dim, self.waveform_branch.token_dim
-            self.head = _FUSION_HEADS[config.fusion](spec_dim, wave_dim, config)
+        self.spectrogram_branch = spectrogram_branch
+        self.waveform_branch = waveform_branch
+        self.head = head
         if self.waveform_branch is not None:
             self.waveform_branch.apply(_init_keras_style)
         if self.spectrogram_branch is not None and self.spectrogram_branch.projection is not None:
@@ -688,19 +730,64 @@ class AudioClassifier(nn.Module):
         return logits, [self._logits(head(features)) for head in self.branch_heads.values()]
 
 
+@register_model("spectrogram")
+def spectrogram_model(config: ModelConfig) -> AudioClassifier:
+    """The spectrogram branch alone, with a single-branch head."""
+    branch = SpectrogramBranch(config)
+    return AudioClassifier(config, SingleBranchHead("spectrogram", branch.out_dim, config), spectrogram_branch=branch)
+
+
+@register_model("waveform")
+def waveform_model(config: ModelConfig) -> AudioClassifier:
+    """The waveform branch alone, with a single-branch head."""
+    branch = WaveformBranch(config)
+    return AudioClassifier(config, SingleBranchHead("waveform", branch.out_dim, config), waveform_branch=branch)
+
+
+@register_model("fusion")
+def fusion_model(config: ModelConfig) -> AudioClassifier:
+    """Both branches and the fusion head ``config.fusion`` (a name of :data:`FUSIONS`).
+
+    A branch ends in its Dense layer only when the head reads its pooled vector: a head reading
+    token sequences alone (cross-attention) would leave that layer a dead weight.
+    """
+    head_class = FUSIONS.lookup(config.fusion)
+    pooled = {branch: branch in head_class.input_keys[branch] for branch in _BRANCH_FEATURES}
+    spectrogram = SpectrogramBranch(config, pooled["spectrogram"])
+    waveform = WaveformBranch(config, pooled["waveform"])
+    spec_dim = spectrogram.out_dim if pooled["spectrogram"] else spectrogram.token_dim
+    wave_dim = waveform.out_dim if pooled["waveform"] else waveform.token_dim
+    return AudioClassifier(config, head_class(spec_dim, wave_dim, config), spectrogram, waveform)
+
+
+@register_model("ast")
+def ast_model(config: ModelConfig) -> AudioClassifier:
+    """An Audio Spectrogram Transformer: the ViT's pooled prefix tokens into AST's head (:data:`AST_BASE`)."""
+    branch = SpectrogramBranch(config, project=False)
+    return AudioClassifier(config, ASTHead(branch.out_dim, config), spectrogram_branch=branch)
+
+
 def create_model(config: dict | ModelConfig) -> AudioClassifier:
-    """Build any model of the study from a :class:`ModelConfig` or a dict of its fields.
+    """Build any model of the study from a :class:`ModelConfig` or a dict of its fields: the builder
+    :data:`ARCHITECTURES` holds for ``config.architecture``.
 
     Examples
     --------
     >>> model = create_model({"architecture": "fusion", "fusion": "concat"})  # AudioFuse
     >>> ast = create_model({**AST_BASE, "num_classes": 2})
     """
-    if isinstance(config, ModelConfig):
-        return AudioClassifier(config)
     if isinstance(config, Mapping):
-        return AudioClassifier(ModelConfig.from_dict(config))
-    raise TypeError(f"config must be a dict or ModelConfig, got {type(config).__name__}")
+        config = ModelConfig.from_dict(config)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a dict or ModelConfig, got {type(config).__name__}")
+    builder = ARCHITECTURES.lookup(config.architecture)
+    model = builder(config)
+    if not isinstance(model, AudioClassifier):
+        raise TypeError(
+            f"architecture {config.architecture!r} ({builder.__module__}.{builder.__qualname__}) returned "
+            f"{type(model).__name__}, not an AudioClassifier"
+        )
+    return model
 
 
 def _count(module: nn.Module) -> int:

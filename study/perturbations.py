@@ -3,10 +3,12 @@
 Every perturbation is a plain function ``f(x, sr, severity, ...) -> y`` on a mono
 waveform ``x`` (1-D float array, shape ``(n_samples,)``, values roughly in
 [-1, 1]) sampled at ``sr`` Hz. It returns a new float32 array at the same sample
-rate. ``severity`` is an integer in ``0..MAX_SEVERITY``; severity 0 returns the
-input unchanged (bit for bit for float32 input), higher severities degrade more.
+rate. ``severity`` is 0 or one of the levels of the perturbation's severity scale;
+severity 0 returns the input unchanged (bit for bit for float32 input), higher
+severities degrade more. Each is registered by name in :data:`PERTURBATIONS` with
+its scale, through :func:`register_perturbation`, which a plugin uses to add its own.
 
-Severity tables (severity 1, 2, 3, 4):
+Severity tables of the built-in perturbations (severity 1, 2, 3, 4):
 
 =================  =============================================================
 time_stretch_slow  tempo rate r = 0.946, 0.894, 0.846, 0.800 (1.25 ** (-k / 4))
@@ -93,6 +95,8 @@ import scipy.signal
 import soundfile as sf
 import soxr
 from scipy.interpolate import PchipInterpolator
+
+from .registry import PluginError, Registry
 
 MAX_SEVERITY = 4
 
@@ -200,6 +204,88 @@ def _as_output(y: np.ndarray) -> np.ndarray:
     return np.asarray(y, dtype=np.float32)
 
 
+# ----------------------------------------------------------------------- registry
+#: perturbation name (a suite entry's ``name``) -> its function; :func:`register_perturbation` fills it
+PERTURBATIONS = Registry("perturbation", "perturbations")
+
+
+def register_perturbation(
+    name: str,
+    *,
+    severities: dict[int, Any] | tuple[int, ...],
+    label: Callable[..., str] | None = None,
+    tempo_rates: dict[int, float] | None = None,
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register a waveform -> waveform function ``f(x, sr, severity, [seed,] *, **options)`` as ``name``.
+
+    Parameters
+    ----------
+    severities : dict or tuple of int
+        The scale: its levels (positive integers), each mapped to what it means at that
+        level (a bitrate, a cutoff; a tuple when a label says it). Severity 0 is always the
+        input unchanged. A suite entry without ``severities`` gets every level.
+    label : callable, optional
+        ``label(severity, **options) -> str`` names a level in tables ("MP3 32 kbps") and
+        rejects bad options (ValueError); default ``"NAME VALUE"`` from ``severities``.
+    tempo_rates : dict, optional
+        For a perturbation that changes the tempo: level -> rate, the output being
+        ``round(n / rate)`` samples long (the plan sizes the features by it).
+
+    The function's keyword-only arguments are the options a suite entry may set; one that
+    takes a ``seed`` argument gets a repeatable draw per recording.
+    """
+    scale = dict(severities) if isinstance(severities, dict) else {level: level for level in severities}
+    if not scale or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in scale):
+        raise PluginError(f"perturbation {name!r}: severities must be positive integer levels, got {severities!r}")
+
+    def register(function: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        positional = [p.name for p in inspect.signature(function).parameters.values()][:3]
+        if positional != ["x", "sr", "severity"]:
+            raise PluginError(
+                f"perturbation {name!r}: the function must take (x, sr, severity, ...), got ({', '.join(positional)})"
+            )
+        return PERTURBATIONS.register(
+            name,
+            function,
+            severities=scale,
+            label=label or (lambda severity, **options: f"{name} {scale[severity]}"),
+            tempo_rates=dict(tempo_rates or {}),
+        )
+
+    return register
+
+
+def _tempo_label(rates: dict[int, float]) -> Callable[..., str]:
+    def label(severity: int, *, method: str = "phase_vocoder") -> str:
+        _check_choice("method", method, TIME_STRETCH_METHODS)
+        return f"rate {rates[severity]:.3f}" + ("" if method == "phase_vocoder" else ", resampled")
+
+    return label
+
+
+def _warp_label(severity: int, *, knot_spacing_s: float = 0.8) -> str:
+    _check_positive("knot_spacing_s", knot_spacing_s)
+    return f"local rate ±{100 * WARP_MAX_RATE_DEVIATION[severity]:g} %"
+
+
+def _codec_label(severity: int, *, codec: str = "mp3") -> str:
+    codec = _check_choice("codec", codec, CODECS)
+    if codec == "mp3":
+        return f"MP3 {MP3_BITRATES_KBPS[severity]} kbps"
+    if codec == "opus":
+        return f"Opus {OPUS_BITRATES_KBPS[severity]} kbps"
+    return f"Vorbis q{10 * VORBIS_QUALITIES[severity]:g}"
+
+
+def _mu_law_label(severity: int, *, companding: bool = True) -> str:
+    return f"{'mu-law' if _check_bool('companding', companding) else 'PCM'} {MU_LAW_BITS[severity]} bit"
+
+
+def _band_limit_label(severity: int, *, order: int = 4) -> str:
+    _check_positive_int("order", order)
+    return f"low-pass {LOWPASS_CUTOFFS_HZ[severity]:g} Hz"
+
+
 # --------------------------------------------------------------------- time warps
 def _stft_size(sr: int) -> int:
     """Power-of-two FFT size closest to a 50 ms window (128 at 2 kHz, 2048 at 44.1 kHz)."""
@@ -221,6 +307,9 @@ def _time_stretch(x: Any, sr: Any, severity: Any, method: str, rates: dict[int, 
     return _as_output(librosa.util.fix_length(stretched, size=target_length))
 
 
+@register_perturbation(
+    "time_stretch_slow", severities=SLOW_TEMPO_RATES, label=_tempo_label(SLOW_TEMPO_RATES), tempo_rates=SLOW_TEMPO_RATES
+)
 def time_stretch_slow(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
     """Slow the global tempo down by the rate ``SLOW_TEMPO_RATES[severity]``.
 
@@ -245,6 +334,9 @@ def time_stretch_slow(x: np.ndarray, sr: int, severity: int, *, method: str = "p
     return _time_stretch(x, sr, severity, method, SLOW_TEMPO_RATES)
 
 
+@register_perturbation(
+    "time_stretch_fast", severities=FAST_TEMPO_RATES, label=_tempo_label(FAST_TEMPO_RATES), tempo_rates=FAST_TEMPO_RATES
+)
 def time_stretch_fast(x: np.ndarray, sr: int, severity: int, *, method: str = "phase_vocoder") -> np.ndarray:
     """Speed the global tempo up by the rate ``FAST_TEMPO_RATES[severity]``.
 
@@ -267,6 +359,7 @@ def time_stretch_fast(x: np.ndarray, sr: int, severity: int, *, method: str = "p
     return _time_stretch(x, sr, severity, method, FAST_TEMPO_RATES)
 
 
+@register_perturbation("local_time_warp", severities=WARP_MAX_RATE_DEVIATION, label=_warp_label)
 def local_time_warp(x: np.ndarray, sr: int, severity: int, seed: int = 0, *, knot_spacing_s: float = 0.8) -> np.ndarray:
     """Smooth random local time warp that keeps the total length.
 
@@ -368,6 +461,7 @@ def _trim_codec_delay(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return decoded[lag : lag + reference.size]
 
 
+@register_perturbation("codec", severities=(1, 2, 3, 4), label=_codec_label)
 def codec(x: np.ndarray, sr: int, severity: int, *, codec: str = "mp3") -> np.ndarray:
     """Lossy-codec round trip (encode and decode in memory with libsndfile).
 
@@ -423,6 +517,7 @@ def _quantize_uniform(v: np.ndarray, bits: int) -> np.ndarray:
     return codes * step
 
 
+@register_perturbation("mu_law", severities=MU_LAW_BITS, label=_mu_law_label)
 def mu_law(x: np.ndarray, sr: int, severity: int, *, companding: bool = True) -> np.ndarray:
     """Bit-depth reduction, with mu-law companding (G.711, mu = 255) or linear.
 
@@ -458,6 +553,7 @@ def mu_law(x: np.ndarray, sr: int, severity: int, *, companding: bool = True) ->
     return _as_output(librosa.mu_expand(quantized, mu=MU_LAW_MU, quantize=False))
 
 
+@register_perturbation("band_limit", severities=LOWPASS_CUTOFFS_HZ, label=_band_limit_label)
 def band_limit(x: np.ndarray, sr: int, severity: int, *, order: int = 4) -> np.ndarray:
     """Zero-phase Butterworth low-pass, like a stethoscope or phone channel.
 
@@ -491,17 +587,7 @@ def band_limit(x: np.ndarray, sr: int, severity: int, *, order: int = 4) -> np.n
     return _as_output(scipy.signal.sosfiltfilt(sos, x.astype(np.float64), padlen=padlen))
 
 
-# ----------------------------------------------------------------------- registry
-PERTURBATIONS: dict[str, Callable[..., np.ndarray]] = {
-    "time_stretch_slow": time_stretch_slow,
-    "time_stretch_fast": time_stretch_fast,
-    "local_time_warp": local_time_warp,
-    "codec": codec,
-    "mu_law": mu_law,
-    "band_limit": band_limit,
-}
-_SEEDED = frozenset({"local_time_warp"})
-_TEMPO_RATES = {"time_stretch_slow": SLOW_TEMPO_RATES, "time_stretch_fast": FAST_TEMPO_RATES}
+# ------------------------------------------------------------------ lookups
 # Names no longer accepted, with why: their cached features and predictions meant something else.
 RETIRED_PERTURBATIONS: dict[str, str] = {
     "time_stretch": (
@@ -513,7 +599,7 @@ RETIRED_PERTURBATIONS: dict[str, str] = {
 
 def _unknown_name(name: Any) -> str:
     """Why ``name`` is not a perturbation: the valid names, and why a retired one was retired."""
-    message = f"must be one of {sorted(PERTURBATIONS)}, got {name!r}"
+    message = PERTURBATIONS.unknown(name)
     if isinstance(name, str) and name in RETIRED_PERTURBATIONS:
         message += f" (retired: {RETIRED_PERTURBATIONS[name]})"
     return message
@@ -525,18 +611,40 @@ def _lookup(name: Any) -> Callable[..., np.ndarray]:
     return PERTURBATIONS[name]
 
 
+def severity_levels(name: str) -> list[int]:
+    """The levels of perturbation ``name``'s severity scale (0, the unchanged input, not among them)."""
+    _lookup(name)
+    return sorted(PERTURBATIONS.info(name)["severities"])
+
+
+def _check_level(name: str, severity: Any) -> int:
+    """``severity`` as an int: 0 or a level of ``name``'s scale (ValueError otherwise)."""
+    levels = severity_levels(name)
+    if (
+        not isinstance(severity, numbers.Integral)
+        or isinstance(severity, bool)
+        or (severity and severity not in levels)
+    ):
+        raise ValueError(f"severity of {name} must be 0 or one of its levels {levels}, got {severity!r}")
+    return int(severity)
+
+
 def tempo_rate(name: str, severity: int) -> float:
     """The tempo rate of perturbation ``name`` at ``severity``: its output is round(n / rate) samples
     long for n input samples; 1.0 for every perturbation that keeps the length, and at severity 0."""
-    _lookup(name)
-    severity = _check_severity(severity)
-    return _TEMPO_RATES[name][severity] if name in _TEMPO_RATES and severity > 0 else 1.0
+    severity = _check_level(name, severity)
+    return PERTURBATIONS.info(name)["tempo_rates"].get(severity, 1.0)
+
+
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(PERTURBATIONS[name]).parameters)
 
 
 def _option_names(name: str) -> tuple[str, ...]:
     """Keyword-only options of a perturbation (the keys a suite entry may set)."""
-    parameters = inspect.signature(PERTURBATIONS[name]).parameters.values()
-    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return tuple(
+        p.name for p in _parameters(name).values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"
+    )
 
 
 def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -550,16 +658,16 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 def apply_perturbation(name: str, x: np.ndarray, sr: int, severity: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
     """Apply the perturbation ``name`` of :data:`PERTURBATIONS`.
 
-    ``seed`` goes to the random perturbations (local_time_warp) and is checked
-    but unused by the deterministic ones; ``kwargs`` are the perturbation's
-    keyword options (``method``, ``codec``, ``companding``, ``order``,
-    ``knot_spacing_s``).
+    ``seed`` goes to the random perturbations (those taking a ``seed``: local_time_warp)
+    and is checked but unused by the deterministic ones; ``kwargs`` are the perturbation's
+    keyword options (``method``, ``codec``, ``companding``, ``order``, ``knot_spacing_s``).
     """
     function = _lookup(name)
     _check_options(name, kwargs)
     seed = _check_seed(seed)
-    if name in _SEEDED:
-        return function(x, sr, severity, seed, **kwargs)
+    severity = _check_level(name, severity)
+    if "seed" in _parameters(name):
+        return function(x, sr, severity, seed=seed, **kwargs)
     return function(x, sr, severity, **kwargs)
 
 
@@ -571,34 +679,11 @@ def describe(name: str, severity: int, **kwargs: Any) -> str:
     """
     _lookup(name)
     _check_options(name, kwargs)
-    severity = _check_severity(severity)
-    if name in _TEMPO_RATES:
-        method = kwargs.get("method", "phase_vocoder")
-        _check_choice("method", method, TIME_STRETCH_METHODS)
-    elif name == "local_time_warp":
-        _check_positive("knot_spacing_s", kwargs.get("knot_spacing_s", 0.8))
-    elif name == "codec":
-        codec_name = _check_choice("codec", kwargs.get("codec", "mp3"), CODECS)
-    elif name == "mu_law":
-        companding = _check_bool("companding", kwargs.get("companding", True))
-    else:
-        _check_positive_int("order", kwargs.get("order", 4))
-    if severity == 0:
-        return "original"
-    if name in _TEMPO_RATES:
-        suffix = "" if method == "phase_vocoder" else ", resampled"
-        return f"rate {_TEMPO_RATES[name][severity]:.3f}{suffix}"
-    if name == "local_time_warp":
-        return f"local rate ±{100 * WARP_MAX_RATE_DEVIATION[severity]:g} %"
-    if name == "codec":
-        if codec_name == "mp3":
-            return f"MP3 {MP3_BITRATES_KBPS[severity]} kbps"
-        if codec_name == "opus":
-            return f"Opus {OPUS_BITRATES_KBPS[severity]} kbps"
-        return f"Vorbis q{10 * VORBIS_QUALITIES[severity]:g}"
-    if name == "mu_law":
-        return f"{'mu-law' if companding else 'PCM'} {MU_LAW_BITS[severity]} bit"
-    return f"low-pass {LOWPASS_CUTOFFS_HZ[severity]:g} Hz"
+    severity = _check_level(name, severity)
+    label = PERTURBATIONS.info(name)["label"]
+    # the label function checks the options: at severity 0 too, so a bad suite fails whatever its levels
+    text = label(severity or severity_levels(name)[0], **kwargs)
+    return "original" if severity == 0 else text
 
 
 class PerturbationItem(NamedTuple):
@@ -633,8 +718,8 @@ def parse_perturbation_suite(spec: Any) -> list[PerturbationItem]:
     ----------
     spec : list of dict
         Each entry has ``name`` (a key of :data:`PERTURBATIONS`), optional
-        ``severities`` (list of integers in 0..4; default 1..4) and any keyword
-        options of that perturbation, e.g.
+        ``severities`` (list of 0 and levels of its scale; default every level)
+        and any keyword options of that perturbation, e.g.
         ``[{"name": "time_stretch_slow", "severities": [1, 2, 3]},
         {"name": "codec", "codec": "mp3", "severities": [1, 2, 3, 4]}]``.
 
@@ -656,7 +741,7 @@ def parse_perturbation_suite(spec: Any) -> list[PerturbationItem]:
         name = entry["name"]
         if name not in PERTURBATIONS:
             raise ValueError(f"{where}: 'name' {_unknown_name(name)}")
-        severities = entry.get("severities", list(range(1, MAX_SEVERITY + 1)))
+        severities = entry.get("severities", severity_levels(name))
         if not isinstance(severities, (list, tuple)) or len(severities) == 0:
             raise ValueError(f"{where}: 'severities' must be a non-empty list, got {severities!r}")
         options = {key: value for key, value in entry.items() if key not in ("name", "severities")}

@@ -32,6 +32,7 @@ from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
 from .run import data_key_of, trial_id_of, trial_label
+from .search import sample_count
 from .trial_data import combine_datasets, select_tables, variant_name
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
@@ -138,7 +139,7 @@ class StudyPlan:
     data_root: Path
     address: str | None
     trials: list[TrialLine]
-    search: dict | None  # hpo: {"num_samples": n, "params": {key: spec}}
+    search: dict | None  # a search: {"num_samples": n, "searcher": ..., "scheduler": ..., "params": {key: spec}}
     resources: dict  # per trial: {"cpu": n, "gpu": g}
     nodes: list[Node]
     slots: int  # trials the nodes fit at once (trials_per_node, summed)
@@ -442,7 +443,12 @@ def build_plan(
     trials = [TrialLine(trial_id_of(c), trial_label(c, axes)) for c in configs]
     search = None
     if space.search is not None:
-        search = {"num_samples": space.search.get("num_samples", 8), "params": dict(space.search.get("params", {}))}
+        search = {
+            "num_samples": sample_count(space.search),
+            "searcher": space.search.get("searcher", "tpe"),
+            "scheduler": space.search.get("scheduler", "asha"),
+            "params": dict(space.search.get("params", {})),
+        }
 
     nodes = cluster_nodes(address) if address else [local_node()]
     where = f"the cluster at {address}" if address else "this machine"
@@ -553,7 +559,8 @@ def format_plan(plan: StudyPlan) -> str:
     ]
     if plan.search:
         lines.append(
-            f"search: Optuna draws {plan.search['num_samples']} samples of "
+            f"search: Optuna ({plan.search['searcher']}, scheduler {plan.search['scheduler']}) draws "
+            f"{plan.search['num_samples']} samples of "
             + ", ".join(
                 f"{k} ({v.get('type')} "
                 + (f"{v['values']}" if "values" in v else f"{v.get('low')}..{v.get('high')}")

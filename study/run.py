@@ -2,10 +2,12 @@
 
     python -m study.run --space NAME [--scale cpu|paper] [--data-root DIR] [--address auto|HOST:PORT]
                         [--out DIR] [--resume | --extend] [--max-concurrent N] [--set key=value ...]
-                        [--init-checkpoint AST_STATE_DICT.pth]
+                        [--init-checkpoint AST_STATE_DICT.pth] [--plugin MODULE ...]
+                        [--track tensorboard|mlflow|wandb ...]
 
-One trial = one grid point of the space (or one Optuna sample for ``hpo``),
-trained by :func:`study.train.train_and_evaluate`. Features are computed once
+One trial = one grid point of the space (or one sample of its ``search``, :mod:`study.search`),
+trained by :func:`study.train.train_and_evaluate`; Tune holds its settings flat, by name
+(``model.fusion``), as its trackers (:mod:`study.tracking`) show them. Features are computed once
 here, before any trial starts, and reach every trial on every node through
 Ray's object store, so worker nodes need no dataset. Each trial reports its
 metrics and a checkpoint every epoch; a failed trial is retried from its last
@@ -32,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
 import shlex
 import shutil
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from importlib import metadata
@@ -48,8 +52,7 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from .cluster import ClusterError, check_storage, check_trials_fit, ray_session, storage_error
 from .config import (
@@ -68,13 +71,20 @@ from .console import StudyConsole, tune_output
 from .data import DataError
 from .io import print_resource_error, write_json, write_parquet
 from .lock import StudyLocked, study_lock
+from .registry import load_plugins
+from .search import check_search, optuna_searcher, sample_count, scheduler_of
 from .synthetic import default_data_root
+from .tracking import TRACKABLE_NAME, TRACKERS, check_trackers, log_report, tracker_callbacks
 from .train import finish_from_state, train_and_evaluate
 from .trial import save_trial
 from .trial_data import data_settings, prepare_data
 
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
+OPTUNA_DB = "optuna.db"  # a search's Optuna study, in OUT
+# how Tune holds a trial's settings: flat, by name. An experiment without this mark (an older version's)
+# nests them under "trial" and is not restored
+FLAT_CONFIG = "flat"
 FINAL_DIR = "final"  # inside a trial's last checkpoint: its result files
 STATE_FILE = "state.pt"  # inside a per-epoch checkpoint: what resuming needs
 
@@ -97,13 +107,18 @@ def data_key_of(config: dict) -> str:
 # ---------------------------------------------------------------- the trainable (runs on workers)
 
 
-def trainable(tune_config: dict, data_refs: dict, storage: str) -> None:
-    """Ray Tune function trainable: one trial, resumable from its last checkpoint."""
+def trainable(config: dict, data_refs: dict, storage: str, plugins: list[str], ids: str) -> None:
+    """Ray Tune function trainable: one trial, resumable from its last checkpoint.
 
+    ``config`` holds the trial's settings flat, by their names (``model.fusion``, ``train.lr``), as
+    Tune and its trackers show them. ``ids`` names the trial: ``"config"`` by its settings
+    (:func:`trial_id_of`, a grid point), ``"tune"`` by Tune's id (a search's sample).
+    """
+
+    load_plugins(plugins)  # this worker builds their models and reads their names too
     started_at = time.time()
-    trial = tune_config["trial"]  # nested so that a grid is one grid_search axis over whole configs
-    config = {**trial["base"], **trial.get("params", {})}
-    trial_id = trial.get("trial_id") or tune.get_context().get_trial_id()
+    config = dict(config)
+    trial_id = trial_id_of(config) if ids == "config" else tune.get_context().get_trial_id()
     data = ray.get(data_refs[data_key_of(config)])
     checkpoint = tune.get_checkpoint()
     resume_state = None
@@ -140,14 +155,13 @@ def trainable(tune_config: dict, data_refs: dict, storage: str) -> None:
                 "finished_at": time.time(),
             },
         )
-        # the full metrics travel in the checkpoint's files; Tune's table shows the headline ones
-        headline = {
-            k: v for k, v in flatten_metrics(result.metrics).items() if k.endswith("/roc_auc") or k.endswith("/score")
-        }
+        # the full metrics travel in the checkpoint's files; Tune and the trackers get those of the clean
+        # evaluation sets at the validation-chosen threshold, the names every tracker accepts
+        final = {k: v for k, v in flatten_metrics(result.metrics).items() if TRACKABLE_NAME.fullmatch(k)}
         last_epoch = result.history[-1] if result.history else {}
         _report_to(
             storage,
-            {**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s, **headline},
+            {**last_epoch, "done": True, "study_trial_id": trial_id, "wall_time_s": result.wall_time_s, **final},
             folder,
         )
 
@@ -253,27 +267,45 @@ def code_version() -> dict:
         return {"commit": None, "dirty": None, "package": package}
 
 
-def _search_space(search: dict):
-    """Optuna-searchable Tune distributions from the space's ``search.params``."""
+@dataclass(frozen=True)
+class _Run:
+    """What every Tune experiment of one ``study.run`` invocation shares."""
 
-    kinds = {
-        "loguniform": lambda p: tune.loguniform(p["low"], p["high"]),
-        "uniform": lambda p: tune.uniform(p["low"], p["high"]),
-        "choice": lambda p: tune.choice(p["values"]),
-        "randint": lambda p: tune.randint(p["low"], p["high"]),
-    }
-    params = {}
-    for key, spec in search.get("params", {}).items():
-        if not isinstance(spec, dict) or spec.get("type") not in kinds:
-            raise SpaceError(f"search.params.{key}: 'type' must be one of {sorted(kinds)}, got {spec!r}")
-        try:
-            params[key] = kinds[spec["type"]](spec)
-        except KeyError as exc:
-            raise SpaceError(f"search.params.{key}: missing {exc}") from exc
-    return params
+    space: Space
+    out: Path
+    storage: str
+    data_refs: dict  # data key -> the features' ObjectRef
+    resources: dict  # per trial
+    plugins: list  # modules every worker loads
+    track: list  # --track names
+    resume: bool
+    max_concurrent: int | None
+    verbose: int
+
+    def trainable(self, ids: str):
+        """The trainable with its data and resources; ``ids``: see :func:`trainable`."""
+        bound = tune.with_parameters(
+            trainable, data_refs=self.data_refs, storage=self.storage, plugins=self.plugins, ids=ids
+        )
+        return tune.with_resources(bound, dict(self.resources))
+
+    def run_config(self, name: str, console: StudyConsole) -> tune.RunConfig:
+        """Tune's tables only with --verbose 2 and up; by default ``console`` prints a line per trial instead.
+        The trackers of --track log every trial."""
+        callbacks = ([console] if self.verbose == 1 else []) + tracker_callbacks(
+            self.track, self.out, self.space.name, name
+        )
+        return tune.RunConfig(
+            name=name,
+            storage_path=self.storage.rstrip("/"),
+            verbose=1 if self.verbose >= 2 else 0,
+            callbacks=callbacks or None,
+            failure_config=tune.FailureConfig(max_failures=3),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        )
 
 
-def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tuple[list[str], list[str]]:
+def _collect(results, target_dir: Path, run: _Run, ids: str) -> tuple[list[str], list[str]]:
     """Copy each finished trial's final files from its last checkpoint into ``target_dir/ID``.
 
     A trial that a scheduler stopped (ASHA stops trials at its rungs, and at ``max_t``, before the
@@ -295,13 +327,14 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
             elif (Path(folder) / STATE_FILE).is_file():
                 pending.append((result, (Path(folder) / STATE_FILE).read_bytes()))
     if pending:
+        resources = run.resources
         finish = ray.remote(_finish_stopped_trial).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
         futures = []
         for result, state in pending:
-            trial = result.config["trial"]
-            config = {**trial["base"], **trial.get("params", {})}
-            trial_id = trial.get("trial_id") or result.metrics["trial_id"]
-            futures.append((trial_id, finish.remote(config, data_refs[data_key_of(config)], state, trial_id)))
+            config = dict(result.config)
+            trial_id = trial_id_of(config) if ids == "config" else result.metrics["trial_id"]
+            ref = run.data_refs[data_key_of(config)]
+            futures.append((trial_id, finish.remote(config, ref, state, trial_id, run.plugins)))
         for trial_id, future in futures:
             files, early = ray.get(future)
             _install(target_dir, trial_id, partial(_write_files, files))
@@ -311,9 +344,12 @@ def _collect(results, target_dir: Path, data_refs: dict, resources: dict) -> tup
     return collected, stopped_early
 
 
-def _finish_stopped_trial(config: dict, data, state_bytes: bytes, trial_id: str) -> tuple[dict, bool]:
+def _finish_stopped_trial(
+    config: dict, data, state_bytes: bytes, trial_id: str, plugins: list[str]
+) -> tuple[dict, bool]:
     """Ray task: evaluate a stopped trial's kept weights; returns its final files (name → bytes)."""
 
+    load_plugins(plugins)
     state = torch.load(io.BytesIO(state_bytes), weights_only=False)
     result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
     early = result.epochs < config["train.max_epochs"] and state["since_best"] < config["train.patience"]
@@ -460,14 +496,20 @@ def run_study(
     resources: dict | None = None,
     report: bool = True,
     verbose: int = 1,
+    plugins: list[str] | None = None,
+    track: list[str] | None = None,
 ) -> dict:
     """Run (or resume, or extend) a study; returns its summary. See the module docstring.
 
     ``resources`` overrides the space's per-trial ``{"cpu": n, "gpu": g}`` (either key alone).
-    A space with a ``search`` first runs the search (Optuna + ASHA) into ``OUT/search/``, then
+    A space with a ``search`` first runs the search (:mod:`study.search`) into ``OUT/search/``, then
     trains its best configuration and the default one over the scale's seeds into ``OUT/trials``.
+    ``plugins`` are modules (:func:`study.registry.load_plugins`) loaded here and on every Ray worker;
+    ``track`` names trackers (:mod:`study.tracking`) every trial and the report are logged to.
     The study folder is locked meanwhile (:mod:`study.lock`): a second driver is refused.
     """
+    plugins = load_plugins(plugins or [])
+    track = check_trackers(track or [])
     mode = " --resume" if resume else " --extend" if extend else ""
     out = Path(out).expanduser()  # "~/results/x" arrives unexpanded from a Ray Job's entrypoint, quoted
     with study_lock(out, f"python -m study.run --space {space.name}{mode}"):
@@ -480,24 +522,46 @@ def run_study(
             resume,
             extend,
             max_concurrent,
-            overrides,
+            overrides or {},
             resources,
             report,
             verbose,
+            plugins,
+            track,
         )
 
 
 def _run_locked(
-    space, out, data_root, address, storage, resume, extend, max_concurrent, overrides, resources, report, verbose
+    space,
+    out,
+    data_root,
+    address,
+    storage,
+    resume,
+    extend,
+    max_concurrent,
+    overrides,
+    resources,
+    report,
+    verbose,
+    plugins,
+    track,
 ) -> dict:
-    overrides = overrides or {}
     resources = trial_resources(space, resources)
     study = Study(out)
     state = _study_state(space, study, overrides, resume, extend)
     configs = space.trial_configs(overrides)
     _check_added_settings(study, state, configs)
+    if space.search is not None:  # again with the overrides: they may change what the trials report
+        check_search(space.search, f"{space.path} (search, with --set)", configs[0])
     data_root = Path(data_root).expanduser() if data_root else default_data_root()
-    state.update(data_root=str(data_root), code=code_version(), packages=package_versions(), resources=resources)
+    state.update(
+        data_root=str(data_root),
+        code=code_version(),
+        packages=package_versions(),
+        resources=resources,
+        plugins=plugins,
+    )
     # Tune's checkpoints: OUT/tune on one machine; on a multi-node cluster a storage every node
     # reaches (s3://bucket/prefix, or a shared file system), as Ray requires.
     if storage and "://" not in storage:
@@ -529,13 +593,11 @@ def _run_locked(
         check_storage(state["storage"])
         data_refs = _share_data(configs, data_root, state, verbose)
         study.save(state)
-        wrapped = _trainable_with(data_refs, resources, state["storage"])
+        run = _Run(space, out, state["storage"], data_refs, resources, plugins, track, resume, max_concurrent, verbose)
         if space.search is not None and not state.get("search", {}).get("complete"):
-            _run_search(space, study, state, configs[0], wrapped, data_refs, resources, resume, max_concurrent, verbose)
+            _run_search(run, study, state, configs[0])
             configs = replicate_configs(space, configs, state["search"]["best"]["params"])
-        collected, errors = _run_grid(
-            space, study, state, configs, wrapped, data_refs, resources, resume, max_concurrent, verbose
-        )
+        collected, errors = _run_grid(run, study, state, configs)
     trials, _ = write_results(study, state)
     state["finished"] = _now()
     study.save(state)
@@ -548,10 +610,13 @@ def _run_locked(
         "out": str(out),
     }
     if "search" in state:
-        summary["search"] = {k: state["search"][k] for k in ("trials", "stopped_early", "best")}
+        summary["search"] = {k: state["search"][k] for k in ("trials", "stopped_early", "best", "optuna")}
     _print_summary(space, trials, summary, errors)
     if report and len(trials) and not errors:
-        _report(out)
+        report_summary = _report(out)
+        if report_summary is not None and track:
+            tensorboard_dir = Path(state["storage"]) / "report" if "://" not in state["storage"] else out / "report"
+            log_report(track, out, space.name, report_summary, tensorboard_dir)
     return summary
 
 
@@ -654,28 +719,34 @@ def _object_store_capacity() -> float:
     return float("inf")
 
 
-def _trainable_with(data_refs: dict, resources: dict, storage: str):
+def _run_search(run: _Run, study: Study, state: dict, base: dict) -> None:
+    """The search phase (:mod:`study.search`) into OUT/search/; records the best trial in state["search"].
 
-    return tune.with_resources(tune.with_parameters(trainable, data_refs=data_refs, storage=storage), dict(resources))
+    Its Optuna study lives in OUT/optuna.db, named after the space: a search resumed continues it,
+    whether Tune's experiment restores (its searcher holds the study) or a new one starts."""
 
-
-def _run_search(space, study, state, base, wrapped, data_refs, resources, resume, max_concurrent, verbose) -> None:
-    """The search phase: Optuna + ASHA trials into OUT/search/; records the best in state["search"]."""
-
-    experiment_dir = state["storage"].rstrip("/")
+    experiment_dir = run.storage.rstrip("/")
     search_state = state.setdefault("search", {"complete": False})
     name = search_state.get("experiment")
-    if resume and name and tune.Tuner.can_restore(f"{experiment_dir}/{name}"):
+    if run.resume and name and search_state.get("tune_config") != FLAT_CONFIG:
+        raise SpaceError(
+            f"{study.path}: this search was started by an older version, whose Tune experiment keeps the settings "
+            "nested; finish it with that version, or start the study again in another --out"
+        )
+    optuna = {"storage": f"sqlite:///{study.out.resolve() / OPTUNA_DB}", "study_name": run.space.name}
+    search_state.update(optuna=optuna, tune_config=FLAT_CONFIG)
+    wrapped = run.trainable(ids="tune")
+    if run.resume and name and tune.Tuner.can_restore(f"{experiment_dir}/{name}"):
         tuner = tune.Tuner.restore(
             f"{experiment_dir}/{name}", trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
     else:
         name = search_state["experiment"] = "search-1"
         study.save(state)
-        tuner = _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose)
+        tuner = _search_tuner(run, wrapped, base, name, optuna)
     results = tuner.fit()
     search_dir = study.out / "search"
-    _, stopped_early = _collect(results, search_dir / TRIALS_DIR, data_refs, resources)
+    _, stopped_early = _collect(results, search_dir / TRIALS_DIR, run, ids="tune")
     errors = [r for r in results if r.error is not None]
     trials, _ = write_results(study, state, search_dir / TRIALS_DIR)
     if errors or trials.empty:
@@ -683,7 +754,7 @@ def _run_search(space, study, state, base, wrapped, data_refs, resources, resume
             f"the search failed: {len(errors)} of its trials errored "
             + "; ".join(str(e.error).splitlines()[0] for e in errors[:3])
         )
-    search = space.search
+    search = run.space.search
     metric, mode = search.get("metric", "kept_val_roc_auc"), search.get("mode", "max")
     best = best_search_trial(trials, metric, mode)
     params = {key: _plain(best[f"config/{key}"]) for key in search["params"]}
@@ -702,21 +773,26 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _run_grid(space, study, state, configs, wrapped, data_refs, resources, resume, max_concurrent, verbose):
-    """Train every config the study lacks (or continue the interrupted experiment); returns (collected, errors)."""
+def _run_grid(run: _Run, study: Study, state: dict, configs: list[dict]):
+    """Train every config the study lacks (or continue the interrupted experiment); returns (collected, errors).
 
-    experiment_dir = state["storage"].rstrip("/")
+    An interrupted experiment of an older version (its Tune configs nested, not flat) is not restored:
+    its unfinished trials start again in a new experiment."""
+
+    experiment_dir = run.storage.rstrip("/")
     latest = state["experiments"][-1] if state["experiments"] else None
     restore = (
-        resume
+        run.resume
         and latest is not None
         and not latest.get("complete")
+        and latest.get("tune_config") == FLAT_CONFIG
         and tune.Tuner.can_restore(f"{experiment_dir}/{latest['name']}")
     )
     finished = study.finished_ids()
     todo = [(trial_id_of(c), c) for c in configs if trial_id_of(c) not in finished]
     if not todo and not restore:
         return [], []
+    wrapped = run.trainable(ids="config")
     if restore:
         tuner = tune.Tuner.restore(
             f"{experiment_dir}/{latest['name']}", trainable=wrapped, resume_unfinished=True, resume_errored=True
@@ -728,19 +804,20 @@ def _run_grid(space, study, state, configs, wrapped, data_refs, resources, resum
             "trial_ids": [i for i, _ in todo],
             "started": _now(),
             "complete": False,
+            "tune_config": FLAT_CONFIG,
         }
         state["experiments"].append(experiment)
         study.save(state)
-        tuner = _grid_tuner(space, wrapped, todo, experiment_dir, experiment["name"], max_concurrent, verbose)
+        tuner = _grid_tuner(run, wrapped, [c for _, c in todo], experiment["name"])
     results = tuner.fit()
-    collected, _ = _collect(results, study.out / TRIALS_DIR, data_refs, resources)
+    collected, _ = _collect(results, study.out / TRIALS_DIR, run, ids="config")
     errors = [r for r in results if r.error is not None]
     experiment.update(complete=not errors, finished=_now())
     for trial_id in collected:
         run_file = study.out / TRIALS_DIR / trial_id / "run.json"
-        run = json.loads(run_file.read_text())
-        run["experiment"] = experiment["name"]
-        write_json(run_file, run)
+        record = json.loads(run_file.read_text())
+        record["experiment"] = experiment["name"]
+        write_json(run_file, record)
     return collected, errors
 
 
@@ -751,78 +828,112 @@ def trial_resources(space: Space, override: dict | None = None) -> dict:
 
 
 def trial_label(config: dict, axes: list[str]) -> str:
-    """A trial's grid values, as Tune's table and the dry run show them."""
-    return " ".join(f"{k.split('.')[-1]}={config[k]}" for k in axes)
-
-
-def _run_config(name, experiment_dir, verbose, console: StudyConsole | None = None):
-    """Tune's tables only with --verbose 2 and up; by default ``console`` prints a line per trial instead."""
-    return tune.RunConfig(
-        name=name,
-        storage_path=experiment_dir,
-        verbose=1 if verbose >= 2 else 0,
-        callbacks=[console] if console is not None and verbose == 1 else None,
-        failure_config=tune.FailureConfig(max_failures=3),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    """A trial's grid values, as Tune's table and the dry run show them (numbers to 4 significant digits)."""
+    return " ".join(
+        f"{k.split('.')[-1]}={config[k]:.4g}" if isinstance(config[k], float) else f"{k.split('.')[-1]}={config[k]}"
+        for k in axes
     )
 
 
-def _grid_tuner(space, wrapped, todo, experiment_dir, name, max_concurrent, verbose):
+class TrialConfigs(Searcher):
+    """Ray Tune searcher suggesting the given trial configs in order, then FINISHED: a grid whose points
+    are whole configs, so that finished points are skipped and each recipe keeps its own settings
+    (Tune's grid_search varies each key on its own).
 
-    axes = sorted(set(space.grid()) | ({"recipe"} if space.search is not None else set()))
-    param_space = {
-        "trial": tune.grid_search([{"trial_id": i, "base": c, "label": trial_label(c, axes)} for i, c in todo])
-    }
-    first = todo[0][1]
+    Each suggestion holds the settings that differ between the configs and the space's grid axes:
+    what Tune records as the trial's evaluated parameters (TensorBoard's HParams columns); the
+    settings all configs share are in the experiment's ``param_space`` (:func:`split_configs`)."""
+
+    def __init__(self, suggestions: list[dict]):
+        super().__init__()
+        self.pending = list(suggestions)
+
+    def suggest(self, trial_id: str) -> dict | str:
+        return self.pending.pop(0) if self.pending else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the points are fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.pending))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.pending = pickle.loads(Path(checkpoint_path).read_bytes())
+
+
+def split_configs(configs: list[dict], axes: list[str]) -> tuple[dict, list[dict]]:
+    """(the settings every config shares, each config's others and its grid ``axes``): together, each config."""
+    varying = {k for c in configs for k in c if k in axes or any(k not in o or o[k] != c[k] for o in configs)}
+    shared = {k: v for k, v in configs[0].items() if k not in varying}
+    return shared, [{k: v for k, v in c.items() if k in varying} for c in configs]
+
+
+class TrialNames:
+    """A trial as Tune's table, its folder, the console and the trackers name it: its grid values (a search's
+    sample: the settings sampled) and its study id.
+
+    ``axes`` are the grid's settings; ``ids`` as for :func:`trainable`."""
+
+    def __init__(self, axes: list[str], ids: str):
+        self.axes, self.ids = axes, ids
+
+    def trial_id(self, trial) -> str:
+        return trial_id_of(trial.config) if self.ids == "config" else trial.trial_id
+
+    def label(self, trial) -> str:
+        shown = self.axes if self.ids == "config" else list(trial.evaluated_params)
+        return trial_label(trial.config, [a for a in shown if a in trial.config])
+
+    def name(self, trial) -> str:
+        return f"{self.trial_id(trial)} {self.label(trial)}"
+
+    def dirname(self, trial) -> str:
+        return f"trial_{self.trial_id(trial)}"
+
+    def console(self, trial) -> str:
+        return f"{self.label(trial)} ({self.trial_id(trial)})"
+
+
+def _grid_tuner(run: _Run, wrapped, configs: list[dict], name: str):
+    axes = sorted(set(run.space.grid()) | ({"recipe"} if run.space.search is not None else set()))
+    shared, suggestions = split_configs(configs, axes)
+    first = configs[0]
     headline = f"{first['data.eval_sets'][0]}/{'score' if first['train.monitor'] == 'score' else 'roc_auc'}"
-    console = StudyConsole(len(todo), headline, first["train.monitor"])
+    names = TrialNames(axes, ids="config")
+    console = StudyConsole(len(configs), headline, first["train.monitor"], describe=names.console)
     return tune.Tuner(
         wrapped,
-        param_space=param_space,
-        run_config=_run_config(name, experiment_dir, verbose, console),
+        param_space=shared,
+        run_config=run.run_config(name, console),
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname
+            # Tune lets a searcher keep one trial pending at a time unless a ConcurrencyLimiter says more:
+            # a grid's trials all start as soon as resources allow, as Tune's own grid_search would
+            search_alg=ConcurrencyLimiter(TrialConfigs(suggestions), max_concurrent=run.max_concurrent or len(configs)),
+            num_samples=len(configs),
+            trial_name_creator=names.name,
+            trial_dirname_creator=names.dirname,
         ),
     )
 
 
-def _search_tuner(space, wrapped, base, experiment_dir, name, max_concurrent, verbose):
-
-    search = space.search
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        max_t=base["train.max_epochs"],
-        grace_period=search.get("grace_period", 3),
-        reduction_factor=search.get("reduction_factor", 3),
-    )
-    searcher = OptunaSearch(seed=base["seed"])
+def _search_tuner(run: _Run, wrapped, base: dict, name: str, optuna: dict):
+    search = run.space.search
+    samples = sample_count(search)
+    names = TrialNames([], ids="tune")
+    console = StudyConsole(samples, f"val/{base['train.monitor']}", base["train.monitor"], describe=names.console)
     return tune.Tuner(
         wrapped,
-        param_space={"trial": {"base": base, "params": _search_space(search)}},
-        run_config=_run_config(
-            name,
-            experiment_dir,
-            verbose,
-            StudyConsole(search.get("num_samples", 8), f"val/{base['train.monitor']}", base["train.monitor"]),
-        ),
+        param_space=dict(base),
+        run_config=run.run_config(name, console),
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            metric=search.get("metric", "kept_val_roc_auc"),
-            mode=search.get("mode", "max"),
-            num_samples=search.get("num_samples", 8),
-            max_concurrent_trials=max_concurrent,
+            search_alg=optuna_searcher(search, base["seed"], optuna["storage"], optuna["study_name"]),
+            scheduler=scheduler_of(search, base["train.max_epochs"]),
+            num_samples=samples,
+            max_concurrent_trials=run.max_concurrent,
+            trial_name_creator=names.name,
+            trial_dirname_creator=names.dirname,
         ),
     )
-
-
-def _trial_name(trial) -> str:
-    """Tune's table shows a trial by its study id and grid values, not its whole config."""
-    return f"{trial.config['trial']['trial_id']} {trial.config['trial']['label']}"
-
-
-def _trial_dirname(trial) -> str:
-    return f"trial_{trial.config['trial']['trial_id']}"
 
 
 def _now() -> str:
@@ -840,7 +951,7 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
     if "search" in summary:
         search = summary["search"]
         print(
-            f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by ASHA); best by "
+            f"  search: {search['trials']} trials ({search['stopped_early']} stopped early by the scheduler); best by "
             f"validation: {search['best']['params']} ({search['best']['value']:.4f}, trial {search['best']['trial_id']})"
         )
     # the best trial by validation only: picking it on a test set would make that test set a validation set
@@ -862,16 +973,18 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _report(out: Path) -> None:
+def _report(out: Path) -> dict | None:
+    """The analysis report of the study in ``out``; its summary (report_study's), None without the analysis package."""
     try:
         from analysis.report import report_study
     except ImportError:
-        return  # the analysis package is optional for running a study
+        return None  # the analysis package is optional for running a study
     summary = report_study(out)
     print("\n".join(line for line in summary["lead"] if line and not line.startswith("- every configuration")))
     print(f"report: {summary['report']} (and report.html)")
     for note in summary["notes"]:
         print(f"  note: {note}")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -917,6 +1030,21 @@ def main(argv: list[str] | None = None) -> int:
         help="AudioSet-pretrained AST state dict on local disk (YuanGongND/ast "
         "audioset_10_10_0.4593.pth) to start every AST trial from; sets model.init_checkpoint",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable), here and on every Ray worker, to register its models, datasets and "
+        "perturbations (study.registry); installed packages' audiofuse.plugins entry points load by themselves",
+    )
+    parser.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        choices=TRACKERS,
+        help="log every trial and the report to this tracker too (repeatable), through Ray Tune's logger callbacks",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     parser.add_argument(
         "--dry-run",
@@ -933,6 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        load_plugins(args.plugin)  # before the space: its settings may name what the plugins register
         space = load_space(args.space, args.scale)
         out = Path(args.out or Path("results") / space.name)
         overrides = parse_settings(args.set)
@@ -968,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
             resources=resources,
             report=not args.no_report,
             verbose=args.verbose,
+            plugins=args.plugin,
+            track=args.track,
         )
     except KeyboardInterrupt:
         given = list(sys.argv[1:] if argv is None else argv)

@@ -189,6 +189,14 @@ def epoch_order(window_labels: torch.Tensor, weighted_sampler: bool, generator: 
     return torch.multinomial(1.0 / counts[window_labels], n, replacement=True, generator=generator)
 
 
+def reported_metrics(config: dict) -> list[str]:
+    """What every epoch report of a trial with ``config`` holds: what a search's metric and a
+    scheduler may watch (``kept_val_*``: the validation metrics of the weights kept so far)."""
+    binary = (config.get("model.num_classes") or 1) == 1
+    validation = list(dict.fromkeys([f"val_{config['train.monitor']}", *(["val_roc_auc"] if binary else [])]))
+    return ["epoch", "best_epoch", "train_loss", "train_s", "epoch_s", *validation, *[f"kept_{v}" for v in validation]]
+
+
 @dataclass
 class TrialResult:
     metrics: dict  # eval set → metrics dict; plus "val"

@@ -1,7 +1,7 @@
 """One trial of a study, without Ray.
 
     python -m study.trial --space SPACE [--scale cpu|paper] [--index N] [--set key=value ...]
-                          [--data-root DIR] [--out DIR]
+                          [--data-root DIR] [--out DIR] [--plugin MODULE ...]
 
 Takes grid point N (default 0) of the search space, applies the overrides,
 trains, evaluates, and writes to OUT (default results/trials/SPACE-N):
@@ -22,6 +22,7 @@ import torch
 from .config import SpaceError, load_space, parse_settings
 from .data import DataError
 from .io import atomic_path, write_json, write_parquet
+from .registry import load_plugins
 from .synthetic import default_data_root
 from .train import TrialResult, train_and_evaluate
 from .trial_data import prepare_data
@@ -70,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="folder with physionet2016/, pascal/, icbhi2017/")
     parser.add_argument("--out", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable) to register its models, datasets and perturbations",
+    )
     args = parser.parse_args(argv)
     try:
+        load_plugins(args.plugin)
         space = load_space(args.space, args.scale)
         overrides = parse_settings(args.set)
         configs = space.trial_configs(overrides)

@@ -100,6 +100,41 @@ def stop_ray_started_under(folder: str | Path, grace_s: float = 5.0) -> int:
     return len(processes)
 
 
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+EXAMPLE_PLUGIN = "audiofuse_example_plugin"
+
+
+@pytest.fixture
+def example_plugin(monkeypatch):
+    """The example plugin of tests/plugins, importable here and by the Ray workers a test starts after this
+    (PYTHONPATH); what it registers is registered for the test only. Yields its module name."""
+    from study import registry
+    from study.data import LOADERS
+    from study.models import ARCHITECTURES, FUSIONS
+    from study.perturbations import PERTURBATIONS
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+    registries = [ARCHITECTURES, FUSIONS, LOADERS, PERTURBATIONS]
+    saved = [(dict(r._objects), dict(r._info)) for r in registries]
+    loaded = list(registry._loaded)
+    yield EXAMPLE_PLUGIN
+    for r, (objects, info) in zip(registries, saved):
+        r._objects, r._info = objects, info
+    registry._loaded[:] = loaded
+    sys.modules.pop(EXAMPLE_PLUGIN, None)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for a module's tests: every study they run connects to it instead of starting its own."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def real_root() -> Path:
     """The real datasets in the loaders' layout: the folder $AUDIOFUSE_REAL_DATA names (laid out by

@@ -10,17 +10,18 @@ from study.console import StudyConsole, format_seconds, tune_output
 
 
 def _trial(trial_id: str, label: str, status: str = "RUNNING", result: dict | None = None):
-    return SimpleNamespace(
-        trial_id="tune_" + trial_id,
-        config={"trial": {"trial_id": trial_id, "label": label}},
-        status=status,
-        last_result=result or {},
-    )
+    return SimpleNamespace(trial_id=trial_id, label=label, status=status, last_result=result or {})
+
+
+def _describe(trial) -> str:
+    return f"{trial.label} ({trial.trial_id})"
 
 
 def test_a_line_per_trial_and_a_status_line_with_the_time_left():
     stream, now = io.StringIO(), [0.0]
-    console = StudyConsole(3, "physionet2016:test/roc_auc", "roc_auc", every=0, stream=stream, clock=lambda: now[0])
+    console = StudyConsole(
+        3, "physionet2016:test/roc_auc", "roc_auc", _describe, every=0, stream=stream, clock=lambda: now[0]
+    )
     first = _trial("aa11", "architecture=waveform seed=0")
     console.on_trial_start(0, [first], first)
     result = {"epoch": 12, "best_epoch": 9, "val/roc_auc": 0.8123, "physionet2016:test/roc_auc": 0.7711}
@@ -55,7 +56,7 @@ def test_tunes_log_is_kept_in_the_study_folder(tmp_path):
 
 def test_the_status_line_comes_only_after_a_quiet_minute():
     stream, now = io.StringIO(), [0.0]
-    console = StudyConsole(2, "physionet2016:test/roc_auc", "roc_auc", stream=stream, clock=lambda: now[0])
+    console = StudyConsole(2, "physionet2016:test/roc_auc", "roc_auc", _describe, stream=stream, clock=lambda: now[0])
     running = _trial("aa11", "seed=0")
     console.on_trial_start(0, [running], running)
     for second in (30.0, 59.0):

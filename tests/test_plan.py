@@ -63,7 +63,7 @@ def test_smoke_plan_lists_every_trial_with_its_study_id(synth_root):
 def test_hpo_plan_names_the_search(synth_root):
     plan = build_plan(load_space("hpo"), overrides=None, data_root=synth_root, resources=CPU)
     assert plan.search["num_samples"] == 8 and "train.lr" in plan.search["params"]
-    assert "Optuna draws 8 samples of train.lr (loguniform" in format_plan(plan)
+    assert "Optuna (tpe, scheduler asha) draws 8 samples of train.lr (loguniform" in format_plan(plan)
 
 
 def test_concurrency_on_a_machine_with_four_gpus(synth_root, monkeypatch):

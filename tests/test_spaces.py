@@ -28,16 +28,6 @@ SMALLER = {
 SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module: every study connects to it instead of starting its own."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _tiny_hpo(tmp_path: Path) -> Path:
     """The hpo space with a search small enough for a test: 4 samples, ASHA rungs at epochs 1 and 2."""
     raw = yaml.safe_load((SPACES_DIR / "hpo.yaml").read_text())

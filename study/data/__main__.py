@@ -23,6 +23,7 @@ import time
 import pandas as pd
 
 from ..io import print_resource_error
+from ..registry import PluginError, load_plugins
 from . import LOADERS, DataError, load_dataset, summarize
 from .layout import DATASETS as LAYOUTS
 from .layout import layout_dataset
@@ -209,13 +210,26 @@ def cmd_layout(args) -> int:
     return 0
 
 
+def _plugin_option(parser: argparse.ArgumentParser, help: str | None = None) -> argparse.ArgumentParser:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=help)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m study.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    plugin_help = "import MODULE (repeatable) first, for the dataset loaders it registers"
+    # the plugins first: the dataset names they register are choices of the parser below
+    try:
+        load_plugins(_plugin_option(argparse.ArgumentParser(add_help=False)).parse_known_args(argv)[0].plugin)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     def dataset_args(p):
+        _plugin_option(p, plugin_help)
         p.add_argument("dataset", choices=sorted(LOADERS))
         p.add_argument("root", help="dataset folder (for manifest: the CSV file)")
         p.add_argument("--skip-bad", action="store_true", help="skip bad files and report them instead of stopping")

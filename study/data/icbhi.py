@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .audio import DataError
-from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file
+from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
 CLASSES = ("normal", "crackle", "wheeze", "both")
 
@@ -42,6 +42,7 @@ def _lookup_split(name: str, split: dict[str, str]) -> str | None:
     return matches.pop() if len(matches) == 1 else None
 
 
+@register_dataset("icbhi2017")
 def load_icbhi2017(root: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
     """Load ICBHI 2017 as one row per breathing cycle.
 

@@ -12,12 +12,21 @@ from pathlib import Path
 import pandas as pd
 
 from .audio import DataError
-from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, resolve_inside
+from .table import (
+    LoadedDataset,
+    ProblemLog,
+    duplicate_groups,
+    make_table,
+    recording_row,
+    register_dataset,
+    resolve_inside,
+)
 
 LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1}
 SPLITS = {"train", "val", "test"}
 
 
+@register_dataset("manifest")
 def load_manifest(path: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
     """Load a CSV manifest as a recording table (split defaults to "train")."""
     path = Path(path).resolve()
@@ -51,27 +60,19 @@ def load_manifest(path: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
         if not audio.is_file():
             log.report(path, f"line {line_no}: file '{row['path']}' is missing")
             continue
-        probed = probe_file(audio, log)
-        if probed is None:
-            continue
-        rate, duration, digest = probed
-        rows.append(
-            dict(
-                id=(row.get("id") or "").strip() or audio.relative_to(path.parent.resolve()).with_suffix("").as_posix(),
-                path=str(audio),
-                label=LABELS[label],
-                binary_label=LABELS[label],
-                original_label=label,
-                group=(row.get("group") or "").strip() or None,
-                dataset="manifest",
-                source=(row.get("source") or "").strip() or "manifest",
-                split=split,
-                sample_rate=rate,
-                start_s=0.0,
-                end_s=duration,
-                duration_s=duration,
-                audio_hash=digest,
-            )
+        row_id = (row.get("id") or "").strip() or audio.relative_to(path.parent.resolve()).with_suffix("").as_posix()
+        recording = recording_row(
+            audio,
+            LABELS[label],
+            "manifest",
+            log,
+            split=split,
+            group=(row.get("group") or "").strip() or None,
+            source=(row.get("source") or "").strip() or "manifest",
+            original_label=label,
+            item_id=row_id,
         )
+        if recording is not None:
+            rows.append(recording)
     table = make_table(rows)
     return LoadedDataset("manifest", path.parent, table, log.problems, duplicate_groups(table), {"manifest": str(path)})

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from .audio import DataError
-from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file
+from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
 # label → binary target, per mapping; a label absent from a mapping is dropped.
 LABEL_MAPPINGS = {
@@ -45,6 +45,7 @@ def _label_from_file_name(key: str) -> str | None:
     return first if first in KNOWN_LABELS else None
 
 
+@register_dataset("pascal")
 def load_pascal(root: str | Path, *, mapping: str = "paper", skip_bad: bool = False) -> LoadedDataset:
     """Load the labelled PASCAL recordings as a recording table (split "test").
 

@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 
 from .audio import DataError, probe_audio
-from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file
+from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
 LABELS = {"1": ("abnormal", 1), "-1": ("normal", 0)}
 AUDIO_SUFFIXES = (".wav", ".flac")  # a record's file: the first of these that exists
@@ -59,6 +59,7 @@ def _read_header(path: Path) -> tuple[int | None, str | None]:
     return rate, label
 
 
+@register_dataset("physionet2016")
 def load_physionet2016(root: str | Path, *, skip_bad: bool = False) -> LoadedDataset:
     """Load PhysioNet 2016 as a recording table with the paper's train/test split.
 

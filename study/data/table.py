@@ -1,13 +1,15 @@
-"""The recording table every loader returns, and the problem log they share."""
+"""The recording table every loader returns, the problem log they share, and the registry of loaders."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..registry import Registry
 from .audio import DataError, probe_audio
 
 # One row per item a model sees: a whole recording, or one breathing cycle of
@@ -79,6 +81,87 @@ def probe_file(path: Path, log: ProblemLog) -> tuple[int, float, str] | None:
     if channels > 1:
         log.note(path, f"{channels} channels, averaged to mono")
     return rate, frames / rate, digest
+
+
+#: dataset name (``data.train_set``, ``data.eval_sets``, ``--eval-set``) -> loader ``f(root, *, skip_bad=False)``
+LOADERS = Registry("dataset", "dataset")
+
+
+def register_dataset(name: str):
+    """Register a dataset loader under ``name``, as timm's ``@register_model`` does for models.
+
+    The loader is ``f(root, *, skip_bad=False, ...)``: ``root`` is the dataset's folder
+    (``DATA_ROOT/NAME`` in a study), and it returns a :class:`LoadedDataset`, or just the
+    recording table (a DataFrame with the :data:`RECORDING_COLUMNS`; :func:`recording_row` makes
+    one row of it). ``skip_bad=False`` stops at the first bad file (:class:`ProblemLog`).
+    """
+
+    def register(loader):
+        parameters = inspect.signature(loader).parameters
+        if not parameters or "skip_bad" not in parameters:
+            raise TypeError(
+                f"dataset {name!r}: the loader must take the dataset's folder and a keyword skip_bad, "
+                f"e.g. def load_{name}(root, *, skip_bad=False)"
+            )
+        return LOADERS.register(name, loader)
+
+    return register
+
+
+def as_loaded(name: str, root: str | Path, loaded) -> LoadedDataset:
+    """What a loader returned, as a LoadedDataset: a bare recording table is checked and wrapped."""
+    if isinstance(loaded, LoadedDataset):
+        return loaded
+    if not isinstance(loaded, pd.DataFrame):
+        raise TypeError(
+            f"dataset {name!r}: its loader returned {type(loaded).__name__}, not a LoadedDataset or DataFrame"
+        )
+    missing = [column for column in RECORDING_COLUMNS if column not in loaded]
+    if missing:
+        raise DataError(
+            f"dataset {name!r}: its loader's table lacks the column(s) {missing}; a recording table has "
+            f"{list(RECORDING_COLUMNS)} (study.data.table.recording_row makes a row)"
+        )
+    table = make_table(loaded[list(RECORDING_COLUMNS)].to_dict("records"))
+    return LoadedDataset(name, Path(root), table, duplicates=duplicate_groups(table))
+
+
+def recording_row(
+    path: str | Path,
+    label: int,
+    dataset: str,
+    log: ProblemLog,
+    *,
+    split: str = "test",
+    group: str | None = None,
+    source: str | None = None,
+    original_label: str | None = None,
+    item_id: str | None = None,
+) -> dict | None:
+    """One row of a recording table for a whole audio file (its rate, duration and hash read from the
+    file), or None when the file is bad (reported to ``log``). ``label`` is the task label (0 normal,
+    1 abnormal for heart sounds); the id defaults to the file name without its suffix."""
+    path = Path(path)
+    probed = probe_file(path, log)
+    if probed is None:
+        return None
+    rate, duration, digest = probed
+    return dict(
+        id=item_id or path.stem,
+        path=str(path.resolve()),
+        label=label,
+        binary_label=int(label > 0),
+        original_label=original_label if original_label is not None else str(label),
+        group=group,
+        dataset=dataset,
+        source=source or dataset,
+        split=split,
+        sample_rate=rate,
+        start_s=0.0,
+        end_s=duration,
+        duration_s=duration,
+        audio_hash=digest,
+    )
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
