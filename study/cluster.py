@@ -134,7 +134,10 @@ def check_storage(storage: str) -> None:
     probe = f".audiofuse-probe-{uuid.uuid4().hex[:12]}"
     filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
     root = root.rstrip("/")
-    created = filesystem.get_file_info(root).type == pyarrow.fs.FileType.NotFound
+    try:
+        created = filesystem.get_file_info(root).type == pyarrow.fs.FileType.NotFound
+    except OSError as error:  # no credentials, access denied, no endpoint: the same one line as a failed write
+        raise ClusterError(storage_error(storage, "this driver", _one_line(error))) from None
     try:
         failure = _probe_storage(storage, probe)
         if failure:
@@ -161,11 +164,12 @@ def _remove_probe(filesystem, root: str, probe: str, created: bool) -> None:
     refused later (by its features, say) leaves its output folder as it found it."""
     import pyarrow.fs
 
-    if filesystem.get_file_info(f"{root}/{probe}").type != pyarrow.fs.FileType.NotFound:
-        filesystem.delete_file(f"{root}/{probe}")
-    if created and isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        if not filesystem.get_file_info(pyarrow.fs.FileSelector(root)):
-            filesystem.delete_dir(root)
+    with contextlib.suppress(OSError):  # a storage this driver cannot reach: the refusal already says so
+        if filesystem.get_file_info(f"{root}/{probe}").type != pyarrow.fs.FileType.NotFound:
+            filesystem.delete_file(f"{root}/{probe}")
+        if created and isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+            if not filesystem.get_file_info(pyarrow.fs.FileSelector(root)):
+                filesystem.delete_dir(root)
 
 
 def storage_error(storage: str, where: str, failure: str) -> str:
