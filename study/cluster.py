@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -49,23 +50,40 @@ def ray_session(address: str | None, *, log_to_driver: bool = False):
             ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver)
         except ConnectionError as error:
             raise ClusterError(_connection_refused(address, error)) from error
-    # Ray's core worker answers SIGTERM with a native stack dump; here it stops the block like Ctrl-C,
-    # so whoever called says in one line what was kept (study.run: how to --resume).
-    previous = _stop_on_sigterm() if threading.current_thread() is threading.main_thread() else None
+    # Ctrl-C and SIGTERM (which Ray's core worker would answer with a native stack dump) stop the block
+    # through _stop: whoever called says in one line what was kept (study.run: how to --resume).
+    _interrupted.clear()
+    previous = (
+        {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread()
+        else {}
+    )
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if started_here:
             ray.shutdown()
 
 
-def _stop_on_sigterm():
-    def stop(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+_interrupted = threading.Event()
 
-    return signal.signal(signal.SIGTERM, stop)
+
+def interrupted() -> bool:
+    """Whether Ctrl-C or SIGTERM asked the running Tune experiment to stop (see :func:`ray_session`)."""
+    return _interrupted.is_set()
+
+
+def _stop(signum, frame):
+    """Inside Tuner.fit, Tune listens on SIGUSR1 and stops at its next step after a last consistent snapshot
+    of every trial (what --resume restores): a KeyboardInterrupt in the middle of its bookkeeping can leave
+    a snapshot naming a checkpoint it has just rotated away. Elsewhere, or at a second signal, stop at once."""
+    if callable(signal.getsignal(signal.SIGUSR1)) and not _interrupted.is_set():
+        _interrupted.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _connection_refused(address: str | None, error: ConnectionError) -> str:

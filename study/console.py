@@ -118,10 +118,21 @@ def tune_output(log_path: Path):
 
 
 class ConsoleFilter(logging.Filter):
-    """Ray's console lines a study does not need: its INFO records (Tune's are in tune.log), and the notice
-    that token authentication is on, whose advice is to switch it off."""
+    """Ray's console lines a study does not need: its INFO records (Tune's are in tune.log), and the
+    warnings of :data:`_NOT_SHOWN`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+        return not record.getMessage().startswith(_NOT_SHOWN)
+
+
+# Ray's notice that token authentication is on (its advice: switch it off), and Tune's lines when a study is
+# interrupted (study.run says in one line what was kept and how to resume; tune.log keeps them).
+_NOT_SHOWN = (
+    "Token authentication is enabled for this Ray cluster",
+    "Stop signal received",
+    "Trials did not complete",
+    "Experiment has been interrupted",
+    "Failed to fetch metrics for",  # the trials an interrupted experiment never started
+)

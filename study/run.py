@@ -54,7 +54,7 @@ import torch
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from .cluster import ClusterError, check_storage, check_trials_fit, ray_session, storage_error
+from .cluster import ClusterError, check_storage, check_trials_fit, interrupted, ray_session, storage_error
 from .config import (
     ADDED_SETTINGS,
     Space,
@@ -305,13 +305,16 @@ class _Run:
         )
 
 
-def _collect(results, target_dir: Path, run: _Run, ids: str) -> tuple[list[str], list[str]]:
+def _collect(
+    results, target_dir: Path, run: _Run, ids: str, finish_stopped: bool = True
+) -> tuple[list[str], list[str]]:
     """Copy each finished trial's final files from its last checkpoint into ``target_dir/ID``.
 
     A trial that a scheduler stopped (ASHA stops trials at its rungs, and at ``max_t``, before the
     trainable's final report) has no final files: its best weights are evaluated from its last
     epoch checkpoint, on the trial's resources, and it is marked ``stopped_early`` when it trained
-    fewer epochs than ``train.max_epochs``. Returns (collected ids, ids stopped early).
+    fewer epochs than ``train.max_epochs``. Without ``finish_stopped`` (an interrupted study, whose
+    unfinished trials resume later) only the finished trials are copied. Returns (collected ids, ids stopped early).
     """
     collected, stopped_early, pending = [], [], []
     for result in results:
@@ -324,7 +327,7 @@ def _collect(results, target_dir: Path, run: _Run, ids: str) -> tuple[list[str],
                 trial_id = json.loads((final / "run.json").read_text())["trial_id"]
                 _install(target_dir, trial_id, partial(shutil.copytree, final))
                 collected.append(trial_id)
-            elif (Path(folder) / STATE_FILE).is_file():
+            elif finish_stopped and (Path(folder) / STATE_FILE).is_file():
                 pending.append((result, (Path(folder) / STATE_FILE).read_bytes()))
     if pending:
         resources = run.resources
@@ -583,8 +586,7 @@ def _run_locked(
     # from its last epoch), so with short CPU epochs it always happens; the snapshot is what a resumed
     # study restores from, and on local or S3 storage it costs milliseconds. Threshold 0: no warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ctrl-C stops the study at once (main() says what was kept and how to --resume), not Tune's
-    # graceful stop, which waits for running trials and then reports them as failed.
+    # Ctrl-C reaches Tune's graceful stop through study.cluster's handler, which also knows it happened.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if verbose < 2:  # Tune's newer console prints an experiment box and result paths even at verbose 0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -746,7 +748,9 @@ def _run_search(run: _Run, study: Study, state: dict, base: dict) -> None:
         tuner = _search_tuner(run, wrapped, base, name, optuna)
     results = tuner.fit()
     search_dir = study.out / "search"
-    _, stopped_early = _collect(results, search_dir / TRIALS_DIR, run, ids="tune")
+    _, stopped_early = _collect(results, search_dir / TRIALS_DIR, run, ids="tune", finish_stopped=not interrupted())
+    if interrupted():
+        raise KeyboardInterrupt
     errors = [r for r in results if r.error is not None]
     trials, _ = write_results(study, state, search_dir / TRIALS_DIR)
     if errors or trials.empty:
@@ -810,7 +814,9 @@ def _run_grid(run: _Run, study: Study, state: dict, configs: list[dict]):
         study.save(state)
         tuner = _grid_tuner(run, wrapped, [c for _, c in todo], experiment["name"])
     results = tuner.fit()
-    collected, _ = _collect(results, study.out / TRIALS_DIR, run, ids="config")
+    collected, _ = _collect(results, study.out / TRIALS_DIR, run, ids="config", finish_stopped=not interrupted())
+    if interrupted():  # the finished trials are in OUT/trials; the rest resume from Tune's last snapshot
+        raise KeyboardInterrupt
     errors = [r for r in results if r.error is not None]
     experiment.update(complete=not errors, finished=_now())
     for trial_id in collected:
