@@ -948,7 +948,7 @@ def _now() -> str:
 
 def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
     print(
-        f"\n{space.name}: {summary['trials']} trials in the study, {summary['trained']} trained now, "
+        f"{space.name}: {summary['trials']} trials in the study, {summary['trained']} trained now, "
         f"{summary['failed']} failed, {summary['retried']} retried after a failure "
         f"({summary['seconds']:.0f} s)"
     )
@@ -970,7 +970,6 @@ def _print_summary(space, trials: pd.DataFrame, summary: dict, errors) -> None:
             + (f" ({axis}={best.get('config/' + axis)})" if axis else "")
             + f", {best[f'val/{monitor}']:.4f}; the configurations' test results are in the report"
         )
-    print(f"  results: {summary['out']}/trials.parquet, predictions.parquet, study.json")
 
 
 def _last_line(error: BaseException) -> str:
@@ -986,10 +985,16 @@ def _report(out: Path) -> dict | None:
     except ImportError:
         return None  # the analysis package is optional for running a study
     summary = report_study(out)
-    print("\n".join(line for line in summary["lead"] if line and not line.startswith("- every configuration")))
-    print(f"report: {summary['report']} (and report.html)")
-    for note in summary["notes"]:
-        print(f"  note: {note}")
+    # the report's lead as it opens report.md, less its heading, links and table rules: a log stays short
+    print(
+        "\n".join(
+            line
+            for line in "\n".join(summary["lead"]).splitlines()
+            if line and not line.startswith(("## ", "- ", "| --- "))
+        )
+    )
+    notes = f", {len(summary['notes'])} note(s) in it" if summary["notes"] else ""
+    print(f"report: {summary['report']} and report.html{notes}; trials.parquet, predictions.parquet beside it")
     return summary
 
 
