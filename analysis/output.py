@@ -23,6 +23,8 @@ __all__ = [
     "interval_numbers",
     "verdict",
     "few_recordings_warning",
+    "correction_name",
+    "resampling_unit",
     "write_html",
 ]
 
@@ -97,6 +99,16 @@ def verdict(a: str, b: str, difference: float, p_value: float, alpha: float) -> 
     if not p_value < alpha:
         return "no significant difference"
     return f"{a} > {b}" if difference > 0 else f"{a} < {b}"
+
+
+def correction_name(correction: str) -> str:
+    """How the tables name a multiple-comparison correction."""
+    return "Holm" if correction == "holm" else "Benjamini-Hochberg"
+
+
+def resampling_unit(eval_set) -> str:
+    """What the bootstrap of an evaluation set draws: whole patients where it has several recordings of one."""
+    return "patients" if eval_set.groups is not None else "recordings"
 
 
 def few_recordings_warning(n_pos: int, n_neg: int, respiratory: bool = False) -> str:

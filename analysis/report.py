@@ -80,9 +80,11 @@ from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_o
 from analysis.output import (
     MIN_CLASS_RECORDINGS,
     ReportWriter,
+    correction_name,
     few_recordings_warning,
     interval_cell,
     interval_numbers,
+    resampling_unit,
     slug,
     verdict,
     write_html,
@@ -475,15 +477,6 @@ class _Analysis:
                 row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
         self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
         return rows
-
-
-def resampling_unit(eval_set: EvalSet) -> str:
-    """What the bootstrap of an evaluation set draws: whole patients where it has several recordings of one."""
-    return "patients" if eval_set.groups is not None else "recordings"
-
-
-def correction_name(correction: str) -> str:
-    return "Holm" if correction == "holm" else "Benjamini-Hochberg"
 
 
 def family_name(test: str, metric: str) -> str:

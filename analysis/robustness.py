@@ -61,9 +61,11 @@ from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_o
 from analysis.output import (
     MIN_CLASS_RECORDINGS,
     ReportWriter,
+    correction_name,
     few_recordings_warning,
     interval_cell,
     interval_numbers,
+    resampling_unit,
     slug,
     write_html,
 )
@@ -540,7 +542,7 @@ def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
         "(against clean audio): each configuration's ROC-AUC and its drop (seed means over common seeds), the "
         "level difference fusion − branch there with its unadjusted 95 % CI (no test: a level is not a drop), "
         "and the paired bootstrap test of the drop difference, branch's drop − fusion's (positive: fusion loses "
-        f"less), with its unadjusted 95 % CI, raw p and p {correction_label(options.correction)}-adjusted over the "
+        f"less), with its unadjusted 95 % CI, raw p and p {correction_name(options.correction)}-adjusted over the "
         f"family '{ROBUSTNESS_FAMILY}' ({len(rows)} tests); α = {options.alpha}."
         + (f" **Warning:** {floor}." if floor else "")
     )
@@ -553,10 +555,6 @@ def _tests_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
         "with correction",
     )
     return rows
-
-
-def correction_label(correction: str) -> str:
-    return "Holm" if correction == "holm" else "Benjamini-Hochberg"
 
 
 def _drop_verdict(row: dict, alpha: float) -> str:
@@ -819,7 +817,7 @@ def _unit(analysis: _Robustness, eval_set: str) -> str:
     """What the bootstrap draws in an evaluation set: recordings, or whole patients where it has several
     recordings of one (as :func:`_units` says for the section)."""
     resampled = next(r for (name, *_), r in analysis.resampled.items() if name == eval_set)
-    return "patients" if resampled.eval_set.groups is not None else "recordings"
+    return resampling_unit(resampled.eval_set)
 
 
 def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
@@ -1146,7 +1144,7 @@ def _units(analysis: _Robustness) -> str:
     recordings of one."""
     units = {}
     for (eval_set, *_), resampled in analysis.resampled.items():
-        units[eval_set] = "patients" if resampled.eval_set.groups is not None else "recordings"
+        units[eval_set] = resampling_unit(resampled.eval_set)
     if len(set(units.values())) == 1:
         return next(iter(units.values()))
     return ", ".join(f"{unit} in {eval_set}" for eval_set, unit in units.items())
