@@ -28,7 +28,19 @@ from scipy import special
 from sklearn.metrics import roc_auc_score
 
 from analysis import stats
-from study.metrics import binary_metrics
+from study.results import fake_study
+
+__all__ = [
+    "CI_LIMIT_S",
+    "REPORT_LIMIT_S",
+    "PHYSIONET_SOURCES",
+    "PASCAL_SOURCES",
+    "write_synthetic_study",
+    "bench_report",
+    "run_bench",
+    "format_rows",
+    "main",
+]
 
 CI_LIMIT_S = 0.5
 REPORT_LIMIT_S = 60.0
@@ -67,83 +79,45 @@ def write_synthetic_study(
     each seed adds its own noise and its own validation threshold near 0.5.
     Returns ``out``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     eval_sets = {
         "physionet2016:test": (n_test, PHYSIONET_SOURCES, 0.5, 1.0),
         "pascal": (n_pascal, PASCAL_SOURCES, 0.7, 0.7),
     }
-    recordings = {}
-    for name, (n, sources, abnormal_share, _) in eval_sets.items():
+    recordings, shifts = {}, {}
+    for name, (n, sources, abnormal_share, shift) in eval_sets.items():
         labels = (np.arange(n) < round(abnormal_share * n)).astype(np.int8)
         rng.shuffle(labels)
+        ids = [f"{name.split(':')[0]}-{i:04d}" for i in range(n)]
         recordings[name] = pd.DataFrame(
             {
-                "recording_id": [f"{name.split(':')[0]}-{i:04d}" for i in range(n)],
+                "recording_id": ids,
                 "source": np.array(sources)[rng.integers(0, len(sources), n)],
+                "group": ids,
                 "label": labels,
                 "difficulty": rng.standard_normal(n),
             }
         )
-    configs = [(fusion, dropout) for fusion in fusions for dropout in dropouts]
-    trial_rows, frames = [], []
-    for k, (fusion, dropout) in enumerate(configs):
-        for seed_value in range(n_seeds):
-            trial_id = f"t{k:02d}s{seed_value:02d}"
-            threshold = float(np.clip(0.5 + 0.05 * rng.standard_normal(), 0.05, 0.95))
-            row = {
-                "trial_id": trial_id,
-                "config/seed": seed_value,
-                "config/model.architecture": "fusion",
-                "config/model.fusion": fusion,
-                "config/model.dropout": dropout,
-                "config/data.eval_sets": json.dumps(list(eval_sets)),
-                "config/train.lr": 3e-4,
-            }
-            for name, (_, _, _, shift) in eval_sets.items():
-                table = recordings[name]
-                separation = (1.0 + 0.04 * k) * shift
-                score = (
-                    separation * (table["label"] - 0.5)
-                    + 0.5 * table["difficulty"]
-                    + 0.6 * rng.standard_normal(len(table))
-                )
-                prob = special.expit(score.to_numpy())
-                frames.append(
-                    pd.DataFrame(
-                        {
-                            "trial_id": trial_id,
-                            "eval_set": name,
-                            "recording_id": table["recording_id"],
-                            "source": table["source"],
-                            "group": table["recording_id"],
-                            "label": table["label"],
-                            "prob": prob,
-                            "perturbation": "none",
-                            "severity": 0,
-                        }
-                    )
-                )
-                row.update(
-                    {f"{name}/{key}": value for key, value in binary_metrics(table["label"], prob, threshold).items()}
-                )
-            row.update(
-                {
-                    "epochs": 30,
-                    "best_epoch": 22,
-                    "threshold": threshold,
-                    "wall_time_s": 60.0,
-                    "node_id": "synthetic",
-                    "node_ip": "127.0.0.1",
-                    "hostname": "synthetic",
-                    "retries": 0,
-                    "experiment": "run-1",
-                }
-            )
-            trial_rows.append(row)
-    pd.DataFrame(trial_rows).to_parquet(out / "trials.parquet", index=False)
-    pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
+        shifts[name] = shift
+    configurations = {
+        f"c{k:02d}": {
+            "model.architecture": "fusion",
+            "model.fusion": fusion,
+            "model.dropout": dropout,
+            "train.lr": 3e-4,
+        }
+        for k, (fusion, dropout) in enumerate((fusion, dropout) for fusion in fusions for dropout in dropouts)
+    }
+    # configuration k separates the classes by d' = 1.0 + 0.04 k
+    separation = {
+        (s["model.fusion"], s["model.dropout"]): 1.0 + 0.04 * k for k, s in enumerate(configurations.values())
+    }
+
+    def predict(settings, seed_value, name, table, condition):
+        d_prime = separation[settings["model.fusion"], settings["model.dropout"]] * shifts[name]
+        score = d_prime * (table["label"] - 0.5) + 0.5 * table["difficulty"]
+        return special.expit((score + 0.6 * rng.standard_normal(len(table))).to_numpy())
+
     space = {
         "name": "synthetic-bench",
         "scale": "cpu",
@@ -152,8 +126,15 @@ def write_synthetic_study(
         "grid": {"model.fusion": list(fusions), "model.dropout": list(dropouts), "seed": list(range(n_seeds))},
         "compare": {"axis": "model.fusion", "baseline": fusions[0], "metric": "roc_auc"},
     }
-    (out / "study.json").write_text(json.dumps({"space": space}, indent=1))
-    return out
+    return fake_study(
+        out,
+        space=space,
+        configurations=configurations,
+        seeds=range(n_seeds),
+        recordings=recordings,
+        predict=predict,
+        threshold=lambda settings, seed_value: float(np.clip(0.5 + 0.05 * rng.standard_normal(), 0.05, 0.95)),
+    )
 
 
 def bench_report(seed: int = 0) -> dict:

@@ -70,6 +70,28 @@ from scipy import stats as sps
 from analysis import stats
 from study.metrics import confusion_metrics
 
+__all__ = [
+    "ALPHA",
+    "FPR_RANGE",
+    "COVERAGE_RANGE",
+    "Design",
+    "TestSet",
+    "labels",
+    "independent_test_set",
+    "patient_test_set",
+    "separation",
+    "simulate_scores",
+    "population_mcc",
+    "IGNORING",
+    "CONSERVATIVE_NOTES",
+    "CONTRAST_NOTE",
+    "IGNORING_NOTE",
+    "CROSSED_NOTE",
+    "run_calibration",
+    "format_report",
+    "main",
+]
+
 ALPHA = 0.05
 FPR_RANGE = (0.035, 0.065)
 COVERAGE_RANGE = (0.93, 0.97)

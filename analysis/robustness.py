@@ -1,14 +1,12 @@
 """The robustness report of a study: metric vs perturbation severity, fusion vs each branch, branch ablation.
 
-    python -m analysis robustness results/NAME [--perturb SUITE] [--resamples N] [--correction holm|bh]
-        [--alpha 0.05] [--ci-method bca|percentile] [--seed 0] [--device cpu] [--jobs N] [--no-plots]
+    python -m analysis robustness results/NAME [--resamples N] [--correction holm|bh]
+        [--alpha 0.05] [--ci-method bca|percentile] [--seed 0] [--no-plots]
 
-Without ``--perturb`` it analyses the perturbed predictions already in
-``OUT/predictions.parquet``. With ``--perturb`` (a suite in the format of a
-space's ``perturbations``, YAML or JSON, e.g.
-``'[{name: codec, codec: opus, severities: [1, 2]}]'``) it first re-evaluates
-every trial's checkpoint on that suite (:func:`study.evaluate.reevaluate_study`)
-and merges the new rows into ``OUT/predictions.parquet``.
+It analyses the perturbed predictions in ``OUT/predictions.parquet``: those of the space's
+``perturbations``, and those ``python -m study.evaluate OUT --perturb SUITE`` merged in afterwards
+(it re-scores every trial's checkpoint on the suite, then runs this analysis). The analysis reads
+a study and writes its report; it never writes predictions.
 
 Outputs: ``OUT/tables/robustness_{auc,shift,tests,claim,ablation,per_source}.md|csv|tex``,
 ``OUT/plots/robustness_EVALSET.png`` and a "Robustness" section of
@@ -54,7 +52,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from analysis import paper, stats
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
@@ -94,7 +91,6 @@ __all__ = [
     "with_conditions",
     "has_robustness_rows",
     "report_robustness",
-    "parse_suite_argument",
     "main",
 ]
 
@@ -1221,35 +1217,13 @@ def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
     }
 
 
-def parse_suite_argument(text: str) -> list:
-    """A --perturb value (YAML or JSON list of suite entries), validated by parse_perturbation_suite."""
-    try:
-        suite = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"--perturb is not valid YAML or JSON: {error}") from None
-    parse_perturbation_suite(suite)
-    return suite
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/robustness")
-    parser.add_argument(
-        "--perturb",
-        default=None,
-        help="re-evaluate every checkpoint on this suite first, e.g. '[{name: codec, codec: opus, severities: [1, 2]}]'",
-    )
-    parser.add_argument("--device", default="cpu", help="device for re-evaluation (cpu, cuda, auto; default cpu)")
-    parser.add_argument(
-        "--jobs", type=int, default=None, help="feature worker processes for re-evaluation (default: all cores)"
-    )
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        lock = study_lock(
-            args.study, "python -m analysis robustness" + (" --perturb" if args.perturb else ""), create=False
-        )
-        with lock:
+        with study_lock(args.study, "python -m analysis robustness", create=False):
             return _run(args)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -1258,15 +1232,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        if args.perturb is not None:
-            from study.evaluate import reevaluate_study
-
-            suite = parse_suite_argument(args.perturb)
-            new = reevaluate_study(args.study, suite, device=args.device, n_jobs=args.jobs)
-            print(
-                f"re-evaluated {new['trial_id'].nunique()} trials on {len(parse_perturbation_suite(suite))} perturbation "
-                f"levels: {len(new)} rows merged into {args.study}/predictions.parquet"
-            )
         summary = report_robustness(args.study, **analysis_options(args))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import auc_kernel, weighted_auc
+from study import results
+from study.results import CONDITION_COLUMNS, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE
 
 __all__ = [
     "REQUIRED_FILES",
@@ -39,8 +41,9 @@ __all__ = [
     "read_histories",
 ]
 
-REQUIRED_FILES = ("study.json", "trials.parquet", "predictions.parquet")
-PREDICTION_COLUMNS = ("trial_id", "eval_set", "recording_id", "source", "group", "label", "prob")
+REQUIRED_FILES = (STUDY_FILE, TRIALS_FILE, PREDICTIONS_FILE)
+# the columns the analysis needs; a study older than perturbations and ablations lacks the others
+PREDICTION_COLUMNS = tuple(c for c in results.PREDICTION_COLUMNS if c not in CONDITION_COLUMNS)
 _AUC_TOLERANCE = 1e-6  # trials.parquet vs the ROC-AUC recomputed from predictions.parquet
 
 
@@ -64,17 +67,7 @@ def setting_text(value) -> str:
 def read_study(out: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """study.json, trials.parquet and predictions.parquet of a study folder; FileNotFoundError names what is missing."""
     out = Path(out)
-    if not out.is_dir():
-        raise FileNotFoundError(f"study folder {out} does not exist")
-    missing = [name for name in REQUIRED_FILES if not (out / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{out} is not a finished study: {', '.join(missing)} missing "
-            "(python -m study.run writes them when a study ends; --resume finishes one)"
-        )
-    state = json.loads((out / "study.json").read_text())
-    trials = pd.read_parquet(out / "trials.parquet")
-    predictions = pd.read_parquet(out / "predictions.parquet")
+    state, trials, predictions = results.read_study_files(out)
     if trials.empty or "trial_id" not in trials:
         raise StudyError(f"{out}/trials.parquet holds no trials")
     if "config/seed" not in trials:
@@ -415,11 +408,7 @@ def read_histories(out: Path, trial_ids: list[str]) -> dict[str, TrialHistory]:
     config.json (as study.run installs them); a study copied without trials/ has none."""
     histories = {}
     for trial_id in trial_ids:
-        folder = Path(out) / "trials" / trial_id  # study.run's TRIALS_DIR (not imported: study.run loads Ray)
-        if not ((folder / "metrics.json").is_file() and (folder / "config.json").is_file()):
-            continue
-        metrics = json.loads((folder / "metrics.json").read_text())
-        if metrics.get("history"):
-            monitor = json.loads((folder / "config.json").read_text())["train.monitor"]
-            histories[trial_id] = TrialHistory(monitor, metrics["best_epoch"], metrics["history"])
+        history = results.read_trial_history(out, trial_id)
+        if history is not None:
+            histories[trial_id] = TrialHistory(*history)
     return histories

@@ -86,6 +86,46 @@ from .models import create_model
 from .tensors import SplitData, TrialData
 from .train import autocast_dtype, train_and_evaluate
 
+__all__ = [
+    "REPO",
+    "RATIO_LIMIT",
+    "SIZES",
+    "EVAL_WINDOWS",
+    "QUICK",
+    "AUDIO_MODULES",
+    "missing_audio_modules",
+    "size_profile",
+    "make_trial_data",
+    "features_nbytes",
+    "window_nbytes",
+    "trial_config",
+    "batches",
+    "run_trainer",
+    "run_bare",
+    "BareLoop",
+    "precisions",
+    "size_shape",
+    "size_data",
+    "bench_trainer",
+    "peak_memory_trial",
+    "measure_peak_memory",
+    "SHARING_SECONDS",
+    "SHARING_KNEE",
+    "bench_sharing",
+    "bench_features",
+    "describe_device",
+    "ARCHITECTURE_STEPS",
+    "PROFILED_KERNELS",
+    "bench_architectures",
+    "PARTS",
+    "run_bench",
+    "format_results",
+    "format_memory",
+    "format_architectures",
+    "format_sharing",
+    "main",
+]
+
 REPO = Path(__file__).resolve().parents[1]
 RATIO_LIMIT = 1.15
 TRAIN_RECORDINGS, VAL_RECORDINGS, TEST_RECORDINGS = 2943, 294, 297  # PhysioNet 2016 train, its 10 %, test

@@ -48,6 +48,18 @@ from .features import FeatureProfile, compute_features
 from .io import atomic_path
 from .registry import load_plugins, loaded_plugins
 
+__all__ = [
+    "STORE_DTYPE",
+    "PACK_FILES",
+    "FeatureSet",
+    "FeatureCache",
+    "read_item",
+    "read_pack",
+    "verify_cache",
+    "clean_cache",
+    "extract_features",
+]
+
 STORE_DTYPE = np.float16  # halves memory and disk; images in [0, 1] and normalised waves lose < 1e-3
 PACK_FILES = ("images", "waves", "counts")
 # what a damaged .npz or .npy raises while numpy reads it

@@ -1,6 +1,6 @@
 """Score a finished study's saved checkpoints again, without training: on a perturbation suite or on new data.
 
-``python -m analysis robustness results/NAME --perturb SUITE`` calls
+``python -m study.evaluate OUT --perturb SUITE`` calls
 :func:`reevaluate_study`: every trial's best weights (``OUT/trials/ID/checkpoint.pt``)
 are scored on every evaluation set with each perturbation of the suite applied
 (and, for fusion models, with each branch ablated), and the new rows replace
@@ -11,46 +11,70 @@ rows with the same key in ``OUT/predictions.parquet`` and in each trial's
 [--ray-min-trials N]`` calls :func:`evaluate_study`: the same for external datasets. Features are
 extracted once in the driver; a few trials are scored there, many (or any, given ``--address``) as
 Ray tasks, one per trial, spread over the cluster.
+
+Both rewrite the study's report when they end (``--no-report`` skips it): with ``analysis robustness``'s
+tables after ``--perturb``, with ``analysis report``'s after ``--eval-set``.
 """
 
 from __future__ import annotations
 
-import io
+import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from .config import model_config_of, profile_of
-from .io import write_json, write_parquet
+from .lock import StudyLocked, study_lock
 from .models import create_model
 from .perturbations import parse_perturbation_suite
 from .registry import load_plugins, loaded_plugins
-from .train import PREDICTION_COLUMNS, evaluate_model, pick_device
+from .results import (
+    CHECKPOINT_FILE,
+    STUDY_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    merge_into_study,
+    read_checkpoint,
+    read_state,
+    read_trial_config,
+    write_state,
+)
+from .train import evaluate_model, pick_device
 from .trial_data import data_settings, prepare_data
 
-ROW_KEY = ["trial_id", "eval_set", "recording_id", "perturbation", "severity", "ablation"]
-CONDITION_KEY = ["trial_id", "eval_set", "perturbation", "severity", "ablation"]
+__all__ = [
+    "RAY_MIN_TRIALS",
+    "load_checkpoint",
+    "load_model",
+    "reevaluate_trials",
+    "reevaluate_study",
+    "parse_suite_argument",
+    "parse_eval_set",
+    "external_table",
+    "check_task",
+    "prepare_external_sets",
+    "score_checkpoint",
+    "score_locally",
+    "score_on_ray",
+    "evaluate_study",
+    "main",
+]
+
 RAY_MIN_TRIALS = 8  # study.evaluate scores this many trials or more as Ray tasks; fewer here, one by one
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A trial's ``checkpoint.pt`` (config, model state dict, threshold, feature_means) on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return parse_checkpoint(path.read_bytes(), str(path))
+def load_checkpoint(folder: str | Path, raw: bytes | None = None, config: dict | None = None) -> dict:
+    """A trial's kept weights on the CPU with its settings: {config, model, threshold, feature_means, ...}.
 
-
-def parse_checkpoint(raw: bytes, source: str) -> dict:
-    """The checkpoint held in ``raw`` (the bytes of the file ``source``, named in errors), on the CPU."""
-    checkpoint = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    missing = [k for k in ("config", "model", "threshold") if k not in checkpoint]
-    if missing:
-        raise ValueError(f"checkpoint {source} lacks {missing}")
-    return checkpoint
+    ``folder``: the trial's folder (``OUT/trials/ID``); ``raw`` and ``config``: the checkpoint's bytes and
+    the settings when they travelled without the folder (a Ray task)."""
+    checkpoint = read_checkpoint(folder, raw)
+    return {**checkpoint, "config": config if config is not None else read_trial_config(folder)}
 
 
 def load_model(checkpoint: dict) -> torch.nn.Module:
@@ -75,7 +99,7 @@ def reevaluate_trials(
     Parameters
     ----------
     checkpoints : dict
-        trial id -> checkpoint as :func:`load_checkpoint` returns it.
+        trial id -> checkpoint with its config, as :func:`load_checkpoint` returns it.
     data_root : path
         The study's data root (``study.json``'s ``data_root``).
     suite : list of dict
@@ -112,34 +136,6 @@ def reevaluate_trials(
     return pd.concat(frames, ignore_index=True)
 
 
-def merge_predictions(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """``existing`` with every (trial, eval set, perturbation, severity, ablation) present in ``new`` replaced by ``new``'s rows."""
-    absent = [c for c in PREDICTION_COLUMNS if c not in new]
-    if absent:
-        raise ValueError(f"new predictions lack the column(s) {absent}")
-    existing = existing.copy()
-    # studies written before perturbations / ablations existed lack these columns
-    defaults = {"perturbation": "none", "severity": 0, "ablation": "none"}
-    for column, value in defaults.items():
-        if column not in existing:
-            existing[column] = value
-    replaced = existing.set_index(CONDITION_KEY).index.isin(new.set_index(CONDITION_KEY).index)
-    merged = pd.concat([existing[~replaced], new], ignore_index=True)
-    return merged.astype({"severity": "int64", "perturbation": str, "ablation": str})
-
-
-def merge_into_study(out: Path, new: pd.DataFrame) -> None:
-    """Merge prediction rows into each trial's and the study's predictions.parquet (see merge_predictions).
-
-    Each trial's own file first: `study.run --resume/--extend` rebuilds OUT/predictions.parquet from them.
-    """
-    for trial_id, rows in new.groupby("trial_id", sort=False):
-        trial_file = out / "trials" / trial_id / "predictions.parquet"
-        existing = pd.read_parquet(trial_file) if trial_file.is_file() else rows.iloc[:0]
-        write_parquet(trial_file, merge_predictions(existing, rows))
-    write_parquet(out / "predictions.parquet", merge_predictions(pd.read_parquet(out / "predictions.parquet"), new))
-
-
 def reevaluate_study(
     out: str | Path, suite: list, *, device: str = "cpu", progress: bool = False, n_jobs: int | None = None
 ) -> pd.DataFrame:
@@ -154,17 +150,24 @@ def reevaluate_study(
     a suite replaces its rows, so an interrupted run is repaired by running it again.
     """
     out = Path(out)
-    state = json.loads((out / "study.json").read_text())
-    if "data_root" not in state:
-        raise ValueError(f"{out}/study.json has no data_root: cannot find the audio to perturb")
-    trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
-    checkpoints = {t: load_checkpoint(out / "trials" / t / "checkpoint.pt") for t in trial_ids}
+    state = read_state(out)
+    if state is None or "data_root" not in state:
+        raise ValueError(f"{out / STUDY_FILE} has no data_root: cannot find the audio to perturb")
+    checkpoints = {t: load_checkpoint(out / TRIALS_DIR / t) for t in _trial_ids(out)}
     new = reevaluate_trials(checkpoints, state["data_root"], suite, device=device, progress=progress, n_jobs=n_jobs)
     merge_into_study(out, new)
     # the report labels a perturbation level with its options, so the study remembers the suites merged in
     state["robustness_suites"] = [*state.get("robustness_suites", []), list(suite)]
-    write_json(out / "study.json", state)
+    write_state(out, state)
     return new
+
+
+def _trial_ids(out: Path) -> list[str]:
+    """The study's trials, as trials.parquet lists them; FileNotFoundError names a study that never finished."""
+    path = out / TRIALS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {out} is not a finished study")
+    return pd.read_parquet(path, columns=["trial_id"])["trial_id"].tolist()
 
 
 # ---------------------------------------------------------------- external evaluation sets
@@ -239,8 +242,11 @@ def prepare_external_sets(configs: dict[str, dict], specs: list[tuple]) -> tuple
     return keys, prepared
 
 
-def score_checkpoint(trial_id: str, raw: bytes, source: str, evals: dict, device: torch.device) -> pd.DataFrame:
-    """Predictions of one trial's checkpoint (``raw``: the bytes of ``source``) on prepared evaluation sets.
+def score_checkpoint(
+    trial_id: str, raw: bytes, folder: Path, config: dict, evals: dict, device: torch.device
+) -> pd.DataFrame:
+    """Predictions of one trial's checkpoint (``raw``: the bytes of its checkpoint in ``folder``, trained with
+    ``config``) on prepared evaluation sets.
 
     ``evals``: name -> SplitData. Returns rows in predictions.parquet's columns, one per evaluation set,
     branch ablation and recording. Raises ValueError naming the trial when its model cannot be rebuilt.
@@ -248,11 +254,13 @@ def score_checkpoint(trial_id: str, raw: bytes, source: str, evals: dict, device
     """
     from .tensors import TrialData
 
-    checkpoint = parse_checkpoint(raw, source)
+    checkpoint = load_checkpoint(folder, raw, config)
     try:
         model = load_model(checkpoint).to(device)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"trial {trial_id}: the model of {source} cannot be rebuilt ({error})") from error
+        raise ValueError(
+            f"trial {trial_id}: the model of {folder / CHECKPOINT_FILE} cannot be rebuilt ({error})"
+        ) from error
     first = next(iter(evals.values()))  # evaluate_model reads only evals; train and val are placeholders
     data = TrialData(first, first, evals, profile_of(checkpoint["config"]))
     means = checkpoint.get("feature_means") or {}
@@ -260,23 +268,35 @@ def score_checkpoint(trial_id: str, raw: bytes, source: str, evals: dict, device
     return predictions
 
 
-def score_locally(paths: dict[str, Path], keys: dict[str, str], prepared: dict, device: str) -> pd.DataFrame:
-    """Every trial's predictions, one trial after another in this process, in ``paths``' order."""
-    print(f"scoring {len(paths)} trial(s) locally", flush=True)
+def score_locally(
+    folders: dict[str, Path], configs: dict[str, dict], keys: dict[str, str], prepared: dict, device: str
+) -> pd.DataFrame:
+    """Every trial's predictions, one trial after another in this process, in ``folders``' order."""
+    print(f"scoring {len(folders)} trial(s) locally", flush=True)
     torch_device = pick_device(device)
-    frames = [score_checkpoint(t, p.read_bytes(), str(p), prepared[keys[t]], torch_device) for t, p in paths.items()]
+    frames = [
+        score_checkpoint(t, (f / CHECKPOINT_FILE).read_bytes(), f, configs[t], prepared[keys[t]], torch_device)
+        for t, f in folders.items()
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
-def _score_task(trial_id: str, raw: bytes, source: str, evals: dict, device: str, plugins: list[str]) -> pd.DataFrame:
+def _score_task(
+    trial_id: str, raw: bytes, folder: Path, config: dict, evals: dict, device: str, plugins: list[str]
+) -> pd.DataFrame:
     """Ray task (num_cpus=1): :func:`score_checkpoint` on a worker, with one torch thread and the plugins loaded."""
     load_plugins(plugins)  # the models of a plugin's architectures and heads are built here
     torch.set_num_threads(1)  # one per CPU Ray gave the task: more would oversubscribe the node's cores
-    return score_checkpoint(trial_id, raw, source, evals, pick_device(device))
+    return score_checkpoint(trial_id, raw, folder, config, evals, pick_device(device))
 
 
 def score_on_ray(
-    paths: dict[str, Path], keys: dict[str, str], prepared: dict, device: str, address: str | None
+    folders: dict[str, Path],
+    configs: dict[str, dict],
+    keys: dict[str, str],
+    prepared: dict,
+    device: str,
+    address: str | None,
 ) -> pd.DataFrame:
     """Every trial's predictions from one Ray task per trial (1 CPU, and 1 GPU for a CUDA device), in ``paths``' order.
 
@@ -286,7 +306,7 @@ def score_on_ray(
     """
     import ray
 
-    from .cluster import ray_session  # Ray is imported only on this path
+    from .connection import ray_session  # Ray is imported only on this path
 
     with ray_session(address):
         resources = ray.cluster_resources()
@@ -294,13 +314,16 @@ def score_on_ray(
         if gpus and not resources.get("GPU", 0):
             raise ValueError("--device cuda: the Ray cluster has no GPU")  # the tasks would wait forever
         print(
-            f"scoring {len(paths)} trial(s) as Ray tasks on a cluster of {int(resources.get('CPU', 0))} CPUs",
+            f"scoring {len(folders)} trial(s) as Ray tasks on a cluster of {int(resources.get('CPU', 0))} CPUs",
             flush=True,
         )
         sets = {key: ray.put(evals) for key, evals in prepared.items()}
         task = ray.remote(_score_task).options(num_cpus=1, num_gpus=gpus)
         plugins = loaded_plugins()
-        refs = {task.remote(t, p.read_bytes(), str(p), sets[keys[t]], device, plugins): t for t, p in paths.items()}
+        refs = {
+            task.remote(t, (f / CHECKPOINT_FILE).read_bytes(), f, configs[t], sets[keys[t]], device, plugins): t
+            for t, f in folders.items()
+        }
         frames, pending = {}, list(refs)
         try:
             while pending:
@@ -312,7 +335,7 @@ def score_on_ray(
             if isinstance(error.cause, ValueError):
                 raise error.cause from None  # one line naming the trial, not the worker's traceback
             raise
-    return pd.concat([frames[t] for t in paths], ignore_index=True)
+    return pd.concat([frames[t] for t in folders], ignore_index=True)
 
 
 def evaluate_study(
@@ -334,55 +357,81 @@ def evaluate_study(
     Raises ValueError, naming the trial, for a checkpoint whose model cannot be rebuilt or a dataset whose
     labels do not fit the model's task; nothing is written then.
     """
-    from .lock import study_lock
-
     out = Path(out)
     specs = [parse_eval_set(text) for text in eval_sets]
     names = [spec[0] for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation-set names must differ, got {names}")
     with study_lock(out, "python -m study.evaluate", create=False):
-        trial_ids = pd.read_parquet(out / "trials.parquet", columns=["trial_id"])["trial_id"].tolist()
-        paths = {t: out / "trials" / t / "checkpoint.pt" for t in trial_ids}
-        # only the configs stay in memory here: the weights are read again when a trial is scored
-        keys, prepared = prepare_external_sets({t: load_checkpoint(p)["config"] for t, p in paths.items()}, specs)
-        if address is not None or len(paths) >= ray_min_trials:
-            new = score_on_ray(paths, keys, prepared, device, address)
+        folders = {t: out / TRIALS_DIR / t for t in _trial_ids(out)}
+        # only the configs stay in memory here: the weights are read when a trial is scored
+        configs = {t: read_trial_config(f) for t, f in folders.items()}
+        keys, prepared = prepare_external_sets(configs, specs)
+        if address is not None or len(folders) >= ray_min_trials:
+            new = score_on_ray(folders, configs, keys, prepared, device, address)
         else:
-            new = score_locally(paths, keys, prepared, device)
+            new = score_locally(folders, configs, keys, prepared, device)
         merge_into_study(out, new)
-        state = json.loads((out / "study.json").read_text())
+        state = read_state(out)
         external = {e["name"]: e for e in state.get("external_eval_sets", [])}
         for name, dataset, root, split in specs:
             external[name] = {"name": name, "dataset": dataset, "root": str(root), "split": split}
         state["external_eval_sets"] = list(external.values())
-        write_json(out / "study.json", state)
+        write_state(out, state)
         if report:
-            from analysis.report import report_study  # like study.run, the one other study -> analysis import
-
-            report_study(out)
+            _report(out, robustness=False)
     return new
 
 
+def parse_suite_argument(text: str) -> list:
+    """A --perturb value (YAML or JSON list of suite entries), validated by parse_perturbation_suite."""
+    try:
+        suite = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--perturb is not valid YAML or JSON: {error}") from None
+    parse_perturbation_suite(suite)
+    return suite
+
+
+def _report(out: Path, robustness: bool) -> None:
+    """The study's report again (the robustness section's own tables too after a perturbation suite). This
+    command line and study.run are the only places in ``study`` that call the analysis: a study's report
+    is what their users expect at the end."""
+    try:
+        from analysis.report import report_study
+        from analysis.robustness import report_robustness
+    except ImportError:
+        return  # the analysis package is optional for scoring a study
+    if robustness:
+        summary = report_robustness(out)
+        print(f"wrote {len(summary['tables']) // 3} robustness tables, {len(summary['plots'])} plots")
+    report_study(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    from .lock import StudyLocked
-
     parser = argparse.ArgumentParser(
         prog="python -m study.evaluate",
-        description="Score a finished study's saved checkpoints on new data, without training, and rewrite its report.",
+        description="Score a finished study's saved checkpoints again, without training: on a perturbation "
+        "suite (--perturb) or on new data (--eval-set); then rewrite its report.",
     )
     parser.add_argument("study", type=Path, help="a finished study folder, e.g. results/fusion")
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--eval-set",
         action="append",
-        required=True,
         metavar="[NAME=]DATASET:ROOT[:SPLIT]",
         help="a dataset to score (repeatable): manifest:my.csv, pascal:DATA/pascal, physionet2016:DATA/physionet2016:test",
     )
+    what.add_argument(
+        "--perturb",
+        metavar="SUITE",
+        help="score every evaluation set under this perturbation suite, e.g. "
+        "'[{name: codec, codec: opus, severities: [1, 2]}]' (the format of a space's perturbations)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="--perturb: feature worker processes (default: all cores)"
+    )
     parser.add_argument(
         "--address", default=None, help="score as Ray tasks on this Ray cluster: auto or HOST:PORT (default: see below)"
     )
@@ -404,6 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load_plugins(args.plugin)
+        if args.perturb is not None:
+            suite = parse_suite_argument(args.perturb)
+            with study_lock(args.study, "python -m study.evaluate --perturb", create=False):
+                new = reevaluate_study(args.study, suite, device=args.device, n_jobs=args.jobs)
+                levels = len(parse_perturbation_suite(suite))
+                print(
+                    f"re-evaluated {new['trial_id'].nunique()} trials on {levels} perturbation levels: "
+                    f"{len(new)} rows merged into {args.study}/predictions.parquet"
+                )
+                if not args.no_report:
+                    _report(args.study, robustness=True)
+            return 0
         new = evaluate_study(
             args.study,
             args.eval_set,

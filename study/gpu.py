@@ -60,6 +60,39 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .results import CHECKPOINT_FILE, REPORT_FILE, STUDY_FILE, TUNE_DIR, read_state, write_state
+
+__all__ = [
+    "REPO",
+    "LIMIT_BYTES",
+    "MARGIN_S",
+    "RAY_VERSION",
+    "RAY_LEFT_OUT",
+    "WHEELS",
+    "WHEEL_PLATFORMS",
+    "DEVICE_PYTHON",
+    "DATASETS",
+    "DEFAULT_BENCH_ARGS",
+    "STUDY_TAR",
+    "PREPARED_NAMES",
+    "PrepareError",
+    "build_ray_archive",
+    "repository_bytes",
+    "plan_calls",
+    "parse_waves",
+    "prepare",
+    "format_plan",
+    "verify_manifest",
+    "device_features",
+    "datasets_present",
+    "fill_cache",
+    "wave_resources",
+    "device_study",
+    "pack_study",
+    "collect",
+    "main",
+]
+
 REPO = Path(__file__).resolve().parents[1]
 LIMIT_BYTES = 64 * 2**20  # what one command may send: the repository's files plus its carried paths
 MARGIN_S = 0.1  # audio kept past the window: resampling the cut recording then changes no feature beyond 1e-5
@@ -398,7 +431,7 @@ def prepare(
     """Build the prepared run in ``prep`` (see the module docstring); returns the plan."""
     from .config import load_space
     from .data.audio import cache_dir
-    from .run import code_version
+    from .provenance import code_version
 
     overrides = dict(overrides or {})
     space = load_space(space_name, scale)
@@ -728,7 +761,7 @@ def device_study(prep: Path, out: Path, deadline_s: float, gpus_per_trial: float
             break
         seeds_done, last = seeds, (trials, step["seconds"])
     record["seeds"] = seeds_done
-    if (study_dir / "study.json").is_file():
+    if (study_dir / STUDY_FILE).is_file():
         record["packed_bytes"] = pack_study(study_dir, out / STUDY_TAR)
     record["seconds"] = round(time.monotonic() - started, 1)
     _write_json(out / "study-run.json", record)
@@ -763,7 +796,7 @@ def pack_study(study_dir: Path, target: Path) -> int:
 
     def keep(info: tarfile.TarInfo):
         parts = Path(info.name).parts
-        if len(parts) > 1 and parts[1] == "tune" or parts[-1] == "checkpoint.pt" or parts[-1].endswith(".lock"):
+        if len(parts) > 1 and parts[1] == TUNE_DIR or parts[-1] == CHECKPOINT_FILE or parts[-1].endswith(".lock"):
             return None
         return info
 
@@ -799,15 +832,14 @@ def collect(features_dir: Path, study_dir: Path, dest: Path, prep: Path | None =
         if (study_dir / name).is_file():
             shutil.copy2(study_dir / name, dest / name)
     plan = json.loads((prep / "plan.json").read_text()) if prep and (prep / "plan.json").is_file() else None
-    state = json.loads((dest / "study.json").read_text())
+    state = read_state(dest)
     if plan and not state.get("code", {}).get("commit"):  # the machine has no .git: the commit it was prepared at
         state["code"] = {**plan["code"], "note": "commit recorded when the run was prepared"}
-        _write_json(dest / "study.json", state)
+        write_state(dest, state)
     summary = {"out": str(dest)}
-    if report:
-        from analysis.report import report_study
-
-        summary["report"] = report_study(dest)["report"]
+    if report:  # as the user would run it: study never imports the analysis (only study.run and study.evaluate)
+        subprocess.run([sys.executable, "-m", "analysis", "report", str(dest)], check=True, stdout=subprocess.DEVNULL)
+        summary["report"] = str(dest / REPORT_FILE)
     return summary
 
 
@@ -867,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
                 fill_cache(prep)
                 return 0
             if args.step == "harvest":
-                from .run import harvest_finished
+                from .state import harvest_finished
 
                 installed = harvest_finished(prep / "study")
                 print(f"harvested {len(installed)} finished trial(s) from Tune's storage: {installed}")

@@ -18,6 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
+__all__ = [
+    "atomic_path",
+    "RESOURCE_ERRNOS",
+    "describe_os_error",
+    "write_json",
+    "write_parquet",
+    "write_text",
+    "print_resource_error",
+]
+
 
 @contextmanager
 def atomic_path(target: str | Path):

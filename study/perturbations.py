@@ -98,6 +98,39 @@ from scipy.interpolate import PchipInterpolator
 
 from .registry import PluginError, Registry
 
+__all__ = [
+    "MAX_SEVERITY",
+    "MAX_TEMPO_RATE",
+    "SLOW_TEMPO_RATES",
+    "FAST_TEMPO_RATES",
+    "WARP_MAX_RATE_DEVIATION",
+    "MP3_BITRATES_KBPS",
+    "OPUS_BITRATES_KBPS",
+    "VORBIS_QUALITIES",
+    "MU_LAW_BITS",
+    "LOWPASS_CUTOFFS_HZ",
+    "TIME_STRETCH_METHODS",
+    "CODECS",
+    "MU_LAW_MU",
+    "PERTURBATIONS",
+    "register_perturbation",
+    "time_stretch_slow",
+    "time_stretch_fast",
+    "local_time_warp",
+    "codec",
+    "codec_bitrate_kbps",
+    "mu_law",
+    "band_limit",
+    "RETIRED_PERTURBATIONS",
+    "severity_levels",
+    "tempo_rate",
+    "apply_perturbation",
+    "describe",
+    "PerturbationItem",
+    "perturbation_id",
+    "parse_perturbation_suite",
+]
+
 MAX_SEVERITY = 4
 
 # Tempo rates in equal steps of |log rate| (ln(1.25) / 4 each) up to 1.25 and 1 / 1.25 = 0.8, the ends of the

@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 
 from .cache import STORE_DTYPE
-from .cluster import ray_session
 from .config import DataConfig, Space, SpaceError, profile_of
+from .connection import ray_session
 from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
-from .run import data_key_of, trial_id_of, trial_label
 from .search import sample_count
 from .trial_data import combine_datasets, select_tables, variant_name
+from .trial_ids import data_key_of, trial_id_of, trial_label
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
 INDEX_ITEMSIZE = 8  # bytes per window (item_index) and per item (labels): int64

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .data.audio import cache_dir
 
+__all__ = ["DEFAULT_SIZES", "default_data_root"]
+
 # Sizes of the default synthetic study data: 400 PhysioNet-like training records, and test and
 # PASCAL-like sets of about 300 labelled recordings each, like the real PhysioNet test set, so a
 # CPU-scale study resolves ROC-AUC differences of about 0.06 (evaluation is cheap; training is not).

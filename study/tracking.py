@@ -29,6 +29,8 @@ import os
 import re
 from pathlib import Path
 
+from .results import REPORT_FILE, TABLES_DIR
+
 __all__ = ["TRACKABLE_NAME", "TRACKERS", "check_trackers", "log_report", "tracker_callbacks"]
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -111,7 +113,7 @@ def log_report(names: list[str], out: Path, space_name: str, summary: dict, tens
     """Add the study's report (report.md, tables/, claims and notes of ``summary``, what
     ``analysis.report.report_study`` returned) to each tracker of ``names`` as a run of its own."""
     report = Path(summary["report"])
-    tables = report.parent / "tables"
+    tables = report.parent / TABLES_DIR
     digest = {
         "claims": summary.get("claims", []),
         "notes": summary.get("notes", []),
@@ -130,10 +132,10 @@ def log_report(names: list[str], out: Path, space_name: str, summary: dict, tens
         uri, experiment_id = _mlflow_experiment_id(out, space_name)
         client = MlflowClient(uri)
         run = client.create_run(experiment_id, run_name=REPORT_RUN, tags={"study": space_name, "kind": "report"})
-        client.log_text(run.info.run_id, report.read_text(), "report.md")
+        client.log_text(run.info.run_id, report.read_text(), REPORT_FILE)
         client.log_dict(run.info.run_id, digest, "summary.json")
         if tables.is_dir():
-            client.log_artifacts(run.info.run_id, str(tables), "tables")
+            client.log_artifacts(run.info.run_id, str(tables), TABLES_DIR)
         client.set_terminated(run.info.run_id)
     if "wandb" in names:
         import wandb
@@ -143,6 +145,6 @@ def log_report(names: list[str], out: Path, space_name: str, summary: dict, tens
         artifact = wandb.Artifact(f"{space_name}-{REPORT_RUN}", type=REPORT_RUN)
         artifact.add_file(str(report))
         if tables.is_dir():
-            artifact.add_dir(str(tables), name="tables")
+            artifact.add_dir(str(tables), name=TABLES_DIR)
         run.log_artifact(artifact)
         run.finish()

@@ -17,47 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from .config import SpaceError, load_space, parse_settings
 from .data import DataError
-from .io import atomic_path, write_json, write_parquet
 from .registry import load_plugins
+from .results import write_trial
 from .synthetic import default_data_root
-from .train import TrialResult, train_and_evaluate
+from .train import train_and_evaluate
 from .trial_data import prepare_data
 
-
-def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, trial_id: str) -> None:
-    """Write a finished trial's files to ``out`` (atomically, one by one)."""
-    write_parquet(out / "predictions.parquet", result.predictions)
-    with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save(
-            {
-                "config": config,
-                "model": result.best_state,
-                "threshold": result.threshold,
-                "best_epoch": result.best_epoch,
-                "feature_means": result.feature_means,
-            },
-            tmp,
-        )
-    write_json(out / "config.json", config)
-    write_json(
-        out / "metrics.json",
-        {
-            "trial_id": trial_id,
-            "metrics": result.metrics,
-            "threshold": result.threshold,
-            "threshold_criterion": config["train.threshold_criterion"],
-            "epochs": result.epochs,
-            "best_epoch": result.best_epoch,
-            "wall_time_s": result.wall_time_s,
-            "history": result.history,
-            "device": result.device,
-            "data": data_info,
-        },
-    )
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trial_id = out.name
     result = train_and_evaluate(config, data, trial_id=trial_id, report=report)
-    save_trial(out, config, result, data.info, trial_id)
+    write_trial(out, config, result, data.info, trial_id)
     print(
         f"{trial_id}: {result.epochs} epochs (best {result.best_epoch}), {result.wall_time_s:.1f} s, "
         f"threshold {result.threshold:.3f} (chosen on validation)"

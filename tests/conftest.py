@@ -175,8 +175,8 @@ def trained_study_template(synth_root, tmp_path_factory):
     import pandas as pd
 
     from study.config import load_space
+    from study.results import write_study, write_trial
     from study.train import train_and_evaluate
-    from study.trial import save_trial
     from study.trial_data import prepare_data
 
     config = load_space("smoke").trial_configs(
@@ -185,13 +185,12 @@ def trained_study_template(synth_root, tmp_path_factory):
     data = prepare_data(config, synth_root, progress=False, n_jobs=1)
     result = train_and_evaluate(config, data, trial_id="t0")
     out = tmp_path_factory.mktemp("trained") / "study"
-    save_trial(out / "trials" / "t0", config, result, data.info, "t0")
-    pd.DataFrame(
+    write_trial(out / "trials" / "t0", config, result, data.info, "t0")
+    trials = pd.DataFrame(
         [{"trial_id": "t0", "config/seed": 0, "config/model.architecture": "fusion", "threshold": result.threshold}]
-    ).to_parquet(out / "trials.parquet", index=False)
-    result.predictions.to_parquet(out / "predictions.parquet", index=False)
+    )
     state = {"space": {"name": "tiny", "study": "heart"}, "data_root": str(synth_root)}
-    (out / "study.json").write_text(json.dumps(state))
+    write_study(out, state, trials, result.predictions)
     return out, data
 
 

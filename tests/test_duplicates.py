@@ -13,8 +13,8 @@ from study.config import ADDED_SETTINGS, DataConfig, load_space
 from study.data import load_dataset
 from study.data.synth import write_synthetic
 from study.data.table import audio_clusters
-from study.run import data_key_of, trial_id_of
 from study.trial_data import describe_duplicates, handle_duplicates, prepare_data
+from study.trial_ids import data_key_of, trial_id_of
 
 
 def _rows(specs: list[tuple]) -> pd.DataFrame:
@@ -202,37 +202,37 @@ def test_a_study_older_than_the_settings_continues_only_with_their_old_values(tm
     import json
 
     from study.config import SpaceError
-    from study.run import Study, _check_added_settings, _study_state
+    from study.results import STUDY_FILE
+    from study.state import check_added_settings, load_study_state
 
     space = load_space("smoke")
-    study = Study(tmp_path)
     old = {"space": {**space.resolved(), "overrides": {}}, "experiments": [], "started": "then"}
-    study.path.write_text(json.dumps(old))
-    state = _study_state(space, study, {}, resume=True, extend=False)
+    (tmp_path / STUDY_FILE).write_text(json.dumps(old))
+    state = load_study_state(space, tmp_path, {}, resume=True, extend=False)
     with pytest.raises(SpaceError, match="--set data.duplicates=keep"):
-        _check_added_settings(study, state, space.trial_configs())
-    state = _study_state(space, study, dict(ADDED_SETTINGS), resume=True, extend=False)
-    _check_added_settings(study, state, space.trial_configs(dict(ADDED_SETTINGS)))  # accepted, same ids as before
-    fresh = _study_state(space, Study(tmp_path / "new"), {}, resume=False, extend=False)
-    _check_added_settings(study, fresh, space.trial_configs())  # a new study knows the settings
+        check_added_settings(tmp_path, state, space.trial_configs())
+    state = load_study_state(space, tmp_path, dict(ADDED_SETTINGS), resume=True, extend=False)
+    check_added_settings(tmp_path, state, space.trial_configs(dict(ADDED_SETTINGS)))  # accepted, same ids as before
+    fresh = load_study_state(space, tmp_path / "new", {}, resume=False, extend=False)
+    check_added_settings(tmp_path, fresh, space.trial_configs())  # a new study knows the settings
     assert fresh["added_settings"] == sorted(ADDED_SETTINGS)
 
 
 def test_duplicate_counts_reach_trials_parquet(tmp_path):
     import json
 
-    from study.run import Study, write_results
+    from study.results import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, collect_trials, write_run_record
 
     folder = tmp_path / "trials" / "t1"
     folder.mkdir(parents=True)
     data = {"duplicates": {"removed_from_training": [{"id": "a0001"}]}, "duplicates_removed_from_training": 1}
     metrics = {"metrics": {"pascal": {"roc_auc": 0.5}}, "epochs": 1, "best_epoch": 1, "threshold": 0.5}
     metrics.update({"wall_time_s": 1.0, "history": [], "data": data})
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    run = {"trial_id": "t1", "config": {"seed": 0}, "node_id": "n", "node_ip": "ip", "hostname": "h"}
-    (folder / "run.json").write_text(json.dumps({**run, "resumed_at": []}))
-    pd.DataFrame({"trial_id": ["t1"]}).to_parquet(folder / "predictions.parquet")
-    trials, _ = write_results(Study(tmp_path), {})
+    (folder / METRICS_FILE).write_text(json.dumps(metrics))
+    (folder / CONFIG_FILE).write_text(json.dumps({"seed": 0}))
+    write_run_record(folder, {"trial_id": "t1", "node_id": "n", "node_ip": "ip", "hostname": "h", "resumed_at": []})
+    pd.DataFrame({"trial_id": ["t1"]}).to_parquet(folder / PREDICTIONS_FILE)
+    trials, _ = collect_trials(tmp_path / "trials")
     assert trials.loc[0, "data/duplicates_removed_from_training"] == 1
     assert "data/duplicates" not in trials
 

@@ -14,6 +14,7 @@ import ray
 import torch
 
 from study.evaluate import evaluate_study, main, parse_eval_set
+from study.results import CHECKPOINT_FILE, CONFIG_FILE
 
 
 def test_eval_set_specs():
@@ -56,10 +57,11 @@ def test_the_wrong_task_is_refused_and_nothing_written(trained_study, synth_root
 
 @pytest.fixture
 def two_trials(trained_study):
-    """The trained study with a second trial, t1, holding t0's checkpoint."""
+    """The trained study with a second trial, t1, holding t0's checkpoint and settings."""
     out = trained_study[0]
     (out / "trials" / "t1").mkdir()
-    shutil.copy(out / "trials" / "t0" / "checkpoint.pt", out / "trials" / "t1" / "checkpoint.pt")
+    for name in (CHECKPOINT_FILE, CONFIG_FILE):
+        shutil.copy(out / "trials" / "t0" / name, out / "trials" / "t1" / name)
     trials = pd.read_parquet(out / "trials.parquet")
     pd.concat([trials, trials.assign(trial_id="t1")]).to_parquet(out / "trials.parquet", index=False)
     return out

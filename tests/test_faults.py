@@ -22,7 +22,7 @@ from study.data import __main__ as data_cli
 from study.data.audio import open_probe_index
 from study.features import get_profile
 from study.lock import LOCK_NAME, StudyLocked, lock_holder, study_lock
-from tests.test_features import _table
+from tests.test_features import recording_table
 
 PROFILE = dict(image_size=32, windows="all", window_s=2.0)
 
@@ -32,7 +32,7 @@ def _entries(cache: FeatureCache, profile) -> list:
 
 
 def _fresh(tmp_path, name="cache"):
-    table = _table(tmp_path)
+    table = recording_table(tmp_path)
     profile = get_profile("native", **PROFILE)
     cache = FeatureCache(tmp_path / name)
     first = extract_features(table, profile, cache=cache, n_jobs=1, progress=False)
@@ -85,7 +85,7 @@ def test_a_damaged_pack_falls_back_to_the_items_and_is_packed_again(tmp_path, ca
 
 
 def test_perturbed_feature_entries_are_checked_too(tmp_path, caplog):
-    table = _table(tmp_path)
+    table = recording_table(tmp_path)
     profile = get_profile("native", **PROFILE)
     cache = FeatureCache(tmp_path / "cache")
 
@@ -191,6 +191,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
 def test_commands_that_write_a_study_are_refused_while_a_driver_holds_it(tmp_path, capsys):
     from analysis.__main__ import main as analysis_main
     from study.config import load_space
+    from study.evaluate import main as evaluate_main
     from study.run import run_study
     from tests.test_report import binormal, write_study
 
@@ -216,11 +217,14 @@ def test_commands_that_write_a_study_are_refused_while_a_driver_holds_it(tmp_pat
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StudyLocked, match=f"in use by `python -m study.run --space branches` \\(pid {holder.pid} "):
             run_study(load_space("smoke"), out=folder, resume=True, report=False, verbose=0)
-        for command in (["report", str(folder)], ["robustness", str(folder), "--perturb", "[]"]):
+        for command in (["report", str(folder)], ["robustness", str(folder)]):
             assert analysis_main([*command, "--resamples", "200", "--no-plots"]) == 2
             error = capsys.readouterr().err
             assert error.startswith(f"error: {folder} is in use by `python -m study.run --space branches`")
             assert error.count("\n") == 1
+        assert evaluate_main([str(folder), "--perturb", "[{name: band_limit, severities: [4]}]"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {folder} is in use by `python -m study.run --space branches`")
         # reading the study into another folder runs beside the driver
         assert analysis_main(["report", str(folder), "--out", str(tmp_path / "copy"), "--resamples", "200"]) == 0
         assert (tmp_path / "copy" / "report.md").is_file() and (tmp_path / "copy" / "tables" / "main.csv").is_file()
@@ -281,7 +285,7 @@ def test_a_full_or_read_only_disk_ends_the_report_in_one_line_and_keeps_what_was
 
 
 def test_a_full_disk_while_filling_the_feature_cache_is_one_line(tmp_path, capsys, monkeypatch):
-    table = _table(tmp_path)
+    table = recording_table(tmp_path)
     _failing_replace(monkeypatch, errno.ENOSPC, after=2)
     root = tmp_path / "physionet"
     code = data_cli.main(

@@ -75,7 +75,7 @@ def test_profile_validation():
     assert get_profile("paper").key() != get_profile("paper", hop_length=256).key()
 
 
-def _table(tmp_path, n: int = 6) -> pd.DataFrame:
+def recording_table(tmp_path, n: int = 6) -> pd.DataFrame:
     folder = tmp_path / "physionet" / "training-a"
     folder.mkdir(parents=True)
     lines = []
@@ -87,7 +87,7 @@ def _table(tmp_path, n: int = 6) -> pd.DataFrame:
 
 
 def test_cache_computes_once_and_reuses(tmp_path):
-    table = _table(tmp_path)
+    table = recording_table(tmp_path)
     profile = get_profile("native", image_size=32, windows="all", window_s=2.0)
     cache = FeatureCache(tmp_path / "cache")
     first = extract_features(table, profile, cache=cache, n_jobs=1, progress=False)
@@ -107,7 +107,7 @@ def test_cache_computes_once_and_reuses(tmp_path):
 
 
 def test_cache_key_follows_content_not_name(tmp_path):
-    table = _table(tmp_path, n=2)
+    table = recording_table(tmp_path, n=2)
     profile = get_profile("native", image_size=16)
     cache = FeatureCache(tmp_path / "cache")
     extract_features(table, profile, cache=cache, n_jobs=1, progress=False)
@@ -119,13 +119,13 @@ def test_cache_key_follows_content_not_name(tmp_path):
 
 
 def test_transform_needs_a_key(tmp_path):
-    table = _table(tmp_path, n=1)
+    table = recording_table(tmp_path, n=1)
     with pytest.raises(ValueError, match="transform_key"):
         extract_features(table, get_profile("native"), transform=lambda w, sr: w, progress=False)
 
 
 def test_parallel_workers_and_concurrent_fillers_agree(tmp_path):
-    table = _table(tmp_path, n=6)
+    table = recording_table(tmp_path, n=6)
     profile = get_profile("native", image_size=16)
     serial = extract_features(table, profile, cache=FeatureCache(tmp_path / "serial"), n_jobs=1, progress=False)
     shared = FeatureCache(tmp_path / "shared")
@@ -140,7 +140,7 @@ def test_parallel_workers_and_concurrent_fillers_agree(tmp_path):
 
 
 def test_features_cli(tmp_path):
-    _table(tmp_path, n=3)
+    recording_table(tmp_path, n=3)
     command = [
         sys.executable,
         "-m",

@@ -15,9 +15,9 @@ from study.config import load_space
 from study.data import load_dataset
 from study.features import get_profile
 from study.plan import MB, Node, PlanError, build_plan, format_plan, inert_training_axes, split_size, trials_per_node
-from study.run import trial_id_of
 from study.tensors import SplitData
 from study.trial_data import perturb
+from study.trial_ids import trial_id_of
 
 CPU = {"cpu": 1, "gpu": 0}
 SHARED_GPU = {"cpu": 1, "gpu": 0.25}

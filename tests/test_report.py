@@ -19,11 +19,13 @@ from analysis.__main__ import main as analysis_main
 from analysis.plots import FPR_GRID, roc_tpr_on_grid
 from analysis.study_data import REQUIRED_FILES, EvalSet, StudyError
 from study.metrics import icbhi_scores
+from study.results import fake_study
 
 N_RESAMPLES = 400
 FAST = {"n_resamples": N_RESAMPLES, "plots": False}  # for tests that do not look at the figures
 SEEDS = (0, 1, 2)
 PHYSIONET = "physionet2016:test"
+CLEAN = ("none", 0, "none")
 CELL = re.compile(r"^-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]$")
 
 
@@ -66,7 +68,7 @@ def write_study(
     """A finished heart study: ``models`` maps an axis value to f(recordings, seed, rng) -> P(abnormal).
 
     Every trial also gets perturbed rows (which the report must ignore) and
-    trials.parquet carries each trial's ROC-AUC as study.run writes it. With
+    trials.parquet carries each trial's metrics as study.run writes them (:func:`study.results.fake_study`). With
     ``pascal_patient_size`` k > 1, PASCAL's recordings come k per patient
     (``group``), each patient's recordings sharing their difficulty.
     """
@@ -82,49 +84,12 @@ def write_study(
     sets["pascal"]["group"] = [f"patient{k}" for k in patient]
     sets["pascal"]["difficulty"] = sets["pascal"]["difficulty"].to_numpy()[patient * pascal_patient_size]
     sets[PHYSIONET]["group"] = sets[PHYSIONET]["recording_id"]
-    trials, frames = [], []
-    for value, model in models.items():
-        for seed_value in seeds:
-            trial_id = f"{value}-s{seed_value}"
-            row = {
-                "trial_id": trial_id,
-                "config/seed": seed_value,
-                f"config/{axis}": value,
-                **{f"config/{k}": v for k, v in fixed.items()},
-                "config/data.eval_sets": json.dumps(list(sets)),
-                "threshold": 0.5,
-                "epochs": 10,
-                "best_epoch": 5,
-                "wall_time_s": 1.0,
-                "node_id": "n",
-                "node_ip": "1",
-                "hostname": "h",
-                "retries": 0,
-                "experiment": "run-1",
-            }
-            for name, table in sets.items():
-                prob = model(table, seed_value, name)
-                row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
-                for perturbation, severity, values in (("none", 0, prob), ("codec:mp3", 2, rng.random(len(table)))):
-                    frames.append(
-                        pd.DataFrame(
-                            {
-                                "trial_id": trial_id,
-                                "eval_set": name,
-                                "recording_id": table["recording_id"],
-                                "source": table["source"],
-                                "group": table["group"],
-                                "label": table["label"],
-                                "prob": values,
-                                "perturbation": perturbation,
-                                "severity": severity,
-                            }
-                        )
-                    )
-            trials.append(row)
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
-    pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
+
+    def predict(settings, seed_value, name, table, condition):
+        if condition == CLEAN:
+            return models[settings[axis]](table, seed_value, name)
+        return rng.random(len(table))  # perturbed rows, which the report must ignore
+
     space = {
         "name": folder.name,
         "scale": "cpu",
@@ -133,8 +98,15 @@ def write_study(
         "grid": {axis: list(models), "seed": list(seeds)},
         "compare": {"axis": axis, "baseline": baseline, "metric": "roc_auc"},
     }
-    (folder / "study.json").write_text(json.dumps({"space": space}))
-    return folder
+    return fake_study(
+        folder,
+        space=space,
+        configurations={value: {axis: value, **fixed} for value in models},
+        seeds=seeds,
+        recordings=sets,
+        predict=predict,
+        conditions=(CLEAN, ("codec:mp3", 2, "none")),
+    )
 
 
 def binormal(separation: float):

@@ -13,7 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from analysis import report, robustness
 from analysis.__main__ import main as analysis_main
-from study.evaluate import merge_predictions, reevaluate_study
+from study.evaluate import main as evaluate_main
+from study.evaluate import parse_suite_argument, reevaluate_study
+from study.results import fake_study, merge_predictions
 
 N_RESAMPLES = 2000  # the smallest p is 2 / 2001: still significant after Holm over 10 tests
 SEEDS = (0, 1, 2)
@@ -56,43 +58,14 @@ def write_robustness_study(folder):
         PHYSIONET: _recordings(90, ("training-a", "training-b", "training-e"), "p"),
         "pascal": _recordings(40, ("set_a", "set_b"), "q"),
     }
-    trials, frames = [], []
-    for architecture in SEPARATION:
-        for seed in SEEDS:
-            trial_id = f"{architecture}-s{seed}"
-            row = {
-                "trial_id": trial_id,
-                "config/seed": seed,
-                "config/model.architecture": architecture,
-                "config/model.fusion": "concat",
-                "config/data.eval_sets": json.dumps(list(sets)),
-                "threshold": 0.5,
-            }
-            for name, table in sets.items():
-                for condition in SEPARATION[architecture]:
-                    prob = _probs(table, architecture, seed, name, condition)
-                    if condition == ("none", 0, "none"):
-                        row[f"{name}/roc_auc"] = roc_auc_score(table["label"], prob)
-                    frames.append(
-                        pd.DataFrame(
-                            {
-                                "trial_id": trial_id,
-                                "eval_set": name,
-                                "recording_id": table["recording_id"],
-                                "source": table["source"],
-                                "group": table["recording_id"],
-                                "label": table["label"],
-                                "prob": prob,
-                                "perturbation": condition[0],
-                                "severity": condition[1],
-                                "ablation": condition[2],
-                            }
-                        )
-                    )
-            trials.append(row)
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
-    pd.concat(frames, ignore_index=True).to_parquet(folder / "predictions.parquet", index=False)
+    for table in sets.values():
+        table["group"] = table["recording_id"]
+
+    def predict(settings, seed, name, table, condition):
+        if condition not in SEPARATION[settings["model.architecture"]]:
+            return None  # a single-branch model has no branch to ablate
+        return _probs(table, settings["model.architecture"], seed, name, condition)
+
     space = {
         "name": folder.name,
         "scale": "cpu",
@@ -102,7 +75,15 @@ def write_robustness_study(folder):
         "perturbations": [{"name": "codec", "codec": "mp3", "severities": [1, 2]}],
         "compare": {"axis": "model.architecture", "baseline": "fusion", "metric": "roc_auc"},
     }
-    (folder / "study.json").write_text(json.dumps({"space": space}))
+    fake_study(
+        folder,
+        space=space,
+        configurations={a: {"model.architecture": a, "model.fusion": "concat"} for a in SEPARATION},
+        seeds=SEEDS,
+        recordings=sets,
+        predict=predict,
+        conditions=list(dict.fromkeys(c for conditions in SEPARATION.values() for c in conditions)),
+    )
     return folder, sets
 
 
@@ -394,8 +375,8 @@ def test_bad_arguments_are_rejected(study, capsys):
     with pytest.raises(ValueError, match="n_resamples"):
         robustness.report_robustness(folder, n_resamples=5)
     with pytest.raises(ValueError, match="'name' must be one of"):
-        robustness.parse_suite_argument("[{name: wobble}]")
-    assert analysis_main(["robustness", str(folder), "--perturb", "[{name: codec, codec: flac}]"]) == 2
+        parse_suite_argument("[{name: wobble}]")
+    assert evaluate_main([str(folder), "--perturb", "[{name: codec, codec: flac}]"]) == 2
     assert "codec" in capsys.readouterr().err
 
 

@@ -104,12 +104,10 @@ def test_paper_scale_end_to_end_on_a_tiny_subset(ray_session, synth_root, tmp_pa
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert {"physionet2016:test", "pascal"} <= set(predictions["eval_set"])
     checkpoint = next((out / "trials").glob("*/checkpoint.pt"))
-    import torch
-
-    from study.evaluate import load_model
+    from study.evaluate import load_checkpoint, load_model
     from study.models import count_parameters
 
-    model = load_model(torch.load(checkpoint, weights_only=False))
+    model = load_model(load_checkpoint(checkpoint.parent))
     expected = {"fusion": 2_630_273, "spectrogram": 1_906_753, "waveform": 674_241}
     assert count_parameters(model)["total"] == expected[model.config.architecture]
     assert (out / "report.md").is_file()
@@ -129,8 +127,9 @@ def test_features_larger_than_the_object_store_end_in_one_line_before_any_trial(
     ray_session, synth_root, tmp_path, capsys, monkeypatch
 ):
     from study import run as run_module
+    from study import tuners
 
-    monkeypatch.setattr(run_module, "_object_store_capacity", lambda: 2**20)
+    monkeypatch.setattr(tuners, "object_store_capacity", lambda: 2**20)
     out = tmp_path / "smoke"
     argv = ["--space", "smoke", "--out", str(out), "--data-root", str(synth_root), "--verbose", "0"]
     assert run_module.main(argv) == 2

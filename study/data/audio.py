@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+__all__ = ["DataError", "audio_info", "read_audio", "cache_dir", "probe_audio", "open_probe_index"]
+
 log = logging.getLogger(__name__)
 
 

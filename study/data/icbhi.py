@@ -15,6 +15,8 @@ from pathlib import Path
 from .audio import DataError
 from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
+__all__ = ["CLASSES", "lookup_split", "load_icbhi2017"]
+
 CLASSES = ("normal", "crackle", "wheeze", "both")
 
 
@@ -34,7 +36,7 @@ def _split_file(root: Path, log: ProblemLog) -> dict[str, str]:
     return split
 
 
-def _lookup_split(name: str, split: dict[str, str]) -> str | None:
+def lookup_split(name: str, split: dict[str, str]) -> str | None:
     if name in split:
         return split[name]
     stem = "_".join(name.split("_")[:4])
@@ -62,7 +64,7 @@ def load_icbhi2017(root: str | Path, *, skip_bad: bool = False) -> LoadedDataset
         if not annotation.is_file():
             log.report(wav, "annotation file missing")
             continue
-        recording_split = _lookup_split(name, split)
+        recording_split = lookup_split(name, split)
         if recording_split is None:
             log.report(wav, "not in ICBHI_challenge_train_test.txt")
             continue

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .audio import DataError
-from .icbhi import _lookup_split
+from .icbhi import lookup_split
 from .pascal import AUDIO_SUFFIXES as PASCAL_AUDIO_SUFFIXES
 from .pascal import match_key
 
@@ -482,7 +482,7 @@ def _check_icbhi(files: dict[str, _Member], read: Callable[[_Member], bytes]) ->
     recordings = [PurePosixPath(d) for d in files if d.startswith(ICBHI_AUDIO + "/")]
     stems = {suffix: {p.stem for p in recordings if p.suffix == "." + suffix} for suffix in ("wav", "txt")}
     complete = sorted(stems["wav"] & stems["txt"])
-    present = [s for s in complete if not split or _lookup_split(s, split) is not None]
+    present = [s for s in complete if not split or lookup_split(s, split) is not None]
     inv.counts.append(f"recordings: {len(present)} of {ICBHI_RECORDINGS} (.wav + annotation .txt)")
     if split:
         covered = {"_".join(s.split("_")[:4]) for s in present}

@@ -22,6 +22,8 @@ from .table import (
     resolve_inside,
 )
 
+__all__ = ["LABELS", "SPLITS", "load_manifest"]
+
 LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1}
 SPLITS = {"train", "val", "test"}
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from .audio import DataError
 from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
+__all__ = ["LABEL_MAPPINGS", "KNOWN_LABELS", "AUDIO_SUFFIXES", "match_key", "load_pascal"]
+
 # label → binary target, per mapping; a label absent from a mapping is dropped.
 LABEL_MAPPINGS = {
     # AudioFuse paper: normal 0, every other labelled class 1.

@@ -16,6 +16,8 @@ from pathlib import Path
 from .audio import DataError, probe_audio
 from .table import LoadedDataset, ProblemLog, duplicate_groups, make_table, probe_file, register_dataset
 
+__all__ = ["LABELS", "AUDIO_SUFFIXES", "record_file", "load_physionet2016"]
+
 LABELS = {"1": ("abnormal", 1), "-1": ("normal", 0)}
 AUDIO_SUFFIXES = (".wav", ".flac")  # a record's file: the first of these that exists
 

@@ -7,6 +7,8 @@ import pandas as pd
 
 from .table import audio_clusters
 
+__all__ = ["METHODS", "SOURCES", "assign_validation"]
+
 METHODS = ("per_source_balanced", "stratified")
 SOURCES = ("with_test", "all")
 

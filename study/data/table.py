@@ -12,6 +12,23 @@ import pandas as pd
 from ..registry import Registry
 from .audio import DataError, probe_audio
 
+__all__ = [
+    "RECORDING_COLUMNS",
+    "Problem",
+    "ProblemLog",
+    "LoadedDataset",
+    "probe_file",
+    "LOADERS",
+    "register_dataset",
+    "as_loaded",
+    "recording_row",
+    "make_table",
+    "duplicate_groups",
+    "audio_clusters",
+    "resolve_inside",
+    "summarize",
+]
+
 # One row per item a model sees: a whole recording, or one breathing cycle of
 # an ICBHI recording (start_s/end_s locate it in its file).
 RECORDING_COLUMNS = {
