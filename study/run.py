@@ -30,7 +30,6 @@ study.json; the analysis report's tables/ and plots/ when it exists.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -59,12 +58,15 @@ from .config import (
     ADDED_SETTINGS,
     Space,
     SpaceError,
+    TrialConfig,
     added_settings_changed,
     check_resources,
+    data_key_of,
     grid_with_overrides,
-    identity_settings,
     load_space,
     parse_settings,
+    trial_id_of,
+    trial_label,
     validate_trial_config,
 )
 from .console import StudyConsole, tune_output
@@ -77,7 +79,7 @@ from .synthetic import default_data_root
 from .tracking import TRACKABLE_NAME, TRACKERS, check_trackers, log_report, tracker_callbacks
 from .train import finish_from_state, train_and_evaluate
 from .trial import save_trial
-from .trial_data import data_settings, prepare_data
+from .trial_data import prepare_data
 
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
@@ -87,21 +89,6 @@ OPTUNA_DB = "optuna.db"  # a search's Optuna study, in OUT
 FLAT_CONFIG = "flat"
 FINAL_DIR = "final"  # inside a trial's last checkpoint: its result files
 STATE_FILE = "state.pt"  # inside a per-epoch checkpoint: what resuming needs
-
-
-def _json_digest(obj, digest_size: int) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=digest_size).hexdigest()
-
-
-def trial_id_of(config: dict) -> str:
-    """Stable id of a trial config: the same grid point always gets the same id. A setting added
-    later (config.ADDED_SETTINGS) at its old value is left out, so old studies keep their ids."""
-    return _json_digest(identity_settings(config), 5)
-
-
-def data_key_of(config: dict) -> str:
-    """Key of the data and feature settings: trials sharing it share one TrialData in the object store."""
-    return _json_digest(identity_settings(data_settings(config)), 6)
 
 
 # ---------------------------------------------------------------- the trainable (runs on workers)
@@ -133,8 +120,9 @@ def trainable(config: dict, data_refs: dict, storage: str, plugins: list[str], i
             _report_to(storage, row, folder)
 
     gpu_assigned = bool(ray.get_gpu_ids())
+    trial = TrialConfig.from_flat(config)
     result = train_and_evaluate(
-        config, data, trial_id=trial_id, report=report, resume_state=resume_state, gpu_assigned=gpu_assigned
+        trial, data, trial_id=trial_id, report=report, resume_state=resume_state, gpu_assigned=gpu_assigned
     )
     node = {
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -143,7 +131,7 @@ def trainable(config: dict, data_refs: dict, storage: str, plugins: list[str], i
     }
     with tempfile.TemporaryDirectory() as folder:
         final = Path(folder) / FINAL_DIR
-        save_trial(final, config, result, data.info, trial_id)
+        save_trial(final, trial, result, data.info, trial_id)
         write_json(
             final / "run.json",
             {
@@ -354,7 +342,8 @@ def _finish_stopped_trial(
 
     load_plugins(plugins)
     state = torch.load(io.BytesIO(state_bytes), weights_only=False)
-    result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
+    trial = TrialConfig.from_flat(config)
+    result = finish_from_state(trial, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
     early = result.epochs < config["train.max_epochs"] and state["since_best"] < config["train.patience"]
     node = {
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -362,7 +351,7 @@ def _finish_stopped_trial(
         "hostname": platform.node(),
     }
     with tempfile.TemporaryDirectory() as folder:
-        save_trial(Path(folder), config, result, data.info, trial_id)
+        save_trial(Path(folder), trial, result, data.info, trial_id)
         write_json(
             Path(folder) / "run.json",
             {"trial_id": trial_id, **node, "resumed_at": result.resumed_at, "config": config, "stopped_early": early},
@@ -553,10 +542,11 @@ def _run_locked(
     resources = trial_resources(space, resources)
     study = Study(out)
     state = _study_state(space, study, overrides, resume, extend)
-    configs = space.trial_configs(overrides)
+    resolved = space.trial_configs(overrides)
+    configs = [trial.flat for trial in resolved]
     _check_added_settings(study, state, configs)
     if space.search is not None:  # again with the overrides: they may change what the trials report
-        check_search(space.search, f"{space.path} (search, with --set)", configs[0])
+        check_search(space.search, f"{space.path} (search, with --set)", resolved[0])
     data_root = Path(data_root).expanduser() if data_root else default_data_root()
     state.update(
         data_root=str(data_root),
@@ -688,7 +678,7 @@ def _share_data(configs: list[dict], data_root: Path, state: dict, verbose: int)
     for config in configs:
         key = data_key_of(config)
         if key not in data_refs:
-            data = prepare_data(config, data_root, progress=verbose > 0)
+            data = prepare_data(TrialConfig.from_flat(config), data_root, progress=verbose > 0)
             needed += data.nbytes
             if needed > capacity:
                 raise SpaceError(
@@ -831,14 +821,6 @@ def trial_resources(space: Space, override: dict | None = None) -> dict:
     """Per-trial Ray resources: the space's at its scale, with the command line's override."""
     override = {k: v for k, v in (override or {}).items() if v is not None}
     return check_resources({**space.resources, **override}, "--cpus-per-trial/--gpus-per-trial")
-
-
-def trial_label(config: dict, axes: list[str]) -> str:
-    """A trial's grid values, as Tune's table and the dry run show them (numbers to 4 significant digits)."""
-    return " ".join(
-        f"{k.split('.')[-1]}={config[k]:.4g}" if isinstance(config[k], float) else f"{k.split('.')[-1]}={config[k]}"
-        for k in axes
-    )
 
 
 class TrialConfigs(Searcher):

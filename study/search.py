@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import SpaceError, validate_trial_config
+from .config import SpaceError, TrialConfig, validate_trial_config
 
 __all__ = [
     "PARAM_TYPES",
@@ -59,7 +59,7 @@ DEFAULT_SAMPLES = 8
 TIME_ATTR = "epoch"
 
 
-def check_search(search: dict, where: str, base: dict) -> None:
+def check_search(search: dict, where: str, base: TrialConfig) -> None:
     """Check a space's ``search`` block against ``base``, the config every sample starts from.
 
     Raises SpaceError, naming the key and the fix, for an unknown searcher, scheduler or parameter
@@ -85,7 +85,7 @@ def check_search(search: dict, where: str, base: dict) -> None:
     if metric not in reported:
         raise SpaceError(
             f"{where}: search.metric {metric!r} is not reported by the trials, which report {reported} "
-            f"(train.monitor is {base['train.monitor']!r})"
+            f"(train.monitor is {base.train.monitor!r})"
         )
     for option in set(search) & {o for options in SCHEDULER_OPTIONS.values() for o in options}:
         if option not in SCHEDULER_OPTIONS[scheduler]:
@@ -99,14 +99,14 @@ def check_search(search: dict, where: str, base: dict) -> None:
                 f"{where}: search.{option} must be an integer ≥ {2 if option == 'reduction_factor' else 1}"
             )
     grace = search.get("grace_period", 3 if scheduler == "asha" else 0)
-    if scheduler == "asha" and grace >= base["train.max_epochs"]:
+    if scheduler == "asha" and grace >= base.train.max_epochs:
         raise SpaceError(
-            f"{where}: search.grace_period ({grace}) must be below train.max_epochs ({base['train.max_epochs']}): "
+            f"{where}: search.grace_period ({grace}) must be below train.max_epochs ({base.train.max_epochs}): "
             "ASHA stops trials between the two"
         )
 
 
-def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: str, base: dict) -> None:
+def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: str, base: TrialConfig) -> None:
     if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
         raise SpaceError(f"{where}: 'type' must be one of {list(PARAM_TYPES)}, got {spec!r}")
     kind = spec["type"]
@@ -135,7 +135,7 @@ def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: s
             )
         values = [low, high - 1 if integer else high]
     for value in values:  # each value, with the config every sample starts from, must make a config that runs
-        validate_trial_config({**base, key: value}, where)
+        validate_trial_config({**base.flat, key: value}, where)
     conditions = spec.get("when") or {}
     if not isinstance(conditions, dict):
         raise SpaceError(f"{where}: when must map parameters listed before it to a value or a list of values")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig, model_config_of
+from .config import TrainConfig, TrialConfig
 from .metrics import binary_metrics, choose_threshold, multiclass_metrics
 from .models import create_model, load_ast_checkpoint
 from .sam import SAM, disable_running_stats, enable_running_stats
@@ -189,11 +189,11 @@ def epoch_order(window_labels: torch.Tensor, weighted_sampler: bool, generator: 
     return torch.multinomial(1.0 / counts[window_labels], n, replacement=True, generator=generator)
 
 
-def reported_metrics(config: dict) -> list[str]:
-    """What every epoch report of a trial with ``config`` holds: what a search's metric and a
-    scheduler may watch (``kept_val_*``: the validation metrics of the weights kept so far)."""
-    binary = (config.get("model.num_classes") or 1) == 1
-    validation = list(dict.fromkeys([f"val_{config['train.monitor']}", *(["val_roc_auc"] if binary else [])]))
+def reported_metrics(trial: TrialConfig) -> list[str]:
+    """What every epoch report of ``trial`` holds: what a search's metric and a scheduler may watch
+    (``kept_val_*``: the validation metrics of the weights kept so far)."""
+    binary = trial.model.num_classes == 1
+    validation = list(dict.fromkeys([f"val_{trial.train.monitor}", *(["val_roc_auc"] if binary else [])]))
     return ["epoch", "best_epoch", "train_loss", "train_s", "epoch_s", *validation, *[f"kept_{v}" for v in validation]]
 
 
@@ -216,7 +216,7 @@ class TrialResult:
 class _Setup:
     """A trial's model, optimizer and device, built the same way for training and for finishing."""
 
-    config: dict
+    trial: TrialConfig
     train_cfg: TrainConfig
     data: TrialData
     model: torch.nn.Module
@@ -226,20 +226,20 @@ class _Setup:
     eval_batch_size: int
 
 
-def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> _Setup:
-    train_cfg = TrainConfig.from_config(config)
+def _setup(trial: TrialConfig, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> _Setup:
+    train_cfg = trial.train
     torch.set_num_threads(train_cfg.threads)
-    seed_everything(int(config["seed"]))
+    seed_everything(int(trial.seed))
     device, note = resolve_device(train_cfg.device, gpu_assigned)
     if device.type == "cuda":
         # cuDNN times its algorithms for each new input shape once and keeps the fastest (a trial has
         # few shapes: the batch, the last batch, the evaluation batch); the CPU path is untouched
         torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype(train_cfg.precision, device)
-    model = create_model(model_config_of(config, data.profile))
+    model = create_model(trial.model)
     # a pretrained AST starts AST trials only: the other architectures' ViTs have no AST layout
-    if config.get("model.init_checkpoint") and model.config.architecture == "ast" and fresh:
-        load_ast_checkpoint(model, Path(config["model.init_checkpoint"]).expanduser())
+    if trial.init_checkpoint and model.config.architecture == "ast" and fresh:
+        load_ast_checkpoint(model, Path(trial.init_checkpoint).expanduser())
     model = model.to(device)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -248,7 +248,7 @@ def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool
     # an H200 (study.bench), beyond a shared 24 GB GPU; its training alone holds about 3.3 GB
     eval_batch_size = train_cfg.eval_batch_size or (256 if device.type == "cuda" else 128)
     return _Setup(
-        config, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
+        trial, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
     )
 
 
@@ -327,7 +327,7 @@ def class_weights_of(window_labels: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 def train_and_evaluate(
-    config: dict,
+    trial: TrialConfig,
     data: TrialData,
     *,
     trial_id: str = "trial",
@@ -344,12 +344,12 @@ def train_and_evaluate(
     ``gpu_assigned`` says whether Ray gave the trial a GPU (None outside Ray); see
     :func:`resolve_device`.
     """
-    run = _setup(config, data, gpu_assigned, fresh=resume_state is None)
+    run = _setup(trial, data, gpu_assigned, fresh=resume_state is None)
     optimizer = build_optimizer(run.model, run.train_cfg)
     train = run.data.train
     window_labels = train.labels.cpu()[train.item_index.cpu()]
     class_weights = class_weights_of(window_labels, run.model.config.num_classes).to(run.device)
-    generator = torch.Generator().manual_seed(int(config["seed"]))
+    generator = torch.Generator().manual_seed(int(trial.seed))
     state = TrainState()
     if resume_state is not None:
         state = TrainState.from_checkpoint(resume_state)
@@ -419,11 +419,11 @@ class _EpochTrainer:
 
 
 def finish_from_state(
-    config: dict, data: TrialData, checkpoint: dict, *, trial_id: str = "trial", gpu_assigned: bool | None = None
+    trial: TrialConfig, data: TrialData, checkpoint: dict, *, trial_id: str = "trial", gpu_assigned: bool | None = None
 ) -> TrialResult:
     """Evaluate the best weights kept in a per-epoch checkpoint (``get_state()``) as a finished trial
     would: for a trial a scheduler stopped early, whose own evaluation never ran."""
-    run = _setup(config, data, gpu_assigned, fresh=False)
+    run = _setup(trial, data, gpu_assigned, fresh=False)
     state = TrainState.from_checkpoint(checkpoint)
     return _finish(run, state, trial_id, time.perf_counter() - state.seconds)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SpaceError, load_space, parse_settings
+from .config import SpaceError, TrialConfig, load_space, parse_settings
 from .data import DataError
 from .io import atomic_path, write_json, write_parquet
 from .registry import load_plugins
@@ -27,9 +27,13 @@ from .synthetic import default_data_root
 from .train import TrialResult, train_and_evaluate
 from .trial_data import prepare_data
 
+__all__ = ["main", "save_trial"]
 
-def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, trial_id: str) -> None:
-    """Write a finished trial's files to ``out`` (atomically, one by one)."""
+
+def save_trial(out: Path, trial: TrialConfig, result: TrialResult, data_info: dict, trial_id: str) -> None:
+    """Write a finished trial's files to ``out`` (atomically, one by one); the checkpoint and config.json
+    hold the flat config (:meth:`TrialConfig.from_flat` types it again)."""
+    config = trial.flat
     write_parquet(out / "predictions.parquet", result.predictions)
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save(
@@ -49,7 +53,7 @@ def save_trial(out: Path, config: dict, result: TrialResult, data_info: dict, tr
             "trial_id": trial_id,
             "metrics": result.metrics,
             "threshold": result.threshold,
-            "threshold_criterion": config["train.threshold_criterion"],
+            "threshold_criterion": trial.train.threshold_criterion,
             "epochs": result.epochs,
             "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s,
@@ -86,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = space.trial_configs(overrides)
         if not 0 <= args.index < len(configs):
             raise SpaceError(f"--index {args.index} out of range: {space.name} has {len(configs)} grid points")
-        config = configs[args.index]
+        trial = configs[args.index]
         data_root = Path(args.data_root) if args.data_root else default_data_root()
         out = Path(args.out or Path("results") / "trials" / f"{space.name}-{args.index}")
-        data = prepare_data(config, data_root, progress=not args.quiet)
+        data = prepare_data(trial, data_root, progress=not args.quiet)
     except (SpaceError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     trial_id = out.name
-    result = train_and_evaluate(config, data, trial_id=trial_id, report=report)
-    save_trial(out, config, result, data.info, trial_id)
+    result = train_and_evaluate(trial, data, trial_id=trial_id, report=report)
+    save_trial(out, trial, result, data.info, trial_id)
     print(
         f"{trial_id}: {result.epochs} epochs (best {result.best_epoch}), {result.wall_time_s:.1f} s, "
         f"threshold {result.threshold:.3f} (chosen on validation)"

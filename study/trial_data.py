@@ -3,7 +3,7 @@
 :func:`prepare_data` loads the datasets a trial config names, draws the
 validation split, reads the cached features of every split and returns a
 :class:`study.tensors.TrialData`; ``study.run`` does it once per distinct
-:func:`data_settings` and shares the result with every trial through Ray's
+:func:`study.config.data_settings` and shares the result with every trial through Ray's
 object store, ``python -m study.trial`` in its own process.
 """
 
@@ -22,16 +22,26 @@ import pandas as pd
 import torch
 
 from .cache import FeatureCache, extract_features
-from .config import DataConfig, profile_of
+from .config import DataConfig, TrialConfig
 from .data import LoadedDataset, assign_validation, load_dataset
 from .data.table import audio_clusters
 from .perturbations import apply_perturbation, parse_perturbation_suite
 from .tensors import PerturbedSplit, SplitData, TrialData
 
-
-def data_settings(config: dict) -> dict:
-    """The settings that decide a trial's data: trials sharing them share one TrialData."""
-    return {k: v for k, v in config.items() if k.startswith(("data.", "features."))}
+__all__ = [
+    "TrialTables",
+    "cap_rows",
+    "combine_datasets",
+    "describe_duplicates",
+    "fingerprint",
+    "handle_duplicates",
+    "perturb",
+    "prepare_data",
+    "select_tables",
+    "split_check",
+    "standardize_spectrograms",
+    "variant_name",
+]
 
 
 def combine_datasets(first: LoadedDataset, second: LoadedDataset) -> LoadedDataset:
@@ -302,7 +312,9 @@ def cap_rows(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return table.loc[sorted(picked)]
 
 
-def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None) -> TrialData:
+def prepare_data(
+    trial: TrialConfig, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None
+) -> TrialData:
     """Load datasets, draw the validation split, extract (cached) features for every split.
 
     ``data.extra_roots`` adds recordings from more roots to a dataset. With an ``fbank``
@@ -314,9 +326,8 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
     ``info["duplicates"]`` lists what was removed or dropped, ``info["duplicates_*"]``
     count it, and a line on the console says so.
     """
-    data = DataConfig.from_config(config)
+    data, profile = trial.data, trial.features
     root = Path(data_root)
-    profile = profile_of(config)
     loaded, missing_roots = {}, []
 
     def dataset(name):
@@ -356,7 +367,7 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
 
     for key, values in data.eval_variants.items():
         for value in values:
-            variant = profile_of({**config, key: value})
+            variant = trial.feature_variant(key, value)
             for spec, rows in list(eval_tables.items()):
                 name = variant_name(spec, key, value)
                 clean[name] = SplitData.from_features(name, extracted(rows, variant, desc=name))

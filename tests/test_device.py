@@ -17,7 +17,7 @@ from study.trial_data import prepare_data, variant_name
 
 def _config(**overrides):
     base = load_space("smoke").trial_configs({"model.architecture": "fusion", "seed": 0})[0]
-    return {**base, "train.max_epochs": 2, "train.patience": 2, **overrides}
+    return base.with_settings({"train.max_epochs": 2, "train.patience": 2, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.config import ADDED_SETTINGS, DataConfig, load_space
+from study.config import ADDED_SETTINGS, DataConfig, TrialConfig, data_key_of, load_space, trial_id_of
 from study.data import load_dataset
 from study.data.synth import write_synthetic
 from study.data.table import audio_clusters
-from study.run import data_key_of, trial_id_of
 from study.trial_data import describe_duplicates, handle_duplicates, prepare_data
 
 
@@ -123,11 +122,10 @@ def planted(tmp_path_factory) -> dict:
     }
 
 
-def _config(**overrides) -> dict:
+def _config(**overrides) -> TrialConfig:
     config = load_space("smoke").trial_configs({"model.architecture": "waveform", "seed": 0})[0]
-    config.update({"data.max_train": None, "data.max_eval": None, "data.validation_minority_cap": 1.0})
-    config.update(overrides)
-    return config
+    settings = {"data.max_train": None, "data.max_eval": None, "data.validation_minority_cap": 1.0}
+    return config.with_settings({**settings, **overrides})
 
 
 def test_planted_duplicates_removed_recorded_and_clustered(planted, capsys):
@@ -189,10 +187,11 @@ def test_duplicates_setting_is_validated():
 
 
 def test_settings_added_later_keep_old_ids_at_their_old_values():
-    config = _config()
+    config = _config().flat
     old = {k: v for k, v in config.items() if k not in ADDED_SETTINGS}  # a config written before them
-    assert DataConfig.from_config(old).duplicates == "keep"
-    assert DataConfig.from_config(old).validation_minority_cap == 0.5
+    assert TrialConfig.from_flat(old).data.duplicates == "keep"
+    assert TrialConfig.from_flat(old).data.validation_minority_cap == 0.5
+    assert TrialConfig.from_flat(old).flat == old and TrialConfig.from_flat(old).trial_id == trial_id_of(old)
     pinned = {**config, **ADDED_SETTINGS}
     assert trial_id_of(pinned) == trial_id_of(old) and data_key_of(pinned) == data_key_of(old)
     assert trial_id_of(config) != trial_id_of(old) and data_key_of(config) != data_key_of(old)
@@ -210,11 +209,12 @@ def test_a_study_older_than_the_settings_continues_only_with_their_old_values(tm
     study.path.write_text(json.dumps(old))
     state = _study_state(space, study, {}, resume=True, extend=False)
     with pytest.raises(SpaceError, match="--set data.duplicates=keep"):
-        _check_added_settings(study, state, space.trial_configs())
+        _check_added_settings(study, state, [c.flat for c in space.trial_configs()])
     state = _study_state(space, study, dict(ADDED_SETTINGS), resume=True, extend=False)
-    _check_added_settings(study, state, space.trial_configs(dict(ADDED_SETTINGS)))  # accepted, same ids as before
+    pinned = [c.flat for c in space.trial_configs(dict(ADDED_SETTINGS))]
+    _check_added_settings(study, state, pinned)  # accepted, same ids as before
     fresh = _study_state(space, Study(tmp_path / "new"), {}, resume=False, extend=False)
-    _check_added_settings(study, fresh, space.trial_configs())  # a new study knows the settings
+    _check_added_settings(study, fresh, [c.flat for c in space.trial_configs()])  # a new study knows the settings
     assert fresh["added_settings"] == sorted(ADDED_SETTINGS)
 
 

@@ -11,11 +11,10 @@ import yaml
 
 from study import plan as plan_module
 from study.cache import extract_features
-from study.config import load_space
+from study.config import load_space, trial_id_of
 from study.data import load_dataset
 from study.features import get_profile
 from study.plan import MB, Node, PlanError, build_plan, format_plan, inert_training_axes, split_size, trials_per_node
-from study.run import trial_id_of
 from study.tensors import SplitData
 from study.trial_data import perturb
 
@@ -44,10 +43,8 @@ def test_smoke_plan_lists_every_trial_with_its_study_id(synth_root):
     space = load_space("smoke")
     plan = build_plan(space, overrides=None, data_root=synth_root, resources=CPU)
     configs = space.trial_configs()
-    assert [t.trial_id for t in plan.trials] == [trial_id_of(c) for c in configs]
-    assert [t.label for t in plan.trials] == [
-        f"architecture={c['model.architecture']} seed={c['seed']}" for c in configs
-    ]
+    assert [t.trial_id for t in plan.trials] == [trial_id_of(c.flat) for c in configs]
+    assert [t.label for t in plan.trials] == [f"architecture={c.model.architecture} seed={c.seed}" for c in configs]
     assert len(plan.trials) == 4 and plan.search is None
     # one data key: model and seed do not change the data; train capped by data.max_train, evals by max_eval
     (obj,) = plan.feature_objects
