@@ -31,7 +31,7 @@ from .config import Space, SpaceError, TrialConfig, trial_label
 from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
-from .search import sample_count
+from .search import check_search, sample_count
 from .trial_data import combine_datasets, select_tables, variant_name
 
 __all__ = [
@@ -453,11 +453,14 @@ def build_plan(
     ``resources`` is the per-trial ``{"cpu": n, "gpu": g}`` (study.run.trial_resources);
     ``address`` a Ray cluster to read the nodes of (connected to, and left as found), else
     this machine; ``max_concurrent`` the runner's --max-concurrent. Raises PlanError when the
-    feature objects exceed the object store's capacity.
+    feature objects exceed the object store's capacity, SpaceError when study.run would refuse
+    the space's search.
     """
     overrides = overrides or {}
     data_root = Path(data_root)
     configs = space.trial_configs(overrides)
+    if space.search is not None:
+        check_search(space.search, f"{space.path} (search)", configs[0])
     axes = sorted(space.grid())
     trials = [TrialLine(trial.trial_id, trial_label(trial.flat, axes)) for trial in configs]
     search = None

@@ -22,7 +22,9 @@ optuna-dashboard open it and ``--resume`` continues it.
 
 :func:`check_search` refuses, in one line each and before any trial, what cannot run: an unknown
 searcher or scheduler, a grid over a continuous parameter, CMA-ES or QMC over categories or
-conditions, a metric the trials never report, a scheduler option the scheduler lacks.
+conditions, a metric the trials never report, a scheduler option the scheduler lacks. It needs the
+trial configs, so it runs where a study is planned or run (study.plan, study.run); loading the space
+checks the block's keys and settings only (study.config).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 from typing import Any
 
 from .config import SpaceError, TrialConfig, validate_trial_config
+from .train import reported_metrics
 
 __all__ = [
     "PARAM_TYPES",
@@ -67,8 +70,6 @@ def check_search(search: dict, where: str, base: TrialConfig) -> None:
     listed before, a combination the searcher cannot sample, a metric the trials do not report,
     and a scheduler option the scheduler does not take.
     """
-    from .train import reported_metrics
-
     searcher, scheduler = search.get("searcher", "tpe"), search.get("scheduler", "asha")
     if searcher not in SEARCHERS:
         raise SpaceError(f"{where}: search.searcher must be one of {list(SEARCHERS)}, got {searcher!r}")

@@ -65,12 +65,20 @@ def test_study_never_imports_analysis():
     assert not upward, "study must not depend on analysis:\n" + "\n".join(upward)
 
 
-def test_module_level_imports_have_no_cycle():
-    graph = {}
-    for path in _files():
-        graph[_module_name(path)] = {
-            name for name, top in _imports(path) if top and name.split(".")[0] in PACKAGES and _is_module(name)
+def _graph(*, top_level_only: bool, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    """module -> the modules of ``packages`` it imports (at module level only, or anywhere)."""
+    return {
+        _module_name(path): {
+            name
+            for name, top in _imports(path)
+            if (top or not top_level_only) and name.split(".")[0] in packages and _is_module(name)
         }
+        for path in _files()
+        if _module_name(path).split(".")[0] in packages
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
     state, cycles = {}, []
 
     def visit(node, stack):
@@ -87,7 +95,24 @@ def test_module_level_imports_have_no_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+    return cycles
+
+
+def test_module_level_imports_have_no_cycle():
+    cycles = _cycles(_graph(top_level_only=True))
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_study_modules_have_no_cycle_even_through_imports_inside_functions():
+    cycles = _cycles(_graph(top_level_only=False, packages=("study",)))
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_config_layer_imports_no_trainer_search_or_runner():
+    """These modules read their settings from study.config's TrialConfig: it imports none of them."""
+    graph = _graph(top_level_only=False, packages=("study",))
+    above = {"study.train", "study.search", "study.run", "study.trial_data", "study.plan"}
+    assert not graph["study.config"] & above
 
 
 def test_the_trainer_loads_no_audio_library_and_no_analysis():
