@@ -188,6 +188,10 @@ class DataConfig:
         takes the value that reproduces a config written before it existed."""
         return cls(**{**_section(ADDED_SETTINGS, "data"), **_section(config, "data")})
 
+    def loader_options(self, dataset: str) -> dict:
+        """The options of study.data.load_dataset for ``dataset`` under these settings."""
+        return {"skip_bad": self.skip_bad, **({"mapping": self.pascal_mapping} if dataset == "pascal" else {})}
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

@@ -192,8 +192,7 @@ def external_table(data: DataConfig, dataset: str, root: Path, split: str | None
     """The recordings of ``dataset`` at ``root`` (one split, or all), loaded with a trial's data settings."""
     from .data import load_dataset
 
-    options = {"skip_bad": data.skip_bad, **({"mapping": data.pascal_mapping} if dataset == "pascal" else {})}
-    table = load_dataset(dataset, root, **options).table
+    table = load_dataset(dataset, root, **data.loader_options(dataset)).table
     if split is not None:
         if split not in set(table["split"]):
             raise ValueError(f"{dataset} at {root} has no split {split!r}; its splits: {sorted(set(table['split']))}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,10 @@ import pandas as pd
 from .cache import STORE_DTYPE
 from .cluster import ray_session
 from .config import Space, SpaceError, TrialConfig, trial_label
-from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
 from .search import check_search, sample_count
-from .trial_data import combine_datasets, select_tables, variant_name
+from .trial_data import load_tables, variant_name
 
 __all__ = [
     "AxisWarning",
@@ -247,35 +245,12 @@ def _blocked_note(nodes: list[Node], resources: dict, where: str) -> str:
 def split_tables(
     trial: TrialConfig, data_root: Path, datasets: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(train, val, {eval spec: table}) of a trial config, as study.trial_data.prepare_data selects them.
+    """(train, val, {eval spec: table}) of a trial config: study.trial_data.load_tables, as the run selects them.
 
-    ``datasets`` memoizes loaded datasets between configs (keyed by name and loading options).
+    ``datasets`` keeps loaded datasets between configs (study.trial_data.TrialDatasets' ``shared``).
     """
-    datasets = {} if datasets is None else datasets
-    data = trial.data
-    root = Path(data_root)
-
-    def dataset(name: str) -> pd.DataFrame:
-        options = {"skip_bad": data.skip_bad}
-        if name == "pascal":
-            options["mapping"] = data.pascal_mapping
-        extra_roots = tuple(data.extra_roots.get(name, []))
-        key = (name, tuple(sorted(options.items())), extra_roots)
-        if key not in datasets:
-            combined = load_dataset(name, root / name, **options)
-            for extra in extra_roots:
-                extra_root = Path(extra).expanduser()
-                if not extra_root.exists():
-                    warnings.warn(
-                        f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2
-                    )
-                    continue
-                combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
-            datasets[key] = combined
-        return datasets[key]
-
     try:
-        selected = select_tables(data, dataset)
+        selected, _ = load_tables(trial.data, data_root, datasets)
     except ValueError as exc:
         raise PlanError(str(exc)) from exc
     return selected.train, selected.val, selected.evals
