@@ -29,6 +29,33 @@ from .models import create_model, load_ast_checkpoint
 from .sam import SAM, disable_running_stats, enable_running_stats
 from .tensors import SplitData, TrialData, place_splits
 
+__all__ = [
+    "PREDICTION_COLUMNS",
+    "TrainState",
+    "TrialResult",
+    "TrialSetup",
+    "ablation_hook",
+    "autocast_dtype",
+    "branch_feature_means",
+    "build_optimizer",
+    "class_weights_of",
+    "device_record",
+    "epoch_order",
+    "evaluate_model",
+    "evaluate_probs",
+    "finish_from_state",
+    "model_inputs",
+    "pick_device",
+    "predict",
+    "prediction_frame",
+    "reported_metrics",
+    "resolve_device",
+    "seed_everything",
+    "setup_trial",
+    "train_and_evaluate",
+    "train_step",
+]
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -105,7 +132,7 @@ def device_record(device: torch.device, dtype: torch.dtype | None, note: str | N
     return record
 
 
-def _inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device, channels_last: bool = False):
+def model_inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device, channels_last: bool = False):
     """Model inputs for windows ``rows`` (float32 on device); None for a branch the model lacks.
 
     ``rows`` lives where the split's tensors live, so indexing never crosses devices; a split
@@ -141,7 +168,7 @@ def predict(
     for start in range(0, n_windows, batch_size):
         rows = torch.arange(start, min(start + batch_size, n_windows), device=split.images.device)
         with _autocast(device, dtype):
-            features = model.forward_features(*_inputs(model, split, rows, device))
+            features = model.forward_features(*model_inputs(model, split, rows, device))
             if features_hook is not None:
                 features = features_hook(features)
             logits = model.forward_head(features).float()
@@ -213,7 +240,7 @@ class TrialResult:
 
 
 @dataclass
-class _Setup:
+class TrialSetup:
     """A trial's model, optimizer and device, built the same way for training and for finishing."""
 
     trial: TrialConfig
@@ -226,7 +253,9 @@ class _Setup:
     eval_batch_size: int
 
 
-def _setup(trial: TrialConfig, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> _Setup:
+def setup_trial(trial: TrialConfig, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> TrialSetup:
+    """Seed, threads, device, model and data placement of ``trial``; ``fresh``: a trial starting from
+    scratch, whose AST model starts from ``model.init_checkpoint`` (not one resumed or finished)."""
     train_cfg = trial.train
     torch.set_num_threads(train_cfg.threads)
     seed_everything(int(trial.seed))
@@ -247,7 +276,7 @@ def _setup(trial: TrialConfig, data: TrialData, gpu_assigned: bool | None, fresh
     # 256 on a GPU: a paper-scale trial evaluating 1,024 windows at a time peaked at 34.6 GB reserved on
     # an H200 (study.bench), beyond a shared 24 GB GPU; its training alone holds about 3.3 GB
     eval_batch_size = train_cfg.eval_batch_size or (256 if device.type == "cuda" else 128)
-    return _Setup(
+    return TrialSetup(
         trial, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
     )
 
@@ -344,7 +373,7 @@ def train_and_evaluate(
     ``gpu_assigned`` says whether Ray gave the trial a GPU (None outside Ray); see
     :func:`resolve_device`.
     """
-    run = _setup(trial, data, gpu_assigned, fresh=resume_state is None)
+    run = setup_trial(trial, data, gpu_assigned, fresh=resume_state is None)
     optimizer = build_optimizer(run.model, run.train_cfg)
     train = run.data.train
     window_labels = train.labels.cpu()[train.item_index.cpu()]
@@ -374,7 +403,7 @@ class _EpochTrainer:
 
     def __init__(
         self,
-        run: _Setup,
+        run: TrialSetup,
         optimizer,
         class_weights: torch.Tensor,
         window_labels: torch.Tensor,
@@ -382,7 +411,7 @@ class _EpochTrainer:
     ):
         self.run, self.window_labels, self.generator = run, window_labels, generator
         train = run.data.train
-        self.step = _train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
+        self.step = train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
         self.forward = torch.compile(run.model.forward_train) if run.train_cfg.compile else run.model.forward_train
         self.targets = train.labels[train.item_index]  # on the data's device
         self.val_labels = run.data.val.labels.cpu().numpy()
@@ -403,7 +432,7 @@ class _EpochTrainer:
             rows = order[lo:hi]
             loss = self.step(
                 self.forward,
-                _inputs(model, train, rows, device, train_cfg.channels_last),
+                model_inputs(model, train, rows, device, train_cfg.channels_last),
                 self.targets[rows].to(device, non_blocking=True),
             )
             total_loss += loss.double() * (hi - lo)
@@ -423,12 +452,12 @@ def finish_from_state(
 ) -> TrialResult:
     """Evaluate the best weights kept in a per-epoch checkpoint (``get_state()``) as a finished trial
     would: for a trial a scheduler stopped early, whose own evaluation never ran."""
-    run = _setup(trial, data, gpu_assigned, fresh=False)
+    run = setup_trial(trial, data, gpu_assigned, fresh=False)
     state = TrainState.from_checkpoint(checkpoint)
     return _finish(run, state, trial_id, time.perf_counter() - state.seconds)
 
 
-def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float) -> TrialResult:
+def _finish(run: TrialSetup, state: TrainState, trial_id: str, segment_start: float) -> TrialResult:
     """Evaluate the kept weights: threshold on validation, every evaluation set, branch ablation."""
     model, device, data = run.model, run.device, run.data
     binary = model.config.num_classes == 1
@@ -456,7 +485,7 @@ def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float)
     )
 
 
-def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: bool):
+def train_step(run: TrialSetup, optimizer, class_weights: torch.Tensor, binary: bool):
     """One optimizer update on a batch; returns the (device) loss, never a host number."""
     model, device, dtype, balance = run.model, run.device, run.dtype, run.train_cfg.balance
     branch_weight = run.train_cfg.branch_loss_weight
@@ -505,7 +534,7 @@ def branch_feature_means(model, split: SplitData, device: torch.device, batch_si
     sums, count = {}, 0
     for start in range(0, len(split.item_index), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(split.item_index)), device=split.images.device)
-        features = model.forward_features(*_inputs(model, split, rows, device))
+        features = model.forward_features(*model_inputs(model, split, rows, device))
         for key in keys:
             sums[key] = sums.get(key, 0) + features[key].float().sum(0)
         count += len(rows)

@@ -29,6 +29,10 @@ from .layout import DATASETS as LAYOUTS
 from .layout import layout_dataset
 from .synth import PRESETS, write_synthetic
 
+__all__ = [
+    "main",
+]
+
 
 def _load(args):
     options = {"skip_bad": args.skip_bad}
