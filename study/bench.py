@@ -80,7 +80,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULTS, SCALE_PRESETS, model_config_of
+from .config import DEFAULTS, SCALE_PRESETS, TrialConfig
 from .features import get_profile
 from .models import create_model
 from .tensors import SplitData, TrialData
@@ -193,18 +193,20 @@ def window_nbytes(profile) -> int:
     return 2 * (math.prod(profile.image_size) + profile.window_samples)
 
 
-def trial_config(size: str, device: torch.device, precision: str, epochs: int, threads: int) -> dict:
+def trial_config(size: str, device: torch.device, precision: str, epochs: int, threads: int) -> TrialConfig:
     """A resolved trial config: DEFAULTS, the size's scale preset, ``epochs`` epochs without early stop."""
-    return {
-        **DEFAULTS,
-        **SIZES[size]["config"],
-        "train.max_epochs": epochs,
-        "train.patience": epochs,
-        "train.device": device.type,
-        "train.precision": precision,
-        "train.threads": threads,
-        "data.eval_sets": ["test"],
-    }
+    return TrialConfig.from_flat(
+        {
+            **DEFAULTS,
+            **SIZES[size]["config"],
+            "train.max_epochs": epochs,
+            "train.patience": epochs,
+            "train.device": device.type,
+            "train.precision": precision,
+            "train.threads": threads,
+            "data.eval_sets": ["test"],
+        }
+    )
 
 
 def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -217,22 +219,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_trainer(config: dict, data) -> tuple[list[float], list[float]]:
+def run_trainer(trial: TrialConfig, data) -> tuple[list[float], list[float]]:
     """One trial of ``train_and_evaluate``: (training seconds, whole-epoch seconds) per epoch."""
-    result = train_and_evaluate(config, data, trial_id="bench")
+    result = train_and_evaluate(trial, data, trial_id="bench")
     return [row["train_s"] for row in result.history], [row["epoch_s"] for row in result.history]
 
 
-def run_bare(config: dict, data, device: torch.device, dtype: torch.dtype | None, seed: int = 0) -> list[float]:
+def run_bare(trial: TrialConfig, data, device: torch.device, dtype: torch.dtype | None, seed: int = 0) -> list[float]:
     """Seconds per epoch of a bare loop over ``data.train``: the reference the trainer is held to.
 
     The same model and optimizer settings, the float16 features on ``device`` (as the trainer
     places them there: outside the timed epochs), randperm batches, class-weighted BCE.
     """
-    loop = BareLoop(config, data, device, dtype, seed)
-    bounds = batches(len(loop.targets), config["train.batch_size"])
+    loop = BareLoop(trial, data, device, dtype, seed)
+    bounds = batches(len(loop.targets), trial.train.batch_size)
     seconds = []
-    for _ in range(config["train.max_epochs"]):
+    for _ in range(trial.train.max_epochs):
         _sync(device)
         start = time.perf_counter()
         order = torch.randperm(len(loop.targets)).to(device)
@@ -247,13 +249,13 @@ class BareLoop:
     """The model, optimizer and device-resident features of a bare training loop; :meth:`step` trains
     one batch: forward, class-weighted BCE, backward, AdamW step, zero_grad."""
 
-    def __init__(self, config: dict, data, device: torch.device, dtype: torch.dtype | None, seed: int = 0):
+    def __init__(self, trial: TrialConfig, data, device: torch.device, dtype: torch.dtype | None, seed: int = 0):
         torch.manual_seed(seed)
         self.device, self.dtype = device, dtype
-        self.model = create_model(model_config_of(config, data.profile)).to(device)
+        self.model = create_model(trial.model).to(device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config["train.lr"], weight_decay=config["train.weight_decay"]
+            self.model.parameters(), lr=trial.train.lr, weight_decay=trial.train.weight_decay
         )
         self.images, self.waves = data.train.images.to(device), data.train.waves.to(device)
         self.targets = data.train.labels[data.train.item_index].to(device)
@@ -309,19 +311,19 @@ def bench_trainer(size: str, device: torch.device, repeats: int, threads: int, q
     data = size_data(size, device, quick)
     rows = []
     for precision in precisions(device):
-        config = trial_config(size, device, precision, shape["epochs"], threads)
+        trial = trial_config(size, device, precision, shape["epochs"], threads)
         dtype = autocast_dtype(precision, device)
-        n = sum(hi - lo for lo, hi in batches(len(data.train.item_index), config["train.batch_size"]))
+        n = sum(hi - lo for lo, hi in batches(len(data.train.item_index), trial.train.batch_size))
         trainer_s, bare_s, epoch_s = [], [], []
         for repeat in range(repeats):
             # alternate who goes first: neither always meets a cold or a warm allocator
             for which in ("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer"):
                 if which == "trainer":
-                    train_seconds, epoch_seconds = run_trainer(config, data)
+                    train_seconds, epoch_seconds = run_trainer(trial, data)
                     trainer_s.append(_counted(train_seconds))
                     epoch_s.append(_counted(epoch_seconds))
                 else:
-                    bare_s.append(_counted(run_bare(config, data, device, dtype)))
+                    bare_s.append(_counted(run_bare(trial, data, device, dtype)))
         trainer_ms, bare_ms = 1e3 * statistics.median(trainer_s) / n, 1e3 * statistics.median(bare_s) / n
         # runs of one repeat are adjacent in time and share the machine's load: compare them pairwise
         ratio = statistics.median(t / b for t, b in zip(trainer_s, bare_s))
@@ -330,7 +332,7 @@ def bench_trainer(size: str, device: torch.device, repeats: int, threads: int, q
                 "size": size,
                 "precision": precision,
                 "windows": n,
-                "batch_size": config["train.batch_size"],
+                "batch_size": trial.train.batch_size,
                 "epochs": shape["epochs"],
                 "repeats": repeats,
                 "trainer_ms": trainer_ms,
@@ -357,7 +359,7 @@ def peak_memory_trial(
     torch.set_num_threads(threads)
     target = torch.device(device)
     data = size_data(size, target, quick)
-    config = trial_config(size, target, precision, 1, threads)
+    trial = trial_config(size, target, precision, 1, threads)
     record = {
         "size": size,
         "precision": precision,
@@ -374,7 +376,7 @@ def peak_memory_trial(
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS, so the peak is the trial's
     except OSError:
         pass  # a locked-down /proc: the peak then counts this fresh process's imports as well
-    run_trainer(config, data)
+    run_trainer(trial, data)
     record["rss_peak_mb"] = _rss_mb("VmHWM")
     if target.type == "cuda":
         record.update(
@@ -440,9 +442,9 @@ def _sharing_worker(conn, size: str, device_type: str, precision: str, windows: 
     torch.set_num_threads(threads)
     device = torch.device(device_type)
     data = make_trial_data(size_profile(size), windows, 2, 2)
-    config = trial_config(size, device, precision, 1, threads)
-    loop = BareLoop(config, data, device, autocast_dtype(precision, device))
-    batch = config["train.batch_size"]
+    trial = trial_config(size, device, precision, 1, threads)
+    loop = BareLoop(trial, data, device, autocast_dtype(precision, device))
+    batch = trial.train.batch_size
     generator = torch.Generator().manual_seed(0)
 
     def rows() -> torch.Tensor:
@@ -660,10 +662,12 @@ def bench_architectures(size: str, device: torch.device, threads: int, quick: bo
         for tuned in (False, True) if device.type == "cuda" else (False,):
             torch.backends.cudnn.benchmark = tuned
             for architecture in ("spectrogram", "waveform", "fusion"):
-                config = {**trial_config(size, device, precision, 1, threads), "model.architecture": architecture}
-                loop = BareLoop(config, data, device, autocast_dtype(precision, device))
+                trial = trial_config(size, device, precision, 1, threads).with_settings(
+                    {"model.architecture": architecture}
+                )
+                loop = BareLoop(trial, data, device, autocast_dtype(precision, device))
                 generator = torch.Generator().manual_seed(0)
-                batch = [torch.randint(0, len(loop.targets), (config["train.batch_size"],), generator=generator)]
+                batch = [torch.randint(0, len(loop.targets), (trial.train.batch_size,), generator=generator)]
                 for _ in range(3):
                     loop.step(batch[0].to(device))
                 _sync(device)
@@ -677,7 +681,7 @@ def bench_architectures(size: str, device: torch.device, threads: int, quick: bo
                         "architecture": architecture,
                         "cudnn_benchmark": tuned,
                         "step_ms": ms,
-                        "windows_per_s": 1e3 * config["train.batch_size"] / ms,
+                        "windows_per_s": 1e3 * trial.train.batch_size / ms,
                     }
                 )
         result = {"size": size, "precision": precision, "steps": steps, "rows": rows}

@@ -29,18 +29,62 @@ Space file layout::
 A recipe's settings are laid over the grid point when the configs are resolved
 (:meth:`Space.trial_configs`), below command-line overrides; the config keeps the
 recipe's name as ``recipe``, its one varying setting, by which the analysis names
-configurations. Every consumer then reads one resolved config.
+configurations.
+
+Every consumer reads one resolved :class:`TrialConfig`, typed by section (``trial.data``,
+``trial.features``, ``trial.model``, ``trial.train``). Its flat dict (:attr:`TrialConfig.flat`)
+is what travels: Ray Tune holds and shows it, checkpoints and run.json store it, and trial ids
+and data keys (:func:`trial_id_of`, :func:`data_key_of`) are hashes of it;
+:meth:`TrialConfig.from_flat` types it again at the other end.
+
+The search block is checked here for its keys and settings only; :func:`study.search.check_search`
+checks it against the trial configs, where a study runs or plans it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import importlib.resources
 import itertools
+import json
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+from .features import FeatureProfile, get_profile
+
+if TYPE_CHECKING:
+    from .models import ModelConfig
+
+__all__ = [
+    "ADDED_SETTINGS",
+    "CHOICES",
+    "DEFAULTS",
+    "SCALE_PRESETS",
+    "SPACES_DIR",
+    "DataConfig",
+    "Space",
+    "SpaceError",
+    "TrainConfig",
+    "TrialConfig",
+    "added_settings_changed",
+    "check_config",
+    "check_resources",
+    "data_key_of",
+    "data_settings",
+    "grid_with_overrides",
+    "identity_settings",
+    "load_space",
+    "parse_settings",
+    "trial_id_of",
+    "trial_label",
+    "validate_trial_config",
+]
 
 # the built-in spaces ship as package data of `search_spaces`, found wherever the package is installed
 SPACES_DIR = Path(str(importlib.resources.files("search_spaces")))
@@ -139,10 +183,14 @@ class DataConfig:
             )
 
     @classmethod
-    def from_config(cls, config: dict) -> DataConfig:
-        """The data settings of ``config``; a setting it lacks that was added later (ADDED_SETTINGS)
+    def from_config(cls, config: Mapping) -> DataConfig:
+        """The data settings of the flat ``config``; a setting it lacks that was added later (ADDED_SETTINGS)
         takes the value that reproduces a config written before it existed."""
-        return cls(**{**section(ADDED_SETTINGS, "data"), **section(config, "data")})
+        return cls(**{**_section(ADDED_SETTINGS, "data"), **_section(config, "data")})
+
+    def loader_options(self, dataset: str) -> dict:
+        """The options of study.data.load_dataset for ``dataset`` under these settings."""
+        return {"skip_bad": self.skip_bad, **({"mapping": self.pascal_mapping} if dataset == "pascal" else {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +243,9 @@ class TrainConfig:
         )
 
     @classmethod
-    def from_config(cls, config: dict) -> TrainConfig:
-        return cls(**section(config, "train"))
+    def from_config(cls, config: Mapping) -> TrainConfig:
+        """The train settings of the flat ``config``."""
+        return cls(**_section(config, "train"))
 
 
 # Settings added after studies were run, each with the value that reproduces what a trial did before
@@ -211,7 +260,7 @@ ADDED_SETTINGS: dict = {
 }
 
 
-def identity_settings(config: dict) -> dict:
+def identity_settings(config: Mapping) -> dict:
     """``config`` without the ADDED_SETTINGS that hold their old value: what trial ids and data keys hash."""
     return {k: v for k, v in config.items() if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
@@ -291,12 +340,11 @@ class SpaceError(ValueError):
 
 
 def _allowed_keys() -> set[str]:
-    from .features import FeatureProfile
-    from .models import ModelConfig
+    from .models import ModelConfig  # why here: see _model_config
 
     keys = set(DEFAULTS)
     keys |= {f"features.{f.name}" for f in dataclasses.fields(FeatureProfile) if f.name != "name"}
-    # model.branch_heads follows train.branch_loss_weight (model_settings), so it is no setting of its own
+    # model.branch_heads follows train.branch_loss_weight (_model_config), so it is no setting of its own
     keys |= {f"model.{f.name}" for f in dataclasses.fields(ModelConfig) if f.name != "branch_heads"}
     return keys
 
@@ -338,37 +386,34 @@ def grid_with_overrides(grid: dict, overrides: dict) -> tuple[dict, dict]:
     return {k: axes.get(k, v) for k, v in grid.items()}, {k: v for k, v in overrides.items() if k not in axes}
 
 
-def validate_trial_config(config: dict, where: str) -> None:
-    """Full check of a resolved trial config: builds the feature profile and model config."""
-    from .models import ModelConfig
-
+def validate_trial_config(config: dict, where: str) -> TrialConfig:
+    """Full check of a resolved flat trial config; returns it typed. Raises SpaceError naming the setting."""
     check_config(config, where)
     seed = config.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SpaceError(f"{where}: seed must be a non-negative integer, got {seed!r}")
     try:
-        DataConfig.from_config(config)
-        TrainConfig.from_config(config)
-        profile_of(config)
-        ModelConfig.from_dict(model_settings(config))
+        trial = TrialConfig.from_flat(config)
     except (ValueError, TypeError) as exc:
         raise SpaceError(f"{where}: {exc}") from exc
     try:
+        # imported here: the perturbations load audio libraries, which a trainer rebuilding its config lacks
         from .perturbations import parse_perturbation_suite
 
-        parse_perturbation_suite(config["data.perturbations"])
+        parse_perturbation_suite(trial.data.perturbations)
     except ValueError as exc:
         raise SpaceError(f"{where}: perturbations: {exc}") from exc
-    for key, values in config["data.eval_variants"].items():
+    for key, values in trial.data.eval_variants.items():
         if not key.startswith("features.") or key == "features.profile" or key not in _allowed_keys():
             raise SpaceError(f"{where}: eval_variants: '{key}' is not a feature setting (features.padding, ...)")
         if not isinstance(values, list) or not values:
             raise SpaceError(f"{where}: eval_variants.{key} must be a non-empty list of values, got {values!r}")
         for value in values:
             try:
-                profile_of({**config, key: value})
+                trial.feature_variant(key, value)
             except (ValueError, TypeError) as exc:
                 raise SpaceError(f"{where}: eval_variants.{key}: {exc}") from exc
+    return trial
 
 
 def check_resources(resources: dict, where: str) -> dict:
@@ -418,32 +463,120 @@ def _check_search(search: dict, where: str) -> None:
             raise SpaceError(f"{where}: search.params: unknown setting '{key}'{hint}")
 
 
-def section(config: dict, name: str) -> dict:
-    """The keys of one section without their prefix: section(c, "model") → {"fusion": ...}."""
+def _section(config: Mapping, name: str) -> dict:
+    """The keys of one section without their prefix: _section(c, "model") → {"fusion": ...}."""
     prefix = f"{name}."
     return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
 
 
-def profile_of(config: dict):
-    from .features import get_profile
-
-    settings = section(config, "features")
+def _feature_profile(config: Mapping) -> FeatureProfile:
+    settings = _section(config, "features")
     return get_profile(settings.pop("profile"), **settings)
 
 
-def model_settings(config: dict) -> dict:
-    """The ``model.*`` settings that make a ModelConfig (the initial checkpoint is not one)."""
-    settings = section(config, "model")
+def _model_config(config: Mapping, profile: FeatureProfile) -> ModelConfig:
+    """The ModelConfig of the ``model.*`` settings (the initial checkpoint is not one), its input the
+    profile's image size unless ``model.img_size`` says otherwise."""
+    # models.py defines ModelConfig and fills the registries of the names it checks (built-in and
+    # plugins' architectures and heads): building one needs it, importing this module does not
+    from .models import ModelConfig
+
+    settings = {"img_size": profile.image_size, **_section(config, "model")}
     settings.pop("init_checkpoint", None)
     weight = config.get("train.branch_loss_weight", 0.0)
     if isinstance(weight, (int, float)) and weight > 0 and settings.get("architecture") == "fusion":
         settings["branch_heads"] = True
-    return settings
+    return ModelConfig.from_dict(settings)
 
 
-def model_config_of(config: dict, profile) -> dict:
-    """Model settings with the input size taken from the feature profile."""
-    return {"img_size": profile.image_size, **model_settings(config)}
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """One trial's resolved settings, by section.
+
+    Built by :meth:`Space.trial_configs`, and by :meth:`from_flat` where only the flat dict travels
+    (Ray Tune hands it to the trainable; checkpoints and run.json store it). Each section is built
+    from the flat dict and checked by its own class; a setting the flat dict lacks (a config written
+    before it existed) takes its section's default, for ADDED_SETTINGS the value that reproduces
+    the old trial. :attr:`flat` gives the flat dict back as it came, so Tune, the trackers, trial
+    ids and data keys see exactly the keys and values they always saw.
+    """
+
+    _flat: dict = dataclasses.field(repr=False)
+    seed: int = dataclasses.field(init=False)
+    recipe: str | None = dataclasses.field(init=False)  # the space's recipe whose settings these are (a label)
+    data: DataConfig = dataclasses.field(init=False)
+    features: FeatureProfile = dataclasses.field(init=False)
+    # the input size is the features' image size; branch heads follow train.branch_loss_weight
+    model: ModelConfig = dataclasses.field(init=False)
+    # a local AudioSet-pretrained AST state dict AST trials start from (study.models.load_ast_checkpoint)
+    init_checkpoint: str | None = dataclasses.field(init=False)
+    train: TrainConfig = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        flat, put = self._flat, partial(object.__setattr__, self)
+        put("seed", flat["seed"])
+        put("recipe", flat.get("recipe"))
+        put("data", DataConfig.from_config(flat))
+        put("features", _feature_profile(flat))
+        put("model", _model_config(flat, self.features))
+        put("init_checkpoint", flat.get("model.init_checkpoint"))
+        put("train", TrainConfig.from_config(flat))
+
+    @classmethod
+    def from_flat(cls, flat: Mapping) -> TrialConfig:
+        """The typed config of a flat one (``{"seed": 0, "model.fusion": "concat", ...}``); raises
+        ValueError or TypeError naming a setting that is unknown or invalid."""
+        return cls(copy.deepcopy(dict(flat)))
+
+    @property
+    def flat(self) -> dict:
+        """The flat dict of dotted keys (a copy): what Ray Tune holds and a checkpoint stores."""
+        return copy.deepcopy(self._flat)
+
+    @property
+    def trial_id(self) -> str:
+        return trial_id_of(self._flat)
+
+    @property
+    def data_key(self) -> str:
+        return data_key_of(self._flat)
+
+    def with_settings(self, settings: Mapping) -> TrialConfig:
+        """This config with some flat settings replaced (``{"seed": 1}``), checked again."""
+        return TrialConfig.from_flat({**self._flat, **settings})
+
+    def feature_variant(self, key: str, value) -> FeatureProfile:
+        """The feature profile with the ``features.*`` setting ``key`` set to ``value``: an evaluation
+        variant (``data.eval_variants``), which changes the features only, not the model."""
+        return _feature_profile({**self._flat, key: value})
+
+
+def _json_digest(obj, digest_size: int) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=digest_size).hexdigest()
+
+
+def trial_id_of(config: Mapping) -> str:
+    """Stable id of a flat trial config: the same grid point always gets the same id. A setting added
+    later (ADDED_SETTINGS) at its old value is left out, so old studies keep their ids."""
+    return _json_digest(identity_settings(config), 5)
+
+
+def data_settings(config: Mapping) -> dict:
+    """The settings of a flat config that decide a trial's data: trials sharing them share one TrialData."""
+    return {k: v for k, v in config.items() if k.startswith(("data.", "features."))}
+
+
+def data_key_of(config: Mapping) -> str:
+    """Key of the data and feature settings: trials sharing it share one TrialData in the object store."""
+    return _json_digest(identity_settings(data_settings(config)), 6)
+
+
+def trial_label(config: Mapping, axes: list[str]) -> str:
+    """A trial's grid values, as Tune's table and the dry run show them (numbers to 4 significant digits)."""
+    return " ".join(
+        f"{k.split('.')[-1]}={config[k]:.4g}" if isinstance(config[k], float) else f"{k.split('.')[-1]}={config[k]}"
+        for k in axes
+    )
 
 
 @dataclasses.dataclass
@@ -500,9 +633,9 @@ class Space:
     def eval_variants(self) -> dict:
         return copy.deepcopy(self.raw.get("eval_variants") or {})
 
-    def trial_configs(self, overrides: dict | None = None) -> list[dict]:
-        """Every grid point as a resolved flat config, in a stable order: DEFAULTS ← scale preset ←
-        fixed ← grid point ← its recipe's settings ← ``overrides``."""
+    def trial_configs(self, overrides: dict | None = None) -> list[TrialConfig]:
+        """Every grid point as a resolved, checked trial config, in a stable order: DEFAULTS ← scale
+        preset ← fixed ← grid point ← its recipe's settings ← ``overrides``."""
         overrides = overrides or {}
         base = {
             **copy.deepcopy(DEFAULTS),
@@ -526,8 +659,7 @@ class Space:
                     )
                 config.update(self.recipes[recipe])
             config.update(overrides)
-            validate_trial_config(config, where)
-            configs.append(config)
+            configs.append(validate_trial_config(config, where))
         return configs
 
     def resolved(self) -> dict:
@@ -616,9 +748,5 @@ def load_space(name_or_path: str | Path, scale: str | None = None) -> Space:
             raise SpaceError(f"{path}: compare.axis '{axis}' is not a grid axis ({sorted(space.grid())})")
         if axis in space.grid() and compare.get("baseline") not in space.grid()[axis]:
             raise SpaceError(f"{path}: compare.baseline {compare.get('baseline')!r} is not a value of {axis}")
-    configs = space.trial_configs()  # validates every grid point
-    if space.search is not None:
-        from .search import check_search
-
-        check_search(space.search, f"{path} (search)", configs[0])
+    space.trial_configs()  # validates every grid point
     return space

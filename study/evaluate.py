@@ -19,7 +19,6 @@ tables after ``--perturb``, with ``analysis report``'s after ``--eval-set``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 import torch
 import yaml
 
-from .config import model_config_of, profile_of
+from .config import DataConfig, TrialConfig
 from .lock import StudyLocked, study_lock
 from .models import create_model
 from .perturbations import parse_perturbation_suite
@@ -45,7 +44,7 @@ from .results import (
     write_state,
 )
 from .train import evaluate_model, pick_device
-from .trial_data import data_settings, prepare_data
+from .trial_data import prepare_data
 
 __all__ = [
     "RAY_MIN_TRIALS",
@@ -79,8 +78,8 @@ def load_checkpoint(folder: str | Path, raw: bytes | None = None, config: dict |
 
 def load_model(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint, in eval mode."""
-    config = checkpoint["config"]  # resolved: a recipe's settings are in it
-    model = create_model(model_config_of(config, profile_of(config)))
+    trial = TrialConfig.from_flat(checkpoint["config"])  # resolved: a recipe's settings are in it
+    model = create_model(trial.model)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
@@ -122,11 +121,11 @@ def reevaluate_trials(
     prepared: dict[str, object] = {}
     frames = []
     for trial_id, checkpoint in checkpoints.items():
-        config = {**checkpoint["config"], "data.perturbations": list(suite)}
-        key = json.dumps(data_settings(config), sort_keys=True, default=str)
+        trial = TrialConfig.from_flat({**checkpoint["config"], "data.perturbations": list(suite)})
+        key = trial.data_key
         if key not in prepared:
             # the clean sets were scored when the trial ran: keep only the perturbed ones
-            prepared[key] = replace(prepare_data(config, data_root, progress=progress, n_jobs=n_jobs), evals={})
+            prepared[key] = replace(prepare_data(trial, data_root, progress=progress, n_jobs=n_jobs), evals={})
         model = load_model(checkpoint).to(torch_device)
         means = checkpoint.get("feature_means") or {}
         _, predictions = evaluate_model(
@@ -191,14 +190,11 @@ def parse_eval_set(text: str) -> tuple[str, str, Path, str | None]:
     return name or f"{dataset}@{root_path.stem}" + (f":{split}" if split else ""), dataset, root_path, split
 
 
-def external_table(config: dict, dataset: str, root: Path, split: str | None) -> pd.DataFrame:
-    """The recordings of ``dataset`` at ``root`` (one split, or all), loaded with the trial's data settings."""
-    from .config import DataConfig
+def external_table(data: DataConfig, dataset: str, root: Path, split: str | None) -> pd.DataFrame:
+    """The recordings of ``dataset`` at ``root`` (one split, or all), loaded with a trial's data settings."""
     from .data import load_dataset
 
-    data = DataConfig.from_config(config)
-    options = {"skip_bad": data.skip_bad, **({"mapping": data.pascal_mapping} if dataset == "pascal" else {})}
-    table = load_dataset(dataset, root, **options).table
+    table = load_dataset(dataset, root, **data.loader_options(dataset)).table
     if split is not None:
         if split not in set(table["split"]):
             raise ValueError(f"{dataset} at {root} has no split {split!r}; its splits: {sorted(set(table['split']))}")
@@ -208,36 +204,37 @@ def external_table(config: dict, dataset: str, root: Path, split: str | None) ->
     return table
 
 
-def check_task(trial_id: str, config: dict, name: str, dataset: str, labels: pd.Series) -> None:
+def check_task(trial_id: str, trial: TrialConfig, name: str, dataset: str, labels: pd.Series) -> None:
     """Refuse an evaluation set whose labels (0 … C-1) a trial's model cannot score: multi-class for a binary model."""
-    if int(config.get("model.num_classes", 1) or 1) <= 2 and int(labels.max()) > 1:
+    if trial.model.num_classes <= 2 and int(labels.max()) > 1:
         raise ValueError(
             f"{name}: {dataset} has {int(labels.max()) + 1} classes, but trial {trial_id} is "
             "a binary (heart) model: score it with a study of that task"
         )
 
 
-def prepare_external_sets(configs: dict[str, dict], specs: list[tuple]) -> tuple[dict[str, str], dict[str, dict]]:
-    """The features every trial is scored on, extracted once per (profile, data settings) through the cache.
+def prepare_external_sets(
+    configs: dict[str, TrialConfig], specs: list[tuple]
+) -> tuple[dict[str, str], dict[str, dict]]:
+    """The features every trial is scored on, extracted once per data key (data and feature settings) through the cache.
 
-    ``configs``: trial id -> resolved config; ``specs``: :func:`parse_eval_set` tuples. Returns
+    ``configs``: trial id -> its config; ``specs``: :func:`parse_eval_set` tuples. Returns
     ({trial id: features key}, {features key: {evaluation-set name: SplitData}}).
     """
     from .cache import FeatureCache, extract_features
     from .tensors import SplitData
 
     cache, keys, prepared = FeatureCache(), {}, {}
-    for trial_id, config in configs.items():
-        profile = profile_of(config)
-        key = json.dumps([profile.key(), data_settings(config)], sort_keys=True, default=str)
+    for trial_id, trial in configs.items():
+        key = trial.data_key
         sets = prepared.setdefault(key, {})
         for name, dataset, root, split in specs:
             if name in sets:
-                check_task(trial_id, config, name, dataset, sets[name].table["label"])
+                check_task(trial_id, trial, name, dataset, sets[name].table["label"])
                 continue
-            table = external_table(config, dataset, root, split)
-            check_task(trial_id, config, name, dataset, table["label"])  # before the (long) extraction
-            sets[name] = SplitData.from_features(name, extract_features(table, profile, cache=cache, desc=name))
+            table = external_table(trial.data, dataset, root, split)
+            check_task(trial_id, trial, name, dataset, table["label"])  # before the (long) extraction
+            sets[name] = SplitData.from_features(name, extract_features(table, trial.features, cache=cache, desc=name))
         keys[trial_id] = key
     return keys, prepared
 
@@ -262,7 +259,7 @@ def score_checkpoint(
             f"trial {trial_id}: the model of {folder / CHECKPOINT_FILE} cannot be rebuilt ({error})"
         ) from error
     first = next(iter(evals.values()))  # evaluate_model reads only evals; train and val are placeholders
-    data = TrialData(first, first, evals, profile_of(checkpoint["config"]))
+    data = TrialData(first, first, evals, TrialConfig.from_flat(checkpoint["config"]).features)
     means = checkpoint.get("feature_means") or {}
     _, predictions = evaluate_model(model, data, device, trial_id, float(checkpoint["threshold"]), means)
     return predictions
@@ -366,7 +363,7 @@ def evaluate_study(
         folders = {t: out / TRIALS_DIR / t for t in _trial_ids(out)}
         # only the configs stay in memory here: the weights are read when a trial is scored
         configs = {t: read_trial_config(f) for t, f in folders.items()}
-        keys, prepared = prepare_external_sets(configs, specs)
+        keys, prepared = prepare_external_sets({t: TrialConfig.from_flat(c) for t, c in configs.items()}, specs)
         if address is not None or len(folders) >= ray_min_trials:
             new = score_on_ray(folders, configs, keys, prepared, device, address)
         else:

@@ -16,6 +16,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "FEATURE_VERSION",
+    "PROFILES",
+    "SPECTROGRAM_VERSION",
+    "FeatureProfile",
+    "compute_features",
+    "fbank_images",
+    "get_profile",
+    "log_mel_images",
+    "make_windows",
+    "normalize_waveforms",
+    "resample",
+]
+
 # Bump when the computation changes so cached features of older code are not reused.
 FEATURE_VERSION = 1
 # Bumped per spectrogram kind: 2 = fbank computed by torchaudio's Kaldi fbank instead of librosa.

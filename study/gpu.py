@@ -59,6 +59,10 @@ import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the study modules are imported where used: the GPU machine lacks Ray and the audio libraries
+    from .config import TrialConfig
 
 from .results import CHECKPOINT_FILE, REPORT_FILE, STUDY_FILE, TUNE_DIR, read_state, write_state
 
@@ -229,21 +233,19 @@ def _cut_dataset(name: str, root: Path, dest: Path, keep_s: float) -> list[dict]
     return rows
 
 
-def _study_datasets(configs: list[dict]) -> tuple[list[str], float]:
+def _study_datasets(configs: list[TrialConfig]) -> tuple[list[str], float]:
     """The datasets a study's trials read and the seconds of audio its features need from each
     recording; refused when a trial reads more than each recording's first window."""
-    from .config import DataConfig, profile_of
-
     names, keep_s = set(), 0.0
-    for config in configs:
-        data = DataConfig.from_config(config)
+    for trial in configs:
+        data = trial.data
         names |= {data.train_set} | {spec.split(":")[0] for spec in data.eval_sets}
         if data.extra_roots or data.perturbations or data.eval_variants:
             raise PrepareError(
                 "the prepared GPU run carries one root per dataset and clean evaluation sets only; this "
                 "study sets data.extra_roots, perturbations or eval_variants"
             )
-        profile = profile_of(config)
+        profile = trial.features
         if profile.windows != "first":
             raise PrepareError(
                 f"features.windows is {profile.windows!r}: the cut recordings hold the first window only"
@@ -687,10 +689,10 @@ def fill_cache(prep: Path) -> None:
     plan = json.loads((prep / "plan.json").read_text())
     configs = load_space(plan["space"], plan["scale"]).trial_configs(plan["overrides"])
     present = datasets_present(prep)
-    config = configs[0]
-    evals = [spec for spec in config["data.eval_sets"] if spec.split(":")[0] in present]
+    trial = configs[0]
+    evals = [spec for spec in trial.data.eval_sets if spec.split(":")[0] in present]
     started = time.perf_counter()
-    data = prepare_data({**config, "data.eval_sets": evals}, prep / "data")
+    data = prepare_data(trial.with_settings({"data.eval_sets": evals}), prep / "data")
     splits = [data.train, data.val, *data.evals.values()]
     print(
         f"feature cache filled: {sum(s.n_items for s in splits)} recordings "

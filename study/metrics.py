@@ -12,6 +12,18 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+__all__ = [
+    "THRESHOLD_CRITERIA",
+    "binary_metrics",
+    "check_binary_labels",
+    "check_probabilities",
+    "choose_threshold",
+    "confusion_metrics",
+    "icbhi_binary_scores",
+    "icbhi_scores",
+    "multiclass_metrics",
+]
+
 THRESHOLD_CRITERIA = ("balanced_accuracy", "youden", "accuracy", "mcc", "f1")
 
 

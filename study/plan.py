@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +25,34 @@ import numpy as np
 import pandas as pd
 
 from .cache import STORE_DTYPE
-from .config import DataConfig, Space, SpaceError, profile_of
+from .config import Space, SpaceError, TrialConfig, trial_label
 from .connection import ray_session
-from .data import load_dataset
 from .features import FeatureProfile
 from .perturbations import parse_perturbation_suite, tempo_rate
-from .search import sample_count
-from .trial_data import combine_datasets, select_tables, variant_name
-from .trial_ids import data_key_of, trial_id_of, trial_label
+from .results import eval_set_name, parse_eval_set_name
+from .search import check_search, sample_count
+from .trial_data import load_tables, variant_name
+
+__all__ = [
+    "AxisWarning",
+    "FeatureObject",
+    "Node",
+    "PlanError",
+    "SplitSize",
+    "StudyPlan",
+    "TrialLine",
+    "build_plan",
+    "cluster_nodes",
+    "feature_object",
+    "format_plan",
+    "inert_training_axes",
+    "local_node",
+    "samples_at",
+    "split_size",
+    "split_tables",
+    "trials_per_node",
+    "window_layout",
+]
 
 STORE_ITEMSIZE = np.dtype(STORE_DTYPE).itemsize  # bytes per image pixel and waveform sample (float16)
 INDEX_ITEMSIZE = 8  # bytes per window (item_index) and per item (labels): int64
@@ -49,7 +68,7 @@ class PlanError(SpaceError):
 
 @dataclass(frozen=True)
 class TrialLine:
-    """One trial: its study id (study.run.trial_id_of) and its grid values."""
+    """One trial: its study id (study.config.trial_id_of) and its grid values."""
 
     trial_id: str
     label: str
@@ -82,7 +101,7 @@ class SplitSize:
 class FeatureObject:
     """One TrialData that study.run puts into the object store (one per data key)."""
 
-    key: str  # study.run.data_key_of
+    key: str  # study.config.data_key_of
     configs: int  # trial configs reading it
     profile: FeatureProfile
     splits: list[SplitSize]
@@ -225,37 +244,14 @@ def _blocked_note(nodes: list[Node], resources: dict, where: str) -> str:
 
 
 def split_tables(
-    config: dict, data_root: Path, datasets: dict | None = None
+    trial: TrialConfig, data_root: Path, datasets: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(train, val, {eval spec: table}) of a trial config, as study.trial_data.prepare_data selects them.
+    """(train, val, {eval spec: table}) of a trial config: study.trial_data.load_tables, as the run selects them.
 
-    ``datasets`` memoizes loaded datasets between configs (keyed by name and loading options).
+    ``datasets`` keeps loaded datasets between configs (study.trial_data.TrialDatasets' ``shared``).
     """
-    datasets = {} if datasets is None else datasets
-    data = DataConfig.from_config(config)
-    root = Path(data_root)
-
-    def dataset(name: str) -> pd.DataFrame:
-        options = {"skip_bad": data.skip_bad}
-        if name == "pascal":
-            options["mapping"] = data.pascal_mapping
-        extra_roots = tuple(data.extra_roots.get(name, []))
-        key = (name, tuple(sorted(options.items())), extra_roots)
-        if key not in datasets:
-            combined = load_dataset(name, root / name, **options)
-            for extra in extra_roots:
-                extra_root = Path(extra).expanduser()
-                if not extra_root.exists():
-                    warnings.warn(
-                        f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2
-                    )
-                    continue
-                combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
-            datasets[key] = combined
-        return datasets[key]
-
     try:
-        selected = select_tables(data, dataset)
+        selected, _ = load_tables(trial.data, data_root, datasets)
     except ValueError as exc:
         raise PlanError(str(exc)) from exc
     return selected.train, selected.val, selected.evals
@@ -299,33 +295,32 @@ def split_size(
     return SplitSize(name, len(table), windows, nbytes, perturbed)
 
 
-def feature_object(config: dict, data_root: Path, configs: int, datasets: dict | None = None) -> FeatureObject:
-    """Size of the TrialData study.run puts for ``config``: train, val, each evaluation set, one copy
+def feature_object(trial: TrialConfig, data_root: Path, configs: int, datasets: dict | None = None) -> FeatureObject:
+    """Size of the TrialData study.run puts for ``trial``: train, val, each evaluation set, one copy
     of every evaluation set per eval_variants value (named SET[KEY=VALUE], with that value's
     features) and per perturbation and severity (named SET~PERTURBATION@SEVERITY)."""
-    data = DataConfig.from_config(config)
-    profile = profile_of(config)
-    train, val, evals = split_tables(config, data_root, datasets)
+    data, profile = trial.data, trial.features
+    train, val, evals = split_tables(trial, data_root, datasets)
     splits = [split_size("train", train, profile), split_size("val", val, profile)]
     splits += [split_size(spec, rows, profile) for spec, rows in evals.items()]
     for key, values in data.eval_variants.items():
         for value in values:
-            variant = profile_of({**config, key: value})
+            variant = trial.feature_variant(key, value)
             splits += [split_size(variant_name(spec, key, value), rows, variant) for spec, rows in evals.items()]
     for item in parse_perturbation_suite(data.perturbations):
         tempo = tempo_rate(item.name, item.severity)  # time stretches change the length
         splits += [
-            split_size(f"{spec}~{item.id}@{item.severity}", rows, profile, tempo, perturbed=True)
+            split_size(eval_set_name(spec, item.id, item.severity), rows, profile, tempo, perturbed=True)
             for spec, rows in evals.items()
         ]
-    return FeatureObject(data_key_of(config), configs, profile, splits)
+    return FeatureObject(trial.data_key, configs, profile, splits)
 
 
 # ---------------------------------------------------------------- inert grid axes
 
 
-def _rest_key(config: dict, axis: str) -> str:
-    return json.dumps({k: v for k, v in config.items() if k != axis}, sort_keys=True, default=str)
+def _rest_key(trial: TrialConfig, axis: str) -> str:
+    return json.dumps({k: v for k, v in trial.flat.items() if k != axis}, sort_keys=True, default=str)
 
 
 def _evidence(fields: set[str], profiles: list[FeatureProfile], durations: np.ndarray, samples: np.ndarray) -> str:
@@ -374,12 +369,12 @@ def inert_training_axes(
     for axis, values in sorted(space.grid().items()):
         if not axis.startswith("features.") or axis in overrides or len(values) < 2:
             continue
-        groups: dict[str, list[dict]] = {}
-        for config in configs:
-            groups.setdefault(_rest_key(config, axis), []).append(config)
+        groups: dict[str, list[TrialConfig]] = {}
+        for trial in configs:
+            groups.setdefault(_rest_key(trial, axis), []).append(trial)
         evidence, eval_changes, repeated = [], {}, 0
         for group in groups.values():
-            profiles = [profile_of(c) for c in group]
+            profiles = [trial.features for trial in group]
             fields = {
                 f.name for f in dataclasses.fields(FeatureProfile) if len({getattr(p, f.name) for p in profiles}) > 1
             }
@@ -434,13 +429,16 @@ def build_plan(
     ``resources`` is the per-trial ``{"cpu": n, "gpu": g}`` (study.run.trial_resources);
     ``address`` a Ray cluster to read the nodes of (connected to, and left as found), else
     this machine; ``max_concurrent`` the runner's --max-concurrent. Raises PlanError when the
-    feature objects exceed the object store's capacity.
+    feature objects exceed the object store's capacity, SpaceError when study.run would refuse
+    the space's search.
     """
     overrides = overrides or {}
     data_root = Path(data_root)
     configs = space.trial_configs(overrides)
+    if space.search is not None:
+        check_search(space.search, f"{space.path} (search)", configs[0])
     axes = sorted(space.grid())
-    trials = [TrialLine(trial_id_of(c), trial_label(c, axes)) for c in configs]
+    trials = [TrialLine(trial.trial_id, trial_label(trial.flat, axes)) for trial in configs]
     search = None
     if space.search is not None:
         search = {
@@ -458,9 +456,9 @@ def build_plan(
     notes = [] if slots else [_blocked_note(nodes, resources, where)]
 
     # study.run puts one TrialData per data key (a search's samples share the first config's)
-    users: dict[str, list[dict]] = {}
-    for config in configs:
-        users.setdefault(data_key_of(config), []).append(config)
+    users: dict[str, list[TrialConfig]] = {}
+    for trial in configs:
+        users.setdefault(trial.data_key, []).append(trial)
     datasets: dict = {}
     objects = [feature_object(group[0], data_root, len(group), datasets) for group in users.values()]
 
@@ -522,8 +520,8 @@ def _object_lines(obj: FeatureObject) -> list[str]:
     ]
     rows = [(s.name, f"{s.items} items", f"{s.windows} windows", s.nbytes) for s in obj.splits if not s.perturbed]
     perturbed = [s for s in obj.splits if s.perturbed]
-    for spec in dict.fromkeys(s.name.split("~")[0] for s in perturbed):
-        copies = [s for s in perturbed if s.name.split("~")[0] == spec]
+    for spec in dict.fromkeys(parse_eval_set_name(s.name)[0] for s in perturbed):
+        copies = [s for s in perturbed if parse_eval_set_name(s.name)[0] == spec]
         rows.append(
             (
                 f"{spec}~perturbed",

@@ -191,9 +191,10 @@ def finished_trial_ids(trials_dir: Path) -> set[str]:
 # ---------------------------------------------------------------- a trial's folder
 
 
-def write_trial(folder: Path, config: dict, result, data_info: dict, trial_id: str) -> None:
+def write_trial(folder: Path, trial, result, data_info: dict, trial_id: str) -> None:
     """A finished trial's files in ``folder``, each written atomically: predictions, checkpoint (the kept
-    weights and what scoring them needs), config.json, and metrics.json last. ``result`` is a
+    weights and what scoring them needs), config.json (the settings, flat: their only copy), and
+    metrics.json last. ``trial`` is a :class:`study.config.TrialConfig`, ``result`` a
     :class:`study.train.TrialResult`."""
     import torch  # here, not at the top: the analysis reads results folders without loading torch
 
@@ -209,14 +210,14 @@ def write_trial(folder: Path, config: dict, result, data_info: dict, trial_id: s
             },
             tmp,
         )
-    write_json(folder / CONFIG_FILE, config)
+    write_json(folder / CONFIG_FILE, trial.flat)
     write_json(
         folder / METRICS_FILE,
         {
             "trial_id": trial_id,
             "metrics": result.metrics,
             "threshold": result.threshold,
-            "threshold_criterion": config["train.threshold_criterion"],
+            "threshold_criterion": trial.train.threshold_criterion,
             "epochs": result.epochs,
             "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s,

@@ -22,7 +22,9 @@ optuna-dashboard open it and ``--resume`` continues it.
 
 :func:`check_search` refuses, in one line each and before any trial, what cannot run: an unknown
 searcher or scheduler, a grid over a continuous parameter, CMA-ES or QMC over categories or
-conditions, a metric the trials never report, a scheduler option the scheduler lacks.
+conditions, a metric the trials never report, a scheduler option the scheduler lacks. It needs the
+trial configs, so it runs where a study is planned or run (study.plan, study.run); loading the space
+checks the block's keys and settings only (study.config).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import SpaceError, validate_trial_config
+from .config import SpaceError, TrialConfig, validate_trial_config
+from .train import reported_metrics
 
 __all__ = [
     "PARAM_TYPES",
@@ -59,7 +62,7 @@ DEFAULT_SAMPLES = 8
 TIME_ATTR = "epoch"
 
 
-def check_search(search: dict, where: str, base: dict) -> None:
+def check_search(search: dict, where: str, base: TrialConfig) -> None:
     """Check a space's ``search`` block against ``base``, the config every sample starts from.
 
     Raises SpaceError, naming the key and the fix, for an unknown searcher, scheduler or parameter
@@ -67,8 +70,6 @@ def check_search(search: dict, where: str, base: dict) -> None:
     listed before, a combination the searcher cannot sample, a metric the trials do not report,
     and a scheduler option the scheduler does not take.
     """
-    from .train import reported_metrics
-
     searcher, scheduler = search.get("searcher", "tpe"), search.get("scheduler", "asha")
     if searcher not in SEARCHERS:
         raise SpaceError(f"{where}: search.searcher must be one of {list(SEARCHERS)}, got {searcher!r}")
@@ -85,7 +86,7 @@ def check_search(search: dict, where: str, base: dict) -> None:
     if metric not in reported:
         raise SpaceError(
             f"{where}: search.metric {metric!r} is not reported by the trials, which report {reported} "
-            f"(train.monitor is {base['train.monitor']!r})"
+            f"(train.monitor is {base.train.monitor!r})"
         )
     for option in set(search) & {o for options in SCHEDULER_OPTIONS.values() for o in options}:
         if option not in SCHEDULER_OPTIONS[scheduler]:
@@ -99,14 +100,14 @@ def check_search(search: dict, where: str, base: dict) -> None:
                 f"{where}: search.{option} must be an integer ≥ {2 if option == 'reduction_factor' else 1}"
             )
     grace = search.get("grace_period", 3 if scheduler == "asha" else 0)
-    if scheduler == "asha" and grace >= base["train.max_epochs"]:
+    if scheduler == "asha" and grace >= base.train.max_epochs:
         raise SpaceError(
-            f"{where}: search.grace_period ({grace}) must be below train.max_epochs ({base['train.max_epochs']}): "
+            f"{where}: search.grace_period ({grace}) must be below train.max_epochs ({base.train.max_epochs}): "
             "ASHA stops trials between the two"
         )
 
 
-def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: str, base: dict) -> None:
+def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: str, base: TrialConfig) -> None:
     if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
         raise SpaceError(f"{where}: 'type' must be one of {list(PARAM_TYPES)}, got {spec!r}")
     kind = spec["type"]
@@ -135,7 +136,7 @@ def _check_param(key: str, spec: Any, earlier: list[str], params: dict, where: s
             )
         values = [low, high - 1 if integer else high]
     for value in values:  # each value, with the config every sample starts from, must make a config that runs
-        validate_trial_config({**base, key: value}, where)
+        validate_trial_config({**base.flat, key: value}, where)
     conditions = spec.get("when") or {}
     if not isinstance(conditions, dict):
         raise SpaceError(f"{where}: when must map parameters listed before it to a value or a list of values")

@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ADDED_SETTINGS, Space, SpaceError, added_settings_changed, grid_with_overrides
+from .config import ADDED_SETTINGS, Space, SpaceError, added_settings_changed, grid_with_overrides, trial_id_of
 from .results import (
     FINAL_DIR,
     RUN_FILE,
@@ -27,7 +27,6 @@ from .results import (
     read_state,
     record_experiment,
 )
-from .trial_ids import trial_id_of
 
 __all__ = [
     "now",

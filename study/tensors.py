@@ -20,6 +20,8 @@ import torch
 if TYPE_CHECKING:
     from .cache import FeatureSet
 
+__all__ = ["PerturbedSplit", "SplitData", "TrialData", "place_splits"]
+
 
 @dataclass
 class SplitData:

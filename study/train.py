@@ -23,11 +23,38 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig, model_config_of
+from .config import TrainConfig, TrialConfig
 from .metrics import binary_metrics, choose_threshold, multiclass_metrics
 from .models import create_model, load_ast_checkpoint
+from .results import eval_set_name
 from .sam import SAM, disable_running_stats, enable_running_stats
 from .tensors import SplitData, TrialData, place_splits
+
+__all__ = [
+    "TrainState",
+    "TrialResult",
+    "TrialSetup",
+    "ablation_hook",
+    "autocast_dtype",
+    "branch_feature_means",
+    "build_optimizer",
+    "class_weights_of",
+    "device_record",
+    "epoch_order",
+    "evaluate_model",
+    "evaluate_probs",
+    "finish_from_state",
+    "model_inputs",
+    "pick_device",
+    "predict",
+    "prediction_frame",
+    "reported_metrics",
+    "resolve_device",
+    "seed_everything",
+    "setup_trial",
+    "train_and_evaluate",
+    "train_step",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +132,7 @@ def device_record(device: torch.device, dtype: torch.dtype | None, note: str | N
     return record
 
 
-def _inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device, channels_last: bool = False):
+def model_inputs(model, split: SplitData, rows: torch.Tensor, device: torch.device, channels_last: bool = False):
     """Model inputs for windows ``rows`` (float32 on device); None for a branch the model lacks.
 
     ``rows`` lives where the split's tensors live, so indexing never crosses devices; a split
@@ -141,7 +168,7 @@ def predict(
     for start in range(0, n_windows, batch_size):
         rows = torch.arange(start, min(start + batch_size, n_windows), device=split.images.device)
         with _autocast(device, dtype):
-            features = model.forward_features(*_inputs(model, split, rows, device))
+            features = model.forward_features(*model_inputs(model, split, rows, device))
             if features_hook is not None:
                 features = features_hook(features)
             logits = model.forward_head(features).float()
@@ -189,11 +216,11 @@ def epoch_order(window_labels: torch.Tensor, weighted_sampler: bool, generator: 
     return torch.multinomial(1.0 / counts[window_labels], n, replacement=True, generator=generator)
 
 
-def reported_metrics(config: dict) -> list[str]:
-    """What every epoch report of a trial with ``config`` holds: what a search's metric and a
-    scheduler may watch (``kept_val_*``: the validation metrics of the weights kept so far)."""
-    binary = (config.get("model.num_classes") or 1) == 1
-    validation = list(dict.fromkeys([f"val_{config['train.monitor']}", *(["val_roc_auc"] if binary else [])]))
+def reported_metrics(trial: TrialConfig) -> list[str]:
+    """What every epoch report of ``trial`` holds: what a search's metric and a scheduler may watch
+    (``kept_val_*``: the validation metrics of the weights kept so far)."""
+    binary = trial.model.num_classes == 1
+    validation = list(dict.fromkeys([f"val_{trial.train.monitor}", *(["val_roc_auc"] if binary else [])]))
     return ["epoch", "best_epoch", "train_loss", "train_s", "epoch_s", *validation, *[f"kept_{v}" for v in validation]]
 
 
@@ -213,10 +240,10 @@ class TrialResult:
 
 
 @dataclass
-class _Setup:
+class TrialSetup:
     """A trial's model, optimizer and device, built the same way for training and for finishing."""
 
-    config: dict
+    trial: TrialConfig
     train_cfg: TrainConfig
     data: TrialData
     model: torch.nn.Module
@@ -226,20 +253,22 @@ class _Setup:
     eval_batch_size: int
 
 
-def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> _Setup:
-    train_cfg = TrainConfig.from_config(config)
+def setup_trial(trial: TrialConfig, data: TrialData, gpu_assigned: bool | None, fresh: bool) -> TrialSetup:
+    """Seed, threads, device, model and data placement of ``trial``; ``fresh``: a trial starting from
+    scratch, whose AST model starts from ``model.init_checkpoint`` (not one resumed or finished)."""
+    train_cfg = trial.train
     torch.set_num_threads(train_cfg.threads)
-    seed_everything(int(config["seed"]))
+    seed_everything(int(trial.seed))
     device, note = resolve_device(train_cfg.device, gpu_assigned)
     if device.type == "cuda":
         # cuDNN times its algorithms for each new input shape once and keeps the fastest (a trial has
         # few shapes: the batch, the last batch, the evaluation batch); the CPU path is untouched
         torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype(train_cfg.precision, device)
-    model = create_model(model_config_of(config, data.profile))
+    model = create_model(trial.model)
     # a pretrained AST starts AST trials only: the other architectures' ViTs have no AST layout
-    if config.get("model.init_checkpoint") and model.config.architecture == "ast" and fresh:
-        load_ast_checkpoint(model, Path(config["model.init_checkpoint"]).expanduser())
+    if trial.init_checkpoint and model.config.architecture == "ast" and fresh:
+        load_ast_checkpoint(model, Path(trial.init_checkpoint).expanduser())
     model = model.to(device)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -247,8 +276,8 @@ def _setup(config: dict, data: TrialData, gpu_assigned: bool | None, fresh: bool
     # 256 on a GPU: a paper-scale trial evaluating 1,024 windows at a time peaked at 34.6 GB reserved on
     # an H200 (study.bench), beyond a shared 24 GB GPU; its training alone holds about 3.3 GB
     eval_batch_size = train_cfg.eval_batch_size or (256 if device.type == "cuda" else 128)
-    return _Setup(
-        config, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
+    return TrialSetup(
+        trial, train_cfg, data, model, device, dtype, device_record(device, dtype, note, on_device), eval_batch_size
     )
 
 
@@ -327,7 +356,7 @@ def class_weights_of(window_labels: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 def train_and_evaluate(
-    config: dict,
+    trial: TrialConfig,
     data: TrialData,
     *,
     trial_id: str = "trial",
@@ -344,12 +373,12 @@ def train_and_evaluate(
     ``gpu_assigned`` says whether Ray gave the trial a GPU (None outside Ray); see
     :func:`resolve_device`.
     """
-    run = _setup(config, data, gpu_assigned, fresh=resume_state is None)
+    run = setup_trial(trial, data, gpu_assigned, fresh=resume_state is None)
     optimizer = build_optimizer(run.model, run.train_cfg)
     train = run.data.train
     window_labels = train.labels.cpu()[train.item_index.cpu()]
     class_weights = class_weights_of(window_labels, run.model.config.num_classes).to(run.device)
-    generator = torch.Generator().manual_seed(int(config["seed"]))
+    generator = torch.Generator().manual_seed(int(trial.seed))
     state = TrainState()
     if resume_state is not None:
         state = TrainState.from_checkpoint(resume_state)
@@ -374,7 +403,7 @@ class _EpochTrainer:
 
     def __init__(
         self,
-        run: _Setup,
+        run: TrialSetup,
         optimizer,
         class_weights: torch.Tensor,
         window_labels: torch.Tensor,
@@ -382,7 +411,7 @@ class _EpochTrainer:
     ):
         self.run, self.window_labels, self.generator = run, window_labels, generator
         train = run.data.train
-        self.step = _train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
+        self.step = train_step(run, optimizer, class_weights, run.model.config.num_classes == 1)
         self.forward = torch.compile(run.model.forward_train) if run.train_cfg.compile else run.model.forward_train
         self.targets = train.labels[train.item_index]  # on the data's device
         self.val_labels = run.data.val.labels.cpu().numpy()
@@ -403,7 +432,7 @@ class _EpochTrainer:
             rows = order[lo:hi]
             loss = self.step(
                 self.forward,
-                _inputs(model, train, rows, device, train_cfg.channels_last),
+                model_inputs(model, train, rows, device, train_cfg.channels_last),
                 self.targets[rows].to(device, non_blocking=True),
             )
             total_loss += loss.double() * (hi - lo)
@@ -419,16 +448,16 @@ class _EpochTrainer:
 
 
 def finish_from_state(
-    config: dict, data: TrialData, checkpoint: dict, *, trial_id: str = "trial", gpu_assigned: bool | None = None
+    trial: TrialConfig, data: TrialData, checkpoint: dict, *, trial_id: str = "trial", gpu_assigned: bool | None = None
 ) -> TrialResult:
     """Evaluate the best weights kept in a per-epoch checkpoint (``get_state()``) as a finished trial
     would: for a trial a scheduler stopped early, whose own evaluation never ran."""
-    run = _setup(config, data, gpu_assigned, fresh=False)
+    run = setup_trial(trial, data, gpu_assigned, fresh=False)
     state = TrainState.from_checkpoint(checkpoint)
     return _finish(run, state, trial_id, time.perf_counter() - state.seconds)
 
 
-def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float) -> TrialResult:
+def _finish(run: TrialSetup, state: TrainState, trial_id: str, segment_start: float) -> TrialResult:
     """Evaluate the kept weights: threshold on validation, every evaluation set, branch ablation."""
     model, device, data = run.model, run.device, run.data
     binary = model.config.num_classes == 1
@@ -456,7 +485,7 @@ def _finish(run: _Setup, state: TrainState, trial_id: str, segment_start: float)
     )
 
 
-def _train_step(run: _Setup, optimizer, class_weights: torch.Tensor, binary: bool):
+def train_step(run: TrialSetup, optimizer, class_weights: torch.Tensor, binary: bool):
     """One optimizer update on a batch; returns the (device) loss, never a host number."""
     model, device, dtype, balance = run.model, run.device, run.dtype, run.train_cfg.balance
     branch_weight = run.train_cfg.branch_loss_weight
@@ -505,7 +534,7 @@ def branch_feature_means(model, split: SplitData, device: torch.device, batch_si
     sums, count = {}, 0
     for start in range(0, len(split.item_index), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(split.item_index)), device=split.images.device)
-        features = model.forward_features(*_inputs(model, split, rows, device))
+        features = model.forward_features(*model_inputs(model, split, rows, device))
         for key in keys:
             sums[key] = sums.get(key, 0) + features[key].float().sum(0)
         count += len(rows)
@@ -555,27 +584,13 @@ def evaluate_model(
         else []
     )
     for name, split, perturbation, severity in evaluations:
-        key = name if perturbation == "none" else f"{name}~{perturbation}@{severity}"
+        key = eval_set_name(name, perturbation, severity)
         for ablation, hook in [("none", None)] + ablations:
             probs = predict(model, split, device, batch_size, features_hook=hook, dtype=dtype)
             if ablation == "none":
                 metrics[key] = evaluate_probs(split.labels.cpu().numpy(), probs, threshold)
             frames.append(prediction_frame(trial_id, name, split, probs, perturbation, severity, ablation))
     return metrics, pd.concat(frames, ignore_index=True)
-
-
-PREDICTION_COLUMNS = [
-    "trial_id",
-    "eval_set",
-    "recording_id",
-    "source",
-    "group",
-    "label",
-    "prob",
-    "perturbation",
-    "severity",
-    "ablation",
-]
 
 
 def prediction_frame(
@@ -587,8 +602,8 @@ def prediction_frame(
     severity: int = 0,
     ablation: str = "none",
 ) -> pd.DataFrame:
-    """One row per recording: the columns of predictions.parquet (``prob`` = P(abnormal);
-    for multi-class models also ``prob_0`` … ``prob_{C-1}``). ``ablation`` names a test-time
+    """One row per recording: the columns of predictions.parquet (study.results.PREDICTION_COLUMNS; ``prob``
+    = P(abnormal); for multi-class models also ``prob_0`` … ``prob_{C-1}``). ``ablation`` names a test-time
     branch ablation ("waveform=mean": the waveform features replaced by their training mean)."""
     frame = pd.DataFrame(
         {

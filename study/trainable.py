@@ -15,11 +15,11 @@ import torch
 from ray import tune
 
 from .cluster import ClusterError, storage_error
+from .config import TrialConfig, data_key_of, trial_id_of
 from .registry import load_plugins
 from .results import FINAL_DIR, STATE_FILE, flatten_metrics, trial_files, write_run_record, write_trial
 from .tracking import TRACKABLE_NAME
 from .train import finish_from_state, train_and_evaluate
-from .trial_ids import data_key_of, trial_id_of
 
 __all__ = ["trainable", "finish_stopped_trial"]
 
@@ -29,7 +29,7 @@ def trainable(config: dict, data_refs: dict, storage: str, plugins: list[str], i
 
     ``config`` holds the trial's settings flat, by their names (``model.fusion``, ``train.lr``), as
     Tune and its trackers show them. ``ids`` names the trial: ``"config"`` by its settings
-    (:func:`study.trial_ids.trial_id_of`, a grid point), ``"tune"`` by Tune's id (a search's sample).
+    (:func:`study.config.trial_id_of`, a grid point), ``"tune"`` by Tune's id (a search's sample).
     """
 
     load_plugins(plugins)  # this worker builds their models and reads their names too
@@ -50,12 +50,13 @@ def trainable(config: dict, data_refs: dict, storage: str, plugins: list[str], i
             _report_to(storage, row, folder)
 
     gpu_assigned = bool(ray.get_gpu_ids())
+    trial = TrialConfig.from_flat(config)
     result = train_and_evaluate(
-        config, data, trial_id=trial_id, report=report, resume_state=resume_state, gpu_assigned=gpu_assigned
+        trial, data, trial_id=trial_id, report=report, resume_state=resume_state, gpu_assigned=gpu_assigned
     )
     with tempfile.TemporaryDirectory() as folder:
         final = Path(folder) / FINAL_DIR
-        write_trial(final, config, result, data.info, trial_id)
+        write_trial(final, trial, result, data.info, trial_id)
         record = {"trial_id": trial_id, **_node(), "resumed_at": result.resumed_at}
         write_run_record(final, {**record, "started_at": started_at, "finished_at": time.time()})
         # the full metrics travel in the checkpoint's files; Tune and the trackers get those of the clean
@@ -77,10 +78,11 @@ def finish_stopped_trial(
 
     load_plugins(plugins)
     state = torch.load(io.BytesIO(state_bytes), weights_only=False)
-    result = finish_from_state(config, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
-    early = result.epochs < config["train.max_epochs"] and state["since_best"] < config["train.patience"]
+    trial = TrialConfig.from_flat(config)
+    result = finish_from_state(trial, data, state, trial_id=trial_id, gpu_assigned=bool(ray.get_gpu_ids()))
+    early = result.epochs < trial.train.max_epochs and state["since_best"] < trial.train.patience
     with tempfile.TemporaryDirectory() as folder:
-        write_trial(Path(folder), config, result, data.info, trial_id)
+        write_trial(Path(folder), trial, result, data.info, trial_id)
         record = {"trial_id": trial_id, **_node(), "resumed_at": result.resumed_at, "stopped_early": early}
         write_run_record(Path(folder), record)
         return trial_files(Path(folder)), early

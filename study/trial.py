@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = space.trial_configs(overrides)
         if not 0 <= args.index < len(configs):
             raise SpaceError(f"--index {args.index} out of range: {space.name} has {len(configs)} grid points")
-        config = configs[args.index]
+        trial = configs[args.index]
         data_root = Path(args.data_root) if args.data_root else default_data_root()
         out = Path(args.out or Path("results") / "trials" / f"{space.name}-{args.index}")
-        data = prepare_data(config, data_root, progress=not args.quiet)
+        data = prepare_data(trial, data_root, progress=not args.quiet)
     except (SpaceError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     trial_id = out.name
-    result = train_and_evaluate(config, data, trial_id=trial_id, report=report)
-    write_trial(out, config, result, data.info, trial_id)
+    result = train_and_evaluate(trial, data, trial_id=trial_id, report=report)
+    write_trial(out, trial, result, data.info, trial_id)
     print(
         f"{trial_id}: {result.epochs} epochs (best {result.best_epoch}), {result.wall_time_s:.1f} s, "
         f"threshold {result.threshold:.3f} (chosen on validation)"

@@ -1,9 +1,10 @@
 """Assembling a trial's data: datasets, validation split, caps, features, variants and perturbed sets.
 
-:func:`prepare_data` loads the datasets a trial config names, draws the
-validation split, reads the cached features of every split and returns a
-:class:`study.tensors.TrialData`; ``study.run`` does it once per distinct
-:func:`data_settings` and shares the result with every trial through Ray's
+:func:`load_tables` loads the datasets a trial config names and selects the recordings it
+uses (validation split, evaluation sets, duplicates, caps): the data plan, which the dry
+run (:mod:`study.plan`) sizes too. :func:`prepare_data` extracts their cached features and
+returns a :class:`study.tensors.TrialData`; ``study.run`` does it once per distinct
+:func:`study.config.data_settings` and shares the result with every trial through Ray's
 object store, ``python -m study.trial`` in its own process.
 """
 
@@ -22,16 +23,28 @@ import pandas as pd
 import torch
 
 from .cache import FeatureCache, extract_features
-from .config import DataConfig, profile_of
+from .config import DataConfig, TrialConfig
 from .data import LoadedDataset, assign_validation, load_dataset
 from .data.table import audio_clusters
 from .perturbations import apply_perturbation, parse_perturbation_suite
 from .tensors import PerturbedSplit, SplitData, TrialData
 
-
-def data_settings(config: dict) -> dict:
-    """The settings that decide a trial's data: trials sharing them share one TrialData."""
-    return {k: v for k, v in config.items() if k.startswith(("data.", "features."))}
+__all__ = [
+    "TrialDatasets",
+    "TrialTables",
+    "cap_rows",
+    "combine_datasets",
+    "describe_duplicates",
+    "fingerprint",
+    "handle_duplicates",
+    "load_tables",
+    "perturb",
+    "prepare_data",
+    "select_tables",
+    "split_check",
+    "standardize_spectrograms",
+    "variant_name",
+]
 
 
 def combine_datasets(first: LoadedDataset, second: LoadedDataset) -> LoadedDataset:
@@ -92,6 +105,46 @@ def _same_audio(first: pd.DataFrame, second: pd.DataFrame) -> list[list[str]]:
     return sorted([str(x), str(y)] for x, y in zip(pairs["id_a"], pairs["id_b"]))
 
 
+class TrialDatasets:
+    """The datasets of a trial's data settings, loaded as every trial loads them.
+
+    ``datasets(name)`` returns the dataset ``name`` read from ``data_root/name`` with the settings'
+    loading options (DataConfig.loader_options) and the recordings of its ``data.extra_roots``
+    joined (:func:`combine_datasets`); an extra root that does not exist is skipped with a
+    warning. ``loaded`` holds the datasets asked for, in that order, ``missing_roots`` the
+    extra roots skipped. ``shared`` keeps datasets between the loaders of several trial configs
+    (the dry run's): one with the same loading settings is loaded once.
+    """
+
+    def __init__(self, data: DataConfig, data_root: str | Path, shared: dict | None = None):
+        self.data, self.root = data, Path(data_root)
+        self.shared = {} if shared is None else shared
+        self.loaded: dict[str, LoadedDataset] = {}
+        self.missing_roots: list[str] = []
+
+    def __call__(self, name: str) -> LoadedDataset:
+        if name not in self.loaded:
+            options = self.data.loader_options(name)
+            extra_roots = tuple(self.data.extra_roots.get(name, []))
+            key = (name, str(self.root), tuple(sorted(options.items())), extra_roots)
+            if key not in self.shared:
+                self.shared[key] = self._load(name, options, extra_roots)
+            self.loaded[name], missing = self.shared[key]
+            self.missing_roots += missing
+        return self.loaded[name]
+
+    def _load(self, name: str, options: dict, extra_roots: tuple[str, ...]) -> tuple[LoadedDataset, list[str]]:
+        combined, missing = load_dataset(name, self.root / name, **options), []
+        for extra in extra_roots:
+            extra_root = Path(extra).expanduser()
+            if not extra_root.exists():
+                warnings.warn(f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=3)
+                missing.append(str(extra_root))
+                continue
+            combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
+        return combined, missing
+
+
 @dataclass
 class TrialTables:
     """The recordings a trial uses: ``table`` is the training dataset with its validation split
@@ -144,6 +197,16 @@ def select_tables(data: DataConfig, dataset: Callable[[str], LoadedDataset]) -> 
             f"class; raise data.validation_minority_cap or data.validation_fraction, or use data.validation=stratified"
         )
     return TrialTables(table, train, val, evals, duplicates, validation)
+
+
+def load_tables(
+    data: DataConfig, data_root: str | Path, shared: dict | None = None
+) -> tuple[TrialTables, TrialDatasets]:
+    """The recordings a trial with data settings ``data`` uses, from the datasets under ``data_root``,
+    and the datasets they came from: what :func:`prepare_data` extracts the features of and the dry
+    run sizes, so that the two cannot differ. ``shared``: see :class:`TrialDatasets`."""
+    datasets = TrialDatasets(data, data_root, shared)
+    return select_tables(data, datasets), datasets
 
 
 def handle_duplicates(
@@ -302,7 +365,9 @@ def cap_rows(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return table.loc[sorted(picked)]
 
 
-def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None) -> TrialData:
+def prepare_data(
+    trial: TrialConfig, data_root: str | Path, *, progress: bool = True, n_jobs: int | None = None
+) -> TrialData:
     """Load datasets, draw the validation split, extract (cached) features for every split.
 
     ``data.extra_roots`` adds recordings from more roots to a dataset. With an ``fbank``
@@ -314,30 +379,8 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
     ``info["duplicates"]`` lists what was removed or dropped, ``info["duplicates_*"]``
     count it, and a line on the console says so.
     """
-    data = DataConfig.from_config(config)
-    root = Path(data_root)
-    profile = profile_of(config)
-    loaded, missing_roots = {}, []
-
-    def dataset(name):
-        if name not in loaded:
-            options = {"skip_bad": data.skip_bad}
-            if name == "pascal":
-                options["mapping"] = data.pascal_mapping
-            combined = load_dataset(name, root / name, **options)
-            for extra in data.extra_roots.get(name, []):
-                extra_root = Path(extra).expanduser()
-                if not extra_root.exists():
-                    warnings.warn(
-                        f"data.extra_roots: {extra_root} does not exist; {name} is used without it", stacklevel=2
-                    )
-                    missing_roots.append(str(extra_root))
-                    continue
-                combined = combine_datasets(combined, load_dataset(name, extra_root, **options))
-            loaded[name] = combined
-        return loaded[name]
-
-    selected = select_tables(data, dataset)
+    data, profile = trial.data, trial.features
+    selected, datasets = load_tables(data, data_root)
     table, train_rows, val_rows, eval_tables = selected.table, selected.train, selected.val, selected.evals
     for line in describe_duplicates(selected.duplicates):
         print(line, flush=True)
@@ -356,7 +399,7 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
 
     for key, values in data.eval_variants.items():
         for value in values:
-            variant = profile_of({**config, key: value})
+            variant = trial.feature_variant(key, value)
             for spec, rows in list(eval_tables.items()):
                 name = variant_name(spec, key, value)
                 clean[name] = SplitData.from_features(name, extracted(rows, variant, desc=name))
@@ -391,14 +434,14 @@ def prepare_data(config: dict, data_root: str | Path, *, progress: bool = True, 
                 **{k: v for k, v in ds.info.items() if isinstance(v, (str, int, float))},
                 "duplicate_groups": ds.duplicates,
             }
-            for name, ds in loaded.items()
+            for name, ds in datasets.loaded.items()
         },
-        "fingerprints": {name: fingerprint(ds.table) for name, ds in loaded.items()},
+        "fingerprints": {name: fingerprint(ds.table) for name, ds in datasets.loaded.items()},
     }
-    for name, ds in loaded.items():
+    for name, ds in datasets.loaded.items():
         info["datasets"][name]["roots"] = ds.info.get("combined_roots", [str(ds.root)])
-    if missing_roots:
-        info["missing_extra_roots"] = missing_roots
+    if datasets.missing_roots:
+        info["missing_extra_roots"] = datasets.missing_roots
     if (table["split"] == "test").any():
         info["split_check"] = {data.train_set: split_check(table)}
     trial_data = TrialData(

@@ -14,7 +14,7 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from .config import Space, SpaceError, validate_trial_config
+from .config import Space, SpaceError, TrialConfig, data_key_of, trial_id_of, trial_label, validate_trial_config
 from .connection import interrupted
 from .console import StudyConsole
 from .results import (
@@ -37,7 +37,6 @@ from .state import now
 from .tracking import tracker_callbacks
 from .trainable import finish_stopped_trial, trainable
 from .trial_data import prepare_data
-from .trial_ids import data_key_of, trial_id_of, trial_label
 
 __all__ = [
     "FLAT_CONFIG",
@@ -108,7 +107,7 @@ def share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) 
     for config in configs:
         key = data_key_of(config)
         if key not in data_refs:
-            data = prepare_data(config, data_root, progress=verbose > 0)
+            data = prepare_data(TrialConfig.from_flat(config), data_root, progress=verbose > 0)
             needed += data.nbytes
             if needed > capacity:
                 raise SpaceError(

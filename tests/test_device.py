@@ -17,7 +17,7 @@ from study.trial_data import prepare_data, variant_name
 
 def _config(**overrides):
     base = load_space("smoke").trial_configs({"model.architecture": "fusion", "seed": 0})[0]
-    return {**base, "train.max_epochs": 2, "train.patience": 2, **overrides}
+    return base.with_settings({"train.max_epochs": 2, "train.patience": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +127,13 @@ def test_cpu_results_do_not_depend_on_the_gpu_settings_being_off(data):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the GPU data path runs there only")
 def test_training_steps_never_synchronise_with_the_host_on_a_gpu(data):
-    from study.train import _inputs, _setup, _train_step
+    from study.train import model_inputs, setup_trial, train_step
 
-    run = _setup(_config(), data, gpu_assigned=True, fresh=True)
+    run = setup_trial(_config(), data, gpu_assigned=True, fresh=True)
     assert run.device.type == "cuda" and run.record["data_on_device"]
     optimizer = torch.optim.AdamW(run.model.parameters(), lr=1e-3)
     weights = torch.ones(2, device=run.device)
-    step = _train_step(run, optimizer, weights, binary=True)
+    step = train_step(run, optimizer, weights, binary=True)
     train = run.data.train
     targets = train.labels[train.item_index]
     order = torch.randperm(len(train.item_index), device=train.images.device)
@@ -142,6 +142,6 @@ def test_training_steps_never_synchronise_with_the_host_on_a_gpu(data):
     try:
         for lo in range(0, len(order) - 16, 16):
             rows = order[lo : lo + 16]
-            step(run.model, _inputs(run.model, train, rows, run.device), targets[rows])
+            step(run.model, model_inputs(run.model, train, rows, run.device), targets[rows])
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -9,12 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.config import ADDED_SETTINGS, DataConfig, load_space
+from study.config import ADDED_SETTINGS, DataConfig, TrialConfig, data_key_of, load_space, trial_id_of
 from study.data import load_dataset
 from study.data.synth import write_synthetic
 from study.data.table import audio_clusters
 from study.trial_data import describe_duplicates, handle_duplicates, prepare_data
-from study.trial_ids import data_key_of, trial_id_of
 
 
 def _rows(specs: list[tuple]) -> pd.DataFrame:
@@ -123,11 +122,10 @@ def planted(tmp_path_factory) -> dict:
     }
 
 
-def _config(**overrides) -> dict:
+def _config(**overrides) -> TrialConfig:
     config = load_space("smoke").trial_configs({"model.architecture": "waveform", "seed": 0})[0]
-    config.update({"data.max_train": None, "data.max_eval": None, "data.validation_minority_cap": 1.0})
-    config.update(overrides)
-    return config
+    settings = {"data.max_train": None, "data.max_eval": None, "data.validation_minority_cap": 1.0}
+    return config.with_settings({**settings, **overrides})
 
 
 def test_planted_duplicates_removed_recorded_and_clustered(planted, capsys):
@@ -189,10 +187,11 @@ def test_duplicates_setting_is_validated():
 
 
 def test_settings_added_later_keep_old_ids_at_their_old_values():
-    config = _config()
+    config = _config().flat
     old = {k: v for k, v in config.items() if k not in ADDED_SETTINGS}  # a config written before them
-    assert DataConfig.from_config(old).duplicates == "keep"
-    assert DataConfig.from_config(old).validation_minority_cap == 0.5
+    assert TrialConfig.from_flat(old).data.duplicates == "keep"
+    assert TrialConfig.from_flat(old).data.validation_minority_cap == 0.5
+    assert TrialConfig.from_flat(old).flat == old and TrialConfig.from_flat(old).trial_id == trial_id_of(old)
     pinned = {**config, **ADDED_SETTINGS}
     assert trial_id_of(pinned) == trial_id_of(old) and data_key_of(pinned) == data_key_of(old)
     assert trial_id_of(config) != trial_id_of(old) and data_key_of(config) != data_key_of(old)
@@ -210,11 +209,13 @@ def test_a_study_older_than_the_settings_continues_only_with_their_old_values(tm
     (tmp_path / STUDY_FILE).write_text(json.dumps(old))
     state = load_study_state(space, tmp_path, {}, resume=True, extend=False)
     with pytest.raises(SpaceError, match="--set data.duplicates=keep"):
-        check_added_settings(tmp_path, state, space.trial_configs())
+        check_added_settings(tmp_path, state, [c.flat for c in space.trial_configs()])
     state = load_study_state(space, tmp_path, dict(ADDED_SETTINGS), resume=True, extend=False)
-    check_added_settings(tmp_path, state, space.trial_configs(dict(ADDED_SETTINGS)))  # accepted, same ids as before
+    check_added_settings(
+        tmp_path, state, [c.flat for c in space.trial_configs(dict(ADDED_SETTINGS))]
+    )  # accepted, same ids as before
     fresh = load_study_state(space, tmp_path / "new", {}, resume=False, extend=False)
-    check_added_settings(tmp_path, fresh, space.trial_configs())  # a new study knows the settings
+    check_added_settings(tmp_path, fresh, [c.flat for c in space.trial_configs()])  # a new study knows the settings
     assert fresh["added_settings"] == sorted(ADDED_SETTINGS)
 
 

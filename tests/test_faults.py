@@ -310,12 +310,12 @@ def test_a_full_disk_while_filling_the_feature_cache_is_one_line(tmp_path, capsy
 
 
 def test_a_trials_data_counts_the_cache_entries_it_repaired(synth_root, capsys):
-    from study.config import load_space, profile_of
+    from study.config import load_space
     from study.trial_data import prepare_data
 
     config = load_space("smoke").trial_configs({"model.architecture": "waveform", "seed": 0})[0]
     prepare_data(config, synth_root, progress=False)
-    folder = FeatureCache().root / profile_of(config).key()
+    folder = FeatureCache().root / config.features.key()
     for pack in (folder / "packs").iterdir():  # the packs go, so the items are read
         for path in pack.iterdir():
             path.unlink()

@@ -64,7 +64,20 @@ def test_study_never_imports_analysis():
     assert not upward, "study must not depend on analysis:\n" + "\n".join(upward)
 
 
-def _cycles(graph: dict) -> list[str]:
+def _graph(*, top_level_only: bool, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    """module -> the modules of ``packages`` it imports (at module level only, or anywhere)."""
+    return {
+        _module_name(path): {
+            name
+            for name, top in _imports(path)
+            if (top or not top_level_only) and name.split(".")[0] in packages and _is_module(name)
+        }
+        for path in _files()
+        if _module_name(path).split(".")[0] in packages
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
     state, cycles = {}, []
 
     def visit(node, stack):
@@ -84,26 +97,15 @@ def _cycles(graph: dict) -> list[str]:
     return cycles
 
 
-def _graph(module_level_only: bool) -> dict:
-    return {
-        _module_name(path): {
-            name
-            for name, top in _imports(path)
-            if (top or not module_level_only) and name.split(".")[0] in PACKAGES and _is_module(name)
-        }
-        for path in _files()
-    }
-
-
 def test_module_level_imports_have_no_cycle():
-    cycles = _cycles(_graph(module_level_only=True))
+    cycles = _cycles(_graph(top_level_only=True))
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 def test_no_cycle_counting_imports_inside_functions_but_through_the_composition_root():
     """The command lines study.run and study.evaluate call the analysis, which reads studies through study:
     that is the one loop allowed, at the composition root; any other cycle is a hidden dependency."""
-    graph = _graph(module_level_only=False)
+    graph = _graph(top_level_only=False)
     for root in COMPOSITION_ROOT:
         graph[_module_name(REPO / root)] = {n for n in graph[_module_name(REPO / root)] if not n.startswith("analysis")}
     cycles = _cycles(graph)
@@ -135,6 +137,13 @@ def test_no_private_name_is_imported_across_modules():
                         f"{path.relative_to(REPO)}: from {'.' * node.level}{node.module or ''} import {private}"
                     )
     assert not found, "private names imported across modules:\n" + "\n".join(found)
+
+
+def test_the_config_layer_imports_no_trainer_search_or_runner():
+    """These modules read their settings from study.config's TrialConfig: it imports none of them."""
+    graph = _graph(top_level_only=False, packages=("study",))
+    above = {"study.train", "study.search", "study.run", "study.tuners", "study.trial_data", "study.plan"}
+    assert not graph["study.config"] & above
 
 
 def test_the_trainer_loads_no_audio_library_and_no_analysis():

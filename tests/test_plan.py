@@ -11,13 +11,22 @@ import yaml
 
 from study import plan as plan_module
 from study.cache import extract_features
-from study.config import load_space
+from study.config import load_space, trial_id_of
 from study.data import load_dataset
 from study.features import get_profile
-from study.plan import MB, Node, PlanError, build_plan, format_plan, inert_training_axes, split_size, trials_per_node
+from study.plan import (
+    MB,
+    Node,
+    PlanError,
+    build_plan,
+    format_plan,
+    inert_training_axes,
+    split_size,
+    split_tables,
+    trials_per_node,
+)
 from study.tensors import SplitData
-from study.trial_data import perturb
-from study.trial_ids import trial_id_of
+from study.trial_data import perturb, prepare_data
 
 CPU = {"cpu": 1, "gpu": 0}
 SHARED_GPU = {"cpu": 1, "gpu": 0.25}
@@ -44,10 +53,8 @@ def test_smoke_plan_lists_every_trial_with_its_study_id(synth_root):
     space = load_space("smoke")
     plan = build_plan(space, overrides=None, data_root=synth_root, resources=CPU)
     configs = space.trial_configs()
-    assert [t.trial_id for t in plan.trials] == [trial_id_of(c) for c in configs]
-    assert [t.label for t in plan.trials] == [
-        f"architecture={c['model.architecture']} seed={c['seed']}" for c in configs
-    ]
+    assert [t.trial_id for t in plan.trials] == [trial_id_of(c.flat) for c in configs]
+    assert [t.label for t in plan.trials] == [f"architecture={c.model.architecture} seed={c.seed}" for c in configs]
     assert len(plan.trials) == 4 and plan.search is None
     # one data key: model and seed do not change the data; train capped by data.max_train, evals by max_eval
     (obj,) = plan.feature_objects
@@ -58,6 +65,23 @@ def test_smoke_plan_lists_every_trial_with_its_study_id(synth_root):
     for trial in plan.trials:
         assert f"{trial.trial_id}  {trial.label}" in text
     assert obj.key in text and "smoke (scale cpu)" in text and "object store capacity" in text
+
+
+def test_the_dry_run_sizes_the_recordings_the_run_uses(synth_root, tmp_path):
+    """study.plan and study.trial_data.prepare_data load and select the recordings by the same code
+    (study.trial_data.load_tables): the same ones, also when an extra root is missing."""
+    missing = tmp_path / "missing"
+    trial = load_space("smoke").trial_configs()[0].with_settings({"data.extra_roots": {"pascal": [str(missing)]}})
+    with pytest.warns(UserWarning, match="does not exist"):
+        train, val, evals = split_tables(trial, synth_root)
+    with pytest.warns(UserWarning, match="does not exist"):
+        data = prepare_data(trial, synth_root, progress=False, n_jobs=1)
+    planned = {"train": train, "val": val, **evals}
+    prepared = {"train": data.train, "val": data.val, **data.evals}
+    assert {name: sorted(rows["id"]) for name, rows in planned.items()} == {
+        name: sorted(split.table["id"]) for name, split in prepared.items()
+    }
+    assert data.info["missing_extra_roots"] == [str(missing)]
 
 
 def test_hpo_plan_names_the_search(synth_root):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from study.config import SpaceError, load_space, model_config_of, profile_of
+from study.config import SpaceError, load_space
 from study.data import load_dataset
 from study.data.synth import write_synthetic
 from study.features import compute_features, fbank_images, get_profile
@@ -196,33 +196,31 @@ def test_combining_roots_refuses_shared_patients(tmp_path):
 
 def test_respiratory_space_recipes_and_scales():
     configs = load_space("respiratory", "cpu").trial_configs()  # recipes already applied
-    by_recipe = {c["recipe"]: c for c in configs if c["seed"] == 0}
+    by_recipe = {c.recipe: c for c in configs if c.seed == 0}
     assert list(by_recipe) == ["AST", "AST+WRS", "AST+WRS+SAM", "AudioFuse"]
-    assert [(c["model.architecture"], c["train.balance"], c["train.sam"]) for c in by_recipe.values()] == [
+    assert [(c.model.architecture, c.train.balance, c.train.sam) for c in by_recipe.values()] == [
         ("ast", "none", False),
         ("ast", "sampler", False),
         ("ast", "sampler", True),
         ("fusion", "sampler", True),
     ]
-    assert all(c["data.train_set"] == "icbhi2017" and c["data.eval_sets"] == ["icbhi2017:test"] for c in configs)
+    assert all(c.data.train_set == "icbhi2017" and c.data.eval_sets == ["icbhi2017:test"] for c in configs)
     paper = load_space("respiratory", "paper").trial_configs()
-    assert len({c["seed"] for c in paper}) >= 5
-    ast = next(c for c in paper if c["recipe"] == "AST+WRS+SAM")
-    model = model_config_of(ast, profile_of(ast))
-    assert {k: model[k] for k in AST_BASE} == {**AST_BASE, "img_size": (128, 798)}
+    assert len({c.seed for c in paper}) >= 5
+    model = next(c for c in paper if c.recipe == "AST+WRS+SAM").model.to_dict()
+    assert {k: model[k] for k in AST_BASE} == {**AST_BASE, "patch_size": (16, 16), "patch_stride": (10, 10)}
     with pytest.raises(SpaceError, match="recipe 'SAM' is not defined"):
         load_space("respiratory").trial_configs({"recipe": "SAM"})
     # a command-line override wins over a recipe's setting
     overridden = load_space("respiratory", "cpu").trial_configs({"train.balance": "class_weights"})
-    assert {c["train.balance"] for c in overridden} == {"class_weights"}
+    assert {c.train.balance for c in overridden} == {"class_weights"}
 
 
 @pytest.fixture(scope="module")
 def tiny_icbhi(tmp_path_factory):
     root = tmp_path_factory.mktemp("icbhi")
     write_synthetic(root, seed=0, icbhi=6, datasets=("icbhi2017",))
-    config = {
-        **load_space("respiratory").trial_configs()[0],
+    small = {
         "features.window_s": 1.0,
         "data.extra_roots": {},
         "data.validation_seed": 0,
@@ -230,6 +228,7 @@ def tiny_icbhi(tmp_path_factory):
         "model.vit_heads": 2,
         "model.vit_depth": 1,
     }
+    config = load_space("respiratory").trial_configs()[0].with_settings(small)
     return config, prepare_data(config, root, progress=False, n_jobs=1)
 
 
@@ -247,13 +246,13 @@ def test_prepare_data_reports_the_split_and_standardises(tiny_icbhi):
 
 def test_init_checkpoint_starts_training_from_the_ast_weights(tiny_icbhi, tmp_path):
     config, data = tiny_icbhi
-    config = {**config, "train.max_epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0}
+    config = config.with_settings({"train.max_epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0})
     # a randomly initialised checkpoint with the layout of YuanGongND/ast (12 x 101 grid of a 128 x 1024 input)
-    source = create_model({**model_config_of(config, profile_of(config)), "img_size": (128, 1024)})
+    source = create_model({**config.model.to_dict(), "img_size": (128, 1024)})
     vit_state = source.spectrogram_branch.encoder.vit.state_dict()
     checkpoint = {f"module.v.{'dist_token' if k == 'reg_token' else k}": v for k, v in vit_state.items()}
     torch.save(checkpoint, tmp_path / "ast.pth")
-    result = train_and_evaluate({**config, "model.init_checkpoint": str(tmp_path / "ast.pth")}, data)
+    result = train_and_evaluate(config.with_settings({"model.init_checkpoint": str(tmp_path / "ast.pth")}), data)
     weights = result.best_state
     for name in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "cls_token"):
         assert torch.equal(weights[f"spectrogram_branch.encoder.vit.{name}"], checkpoint[f"module.v.{name}"])
@@ -285,8 +284,8 @@ def test_load_model_rebuilds_the_architecture_a_recipe_set():
     is resolved, so evaluate.load_model rebuilds the AST that trained, not the default fusion model."""
     from study.evaluate import load_model
 
-    config = next(c for c in load_space("respiratory", "cpu").trial_configs() if c["recipe"] == "AST")
+    config = next(c for c in load_space("respiratory", "cpu").trial_configs() if c.recipe == "AST")
     assert "model.architecture" not in load_space("respiratory").fixed()
-    trained = create_model(model_config_of(config, profile_of(config)))
-    rebuilt = load_model({"config": config, "model": trained.state_dict()})
+    trained = create_model(config.model)
+    rebuilt = load_model({"config": config.flat, "model": trained.state_dict()})
     assert rebuilt.config == trained.config and rebuilt.config.architecture == "ast"

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from study.config import SPACES_DIR, SpaceError, load_space
+from study.plan import build_plan
 from study.search import OptunaSpace, check_search, optuna_searcher, sample_count, scheduler_of
 
 BASE = load_space("hpo").trial_configs()[0]
@@ -119,11 +120,12 @@ def test_every_scheduler_counts_epochs_and_lets_a_full_trial_end_by_itself(name)
         assert (scheduler._max_t if name == "asha" else scheduler._max_t_attr) == 13
 
 
-def test_the_built_in_hpo_space_is_valid_and_a_bad_one_fails_on_load(tmp_path):
+def test_the_built_in_hpo_space_is_valid_and_a_bad_one_fails_in_the_dry_run_before_any_data(tmp_path):
     assert load_space("hpo").search["params"]["train.lr"]["type"] == "loguniform"
     raw = yaml.safe_load((SPACES_DIR / "hpo.yaml").read_text())
     raw["search"]["searcher"] = "grid"
     path = tmp_path / "hpo.yaml"
     path.write_text(yaml.safe_dump(raw))
+    space = load_space(path)  # loading checks the block's keys and settings; the search needs the trial configs
     with pytest.raises(SpaceError, match=r"hpo.yaml \(search\): the grid searcher needs a finite set of values"):
-        load_space(path)
+        build_plan(space, overrides=None, data_root=tmp_path / "no data", resources={"cpu": 1, "gpu": 0})

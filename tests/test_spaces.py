@@ -117,8 +117,8 @@ def test_paper_scale_end_to_end_on_a_tiny_subset(ray_session, synth_root, tmp_pa
 def test_set_on_a_grid_axis_replaces_the_axis_and_a_bad_seed_is_refused_before_any_trial():
     space = load_space("branches")
     configs = space.trial_configs({"seed": [0, 1, 2, 3, 4]})
-    assert len(configs) == 15 and sorted({c["seed"] for c in configs}) == [0, 1, 2, 3, 4]
-    assert {c["seed"] for c in space.trial_configs({"seed": 7})} == {7}
+    assert len(configs) == 15 and sorted({c.seed for c in configs}) == [0, 1, 2, 3, 4]
+    assert {c.seed for c in space.trial_configs({"seed": 7})} == {7}
     with pytest.raises(SpaceError, match="seed must be a non-negative integer, got 0.5"):
         space.trial_configs({"seed": [0.5]})
 

@@ -21,9 +21,8 @@ from study.trial_data import prepare_data
 def _config(**overrides):
     space = load_space("smoke")
     base = space.trial_configs({"model.architecture": "fusion", "seed": 0})[0]
-    base.update({"data.max_train": None, "data.max_eval": None, "train.max_epochs": 4, "train.patience": 4})
-    base.update(overrides)
-    return base
+    settings = {"data.max_train": None, "data.max_eval": None, "train.max_epochs": 4, "train.patience": 4}
+    return base.with_settings({**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +71,10 @@ def test_synthetic_trial_beats_chance_and_reports_every_set(data):
 
 def test_threshold_is_chosen_on_validation_only(data):
     result = train_and_evaluate(_config(), data, trial_id="t")
-    from study.config import model_config_of
     from study.models import create_model
     from study.train import pick_device, predict
 
-    model = create_model(model_config_of(_config(), data.profile))
+    model = create_model(_config().model)
     model.load_state_dict(result.best_state)
     val_probs = predict(model, data.val, pick_device("cpu"))
     assert result.threshold == pytest.approx(choose_threshold(data.val.labels.numpy(), val_probs))
@@ -102,7 +100,7 @@ def test_same_config_same_metrics(data):
     second = train_and_evaluate(config, data, trial_id="t")
     assert json.dumps(first.metrics, sort_keys=True) == json.dumps(second.metrics, sort_keys=True)
     pd.testing.assert_frame_equal(first.predictions, second.predictions)
-    other_seed = train_and_evaluate({**config, "seed": 1}, data, trial_id="t")
+    other_seed = train_and_evaluate(config.with_settings({"seed": 1}), data, trial_id="t")
     assert not np.allclose(other_seed.predictions["prob"], first.predictions["prob"])
 
 
@@ -157,10 +155,10 @@ def test_trial_cli_writes_its_files(synth_root, tmp_path):
 
 
 def test_branch_loss_weight_trains_a_head_per_branch_of_a_fusion_model_only(data):
-    from study.config import SpaceError, TrainConfig, model_settings, validate_trial_config
+    from study.config import SpaceError, TrainConfig, validate_trial_config
 
     config = _config(**{"train.max_epochs": 2, "train.patience": 2, "train.branch_loss_weight": 0.5})
-    plain = train_and_evaluate({**config, "train.branch_loss_weight": 0.0}, data, trial_id="t")
+    plain = train_and_evaluate(config.with_settings({"train.branch_loss_weight": 0.0}), data, trial_id="t")
     aux = train_and_evaluate(config, data, trial_id="t")
     again = train_and_evaluate(config, data, trial_id="t")
     heads = sorted({k.split(".")[1] for k in aux.best_state if k.startswith("branch_heads.")})
@@ -171,9 +169,9 @@ def test_branch_loss_weight_trains_a_head_per_branch_of_a_fusion_model_only(data
     assert aux.history[0]["train_loss"] > plain.history[0]["train_loss"]
     assert aux.predictions["ablation"].unique().tolist() == plain.predictions["ablation"].unique().tolist()
     # single-branch models ignore the setting; model.branch_heads is derived, not a setting of its own
-    assert "branch_heads" not in model_settings({**config, "model.architecture": "waveform"})
-    assert model_settings(config)["branch_heads"] is True
+    assert config.with_settings({"model.architecture": "waveform"}).model.branch_heads is False
+    assert config.model.branch_heads is True
     with pytest.raises(ValueError, match="train.branch_loss_weight"):
         TrainConfig(branch_loss_weight=-1.0)
     with pytest.raises(SpaceError, match="model.branch_heads"):
-        validate_trial_config({**config, "model.branch_heads": True}, "test")
+        validate_trial_config({**config.flat, "model.branch_heads": True}, "test")

@@ -29,6 +29,10 @@ from .layout import DATASETS as LAYOUTS
 from .layout import layout_dataset
 from .synth import PRESETS, write_synthetic
 
+__all__ = [
+    "main",
+]
+
 
 def _load(args):
     options = {"skip_bad": args.skip_bad}
@@ -162,24 +166,15 @@ def cmd_cache(args) -> int:
 
 
 def cmd_duplicates(args) -> int:
-    """Identical audio within and across the datasets a trial config uses, and what its
-    ``data.duplicates`` setting does about it (study.trial_data.handle_duplicates)."""
-    from pathlib import Path
-
+    """Identical audio within and across the datasets a trial config uses (loaded as a trial loads
+    them), and what its ``data.duplicates`` setting does about it (study.trial_data.handle_duplicates)."""
     from ..config import DEFAULTS, DataConfig, parse_settings
-    from ..trial_data import describe_duplicates, select_tables
+    from ..trial_data import describe_duplicates, load_tables
     from .table import duplicate_groups
 
     data = DataConfig.from_config({**DEFAULTS, **parse_settings(args.set)})
-    loaded = {}
-
-    def dataset(name):
-        if name not in loaded:
-            options = {"skip_bad": data.skip_bad, **({"mapping": data.pascal_mapping} if name == "pascal" else {})}
-            loaded[name] = load_dataset(name, Path(args.root) / name, **options)
-        return loaded[name]
-
-    selected = select_tables(data, dataset)
+    selected, datasets = load_tables(data, args.root)
+    loaded = datasets.loaded
     for name, ds in loaded.items():
         print(f"{name}: {len(ds.duplicates)} duplicate group(s) within it")
         for group in ds.duplicates[:20]:
