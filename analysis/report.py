@@ -76,6 +76,7 @@ import pandas as pd
 from scipy import special
 
 from analysis import paper, stats
+from analysis.engine import Condition, StudyEngine, scored_trials
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
 from analysis.output import (
     MIN_CLASS_RECORDINGS,
@@ -101,28 +102,19 @@ from analysis.plots import (
 )
 from analysis.resampling import (
     CONFIDENCE_LEVEL,
-    HEART_METRICS,
-    RESPIRATORY_METRICS,
-    Kernel,
     Resampled,
-    heart_kernel,
     named_generator,
     paired_bootstrap,
-    resample,
-    respiratory_kernel,
     roc_auc_kernel,
     seed_mean_interval,
 )
-from analysis.robustness import has_robustness_rows, report_robustness
+from analysis.robustness import write_robustness
 from analysis.study_data import (
     Configuration,
     EvalSet,
     StudyError,
-    build_eval_sets,
-    completeness_problems,
-    find_configurations,
+    check_recorded_aucs,
     read_histories,
-    read_study,
     setting_text,
 )
 from analysis.tables import format_interval, format_p, format_value, to_markdown
@@ -185,31 +177,27 @@ class ComparisonRow:
 
 
 class _Analysis:
-    """State shared by the report's parts: the study, its configurations, the resampled evaluation sets."""
+    """The report's view of the study engine: the clean evaluation sets, the compare axis and its baseline."""
 
-    def __init__(self, out: Path, options: ReportOptions, dest: Path | None = None):
-        self.out, self.options = Path(out), options
+    def __init__(self, engine: StudyEngine, options: ReportOptions, dest: Path | None = None):
+        self.engine, self.options = engine, options
+        self.out = engine.out
         self.dest = Path(dest) if dest is not None else self.out  # where the report is written
-        self.state, trials, predictions = read_study(self.out)
-        self.space = self.state.get("space", {})
-        self.name = self.space.get("name") or self.out.name
-        self.respiratory = self.space.get("study") == "respiratory"
-        self.metrics = RESPIRATORY_METRICS if self.respiratory else HEART_METRICS
+        self.state, self.space, self.name = engine.state, engine.space, engine.name
+        self.respiratory, self.metrics = engine.respiratory, engine.metrics
         self.main_metrics = ("score", "sensitivity", "specificity", "roc_auc") if self.respiratory else HEART_MAIN
-        compare = self.space.get("compare") or {}
-        self.axis = compare.get("axis")
-        self.compare_metric = compare.get("metric") or "roc_auc"
+        self.axis = engine.axis
+        self.compare_metric = (self.space.get("compare") or {}).get("metric") or "roc_auc"
         if self.compare_metric not in self.metrics:
             raise StudyError(
                 f"the space's compare metric {self.compare_metric!r} is not one of the report's metrics {self.metrics}"
             )
-        grid = self.space.get("grid") or {}
-        self.configurations, self.varying = find_configurations(trials, self.axis, grid)
-        self.problems = completeness_problems(self.configurations, grid, trials)
-        self.notes: list[str] = []
-        self.eval_sets = build_eval_sets(
-            trials, predictions, self.configurations, self.respiratory, self.problems, self.notes
-        )
+        self.configurations, self.varying = engine.configurations, engine.varying
+        self.problems = engine.problems
+        self.eval_sets = engine.clean_eval_sets()
+        if not self.respiratory:
+            check_recorded_aucs(self.eval_sets, engine.trials, self.configurations)
+        self.notes: list[str] = list(engine.notes)
         if self.problems and not options.allow_incomplete:
             raise StudyError(
                 f"study '{self.name}' in {self.out} is incomplete or mismatched:\n  - "
@@ -217,20 +205,14 @@ class _Analysis:
                 + "\nfinish it (python -m study.run --space NAME --resume) or pass --allow-incomplete "
                 "to analyse what is there"
             )
-        self.n_trials = len(trials)
+        self.n_trials = len(engine.trials)
         self.baseline = self._baseline_value(options.baseline)
-        self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
-        self.resampled = {e.name: self.resample_set(e, e.name) for e in self.eval_sets}
+        self.resampled = {e.name: engine.resampled(Condition(e.name)) for e in self.eval_sets}
         self.primary = next((e.name for e in self.eval_sets if e.name == "physionet2016:test"), self.eval_sets[0].name)
 
-    def kernel(self, eval_set: EvalSet) -> Kernel:
-        return respiratory_kernel(eval_set) if self.respiratory else heart_kernel(eval_set)
-
     def resample_set(self, eval_set: EvalSet, *stream: str) -> Resampled:
-        """The report's resampling of ``eval_set`` (or a part of it), from the random stream named ``stream``."""
-        return resample(
-            eval_set, self.kernel(eval_set), self.options.n_resamples, named_generator(self.options.seed, *stream)
-        )
+        """The report's resampling of a part of an evaluation set, from the random stream named ``stream``."""
+        return self.engine.resample(eval_set, *stream)
 
     def _baseline_value(self, requested: str | None) -> str | None:
         if not self.axis or all(c.axis_value is None for c in self.configurations):
@@ -249,26 +231,13 @@ class _Analysis:
 
     def trials_in(self, configuration: Configuration, eval_set: str, seeds=None) -> tuple[list, list[str]]:
         """(seeds, trial ids) of a configuration that scored ``eval_set`` (optionally only the given seeds)."""
-        rows = self.resampled[eval_set].rows
-        pairs = [
-            (s, t)
-            for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-            if t in rows and (seeds is None or s in seeds)
-        ]
-        return [s for s, _ in pairs], [t for _, t in pairs]
+        return scored_trials(configuration, self.resampled[eval_set].eval_set, seeds)
 
     def interval(
         self, eval_set: str, configuration: Configuration, metric: str, resampled: Resampled | None = None
     ) -> stats.BootstrapCI | None:
         """Seed-mean ``metric`` of a configuration over all its seeds on ``eval_set`` (or one source's ``resampled``)."""
-        resampled = resampled or self.resampled[eval_set]
-        key = (resampled.eval_set.name, configuration.name, metric)
-        if key not in self._intervals:
-            _, trial_ids = self.trials_in(configuration, eval_set)
-            self._intervals[key] = (
-                seed_mean_interval(resampled, trial_ids, metric, self.options.ci_method) if trial_ids else None
-            )
-        return self._intervals[key]
+        return self.engine.interval(configuration, Condition(eval_set), metric, resampled)
 
     def pairs(self) -> list[tuple[Configuration, Configuration]]:
         """(configuration, its baseline) for every configuration off the baseline: the declared family."""
@@ -1194,12 +1163,7 @@ def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
         if data.groups is None:
             continue
         independent_set = dataclasses.replace(data, groups=None)
-        independent = resample(
-            independent_set,
-            roc_auc_kernel(independent_set),
-            analysis.options.n_resamples,
-            named_generator(analysis.options.seed, eval_set, "independent"),
-        )
+        independent = analysis.engine.resample(independent_set, eval_set, "independent", kernel=roc_auc_kernel)
         sizes = data.cluster_sizes()
         for configuration in analysis.configurations:
             _, trial_ids = analysis.trials_in(configuration, eval_set)
@@ -1869,7 +1833,8 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
     """
     started = time.perf_counter()
     settings = ReportOptions(**options)
-    analysis = _Analysis(Path(out), settings, dest)
+    engine = StudyEngine(Path(out), settings)
+    analysis = _Analysis(engine, settings, dest)
     writer = ReportWriter(analysis.dest)
     rows = analysis.comparisons()
     summary_rows = _summary_table(analysis, writer)
@@ -1902,8 +1867,8 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
         "notes": list(dict.fromkeys(analysis.notes)),
         "seconds": seconds,
     }
-    if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
-        robustness = report_robustness(analysis.out, dest=analysis.dest, **settings.shared())
+    if not analysis.respiratory and engine.has_robustness_rows:
+        robustness = write_robustness(engine, analysis.dest)
         summary.update(
             tables=summary["tables"] + robustness["tables"],
             plots=summary["plots"] + robustness["plots"],

@@ -57,6 +57,7 @@ import pandas as pd
 import yaml
 
 from analysis import paper, stats
+from analysis.engine import Condition, StudyEngine, scored_trials
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
 from analysis.output import (
     MIN_CLASS_RECORDINGS,
@@ -79,86 +80,48 @@ from analysis.resampling import (
     roc_auc_kernel,
     seed_mean_interval,
 )
-from analysis.study_data import Configuration, EvalSet, StudyError, build_eval_sets, find_configurations, read_study
+from analysis.study_data import Configuration, EvalSet, StudyError
 from analysis.tables import format_interval, format_p, format_value, to_markdown
 from study.io import write_text
 from study.lock import study_lock
 from study.perturbations import describe, parse_perturbation_suite
 
 __all__ = [
-    "CLEAN",
     "ARCHITECTURE",
     "SINGLE_BRANCHES",
     "SECTION_START",
     "SECTION_END",
-    "with_conditions",
-    "has_robustness_rows",
     "report_robustness",
+    "write_robustness",
     "parse_suite_argument",
     "main",
 ]
 
-CLEAN = ("none", 0, "none")  # (perturbation, severity, ablation)
 ARCHITECTURE = "model.architecture"
 SINGLE_BRANCHES = ("spectrogram", "waveform")
 SECTION_START, SECTION_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
 
 
-def with_conditions(predictions: pd.DataFrame) -> pd.DataFrame:
-    """predictions with the perturbation, severity and ablation columns (clean defaults where a study lacks them)."""
-    defaults = {"perturbation": "none", "severity": 0, "ablation": "none"}
-    frame = predictions.assign(**{c: v for c, v in defaults.items() if c not in predictions})
-    return frame.astype({"perturbation": str, "severity": "int64", "ablation": str})
-
-
-def has_robustness_rows(predictions: pd.DataFrame) -> bool:
-    """Whether predictions hold any perturbed or branch-ablated row."""
-    frame = with_conditions(predictions)
-    return bool(((frame["perturbation"] != "none") | (frame["severity"] != 0) | (frame["ablation"] != "none")).any())
-
-
 class _Robustness:
-    """Every condition of a study resampled on shared draws, and the configurations' intervals on them."""
+    """The robustness report's view of the study engine: every condition, the in-domain test set and the real
+    domain shift."""
 
-    def __init__(self, out: Path, options: AnalysisOptions):
-        self.out, self.options = Path(out), options
-        self.state, trials, predictions = read_study(self.out)
-        self.space = self.state.get("space", {})
-        if self.space.get("study") == "respiratory":
+    def __init__(self, engine: StudyEngine):
+        if engine.respiratory:
             raise StudyError("the robustness report covers heart (binary) studies; this study is respiratory")
-        self.name = self.space.get("name") or self.out.name
-        compare = self.space.get("compare") or {}
-        self.configurations, _ = find_configurations(trials, compare.get("axis"), self.space.get("grid") or {})
-        self.notes: list[str] = []
-        # trials.parquet's metrics are clean ones: without them build_eval_sets does not check perturbed AUCs against them
-        trials = trials[[c for c in trials.columns if "/" not in c or c.startswith("config/")]]
-        predictions = with_conditions(predictions)
-        self.resampled: dict[tuple, Resampled] = {}
-        self.eval_set_names: list[str] = []
-        for (perturbation, severity, ablation), rows in predictions.groupby(
-            ["perturbation", "severity", "ablation"], sort=False
-        ):
-            relabelled = rows.assign(perturbation="none", severity=0, ablation="none")
-            try:
-                eval_sets = build_eval_sets(trials, relabelled, self.configurations, False, [], [])
-            except StudyError as error:
-                self.notes.append(f"{perturbation}@{severity}, ablation {ablation}: not analysed ({error})")
-                continue
-            for eval_set in eval_sets:
-                self.resampled[(eval_set.name, perturbation, int(severity), ablation)] = resample(
-                    eval_set,
-                    roc_auc_kernel(eval_set),
-                    options.n_resamples,
-                    named_generator(options.seed, eval_set.name),
-                )
-                if eval_set.name not in self.eval_set_names:
-                    self.eval_set_names.append(eval_set.name)
-        if not self.resampled:
+        self.engine, self.options = engine, engine.options
+        self.out, self.state, self.space, self.name = engine.out, engine.state, engine.space, engine.name
+        self.configurations = engine.configurations
+        self.notes = [
+            f"{perturbation}@{severity}, ablation {ablation}: not analysed ({error})"
+            for (perturbation, severity, ablation), error in engine.unanalysable.items()
+        ]
+        if not engine.eval_sets:
             raise StudyError(
                 f"{self.out}/predictions.parquet holds no condition that can be analysed: " + "; ".join(self.notes)
             )
+        self.eval_set_names = list(dict.fromkeys(condition.eval_set for condition in engine.eval_sets))
         self.suites = self._known_perturbations()
-        self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
         # the in-domain test set and the real domain shift (a second database) the paper's claim is about
         names = self.eval_set_names
         self.primary = next((e for e in names if e.startswith("physionet2016")), names[0])
@@ -192,37 +155,25 @@ class _Robustness:
 
     def conditions(self, eval_set: str, ablation: str = "none") -> list[tuple[str, int]]:
         """(perturbation, severity) of an evaluation set, clean first, then by perturbation and severity."""
-        found = {(p, s) for (e, p, s, a) in self.resampled if e == eval_set and a == ablation}
+        found = {
+            (c.perturbation, c.severity)
+            for c in self.engine.eval_sets
+            if (c.eval_set, c.ablation) == (eval_set, ablation)
+        }
         return sorted(found, key=lambda c: (c[0] != "none", c[0], c[1]))
 
-    def trial_ids(self, configuration: Configuration, key: tuple, seeds=None) -> list[str]:
-        rows = self.resampled[key].rows
-        return [
-            t
-            for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-            if t in rows and (seeds is None or s in seeds)
-        ]
+    def trial_ids(self, configuration: Configuration, key: Condition, seeds=None) -> list[str]:
+        return scored_trials(configuration, self.engine.eval_sets[key], seeds)[1]
 
-    def interval(self, configuration: Configuration, key: tuple) -> stats.BootstrapCI | None:
-        if key not in self.resampled:
-            return None
-        cache_key = (configuration.name, key)
-        if cache_key not in self._intervals:
-            trial_ids = self.trial_ids(configuration, key)
-            self._intervals[cache_key] = (
-                seed_mean_interval(self.resampled[key], trial_ids, "roc_auc", self.options.ci_method)
-                if trial_ids
-                else None
-            )
-        return self._intervals[cache_key]
+    def interval(self, configuration: Configuration, key: Condition) -> stats.BootstrapCI | None:
+        return self.engine.interval(configuration, key)
 
-    def paired(self, key_a: tuple, key_b: tuple) -> bool:
+    def paired(self, key_a: Condition, key_b: Condition) -> bool:
         """Whether two conditions scored the same recordings (so their draws coincide)."""
-        a, b = self.resampled[key_a].eval_set, self.resampled[key_b].eval_set
-        return a.recordings.size == b.recordings.size and bool((a.recordings == b.recordings).all())
+        return self.engine.same_recordings(key_a, key_b)
 
     def drop(
-        self, configuration: Configuration, key: tuple, reference: tuple
+        self, configuration: Configuration, key: Condition, reference: Condition
     ) -> tuple[stats.BootstrapCI | None, stats.BootstrapCI | None]:
         """(absolute drop reference − key, relative drop 1 − key / reference) of a configuration, with percentile CIs.
 
@@ -232,7 +183,7 @@ class _Robustness:
         if a is None or b is None or a.n_seeds != b.n_seeds or not self.paired(key, reference):
             return None, None
         # Seed by seed on the same recording draws, so the seed effects cancel in the drop as they should.
-        clean, perturbed = self.resampled[reference], self.resampled[key]
+        clean, perturbed = self.engine.resampled(reference), self.engine.resampled(key)
         trial_ids = self.trial_ids(configuration, key)
         rows_a, rows_b = [clean.rows[t] for t in trial_ids], [perturbed.rows[t] for t in trial_ids]
         differences = stats.seed_mean_distribution(
@@ -262,14 +213,15 @@ class _Robustness:
 
     def common_trials(self, a: Configuration, b: Configuration, keys: tuple) -> list[tuple[list, list]] | None:
         """Per key, (a's trial ids, b's trial ids) over the seeds both configurations scored in every key."""
-        if not all(key in self.resampled for key in keys):
+        if not all(key in self.engine.eval_sets for key in keys):
             return None
+        scored = [set(self.engine.eval_sets[key].trial_ids) for key in keys]
         seeds = [
             s
             for s, t in zip(a.seeds, a.trial_ids, strict=True)
-            if all(t in self.resampled[k].rows for k in keys)
+            if all(t in trial_ids for trial_ids in scored)
             and any(
-                s == s_b and all(t_b in self.resampled[k].rows for k in keys)
+                s == s_b and all(t_b in trial_ids for trial_ids in scored)
                 for s_b, t_b in zip(b.seeds, b.trial_ids, strict=True)
             )
         ]
@@ -290,7 +242,7 @@ class _Robustness:
         if trials is None or (key[0] == reference[0] and not self.paired(key, reference)):
             return None
         (fusion_key, branch_key), (fusion_ref, branch_ref) = trials
-        after, before = self.resampled[key], self.resampled[reference]
+        after, before = self.engine.resampled(key), self.engine.resampled(reference)
 
         def values(resampled, fusion_ids, branch_ids, field):
             table = getattr(resampled, field)["roc_auc"]
@@ -322,9 +274,9 @@ class _Robustness:
 
     def compare(self, a: Configuration, b: Configuration, key: tuple) -> dict | None:
         """Paired bootstrap of ROC-AUC a − b on one condition over common seeds; a robustness_tests row."""
-        if key not in self.resampled:
+        if key not in self.engine.eval_sets:
             return None
-        resampled = self.resampled[key]
+        resampled = self.engine.resampled(key)
         seeds_b = {s for s, t in zip(b.seeds, b.trial_ids, strict=True) if t in resampled.rows}
         common = [s for s, t in zip(a.seeds, a.trial_ids, strict=True) if t in resampled.rows and s in seeds_b]
         if not common:
@@ -362,10 +314,10 @@ def _percent_cell(interval: stats.BootstrapCI | None) -> str:
 def _auc_table(analysis: _Robustness, writer: ReportWriter) -> None:
     display, numbers = [], []
     for eval_set in analysis.eval_set_names:
-        clean = (eval_set, *CLEAN)
+        clean = Condition(eval_set)
         for configuration in analysis.configurations:
             for perturbation, severity in analysis.conditions(eval_set):
-                key = (eval_set, perturbation, severity, "none")
+                key = Condition(eval_set, perturbation, severity)
                 interval = analysis.interval(configuration, key)
                 if interval is None:
                     continue
@@ -414,31 +366,35 @@ def _shift_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
     """ROC-AUC of every configuration on clean audio of each other evaluation set and its change from the
     in-domain test set (seed k on one set paired with seed k on the other, each set's recordings resampled on
     its own draws, as the main report's pascal table); returns the rows."""
-    reference = (analysis.primary, *CLEAN)
-    if reference not in analysis.resampled:
+    reference = Condition(analysis.primary)
+    if reference not in analysis.engine.eval_sets:
         return []
     display, numbers = [], []
     for eval_set in [e for e in analysis.eval_set_names if e != analysis.primary]:
-        key = (eval_set, *CLEAN)
-        if key not in analysis.resampled:
+        key = Condition(eval_set)
+        if key not in analysis.engine.eval_sets:
             continue
         for configuration in analysis.configurations:
             on_reference = set(analysis.trial_ids(configuration, reference))
             seeds = [
                 s
                 for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-                if t in on_reference and t in analysis.resampled[key].rows
+                if t in on_reference and t in analysis.engine.eval_sets[key].trial_ids
             ]
             if not seeds:
                 continue
             before = analysis.trial_ids(configuration, reference, seeds)
             after = analysis.trial_ids(configuration, key, seeds)
             intervals = [
-                seed_mean_interval(analysis.resampled[k], trials, "roc_auc", analysis.options.ci_method)
+                seed_mean_interval(analysis.engine.resampled(k), trials, "roc_auc", analysis.options.ci_method)
                 for k, trials in ((reference, before), (key, after))
             ]
             change = paired_bootstrap(
-                analysis.resampled[key], after, before, "roc_auc", resampled_b=analysis.resampled[reference]
+                analysis.engine.resampled(key),
+                after,
+                before,
+                "roc_auc",
+                resampled_b=analysis.engine.resampled(reference),
             )
             numbers.append(
                 {
@@ -483,13 +439,17 @@ def _test_conditions(analysis: _Robustness) -> list[tuple[tuple, tuple, str]]:
     """(condition, its reference, scope) of every drop-difference test: the real shift (clean audio of another
     database against the in-domain test set), then each perturbation severity against its clean audio."""
     conditions = []
-    primary_clean = (analysis.primary, *CLEAN)
-    if analysis.shifted and (analysis.shifted, *CLEAN) in analysis.resampled and primary_clean in analysis.resampled:
-        conditions.append(((analysis.shifted, *CLEAN), primary_clean, "real shift"))
+    primary_clean = Condition(analysis.primary)
+    if (
+        analysis.shifted
+        and Condition(analysis.shifted) in analysis.engine.eval_sets
+        and primary_clean in analysis.engine.eval_sets
+    ):
+        conditions.append((Condition(analysis.shifted), primary_clean, "real shift"))
     for eval_set in analysis.eval_set_names:
         for perturbation, severity in analysis.conditions(eval_set):
             if perturbation != "none":
-                conditions.append(((eval_set, perturbation, severity, "none"), (eval_set, *CLEAN), "perturbation"))
+                conditions.append((Condition(eval_set, perturbation, severity), Condition(eval_set), "perturbation"))
     return conditions
 
 
@@ -591,11 +551,11 @@ def _ablation_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]:
         if configuration.settings.get(ARCHITECTURE) != "fusion":
             continue
         for eval_set in analysis.eval_set_names:
-            ablations = sorted({a for (e, _, _, a) in analysis.resampled if e == eval_set and a != "none"})
+            ablations = sorted({a for (e, _, _, a) in analysis.engine.eval_sets if e == eval_set and a != "none"})
             for perturbation, severity in analysis.conditions(eval_set):
-                reference = (eval_set, perturbation, severity, "none")
+                reference = Condition(eval_set, perturbation, severity)
                 for ablation in ablations:
-                    key = (eval_set, perturbation, severity, ablation)
+                    key = Condition(eval_set, perturbation, severity, ablation)
                     interval = analysis.interval(configuration, key)
                     if interval is None:
                         continue
@@ -688,21 +648,21 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
     options = analysis.options
     display, numbers, flags = [], [], []
     for eval_set in analysis.eval_set_names:
-        clean_key = (eval_set, *CLEAN)
-        if clean_key not in analysis.resampled:
+        clean_key = Condition(eval_set)
+        if clean_key not in analysis.engine.eval_sets:
             continue
-        clean = analysis.resampled[clean_key]
+        clean = analysis.engine.resampled(clean_key)
         sources = sorted(set(clean.eval_set.sources))
         if len(sources) < 2:
             continue
         perturbed = [
             c
             for c in analysis.conditions(eval_set)
-            if c[0] != "none" and analysis.paired((eval_set, *c, "none"), clean_key)
+            if c[0] != "none" and analysis.paired(Condition(eval_set, *c), clean_key)
         ]
         labels = {c: f"{c[0]}@{c[1]}" for c in [("none", 0), *perturbed]}
         stacked = _stacked_conditions(
-            {labels[c]: analysis.resampled[(eval_set, *c, "none")].eval_set for c in labels}, eval_set
+            {labels[c]: analysis.engine.eval_sets[Condition(eval_set, *c)] for c in labels}, eval_set
         )
         for source in sources:
             within_mask = clean.eval_set.sources == source
@@ -720,7 +680,7 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
             within, without = parts
             n, n_pos = int(within_mask.sum()), int(clean.eval_set.binary[within_mask].sum())
             for perturbation, severity in perturbed:
-                key = (eval_set, perturbation, severity, "none")
+                key = Condition(eval_set, perturbation, severity)
                 level = analysis.level(perturbation, severity)
                 for configuration in analysis.configurations:
                     trial_ids = [t for t in analysis.trial_ids(configuration, key) if t in clean.rows]
@@ -735,7 +695,7 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
                         drop = paired_bootstrap(within, before, after, "roc_auc")
                     drop_without = paired_bootstrap(without, before, after, "roc_auc") if without is not None else None
                     pooled, _ = analysis.drop(configuration, key, clean_key)
-                    on_perturbed = analysis.resampled[key]
+                    on_perturbed = analysis.engine.resampled(key)
                     pooled_drop = float(
                         clean.point["roc_auc"][[clean.rows[t] for t in trial_ids]].mean()
                         - on_perturbed.point["roc_auc"][[on_perturbed.rows[t] for t in trial_ids]].mean()
@@ -816,8 +776,7 @@ def _per_source_table(analysis: _Robustness, writer: ReportWriter) -> list[dict]
 def _unit(analysis: _Robustness, eval_set: str) -> str:
     """What the bootstrap draws in an evaluation set: recordings, or whole patients where it has several
     recordings of one (as :func:`_units` says for the section)."""
-    resampled = next(r for (name, *_), r in analysis.resampled.items() if name == eval_set)
-    return resampling_unit(resampled.eval_set)
+    return resampling_unit(next(e for c, e in analysis.engine.eval_sets.items() if c.eval_set == eval_set))
 
 
 def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
@@ -828,12 +787,12 @@ def _plots(analysis: _Robustness, writer: ReportWriter) -> None:
             continue
         panels = []
         for perturbation in perturbations:
-            severities = [0] * ((eval_set, *CLEAN) in analysis.resampled) + [
+            severities = [0] * (Condition(eval_set) in analysis.engine.eval_sets) + [
                 s for p, s in conditions if p == perturbation
             ]
             curves = []
             for k, configuration in enumerate(analysis.configurations):
-                keys = [(eval_set, *CLEAN) if s == 0 else (eval_set, perturbation, s, "none") for s in severities]
+                keys = [Condition(eval_set) if s == 0 else Condition(eval_set, perturbation, s) for s in severities]
                 intervals = [analysis.interval(configuration, key) for key in keys]
                 points = [(x, i) for x, i in enumerate(intervals) if i is not None]
                 if points:
@@ -1110,11 +1069,11 @@ def _claim_verdict(analysis: _Robustness, tests: list[dict], verdicts: list[dict
             f"model {how_often.get(less, 'at some perturbation levels')}"
             + (f", and significantly more {how_often.get(more, 'at some')}." if more else ", and never more.")
         )
-    clean_shifted = (shifted, *CLEAN)
+    clean_shifted = Condition(shifted)
     intervals = {
         c.name: analysis.interval(c, clean_shifted)
         for c in analysis.configurations
-        if clean_shifted in analysis.resampled
+        if clean_shifted in analysis.engine.eval_sets
     }
     below = [name for name, i in intervals.items() if i is not None and i.high < 0.5]
     at_chance = [name for name, i in intervals.items() if i is not None and i.low <= 0.5 <= i.high]
@@ -1143,8 +1102,8 @@ def _units(analysis: _Robustness) -> str:
     """What the bootstrap draws in each evaluation set: recordings, or whole patients where a set has several
     recordings of one."""
     units = {}
-    for (eval_set, *_), resampled in analysis.resampled.items():
-        units[eval_set] = resampling_unit(resampled.eval_set)
+    for condition, eval_set in analysis.engine.eval_sets.items():
+        units[condition.eval_set] = resampling_unit(eval_set)
     if len(set(units.values())) == 1:
         return next(iter(units.values()))
     return ", ".join(f"{unit} in {eval_set}" for eval_set, unit in units.items())
@@ -1168,8 +1127,14 @@ def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
     seed, plots. Returns dict with tables and plots (paths), tests (the rows
     of robustness_tests), claim (the section's lines), notes, seconds.
     """
+    settings = AnalysisOptions(**options)
+    return write_robustness(StudyEngine(Path(out), settings), dest)
+
+
+def write_robustness(engine: StudyEngine, dest: Path | None = None) -> dict:
+    """:func:`report_robustness` on a study the engine holds (the main report's, when it runs this one)."""
     started = time.perf_counter()
-    analysis = _Robustness(Path(out), AnalysisOptions(**options))
+    analysis = _Robustness(engine)
     dest = Path(dest) if dest is not None else analysis.out  # where the tables, plots and section go
     writer = ReportWriter(dest)
     _auc_table(analysis, writer)
@@ -1183,7 +1148,7 @@ def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
     if tests:
         claim = _claim(analysis, shift, tests, ablation, carried, verdicts)
     else:  # nothing to test: one line, not a section of tables that ends in "not testable"
-        perturbed = any(p != "none" for (_, p, _, _) in analysis.resampled)
+        perturbed = any(p != "none" for (_, p, _, _) in analysis.engine.eval_sets)
         claim = [
             "No fusion-vs-branch test here: the study has no single-branch configuration to set beside fusion"
             + (
