@@ -17,6 +17,7 @@ from study.io import write_text
 
 __all__ = [
     "MIN_CLASS_RECORDINGS",
+    "METRIC_LABELS",
     "ReportWriter",
     "slug",
     "interval_cell",
@@ -29,6 +30,16 @@ __all__ = [
 ]
 
 MIN_CLASS_RECORDINGS = 10  # a bootstrap interval over fewer recordings of a class is too coarse to trust
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "mcc": "MCC",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "balanced_accuracy": "balanced accuracy",
+    "score": "ICBHI Score",
+}
 
 
 class ReportWriter:

@@ -73,12 +73,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from analysis import paper, stats
+from analysis.comparisons import (
+    ComparisonRow,
+    adjust_within_families,
+    comparison_display,
+    comparison_numbers,
+    comparison_row,
+    delong_possible,
+    paired_tests,
+)
 from analysis.engine import Condition, StudyEngine, scored_trials
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
 from analysis.output import (
+    METRIC_LABELS,
     MIN_CLASS_RECORDINGS,
     ReportWriter,
     correction_name,
@@ -87,7 +96,6 @@ from analysis.output import (
     interval_numbers,
     resampling_unit,
     slug,
-    verdict,
     write_html,
 )
 from analysis.plots import (
@@ -122,19 +130,9 @@ from study.data.synth import planted_cues
 from study.io import write_text
 from study.lock import study_lock
 
-__all__ = ["HEART_MAIN", "METRIC_LABELS", "CARRY_DROP", "ReportOptions", "ComparisonRow", "report_study", "main"]
+__all__ = ["HEART_MAIN", "CARRY_DROP", "ReportOptions", "report_study", "main"]
 
 HEART_MAIN = ("roc_auc", "mcc", "f1", "accuracy")
-METRIC_LABELS = {
-    "roc_auc": "ROC-AUC",
-    "mcc": "MCC",
-    "f1": "F1",
-    "accuracy": "accuracy",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-    "balanced_accuracy": "balanced accuracy",
-    "score": "ICBHI Score",
-}
 CARRY_DROP = 0.05
 
 
@@ -153,27 +151,6 @@ class ReportOptions(AnalysisOptions):
 
 
 # ---------------------------------------------------------------------------- the analysis
-
-
-@dataclass
-class ComparisonRow:
-    eval_set: str
-    a: str
-    b: str
-    metric: str
-    test: str
-    value_a: float
-    value_b: float
-    difference: float
-    low: float
-    high: float
-    p_value: float
-    n_seeds: int
-    note: str = ""
-    adjusted_p: float = math.nan
-    verdict: str = ""
-    family: str = ""  # the family its p is adjusted over (see :func:`family_name`)
-    family_size: int = 0
 
 
 class _Analysis:
@@ -261,205 +238,42 @@ class _Analysis:
     # -- paired comparisons
 
     def compare(self, a: Configuration, b: Configuration, eval_set: str, metrics, full: bool) -> list[ComparisonRow]:
-        """Paired tests of a - b on ``eval_set`` over their common seeds.
-
-        Always the paired bootstrap for every metric in ``metrics``;
-        with ``full`` also DeLong, the permutation and Wilcoxon tests for the
-        compare metric and McNemar for accuracy (heart studies).
-        """
-        seeds_a, _ = self.trials_in(a, eval_set)
-        seeds_b, _ = self.trials_in(b, eval_set)
-        common = [s for s in seeds_a if s in set(seeds_b)]
+        """Paired tests of a − b on ``eval_set`` over their common seeds (:func:`analysis.comparisons.paired_tests`):
+        the paired bootstrap of every metric in ``metrics``, with ``full`` every other test of the compare metric."""
+        seeds_b = set(self.trials_in(b, eval_set)[0])
+        common = [s for s in self.trials_in(a, eval_set)[0] if s in seeds_b]
         if not common:
             self.notes.append(f"'{a.name}' vs '{b.name}' on {eval_set}: no seed in common, not compared")
             return []
-        _, trials_a = self.trials_in(a, eval_set, common)
-        _, trials_b = self.trials_in(b, eval_set, common)
-        resampled = self.resampled[eval_set]
-        eval_data = resampled.eval_set
-        rows_a = [resampled.rows[t] for t in trials_a]
-        rows_b = [resampled.rows[t] for t in trials_b]
-        n_seeds = len(common)
-        z = special.ndtri((1 + CONFIDENCE_LEVEL) / 2)
-        out, bootstrap_intervals = [], {}
-        for metric in metrics:
-            paired = paired_bootstrap(resampled, trials_a, trials_b, metric)
-            bootstrap_intervals[metric] = (paired.low, paired.high)
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    metric,
-                    "paired bootstrap",
-                    paired.value_a,
-                    paired.value_b,
-                    paired.difference,
-                    paired.low,
-                    paired.high,
-                    paired.p_value,
-                    n_seeds,
-                    ("patients" if eval_data.groups is not None else "recordings") + " resampled, seed variation added",
-                )
-            )
-        if not full:
-            return out
-        metric = self.compare_metric
-        y = eval_data.binary
-        per_seed_a, per_seed_b = resampled.point[metric][rows_a], resampled.point[metric][rows_b]
-        if not self.respiratory:
-            probs_a, probs_b = eval_data.probs[rows_a], eval_data.probs[rows_b]
-            if metric == "roc_auc" and _delong_possible(y):
-                delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0), groups=eval_data.groups)
-                half_width = z * math.sqrt(max(delong.var_a + delong.var_b - 2 * delong.cov, 0.0))
-                out.append(
-                    ComparisonRow(
-                        eval_set,
-                        a.name,
-                        b.name,
-                        metric,
-                        "DeLong",
-                        delong.auc_a,
-                        delong.auc_b,
-                        delong.difference,
-                        delong.difference - half_width,
-                        delong.difference + half_width,
-                        delong.p_value,
-                        n_seeds,
-                        "seed-averaged probabilities; Wald CI"
-                        + ("; Obuchowski's clustered variance" if eval_data.groups is not None else ""),
-                    )
-                )
-            # Scores minus their trial's threshold put every trial's decision at 0 (ROC-AUC is unchanged).
-            shifted_a = probs_a - eval_data.thresholds[rows_a, None]
-            shifted_b = probs_b - eval_data.thresholds[rows_b, None]
-            permutation = stats.paired_permutation_test(
-                y,
-                shifted_a,
-                shifted_b,
-                metric,
-                self.options.n_resamples,
-                named_generator(self.options.seed, eval_set, a.name, b.name),
-                threshold=0.0,
-                groups=eval_data.groups,
-            )
-            low, high = bootstrap_intervals[metric]
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    metric,
-                    "paired permutation",
-                    permutation.value_a,
-                    permutation.value_b,
-                    permutation.difference,
-                    low,
-                    high,
-                    permutation.p_value,
-                    n_seeds,
-                    f"outputs swapped per {'patient' if eval_data.groups is not None else 'recording'}; "
-                    "CI from the paired bootstrap",
-                )
-            )
-            majority_a = ((shifted_a >= 0).mean(axis=0) >= 0.5).astype(np.int8)
-            majority_b = ((shifted_b >= 0).mean(axis=0) >= 0.5).astype(np.int8)
-            mcnemar = stats.mcnemar_test(y, majority_a, majority_b, groups=eval_data.groups)
-            net = (mcnemar.n_only_a_correct - mcnemar.n_only_b_correct) / y.size
-            half_width = z * mcnemar.standard_error
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    "accuracy",
-                    "McNemar",
-                    mcnemar.accuracy_a,
-                    mcnemar.accuracy_b,
-                    net,
-                    net - half_width,
-                    net + half_width,
-                    mcnemar.p_value,
-                    n_seeds,
-                    f"seed-majority decision at the validation thresholds; {mcnemar.method}; "
-                    + ("cluster-robust Wald CI" if eval_data.groups is not None else "Wald CI"),
-                )
-            )
-        wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b, CONFIDENCE_LEVEL)
-        if wilcoxon.smallest_p >= self.options.alpha:  # no outcome of these seeds could be significant: not a result
-            self.notes.append(
-                f"Wilcoxon over seeds not shown: {n_seeds} seeds (fewer where two agree) cannot give a two-sided "
-                f"p below {2 / 2**n_seeds:.3g} ≥ α = {self.options.alpha}; it needs 6 seeds or more"
-            )
-            return out
-        note = (
-            "over per-seed metrics: asks about these recordings, not new ones; Hodges-Lehmann Δ with the signed-rank "
-            f"interval (exact level {wilcoxon.confidence_level:.3f})"
+        results, left_out = paired_tests(
+            self.resampled[eval_set],
+            self.trials_in(a, eval_set, common)[1],
+            self.trials_in(b, eval_set, common)[1],
+            metrics,
+            self.compare_metric if full else None,
+            binary=not self.respiratory,
+            n_resamples=self.options.n_resamples,
+            rng=named_generator(self.options.seed, eval_set, a.name, b.name),
+            alpha=self.options.alpha,
         )
-        out.append(
-            ComparisonRow(
-                eval_set,
-                a.name,
-                b.name,
-                metric,
-                "Wilcoxon signed-rank",
-                float(per_seed_a.mean()),
-                float(per_seed_b.mean()),
-                wilcoxon.estimate,
-                wilcoxon.low,
-                wilcoxon.high,
-                wilcoxon.p_value,
-                n_seeds,
-                note + (f"; {wilcoxon.note}" if wilcoxon.note else ""),
-            )
-        )
-        return out
+        if left_out:
+            self.notes.append(left_out)
+        return [comparison_row(eval_set, a.name, b.name, len(common), result) for result in results]
 
     def comparisons(self) -> list[ComparisonRow]:
-        rows = []
+        """Every configuration vs its baseline on every evaluation set, each p adjusted within its family."""
         metrics = tuple(dict.fromkeys((self.compare_metric,) + self.main_metrics))
-        for a, b in self.pairs():
-            for eval_set in self.resampled:
-                rows += self.compare(a, b, eval_set, metrics, full=True)
+        rows = [
+            row
+            for a, b in self.pairs()
+            for eval_set in self.resampled
+            for row in self.compare(a, b, eval_set, metrics, True)
+        ]
         order = {name: k for k, name in enumerate(self.resampled)}
         rows.sort(key=lambda r: order[r.eval_set])  # stable: within a set, comparisons keep their order
-        families: dict[tuple, list[ComparisonRow]] = {}
-        for row in rows:
-            families.setdefault((row.test, row.metric), []).append(row)
-        floors: dict[tuple[str, str], list[str]] = {}  # (test, warning) -> metrics
-        for (test, metric), family in families.items():
-            if test in _RESAMPLING_TESTS:
-                floor = stats.resampling_floor_warning(
-                    self.options.n_resamples,
-                    len(family),
-                    self.options.correction,
-                    self.options.alpha,
-                    what=_RESAMPLING_TESTS[test],
-                    two_sided=test == "paired bootstrap",
-                )
-                if floor:
-                    floors.setdefault((test, floor), []).append(metric)
-            adjusted = stats.adjust_pvalues([r.p_value for r in family], self.options.correction)
-            for row, p in zip(family, adjusted, strict=True):
-                row.adjusted_p = float(p)
-                row.family, row.family_size = family_name(test, metric), len(family)
-                row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
-        self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
+        options = self.options
+        self.notes += adjust_within_families(rows, options.correction, options.alpha, options.n_resamples)
         return rows
-
-
-def family_name(test: str, metric: str) -> str:
-    """The name of the comparisons family of one test on one metric, as the tables show it."""
-    return f"comparisons: {test}, {METRIC_LABELS[metric]}"
-
-
-# Tests whose p-values come from resampling (floor 2 / (B + 1) two-sided bootstrap, 1 / (B + 1) permutation).
-_RESAMPLING_TESTS = {"paired bootstrap": "bootstrap", "paired permutation": "permutation"}
-
-
-def _delong_possible(y: np.ndarray) -> bool:
-    n_pos = int(y.sum())
-    return min(n_pos, y.size - n_pos) >= 2
 
 
 # ---------------------------------------------------------------------------- the report's tables
@@ -692,47 +506,8 @@ def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
 
 
 def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> None:
-    display = [
-        {
-            "evaluation set": r.eval_set,
-            "A vs B": f"{r.a} vs {r.b}",
-            "metric": METRIC_LABELS[r.metric],
-            "test": r.test,
-            "A": format_value(r.value_a),
-            "B": format_value(r.value_b),
-            "Δ = A − B [unadjusted 95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
-            "p (raw)": format_p(r.p_value),
-            f"p ({analysis.options.correction})": format_p(r.adjusted_p),
-            "family (tests)": f"{r.family} ({r.family_size})",
-            f"verdict (α = {analysis.options.alpha})": r.verdict,
-            "seeds": r.n_seeds,
-            "note": r.note,
-        }
-        for r in rows
-    ]
-    numbers = [
-        {
-            "eval_set": r.eval_set,
-            "a": r.a,
-            "b": r.b,
-            "metric": r.metric,
-            "test": r.test,
-            "value_a": r.value_a,
-            "value_b": r.value_b,
-            "difference": r.difference,
-            "low": r.low,
-            "high": r.high,
-            "p": r.p_value,
-            "adjusted_p": r.adjusted_p,
-            "correction": analysis.options.correction,
-            "family": r.family,
-            "family_size": r.family_size,
-            "verdict": r.verdict,
-            "seeds": r.n_seeds,
-            "note": r.note,
-        }
-        for r in rows
-    ]
+    numbers = [comparison_numbers(r, analysis.options.correction) for r in rows]
+    display = [comparison_display(n, analysis.options.alpha) for n in numbers]
     caption = (
         f"Paired comparisons: every configuration vs its baseline ({analysis.axis} = {analysis.baseline}) on every "
         f"evaluation set: the raw p, and p adjusted by {correction_name(analysis.options.correction)} within its "
@@ -1244,7 +1019,7 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
             row["smallest detectable Δ ROC-AUC"] = "n/a: four-class score"
         else:
             rhos, base_aucs, observed, design_effects = [], [], [], []
-            for a, b in pairs if _delong_possible(data.binary) else []:
+            for a, b in pairs if delong_possible(data.binary) else []:
                 common = set(analysis.trials_in(a, eval_set)[0]) & set(analysis.trials_in(b, eval_set)[0])
                 if not common:
                     continue
