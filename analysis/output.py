@@ -22,6 +22,7 @@ __all__ = [
     "slug",
     "interval_cell",
     "interval_numbers",
+    "row_interval_cell",
     "verdict",
     "few_recordings_warning",
     "correction_name",
@@ -103,6 +104,14 @@ def interval_numbers(prefix: str, interval: BootstrapCI | None) -> dict:
     if interval is None:
         return {prefix: math.nan, f"{prefix}_low": math.nan, f"{prefix}_high": math.nan}
     return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
+
+
+def row_interval_cell(row: dict, prefix: str, signed: bool = False, missing: str = "n/a") -> str:
+    """The cell of the interval PREFIX, PREFIX_low, PREFIX_high of a table's numbers (:func:`interval_numbers`);
+    ``missing`` where there is none. With the default, the cell :func:`interval_cell` shows of that interval."""
+    if not math.isfinite(row[prefix]):
+        return missing
+    return format_interval(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], signed=signed)
 
 
 def verdict(a: str, b: str, difference: float, p_value: float, alpha: float) -> str:
