@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis import paper, stats
+from analysis import stats
 from analysis.engine import Condition, StudyEngine, scored_trials
 from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
 from analysis.output import (
@@ -71,10 +71,11 @@ from analysis.output import (
 )
 from analysis.plots import SeverityCurve, SeverityPanel, plot_auc_vs_severity
 from analysis.resampling import paired_bootstrap, roc_auc_kernel, seed_mean_interval
+from analysis.robustness_md import claim_display, claim_lines, no_test_lines, test_display, units
 from analysis.stats import PairedBootstrapResult
 from analysis.study_data import Configuration, EvalSet
-from analysis.tables import format_interval, format_p, format_value, to_markdown
-from analysis.views import ARCHITECTURE, SINGLE_BRANCHES, DropDifference, RobustnessView
+from analysis.tables import format_interval
+from analysis.views import ARCHITECTURE, DropDifference, RobustnessView
 from study.io import write_text
 from study.lock import study_lock
 from study.perturbations import parse_perturbation_suite
@@ -305,7 +306,7 @@ def _tests_table(view: RobustnessView, writer: ReportWriter) -> list[dict]:
     for row, p in zip(rows, adjusted, strict=True):
         row.update(adjusted_p=float(p), correction=options.correction, family=ROBUSTNESS_FAMILY, family_size=len(rows))
         row["verdict"] = _drop_verdict(row, options.alpha)
-    display = pd.DataFrame([_test_display(r, options.correction) for r in rows])
+    display = pd.DataFrame([test_display(r, options.correction) for r in rows])
     caption = (
         "Does fusion lose less ROC-AUC than each single branch? For every fusion-branch pair on the real shift "
         "(clean audio of another database against the in-domain test set) and at every perturbation severity "
@@ -331,28 +332,6 @@ def _drop_verdict(row: dict, alpha: float) -> str:
     if not row["adjusted_p"] < alpha:
         return "no significant difference in drop"
     return "fusion loses less" if row["drop_difference"] > 0 else "fusion loses more"
-
-
-def _test_display(r: dict, correction: str) -> dict:
-    """A robustness_tests row as tables/robustness_tests.md and report.md's section show it."""
-    return {
-        "fusion": r["fusion"],
-        "vs": r["branch"],
-        "evaluation set": r["eval_set"],
-        "level": r["level"],
-        "seeds": r["n_seeds"],
-        "fusion ROC-AUC (drop)": _with_drop(r["value_a"], r["drop_a"]),
-        "branch ROC-AUC (drop)": _with_drop(r["value_b"], r["drop_b"]),
-        "Δ level fusion − branch [unadjusted 95 % CI]": format_interval(
-            r["difference"], r["low"], r["high"], signed=True
-        ),
-        "branch's drop − fusion's [unadjusted 95 % CI]": format_interval(
-            r["drop_difference"], r["drop_difference_low"], r["drop_difference_high"], signed=True
-        ),
-        "p (raw)": format_p(r["p"]),
-        f"p ({correction}, {r['family_size']} tests)": format_p(r["adjusted_p"]),
-        "verdict": r["verdict"],
-    }
 
 
 def _ablation_numbers(view: RobustnessView, configuration) -> list[dict]:
@@ -604,7 +583,7 @@ def _per_source_table(view: RobustnessView, writer: ReportWriter) -> list[dict]:
 
 def _unit(view: RobustnessView, eval_set: str) -> str:
     """What the bootstrap draws in an evaluation set: recordings, or whole patients where it has several
-    recordings of one (as :func:`_units` says for the section)."""
+    recordings of one (as :func:`units` says for the section)."""
     return resampling_unit(next(e for c, e in view.engine.eval_sets.items() if c.eval_set == eval_set))
 
 
@@ -647,13 +626,13 @@ def _plots(view: RobustnessView, writer: ReportWriter) -> None:
         )
 
 
-# ---------------------------------------------------------------------------- the claim and the index
+# ---------------------------------------------------------------------------- the claim's counts and the index
 
 
 def _verdict_table(view: RobustnessView, writer: ReportWriter, tests: list[dict]) -> list[dict]:
     """How often each fusion configuration loses significantly less / more ROC-AUC than each single branch, on
     the real shift and under each evaluation set's perturbations (every severity): the counts behind the
-    verdict. None when no test can be significant."""
+    verdict; none when no test can be significant."""
     options = view.options
     if not tests or stats.resampling_floor_warning(options.n_resamples, len(tests), options.correction, options.alpha):
         return []
@@ -680,7 +659,7 @@ def _verdict_table(view: RobustnessView, writer: ReportWriter, tests: list[dict]
         )
     writer.table(
         "robustness_claim",
-        _claim_display(numbers),
+        claim_display(numbers),
         pd.DataFrame(numbers),
         f"The robustness claim against this study: of the drop-difference tests (robustness_tests), how many find "
         f"fusion losing significantly less or more ROC-AUC than a single branch ({options.correction}-adjusted "
@@ -689,299 +668,6 @@ def _verdict_table(view: RobustnessView, writer: ReportWriter, tests: list[dict]
         "under perturbations",
     )
     return numbers
-
-
-def _claim_display(numbers: list[dict]) -> pd.DataFrame:
-    """The robustness_claim rows as tables/robustness_claim.md and the report.md summary both show them."""
-    return pd.DataFrame(
-        [
-            {
-                "scope": r["scope"],
-                "evaluation set": r["eval_set"],
-                "fusion": r["fusion"],
-                "vs": r["branch"],
-                "fusion loses significantly less": r["better"],
-                "fusion loses significantly more": r["worse"],
-                "tests": r["tests"],
-            }
-            for r in numbers
-        ]
-    )
-
-
-def _paper_claim() -> str:
-    """The paper's robustness claim, its numbers (zero-shot PASCAL ROC-AUC, single runs) from view.paper."""
-    pascal = {
-        architecture: paper.AUDIOFUSE_RESULTS[
-            paper.paper_model({ARCHITECTURE: architecture, "model.fusion": "concat"})
-        ]["pascal_roc_auc"]
-        for architecture in ("fusion", *SINGLE_BRANCHES)
-    }
-    return (
-        "AudioFuse's claim (the paper's single runs, not this study's): the waveform "
-        "(temporal) branch makes fusion robust to domain shift: on PASCAL, fusion keeps ROC-AUC "
-        f"{format_value(pascal['fusion'])} where the spectrogram ViT falls to chance "
-        f"({format_value(pascal['spectrogram'])}) and the waveform CNN alone holds {format_value(pascal['waveform'])}."
-    )
-
-
-def _shift_summary(view: RobustnessView, shift: list[dict]) -> list[str]:
-    """The robustness_shift rows of the shifted database as a compact table."""
-    primary, shifted = view.primary, view.shifted
-    rows = [r for r in shift if r["eval_set"] == shifted]
-    if not rows:
-        return []
-    table = pd.DataFrame(
-        [
-            {
-                "configuration": r["configuration"],
-                f"{primary} ROC-AUC [95 % CI]": row_interval_cell(r, "roc_auc_reference", missing="–"),
-                f"{shifted} ROC-AUC [95 % CI]": row_interval_cell(r, "roc_auc", missing="–"),
-                "change [95 % CI]": row_interval_cell(r, "change", signed=True, missing="–"),
-            }
-            for r in rows
-        ]
-    )
-    return [
-        f"- Domain shift on clean audio, from {primary} to {shifted} ([tables/robustness_shift.md]"
-        "(tables/robustness_shift.md)):",
-        "",
-        _markdown(table),
-        "",
-    ]
-
-
-def _tests_summary(view: RobustnessView, tests: list[dict]) -> list[str]:
-    """The drop-difference tests on the real shift and at each perturbation's highest severity."""
-    highest = {}
-    for r in tests:
-        key = (r["eval_set"], r["perturbation"])
-        highest[key] = max(highest.get(key, r["severity"]), r["severity"])
-    order = {e: k for k, e in enumerate(view.eval_set_names)}
-    branches = {c.name: k for k, c in enumerate(view.configurations)}
-    chosen = sorted(
-        (r for r in tests if r["severity"] == highest[(r["eval_set"], r["perturbation"])]),
-        key=lambda r: (
-            r["scope"] != "real shift",
-            order[r["eval_set"]],
-            r["perturbation"],
-            branches[r["fusion"]],
-            branches[r["branch"]],
-        ),
-    )
-    if not chosen:
-        return []
-    return [
-        "- Does fusion lose less ROC-AUC than each single branch? On the real shift and at each perturbation's "
-        "highest severity (every severity: [tables/robustness_tests.md](tables/robustness_tests.md)):",
-        "",
-        _markdown(pd.DataFrame([_test_display(r, view.options.correction) for r in chosen])),
-        "",
-    ]
-
-
-def _ablation_summary(view: RobustnessView, ablation: list[dict]) -> list[str]:
-    """The robustness_ablation rows of clean audio with a branch replaced by its training mean, on the in-domain
-    test set and the shifted database."""
-    rows = [
-        r
-        for r in ablation
-        if r["eval_set"] in (view.primary, view.shifted)
-        and r["perturbation"] == "none"
-        and r["ablation"].endswith("=mean")
-    ]
-    if not rows:
-        return []
-    order = {e: k for k, e in enumerate(view.eval_set_names)}
-    configurations = {c.name: k for k, c in enumerate(view.configurations)}
-    table = pd.DataFrame(
-        [
-            {
-                "configuration": r["configuration"],
-                "evaluation set": r["eval_set"],
-                "ablation": r["ablation"],
-                "ROC-AUC intact": format_value(r["roc_auc_intact"]),
-                "ROC-AUC ablated": format_value(r["roc_auc_ablated"]),
-                "drop [95 % CI]": format_interval(r["drop"], r["drop_low"], r["drop_high"], signed=True),
-            }
-            for r in sorted(rows, key=lambda r: (configurations[r["configuration"]], order[r["eval_set"]]))
-        ]
-    )
-    return [
-        "- Branch ablation of the fusion models on clean audio: one branch's features replaced by their training "
-        "mean (drop = intact − ablated ROC-AUC; zeros as well: [tables/robustness_ablation.md]"
-        "(tables/robustness_ablation.md)):",
-        "",
-        _markdown(table),
-        "",
-    ]
-
-
-def _carried_summary(carried: list[dict]) -> list[str]:
-    """The robustness_per_source rows of sources that carry a pooled drop."""
-    if not carried:
-        return []
-    table = pd.DataFrame(
-        [
-            {
-                "configuration": r["configuration"],
-                "evaluation set": r["eval_set"],
-                "level": r["level"],
-                "source": r["source"],
-                "drop within the source [95 % CI]": row_interval_cell(r, "drop", signed=True, missing="–"),
-                "pooled drop": format_value(r["pooled_drop"]),
-                "pooled drop without the source": format_value(r["pooled_drop_without_source"]),
-            }
-            for r in carried
-        ]
-    )
-    return [
-        "- Sources that carry a pooled ROC-AUC drop (without the source the drop at least halves; "
-        "[tables/robustness_per_source.md](tables/robustness_per_source.md)): the perturbation removes a cue "
-        "the model used within that source.",
-        "",
-        _markdown(table),
-        "",
-    ]
-
-
-def _claim(
-    view: RobustnessView,
-    shift: list[dict],
-    tests: list[dict],
-    ablation: list[dict],
-    carried: list[dict],
-    verdicts: list[dict],
-) -> list[str]:
-    """The paper's claim and what this study's numbers say about it, as Markdown lines.
-
-    Every figure is in a compact table whose rows are rows of the robustness tables, each naming its
-    configuration(s), evaluation set and condition.
-    """
-    return (
-        [_paper_claim(), ""]
-        + _shift_summary(view, shift)
-        + _tests_summary(view, tests)
-        + _ablation_summary(view, ablation)
-        + _carried_summary(carried)
-        + _claim_verdict(view, tests, verdicts)
-    )
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    """A compact table of report.md's section (without to_markdown's closing newline)."""
-    return to_markdown(table).rstrip("\n")
-
-
-def _with_drop(value: float, drop: float) -> str:
-    """A ROC-AUC cell with its drop from clean: "0.759 (0.009)"; the ROC-AUC alone on clean audio."""
-    return format_value(value) + (f" ({format_value(drop)})" if math.isfinite(drop) else "")
-
-
-def _real_shift_sentence(tests: list[dict], shifted: str) -> str:
-    """Fusion's drop against the spectrogram-only model's on the real shift, by the drop-difference tests."""
-    real = [r for r in tests if r["scope"] == "real shift" and r["branch"] == "spectrogram"]
-    if not real:
-        return " The study has no real domain shift to judge the claim on."
-    outcomes = {r["verdict"] for r in real}
-    if outcomes == {"fusion loses less"}:
-        return (
-            f" On the real shift to {shifted}, fusion loses significantly less ROC-AUC than the spectrogram-only model."
-        )
-    if "fusion loses more" in outcomes:
-        return (
-            f" On the real shift to {shifted}, fusion loses significantly more ROC-AUC than the spectrogram-only model."
-        )
-    return f" On the real shift to {shifted}, fusion's ROC-AUC drop is not distinguishable from the spectrogram-only model's."
-
-
-def _perturbations_sentence(tests: list[dict]) -> str:
-    """How often fusion loses less (and more) than the spectrogram-only model under the perturbations; "" for
-    a study without them."""
-    perturbed = [r for r in tests if r["scope"] == "perturbation" and r["branch"] == "spectrogram"]
-    if not perturbed:
-        return ""
-    less = sum(r["verdict"] == "fusion loses less" for r in perturbed)
-    more = sum(r["verdict"] == "fusion loses more" for r in perturbed)
-    how_often = {0: "at no perturbation level", len(perturbed): "at every perturbation level"}
-    return (
-        " Under the simulated perturbations fusion loses significantly less ROC-AUC than the spectrogram-only "
-        f"model {how_often.get(less, 'at some perturbation levels')}"
-        + (f", and significantly more {how_often.get(more, 'at some')}." if more else ", and never more.")
-    )
-
-
-def _chance_sentence(view: RobustnessView) -> str:
-    """The configurations whose ROC-AUC CI on clean audio of the shifted database lies below or around 0.5."""
-    shifted = view.shifted
-    condition = Condition(shifted)
-    intervals = {c.name: view.interval(c, condition) for c in view.configurations if view.has(condition)}
-    below = [name for name, i in intervals.items() if i is not None and i.high < 0.5]
-    at_chance = [name for name, i in intervals.items() if i is not None and i.low <= 0.5 <= i.high]
-    sentence = ""
-    if below:
-        sentence += (
-            f" On {shifted} the whole ROC-AUC CI of {', '.join(below)} lies below chance: "
-            f"{'it ranks' if len(below) == 1 else 'they rank'} that database's recordings the wrong way round, "
-            f"so comparisons there are between failures."
-        )
-    if at_chance:
-        verb = "is" if len(at_chance) == 1 else "are"
-        sentence += f" On {shifted} {', '.join(at_chance)} {verb} at chance (the ROC-AUC CI covers 0.5)."
-    return sentence
-
-
-def _claim_verdict(view: RobustnessView, tests: list[dict], verdicts: list[dict]) -> list[str]:
-    """Does fusion lose less ROC-AUC than the spectrogram-only model, on the real shift and under perturbations?
-
-    Each sentence rests on the drop-difference tests (tables/robustness_tests), never on the levels. The real
-    shift (a second database, ``shifted``) and the simulated one (perturbations) are judged apart: the paper's
-    claim is about the first, and the second cannot stand in for it; a study without perturbations says
-    nothing about them. The sentences hold no figure; the counts behind them are ``verdicts``
-    (tables/robustness_claim), shown as a table.
-    """
-    options = view.options
-    if tests and not verdicts:
-        return [
-            "**What our numbers say:** nothing yet: with this few resamples no drop-difference test can be "
-            f"significant after {options.correction} correction (see the note below); rerun "
-            "`python -m analysis robustness` with more resamples.",
-            "",
-        ]
-    if not tests:
-        return [
-            "**What our numbers say:** not testable here: the study lacks a fusion and a single-branch configuration "
-            "evaluated under a shift or a perturbation.",
-            "",
-        ]
-    sentence = (
-        f"**What our numbers say** ({options.correction}-adjusted, α = {options.alpha}):"
-        + _real_shift_sentence(tests, view.shifted)
-        + _perturbations_sentence(tests)
-        + _chance_sentence(view)
-    )
-    if any(r["scope"] == "real shift" and r["branch"] == "spectrogram" for r in tests):
-        sentence += " Whether fusion's ROC-AUC there beats each branch's is a paper claim, judged under Paper claims."
-    return [
-        sentence,
-        "",
-        "- how often fusion loses significantly less / more ROC-AUC than each single branch "
-        "([tables/robustness_claim.md](tables/robustness_claim.md)):",
-        "",
-        _markdown(_claim_display(verdicts)),
-        "",
-    ]
-
-
-def _units(view: RobustnessView) -> str:
-    """What the bootstrap draws in each evaluation set: recordings, or whole patients where a set has several
-    recordings of one."""
-    units = {}
-    for condition, eval_set in view.engine.eval_sets.items():
-        units[condition.eval_set] = resampling_unit(eval_set)
-    if len(set(units.values())) == 1:
-        return next(iter(units.values()))
-    return ", ".join(f"{unit} in {eval_set}" for eval_set, unit in units.items())
 
 
 def _update_index(out: Path, section: list[str]) -> Path:
@@ -1006,21 +692,6 @@ def report_robustness(out: Path, dest: Path | None = None, **options) -> dict:
     return write_robustness(StudyEngine(Path(out), settings), dest)
 
 
-def _no_test(view: RobustnessView) -> list[str]:
-    """The section's one line where nothing can be tested, instead of tables that end in "not testable"."""
-    perturbed = any(condition.perturbation != "none" for condition in view.engine.eval_sets)
-    return [
-        "No fusion-vs-branch test here: the study has no single-branch configuration to set beside fusion"
-        + (
-            "; each configuration's ROC-AUC under the perturbations, the domain shift and the branch ablations "
-            "are in the tables below."
-            if perturbed
-            else " and no perturbations; the domain-shift and branch-ablation figures are in the tables below."
-        ),
-        "",
-    ]
-
-
 def write_robustness(engine: StudyEngine, dest: Path | None = None) -> dict:
     """:func:`report_robustness` on a study the engine holds (the main report's, when it runs this one)."""
     started = time.perf_counter()
@@ -1035,7 +706,7 @@ def write_robustness(engine: StudyEngine, dest: Path | None = None) -> dict:
     carried = _per_source_table(view, writer)
     if view.options.plots:
         _plots(view, writer)
-    claim = _claim(view, shift, tests, ablation, carried, verdicts) if tests else _no_test(view)
+    claim = claim_lines(view, shift, tests, ablation, carried, verdicts) if tests else no_test_lines(view)
     seconds = time.perf_counter() - started
     section = (
         ["## Robustness", "", *claim]
@@ -1045,7 +716,7 @@ def write_robustness(engine: StudyEngine, dest: Path | None = None) -> dict:
         + [
             "",
             f"Robustness method: {view.options.n_resamples} bootstrap resamples of "
-            f"{_units(view)} (stratified), the same draws for every condition of an evaluation set, with seed "
+            f"{units(view)} (stratified), the same draws for every condition of an evaluation set, with seed "
             f"variation; {view.options.ci_method} intervals for ROC-AUC, percentile intervals for paired "
             f"differences; p-values {view.options.correction}-adjusted within the family '{ROBUSTNESS_FAMILY}' "
             f"(the families are under Method); took {seconds:.1f} s.",
