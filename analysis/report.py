@@ -11,8 +11,9 @@ summary puts every figure in a compact table with one row per row of a
 table under ``tables/`` (naming its configuration and evaluation set; the
 test ``tests/test_report_trace.py`` checks it). Where
 the predictions hold perturbed or branch-ablated rows (a heart study),
-:func:`report_study` then runs :func:`analysis.robustness.report_robustness`,
-which adds its tables, plots and a section to ``report.md``.
+:func:`report_study` then runs the robustness report on the same engine
+(:func:`analysis.robustness.write_robustness`), which adds its tables, plots
+and a section to ``report.md``.
 
 Layers: :mod:`analysis.engine` reads the study once and resamples every
 condition once (on :mod:`analysis.study_data` and :mod:`analysis.resampling`);
@@ -38,7 +39,7 @@ Method, in short (``report.md`` states it too):
   every configuration and seed sees the same recording draws and seed k is
   paired with seed k, so differences are paired.
   For one configuration this is :func:`analysis.stats.bootstrap_ci`; the
-  draws are made once here and shared, instead of once per configuration.
+  draws are made once (:mod:`analysis.engine`) and shared, instead of once per configuration.
 * Threshold metrics use each trial's validation-chosen threshold.
 * Comparisons: each configuration against the configuration that differs
   only in having the baseline value on the space's compare axis, in every
