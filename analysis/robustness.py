@@ -85,8 +85,8 @@ __all__ = [
     "SECTION_END",
     "ROBUSTNESS_FAMILY",
     "drop_test_row",
-    "report_robustness",
     "write_robustness",
+    "report_robustness",
     "parse_suite_argument",
     "main",
 ]
