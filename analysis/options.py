@@ -1,18 +1,27 @@
 """The settings every analysis command shares: multiple-comparison correction, resamples, alpha, interval method,
-random seed and whether to draw plots, as one validated dataclass and one set of command-line options."""
+random seed and whether to draw plots, as one validated dataclass and one set of command-line options; and the
+report's own settings beside them (:class:`ReportOptions`)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from analysis.stats import CI_METHODS
 
-__all__ = ["CORRECTIONS", "AnalysisOptions", "add_analysis_arguments", "analysis_options"]
+__all__ = [
+    "CORRECTIONS",
+    "CARRY_DROP",
+    "AnalysisOptions",
+    "ReportOptions",
+    "add_analysis_arguments",
+    "analysis_options",
+]
 
 CORRECTIONS = ("holm", "bh")
+CARRY_DROP = 0.05  # the size of the paper's gaps: a source whose removal costs this much carries the pooled ROC-AUC
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,19 @@ class AnalysisOptions:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
-    def shared(self) -> dict:
-        """These settings alone (without a subclass's), as keyword arguments for another analysis."""
-        return {f.name: getattr(self, f.name) for f in fields(AnalysisOptions)}
+
+@dataclass(frozen=True)
+class ReportOptions(AnalysisOptions):
+    """The shared settings and the report's own."""
+
+    baseline: str | None = None  # a value of the compare axis; None: the space's
+    allow_incomplete: bool = False  # analyse an incomplete or mismatched study instead of raising StudyError
+    carry_drop: float = CARRY_DROP  # the leave-one-source-out ROC-AUC drop that flags a source
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.carry_drop < 1:
+            raise ValueError(f"carry_drop must be in (0, 1), got {self.carry_drop!r}")
 
 
 def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,13 +14,16 @@ import pandas as pd
 from analysis.stats import BootstrapCI
 from analysis.tables import format_interval, write_table
 from study.io import write_text
+from study.results import PLOTS_DIR, REPORT_FILE, REPORT_HTML, TABLES_DIR
 
 __all__ = [
     "MIN_CLASS_RECORDINGS",
+    "METRIC_LABELS",
     "ReportWriter",
     "slug",
     "interval_cell",
     "interval_numbers",
+    "row_interval_cell",
     "verdict",
     "few_recordings_warning",
     "correction_name",
@@ -29,13 +32,23 @@ __all__ = [
 ]
 
 MIN_CLASS_RECORDINGS = 10  # a bootstrap interval over fewer recordings of a class is too coarse to trust
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "mcc": "MCC",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "balanced_accuracy": "balanced accuracy",
+    "score": "ICBHI Score",
+}
 
 
 class ReportWriter:
     """Writes tables to OUT/tables, names plots in OUT/plots, and keeps each file's description for the index."""
 
     def __init__(self, out: Path):
-        self.tables_dir, self.plots_dir = out / "tables", out / "plots"
+        self.tables_dir, self.plots_dir = out / TABLES_DIR, out / PLOTS_DIR
         self.tables: list[tuple[str, str]] = []  # (table name, description)
         self.plots: list[tuple[str, str]] = []  # (file name, description)
 
@@ -94,6 +107,14 @@ def interval_numbers(prefix: str, interval: BootstrapCI | None) -> dict:
     return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
 
 
+def row_interval_cell(row: dict, prefix: str, signed: bool = False, missing: str = "n/a") -> str:
+    """The cell of the interval PREFIX, PREFIX_low, PREFIX_high of a table's numbers (:func:`interval_numbers`);
+    ``missing`` where there is none. With the default, the cell :func:`interval_cell` shows of that interval."""
+    if not math.isfinite(row[prefix]):
+        return missing
+    return format_interval(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], signed=signed)
+
+
 def verdict(a: str, b: str, difference: float, p_value: float, alpha: float) -> str:
     """The verdict of a test of a - b at ``alpha``: "a > b", "a < b" or "no significant difference"."""
     if not p_value < alpha:
@@ -134,7 +155,7 @@ _PLOT_LINK = re.compile(r'(<a href="(plots/[^"]+\.png)">[^<]*</a>)')
 def write_html(folder: Path) -> Path:
     """Write FOLDER/report.html from FOLDER/report.md: one self-contained file, the plots embedded beside their
     links, for a reader who does not browse markdown. Python-Markdown renders it; the plots go in as data URIs."""
-    text = (folder / "report.md").read_text()
+    text = (folder / REPORT_FILE).read_text()
     body = markdown.markdown(text, extensions=["tables", "sane_lists"])
 
     def embed(match: re.Match) -> str:
@@ -151,4 +172,4 @@ def write_html(folder: Path) -> Path:
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
         f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
-    return write_text(folder / "report.html", page)
+    return write_text(folder / REPORT_HTML, page)

@@ -11,13 +11,19 @@ summary puts every figure in a compact table with one row per row of a
 table under ``tables/`` (naming its configuration and evaluation set; the
 test ``tests/test_report_trace.py`` checks it). Where
 the predictions hold perturbed or branch-ablated rows (a heart study),
-:func:`report_study` then runs :func:`analysis.robustness.report_robustness`,
-which adds its tables, plots and a section to ``report.md``.
+:func:`report_study` then runs the robustness report on the same engine
+(:func:`analysis.robustness.write_robustness`), which adds its tables, plots
+and a section to ``report.md``.
 
-Layers: :mod:`analysis.study_data` reads the study, :mod:`analysis.resampling`
-draws and computes intervals, :mod:`analysis.output` and
-:mod:`analysis.tables` / :mod:`analysis.plots` write; this module and
-:mod:`analysis.robustness` build the reports on them.
+Layers: :mod:`analysis.engine` reads the study once and resamples every
+condition once (on :mod:`analysis.study_data` and :mod:`analysis.resampling`);
+:mod:`analysis.views` holds the report's view of it (and the robustness
+report's); :mod:`analysis.comparisons`, :mod:`analysis.claims` and
+:mod:`analysis.sources` compute the paired tests, the paper claims and the
+per-source breakdown; this module turns them into tables (each from its
+numbers, its display derived) and plots, and :mod:`analysis.report_md` into
+report.md, through :mod:`analysis.output`, :mod:`analysis.tables` and
+:mod:`analysis.plots`.
 
 Method, in short (``report.md`` states it too):
 
@@ -33,7 +39,7 @@ Method, in short (``report.md`` states it too):
   every configuration and seed sees the same recording draws and seed k is
   paired with seed k, so differences are paired.
   For one configuration this is :func:`analysis.stats.bootstrap_ci`; the
-  draws are made once here and shared, instead of once per configuration.
+  draws are made once (:mod:`analysis.engine`) and shared, instead of once per configuration.
 * Threshold metrics use each trial's validation-chosen threshold.
 * Comparisons: each configuration against the configuration that differs
   only in having the baseline value on the space's compare axis, in every
@@ -67,26 +73,25 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from analysis import paper, stats
-from analysis.options import AnalysisOptions, add_analysis_arguments, analysis_options
+from analysis.claims import check_claims, claim_display, claims_caption
+from analysis.comparisons import ComparisonRow, comparison_display, comparison_numbers, delong_possible
+from analysis.engine import StudyEngine
+from analysis.options import ReportOptions, add_analysis_arguments, analysis_options
 from analysis.output import (
-    MIN_CLASS_RECORDINGS,
+    METRIC_LABELS,
     ReportWriter,
     correction_name,
-    few_recordings_warning,
     interval_cell,
     interval_numbers,
     resampling_unit,
+    row_interval_cell,
     slug,
-    verdict,
     write_html,
 )
 from analysis.plots import (
@@ -99,398 +104,21 @@ from analysis.plots import (
     plot_roc_curves,
     roc_tpr_on_grid,
 )
-from analysis.resampling import (
-    CONFIDENCE_LEVEL,
-    HEART_METRICS,
-    RESPIRATORY_METRICS,
-    Kernel,
-    Resampled,
-    heart_kernel,
-    named_generator,
-    paired_bootstrap,
-    resample,
-    respiratory_kernel,
-    roc_auc_kernel,
-    seed_mean_interval,
-)
-from analysis.robustness import has_robustness_rows, report_robustness
-from analysis.study_data import (
-    Configuration,
-    EvalSet,
-    StudyError,
-    build_eval_sets,
-    completeness_problems,
-    find_configurations,
-    read_histories,
-    read_study,
-    setting_text,
-)
-from analysis.tables import format_interval, format_p, format_value, to_markdown
+from analysis.report_md import lead_lines, second_metric, summary_display, write_report_md
+from analysis.resampling import CONFIDENCE_LEVEL, paired_bootstrap, roc_auc_kernel, seed_mean_interval
+from analysis.robustness import write_robustness
+from analysis.sources import per_source, per_source_caption, per_source_display
+from analysis.study_data import Configuration, read_histories, setting_text
+from analysis.tables import format_interval, format_value
+from analysis.views import HEART_MAIN, ReportView
 from study.data.synth import planted_cues
-from study.io import write_text
 from study.lock import study_lock
+from study.results import REPORT_HTML
 
-__all__ = ["HEART_MAIN", "METRIC_LABELS", "CARRY_DROP", "ReportOptions", "ComparisonRow", "report_study", "main"]
+__all__ = ["report_study", "main"]
 
-HEART_MAIN = ("roc_auc", "mcc", "f1", "accuracy")
-METRIC_LABELS = {
-    "roc_auc": "ROC-AUC",
-    "mcc": "MCC",
-    "f1": "F1",
-    "accuracy": "accuracy",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-    "balanced_accuracy": "balanced accuracy",
-    "score": "ICBHI Score",
-}
-CARRY_DROP = 0.05
-
-
-@dataclass(frozen=True)
-class ReportOptions(AnalysisOptions):
-    """The shared settings (:class:`analysis.options.AnalysisOptions`) and the report's own."""
-
-    baseline: str | None = None  # a value of the compare axis; None: the space's
-    allow_incomplete: bool = False  # analyse an incomplete or mismatched study instead of raising StudyError
-    carry_drop: float = CARRY_DROP  # the leave-one-source-out ROC-AUC drop that flags a source
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 < self.carry_drop < 1:
-            raise ValueError(f"carry_drop must be in (0, 1), got {self.carry_drop!r}")
-
-
-# ---------------------------------------------------------------------------- the analysis
-
-
-@dataclass
-class ComparisonRow:
-    eval_set: str
-    a: str
-    b: str
-    metric: str
-    test: str
-    value_a: float
-    value_b: float
-    difference: float
-    low: float
-    high: float
-    p_value: float
-    n_seeds: int
-    note: str = ""
-    adjusted_p: float = math.nan
-    verdict: str = ""
-    family: str = ""  # the family its p is adjusted over (see :func:`family_name`)
-    family_size: int = 0
-
-
-class _Analysis:
-    """State shared by the report's parts: the study, its configurations, the resampled evaluation sets."""
-
-    def __init__(self, out: Path, options: ReportOptions, dest: Path | None = None):
-        self.out, self.options = Path(out), options
-        self.dest = Path(dest) if dest is not None else self.out  # where the report is written
-        self.state, trials, predictions = read_study(self.out)
-        self.space = self.state.get("space", {})
-        self.name = self.space.get("name") or self.out.name
-        self.respiratory = self.space.get("study") == "respiratory"
-        self.metrics = RESPIRATORY_METRICS if self.respiratory else HEART_METRICS
-        self.main_metrics = ("score", "sensitivity", "specificity", "roc_auc") if self.respiratory else HEART_MAIN
-        compare = self.space.get("compare") or {}
-        self.axis = compare.get("axis")
-        self.compare_metric = compare.get("metric") or "roc_auc"
-        if self.compare_metric not in self.metrics:
-            raise StudyError(
-                f"the space's compare metric {self.compare_metric!r} is not one of the report's metrics {self.metrics}"
-            )
-        grid = self.space.get("grid") or {}
-        self.configurations, self.varying = find_configurations(trials, self.axis, grid)
-        self.problems = completeness_problems(self.configurations, grid, trials)
-        self.notes: list[str] = []
-        self.eval_sets = build_eval_sets(
-            trials, predictions, self.configurations, self.respiratory, self.problems, self.notes
-        )
-        if self.problems and not options.allow_incomplete:
-            raise StudyError(
-                f"study '{self.name}' in {self.out} is incomplete or mismatched:\n  - "
-                + "\n  - ".join(self.problems)
-                + "\nfinish it (python -m study.run --space NAME --resume) or pass --allow-incomplete "
-                "to analyse what is there"
-            )
-        self.n_trials = len(trials)
-        self.baseline = self._baseline_value(options.baseline)
-        self._intervals: dict[tuple, stats.BootstrapCI | None] = {}
-        self.resampled = {e.name: self.resample_set(e, e.name) for e in self.eval_sets}
-        self.primary = next((e.name for e in self.eval_sets if e.name == "physionet2016:test"), self.eval_sets[0].name)
-
-    def kernel(self, eval_set: EvalSet) -> Kernel:
-        return respiratory_kernel(eval_set) if self.respiratory else heart_kernel(eval_set)
-
-    def resample_set(self, eval_set: EvalSet, *stream: str) -> Resampled:
-        """The report's resampling of ``eval_set`` (or a part of it), from the random stream named ``stream``."""
-        return resample(
-            eval_set, self.kernel(eval_set), self.options.n_resamples, named_generator(self.options.seed, *stream)
-        )
-
-    def _baseline_value(self, requested: str | None) -> str | None:
-        if not self.axis or all(c.axis_value is None for c in self.configurations):
-            if requested is not None:
-                raise ValueError(
-                    f"--baseline {requested!r} given but the space declares no compare axis present in the trials"
-                )
-            return None
-        values = sorted({c.axis_value for c in self.configurations})
-        baseline = setting_text(requested if requested is not None else self.space.get("compare", {}).get("baseline"))
-        if baseline not in values:
-            raise ValueError(f"baseline {baseline!r} is not a value of {self.axis} in this study; values: {values}")
-        return baseline
-
-    # -- configurations in an evaluation set
-
-    def trials_in(self, configuration: Configuration, eval_set: str, seeds=None) -> tuple[list, list[str]]:
-        """(seeds, trial ids) of a configuration that scored ``eval_set`` (optionally only the given seeds)."""
-        rows = self.resampled[eval_set].rows
-        pairs = [
-            (s, t)
-            for s, t in zip(configuration.seeds, configuration.trial_ids, strict=True)
-            if t in rows and (seeds is None or s in seeds)
-        ]
-        return [s for s, _ in pairs], [t for _, t in pairs]
-
-    def interval(
-        self, eval_set: str, configuration: Configuration, metric: str, resampled: Resampled | None = None
-    ) -> stats.BootstrapCI | None:
-        """Seed-mean ``metric`` of a configuration over all its seeds on ``eval_set`` (or one source's ``resampled``)."""
-        resampled = resampled or self.resampled[eval_set]
-        key = (resampled.eval_set.name, configuration.name, metric)
-        if key not in self._intervals:
-            _, trial_ids = self.trials_in(configuration, eval_set)
-            self._intervals[key] = (
-                seed_mean_interval(resampled, trial_ids, metric, self.options.ci_method) if trial_ids else None
-            )
-        return self._intervals[key]
-
-    def pairs(self) -> list[tuple[Configuration, Configuration]]:
-        """(configuration, its baseline) for every configuration off the baseline: the declared family."""
-        if self.baseline is None:
-            return []
-        baselines = {c.others: c for c in self.configurations if c.axis_value == self.baseline}
-        family = []
-        for configuration in self.configurations:
-            if configuration.axis_value == self.baseline:
-                continue
-            partner = baselines.get(configuration.others)
-            if partner is None:
-                self.notes.append(
-                    f"'{configuration.name}' has no baseline configuration ({self.axis}={self.baseline} "
-                    "with its other settings) and is not compared"
-                )
-            else:
-                family.append((configuration, partner))
-        return family
-
-    # -- paired comparisons
-
-    def compare(self, a: Configuration, b: Configuration, eval_set: str, metrics, full: bool) -> list[ComparisonRow]:
-        """Paired tests of a - b on ``eval_set`` over their common seeds.
-
-        Always the paired bootstrap for every metric in ``metrics``;
-        with ``full`` also DeLong, the permutation and Wilcoxon tests for the
-        compare metric and McNemar for accuracy (heart studies).
-        """
-        seeds_a, _ = self.trials_in(a, eval_set)
-        seeds_b, _ = self.trials_in(b, eval_set)
-        common = [s for s in seeds_a if s in set(seeds_b)]
-        if not common:
-            self.notes.append(f"'{a.name}' vs '{b.name}' on {eval_set}: no seed in common, not compared")
-            return []
-        _, trials_a = self.trials_in(a, eval_set, common)
-        _, trials_b = self.trials_in(b, eval_set, common)
-        resampled = self.resampled[eval_set]
-        eval_data = resampled.eval_set
-        rows_a = [resampled.rows[t] for t in trials_a]
-        rows_b = [resampled.rows[t] for t in trials_b]
-        n_seeds = len(common)
-        z = special.ndtri((1 + CONFIDENCE_LEVEL) / 2)
-        out, bootstrap_intervals = [], {}
-        for metric in metrics:
-            paired = paired_bootstrap(resampled, trials_a, trials_b, metric)
-            bootstrap_intervals[metric] = (paired.low, paired.high)
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    metric,
-                    "paired bootstrap",
-                    paired.value_a,
-                    paired.value_b,
-                    paired.difference,
-                    paired.low,
-                    paired.high,
-                    paired.p_value,
-                    n_seeds,
-                    ("patients" if eval_data.groups is not None else "recordings") + " resampled, seed variation added",
-                )
-            )
-        if not full:
-            return out
-        metric = self.compare_metric
-        y = eval_data.binary
-        per_seed_a, per_seed_b = resampled.point[metric][rows_a], resampled.point[metric][rows_b]
-        if not self.respiratory:
-            probs_a, probs_b = eval_data.probs[rows_a], eval_data.probs[rows_b]
-            if metric == "roc_auc" and _delong_possible(y):
-                delong = stats.delong_test(y, probs_a.mean(axis=0), probs_b.mean(axis=0), groups=eval_data.groups)
-                half_width = z * math.sqrt(max(delong.var_a + delong.var_b - 2 * delong.cov, 0.0))
-                out.append(
-                    ComparisonRow(
-                        eval_set,
-                        a.name,
-                        b.name,
-                        metric,
-                        "DeLong",
-                        delong.auc_a,
-                        delong.auc_b,
-                        delong.difference,
-                        delong.difference - half_width,
-                        delong.difference + half_width,
-                        delong.p_value,
-                        n_seeds,
-                        "seed-averaged probabilities; Wald CI"
-                        + ("; Obuchowski's clustered variance" if eval_data.groups is not None else ""),
-                    )
-                )
-            # Scores minus their trial's threshold put every trial's decision at 0 (ROC-AUC is unchanged).
-            shifted_a = probs_a - eval_data.thresholds[rows_a, None]
-            shifted_b = probs_b - eval_data.thresholds[rows_b, None]
-            permutation = stats.paired_permutation_test(
-                y,
-                shifted_a,
-                shifted_b,
-                metric,
-                self.options.n_resamples,
-                named_generator(self.options.seed, eval_set, a.name, b.name),
-                threshold=0.0,
-                groups=eval_data.groups,
-            )
-            low, high = bootstrap_intervals[metric]
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    metric,
-                    "paired permutation",
-                    permutation.value_a,
-                    permutation.value_b,
-                    permutation.difference,
-                    low,
-                    high,
-                    permutation.p_value,
-                    n_seeds,
-                    f"outputs swapped per {'patient' if eval_data.groups is not None else 'recording'}; "
-                    "CI from the paired bootstrap",
-                )
-            )
-            majority_a = ((shifted_a >= 0).mean(axis=0) >= 0.5).astype(np.int8)
-            majority_b = ((shifted_b >= 0).mean(axis=0) >= 0.5).astype(np.int8)
-            mcnemar = stats.mcnemar_test(y, majority_a, majority_b, groups=eval_data.groups)
-            net = (mcnemar.n_only_a_correct - mcnemar.n_only_b_correct) / y.size
-            half_width = z * mcnemar.standard_error
-            out.append(
-                ComparisonRow(
-                    eval_set,
-                    a.name,
-                    b.name,
-                    "accuracy",
-                    "McNemar",
-                    mcnemar.accuracy_a,
-                    mcnemar.accuracy_b,
-                    net,
-                    net - half_width,
-                    net + half_width,
-                    mcnemar.p_value,
-                    n_seeds,
-                    f"seed-majority decision at the validation thresholds; {mcnemar.method}; "
-                    + ("cluster-robust Wald CI" if eval_data.groups is not None else "Wald CI"),
-                )
-            )
-        wilcoxon = stats.wilcoxon_seeds(per_seed_a, per_seed_b, CONFIDENCE_LEVEL)
-        if wilcoxon.smallest_p >= self.options.alpha:  # no outcome of these seeds could be significant: not a result
-            self.notes.append(
-                f"Wilcoxon over seeds not shown: {n_seeds} seeds (fewer where two agree) cannot give a two-sided "
-                f"p below {2 / 2**n_seeds:.3g} ≥ α = {self.options.alpha}; it needs 6 seeds or more"
-            )
-            return out
-        note = (
-            "over per-seed metrics: asks about these recordings, not new ones; Hodges-Lehmann Δ with the signed-rank "
-            f"interval (exact level {wilcoxon.confidence_level:.3f})"
-        )
-        out.append(
-            ComparisonRow(
-                eval_set,
-                a.name,
-                b.name,
-                metric,
-                "Wilcoxon signed-rank",
-                float(per_seed_a.mean()),
-                float(per_seed_b.mean()),
-                wilcoxon.estimate,
-                wilcoxon.low,
-                wilcoxon.high,
-                wilcoxon.p_value,
-                n_seeds,
-                note + (f"; {wilcoxon.note}" if wilcoxon.note else ""),
-            )
-        )
-        return out
-
-    def comparisons(self) -> list[ComparisonRow]:
-        rows = []
-        metrics = tuple(dict.fromkeys((self.compare_metric,) + self.main_metrics))
-        for a, b in self.pairs():
-            for eval_set in self.resampled:
-                rows += self.compare(a, b, eval_set, metrics, full=True)
-        order = {name: k for k, name in enumerate(self.resampled)}
-        rows.sort(key=lambda r: order[r.eval_set])  # stable: within a set, comparisons keep their order
-        families: dict[tuple, list[ComparisonRow]] = {}
-        for row in rows:
-            families.setdefault((row.test, row.metric), []).append(row)
-        floors: dict[tuple[str, str], list[str]] = {}  # (test, warning) -> metrics
-        for (test, metric), family in families.items():
-            if test in _RESAMPLING_TESTS:
-                floor = stats.resampling_floor_warning(
-                    self.options.n_resamples,
-                    len(family),
-                    self.options.correction,
-                    self.options.alpha,
-                    what=_RESAMPLING_TESTS[test],
-                    two_sided=test == "paired bootstrap",
-                )
-                if floor:
-                    floors.setdefault((test, floor), []).append(metric)
-            adjusted = stats.adjust_pvalues([r.p_value for r in family], self.options.correction)
-            for row, p in zip(family, adjusted, strict=True):
-                row.adjusted_p = float(p)
-                row.family, row.family_size = family_name(test, metric), len(family)
-                row.verdict = verdict(row.a, row.b, row.difference, row.adjusted_p, self.options.alpha)
-        self.notes += [f"{test} of {', '.join(metrics)}: {floor}" for (test, floor), metrics in floors.items()]
-        return rows
-
-
-def family_name(test: str, metric: str) -> str:
-    """The name of the comparisons family of one test on one metric, as the tables show it."""
-    return f"comparisons: {test}, {METRIC_LABELS[metric]}"
-
-
-# Tests whose p-values come from resampling (floor 2 / (B + 1) two-sided bootstrap, 1 / (B + 1) permutation).
-_RESAMPLING_TESTS = {"paired bootstrap": "bootstrap", "paired permutation": "permutation"}
-
-
-def _delong_possible(y: np.ndarray) -> bool:
-    n_pos = int(y.sum())
-    return min(n_pos, y.size - n_pos) >= 2
+SAM_AST = "SAM-AST paper"  # the main table's row of the SAM-AST paper's ICBHI numbers
+PAPER_COLUMN = "paper (ROC-AUC / MCC / F1 / acc.)"
 
 
 # ---------------------------------------------------------------------------- the report's tables
@@ -501,30 +129,28 @@ def _methods_of(intervals) -> str:
     return ", ".join("BCa" if m == "bca" else m for m in methods)
 
 
-def _configurations_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
+def _configurations_table(view: ReportView, writer: ReportWriter) -> list[dict]:
     """Write tables/configurations: each configuration's varying settings, seeds and trials; returns its rows."""
-    display, numbers = [], []
-    for configuration in analysis.configurations:
-        settings = ", ".join(f"{k}={setting_text(configuration.settings.get(k))}" for k in analysis.varying) or "–"
-        seeds = ", ".join(str(s) for s in configuration.seeds)
-        display.append(
-            {
-                "configuration": configuration.name,
-                "settings": settings,
-                "seeds": len(configuration.seeds),
-                "seed values": seeds,
-                "trials": ", ".join(configuration.trial_ids),
-            }
-        )
-        numbers.append(
-            {
-                "configuration": configuration.name,
-                "settings": settings,
-                "seeds": len(configuration.seeds),
-                "seed_values": seeds,
-                "trial_ids": " ".join(configuration.trial_ids),
-            }
-        )
+    numbers = [
+        {
+            "configuration": c.name,
+            "settings": ", ".join(f"{k}={setting_text(c.settings.get(k))}" for k in view.varying) or "–",
+            "seeds": len(c.seeds),
+            "seed_values": ", ".join(str(s) for s in c.seeds),
+            "trial_ids": " ".join(c.trial_ids),
+        }
+        for c in view.configurations
+    ]
+    display = [
+        {
+            "configuration": n["configuration"],
+            "settings": n["settings"],
+            "seeds": n["seeds"],
+            "seed values": n["seed_values"],
+            "trials": n["trial_ids"].replace(" ", ", "),  # a trial id holds no space
+        }
+        for n in numbers
+    ]
     writer.table(
         "configurations",
         pd.DataFrame(display),
@@ -536,50 +162,49 @@ def _configurations_table(analysis: _Analysis, writer: ReportWriter) -> list[dic
     return numbers
 
 
-def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
-    eval_set = analysis.primary
-    display, numbers, intervals = [], [], []
-    has_paper = not analysis.respiratory and any(paper.paper_model(c.settings) for c in analysis.configurations)
-    for configuration in analysis.configurations:
-        seeds, _ = analysis.trials_in(configuration, eval_set)
-        row = {"configuration": configuration.name, "seeds": len(seeds)}
-        numeric = {"configuration": configuration.name, "eval_set": eval_set, "seeds": len(seeds)}
-        for metric in analysis.main_metrics:
-            interval = analysis.interval(eval_set, configuration, metric)
+def _main_numbers(view: ReportView, eval_set: str, has_paper: bool) -> tuple[list[dict], list]:
+    """(the main table's rows: each configuration's main metrics on ``eval_set``, the paper's beside them; the
+    intervals, for the caption's interval methods)."""
+    numbers, intervals = [], []
+    for configuration in view.configurations:
+        seeds, _ = view.trials_in(configuration, eval_set)
+        row = {"configuration": configuration.name, "eval_set": eval_set, "seeds": len(seeds)}
+        for metric in view.main_metrics:
+            interval = view.interval(eval_set, configuration, metric)
             intervals.append(interval)
-            row[METRIC_LABELS[metric]] = interval_cell(interval)
-            numeric.update(interval_numbers(metric, interval))
+            row.update(interval_numbers(metric, interval))
         if has_paper:
             model = paper.paper_model(configuration.settings)
             values = paper.AUDIOFUSE_RESULTS.get(model, {})
-            row["paper (ROC-AUC / MCC / F1 / acc.)"] = (
-                (" / ".join(f"{values[m]:.4f}" for m in HEART_MAIN) + f" ({model})") if model else "–"
-            )
-            numeric.update({"paper_model": model or "", **{f"paper_{m}": values.get(m, math.nan) for m in HEART_MAIN}})
-        display.append(row)
-        numbers.append(numeric)
-    if analysis.respiratory:
-        display.append(
-            {
-                "configuration": "SAM-AST paper (ICBHI official split, single run)",
-                "seeds": 1,
-                **{
-                    METRIC_LABELS[m]: format_value(paper.SAM_AST_ICBHI[m]) if m in paper.SAM_AST_ICBHI else "–"
-                    for m in analysis.main_metrics
-                },
-            }
-        )
-        numbers.append(
-            {
-                "configuration": "SAM-AST paper",
-                "eval_set": "icbhi2017:test",
-                "seeds": 1,
-                **{m: paper.SAM_AST_ICBHI.get(m, math.nan) for m in analysis.main_metrics},
-            }
-        )
+            row.update({"paper_model": model or "", **{f"paper_{m}": values.get(m, math.nan) for m in HEART_MAIN}})
+        numbers.append(row)
+    if view.respiratory:
+        sam_ast = {m: paper.SAM_AST_ICBHI.get(m, math.nan) for m in view.main_metrics}
+        numbers.append({"configuration": SAM_AST, "eval_set": "icbhi2017:test", "seeds": 1, **sam_ast})
+    return numbers, intervals
+
+
+def _main_display(row: dict, metrics, has_paper: bool) -> dict:
+    if row["configuration"] == SAM_AST:  # single-run numbers, no intervals
+        values = {METRIC_LABELS[m]: format_value(row[m]) if math.isfinite(row[m]) else "–" for m in metrics}
+        return {"configuration": "SAM-AST paper (ICBHI official split, single run)", "seeds": 1, **values}
+    display = {"configuration": row["configuration"], "seeds": row["seeds"]}
+    display.update({METRIC_LABELS[m]: row_interval_cell(row, m) for m in metrics})
+    if has_paper:
+        model = row["paper_model"]
+        values = " / ".join(f"{row[f'paper_{m}']:.4f}" for m in HEART_MAIN)
+        display[PAPER_COLUMN] = f"{values} ({model})" if model else "–"
+    return display
+
+
+def _main_table(view: ReportView, writer: ReportWriter) -> None:
+    eval_set = view.primary
+    has_paper = not view.respiratory and any(paper.paper_model(c.settings) for c in view.configurations)
+    numbers, intervals = _main_numbers(view, eval_set, has_paper)
+    display = [_main_display(row, view.main_metrics, has_paper) for row in numbers]
     unit = (
         "patients (cluster bootstrap)"
-        if analysis.resampled[eval_set].eval_set.groups is not None
+        if view.resampled[eval_set].eval_set.groups is not None
         else "recordings stratified by label"
     )
     caption = (
@@ -589,7 +214,7 @@ def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
     notes = (
         [
             "The paper's numbers are single runs without intervals, at the paper's scale; this study ran at scale "
-            f"'{analysis.space.get('scale', '?')}'."
+            f"'{view.space.get('scale', '?')}'."
         ]
         if has_paper
         else []
@@ -599,105 +224,91 @@ def _main_table(analysis: _Analysis, writer: ReportWriter) -> None:
         pd.DataFrame(display),
         pd.DataFrame(numbers),
         caption,
-        f"configuration × {', '.join(METRIC_LABELS[m] for m in analysis.main_metrics)} on {eval_set}, with intervals"
-        + (" and the paper's numbers" if has_paper or analysis.respiratory else ""),
+        f"configuration × {', '.join(METRIC_LABELS[m] for m in view.main_metrics)} on {eval_set}, with intervals"
+        + (" and the paper's numbers" if has_paper or view.respiratory else ""),
         notes,
     )
 
 
-def _pascal_table(analysis: _Analysis, writer: ReportWriter) -> None:
-    options = analysis.options
-    for eval_set in [e for e in analysis.resampled if e.startswith("pascal") and e != analysis.primary]:
-        display, numbers, intervals = [], [], []
-        has_paper = any(paper.paper_model(c.settings) for c in analysis.configurations)
-        for configuration in analysis.configurations:
-            seeds = set(analysis.trials_in(configuration, eval_set)[0]) & set(
-                analysis.trials_in(configuration, analysis.primary)[0]
+def _zero_shot_numbers(view: ReportView, eval_set: str, has_paper: bool) -> tuple[list[dict], list]:
+    """(each configuration's ROC-AUC on ``eval_set`` and its change from the primary set over the seeds that
+    scored both, the paper's beside them; the intervals, for the caption's interval methods)."""
+    numbers, intervals = [], []
+    for configuration in view.configurations:
+        seeds = set(view.trials_in(configuration, eval_set)[0]) & set(view.trials_in(configuration, view.primary)[0])
+        if not seeds:
+            continue
+        trials = {name: view.trials_in(configuration, name, seeds)[1] for name in (eval_set, view.primary)}
+        zero_shot = seed_mean_interval(view.resampled[eval_set], trials[eval_set], "roc_auc", view.options.ci_method)
+        intervals.append(zero_shot)
+        # seed k on one set paired with seed k on the other; the two sets' recordings resampled independently
+        change = paired_bootstrap(
+            view.resampled[eval_set],
+            trials[eval_set],
+            trials[view.primary],
+            "roc_auc",
+            resampled_b=view.resampled[view.primary],
+        )
+        row = {
+            "configuration": configuration.name,
+            "seeds": len(seeds),
+            **interval_numbers("roc_auc", zero_shot),
+            "change": change.difference,
+            "change_low": change.low,
+            "change_high": change.high,
+        }
+        if has_paper:
+            values = paper.AUDIOFUSE_RESULTS.get(paper.paper_model(configuration.settings))
+            row.update(
+                paper_roc_auc=values["pascal_roc_auc"] if values else math.nan,
+                paper_change=values["pascal_roc_auc"] - values["roc_auc"] if values else math.nan,
             )
-            if not seeds:
-                continue
-            pascal, primary = (
-                seed_mean_interval(
-                    analysis.resampled[name],
-                    analysis.trials_in(configuration, name, seeds)[1],
-                    "roc_auc",
-                    options.ci_method,
-                )
-                for name in (eval_set, analysis.primary)
-            )
-            intervals.append(pascal)
-            # seed k on one set paired with seed k on the other; the two sets' recordings resampled independently
-            change = paired_bootstrap(
-                analysis.resampled[eval_set],
-                analysis.trials_in(configuration, eval_set, seeds)[1],
-                analysis.trials_in(configuration, analysis.primary, seeds)[1],
-                "roc_auc",
-                resampled_b=analysis.resampled[analysis.primary],
-            )
-            row = {
-                "configuration": configuration.name,
-                "seeds": len(seeds),
-                f"{eval_set} ROC-AUC": interval_cell(pascal),
-                f"change vs {analysis.primary}": format_interval(
-                    change.difference, change.low, change.high, signed=True
-                ),
-            }
-            numeric = {
-                "configuration": configuration.name,
-                "seeds": len(seeds),
-                **interval_numbers("roc_auc", pascal),
-                "change": change.difference,
-                "change_low": change.low,
-                "change_high": change.high,
-            }
-            if has_paper:
-                model = paper.paper_model(configuration.settings)
-                values = paper.AUDIOFUSE_RESULTS.get(model)
-                row["paper ROC-AUC (change)"] = (
-                    f"{values['pascal_roc_auc']:.4f} ({values['pascal_roc_auc'] - values['roc_auc']:+.4f})"
-                    if values
-                    else "–"
-                )
-                numeric.update(
-                    paper_roc_auc=values["pascal_roc_auc"] if values else math.nan,
-                    paper_change=values["pascal_roc_auc"] - values["roc_auc"] if values else math.nan,
-                )
-            display.append(row)
-            numbers.append(numeric)
+        numbers.append(row)
+    return numbers, intervals
+
+
+def _zero_shot_display(row: dict, eval_set: str, primary: str, has_paper: bool) -> dict:
+    display = {
+        "configuration": row["configuration"],
+        "seeds": row["seeds"],
+        f"{eval_set} ROC-AUC": row_interval_cell(row, "roc_auc"),
+        f"change vs {primary}": row_interval_cell(row, "change", signed=True),
+    }
+    if has_paper:
+        display["paper ROC-AUC (change)"] = (
+            f"{row['paper_roc_auc']:.4f} ({row['paper_change']:+.4f})" if math.isfinite(row["paper_roc_auc"]) else "–"
+        )
+    return display
+
+
+def _pascal_table(view: ReportView, writer: ReportWriter) -> None:
+    """A table per PASCAL evaluation set other than the primary one: the zero-shot ROC-AUC."""
+    has_paper = any(paper.paper_model(c.settings) for c in view.configurations)
+    for eval_set in [e for e in view.resampled if e.startswith("pascal") and e != view.primary]:
+        numbers, intervals = _zero_shot_numbers(view, eval_set, has_paper)
+        display = [_zero_shot_display(row, eval_set, view.primary, has_paper) for row in numbers]
         caption = (
             f"Zero-shot {eval_set}: seed-mean ROC-AUC [95 % {_methods_of(intervals)} CI] and its change from "
-            f"{analysis.primary} [95 % percentile CI; seeds paired, recordings of the two sets resampled independently]."
+            f"{view.primary} [95 % percentile CI; seeds paired, recordings of the two sets resampled independently]."
         )
         writer.table(
             slug(eval_set),
             pd.DataFrame(display),
             pd.DataFrame(numbers),
             caption,
-            f"ROC-AUC on {eval_set} and its change vs {analysis.primary}"
+            f"ROC-AUC on {eval_set} and its change vs {view.primary}"
             + (", with the paper's numbers" if has_paper else ""),
         )
 
 
-def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
-    display, numbers = [], []
-    for eval_set, resampled in analysis.resampled.items():
-        for configuration in analysis.configurations:
-            for metric in analysis.metrics:
-                interval = analysis.interval(eval_set, configuration, metric)
+def _intervals_table(view: ReportView, writer: ReportWriter) -> None:
+    numbers = []
+    for eval_set, resampled in view.resampled.items():
+        for configuration in view.configurations:
+            for metric in view.metrics:
+                interval = view.interval(eval_set, configuration, metric)
                 if interval is None:
                     continue
-                display.append(
-                    {
-                        "evaluation set": eval_set,
-                        "n": resampled.eval_set.labels.size,
-                        "n pos": resampled.eval_set.n_pos,
-                        "configuration": configuration.name,
-                        "seeds": interval.n_seeds,
-                        "metric": METRIC_LABELS[metric],
-                        "estimate [95 % CI]": interval_cell(interval),
-                        "CI method": interval.method,
-                    }
-                )
                 numbers.append(
                     {
                         "eval_set": eval_set,
@@ -712,61 +323,35 @@ def _intervals_table(analysis: _Analysis, writer: ReportWriter) -> None:
                         "method": interval.method,
                     }
                 )
+    display = [
+        {
+            "evaluation set": n["eval_set"],
+            "n": n["n"],
+            "n pos": n["n_pos"],
+            "configuration": n["configuration"],
+            "seeds": n["seeds"],
+            "metric": METRIC_LABELS[n["metric"]],
+            "estimate [95 % CI]": format_interval(n["estimate"], n["low"], n["high"]),
+            "CI method": n["method"],
+        }
+        for n in numbers
+    ]
     writer.table(
         "intervals",
         pd.DataFrame(display),
         pd.DataFrame(numbers),
         f"Every metric of every configuration on every evaluation set: seed mean [95 % bootstrap CI, "
-        f"{analysis.options.n_resamples} resamples of recordings (patients where known), with seed variation].",
+        f"{view.options.n_resamples} resamples of recordings (patients where known), with seed variation].",
         "every metric × configuration × evaluation set with its 95 % interval and the interval method",
     )
 
 
-def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]) -> None:
-    display = [
-        {
-            "evaluation set": r.eval_set,
-            "A vs B": f"{r.a} vs {r.b}",
-            "metric": METRIC_LABELS[r.metric],
-            "test": r.test,
-            "A": format_value(r.value_a),
-            "B": format_value(r.value_b),
-            "Δ = A − B [unadjusted 95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
-            "p (raw)": format_p(r.p_value),
-            f"p ({analysis.options.correction})": format_p(r.adjusted_p),
-            "family (tests)": f"{r.family} ({r.family_size})",
-            f"verdict (α = {analysis.options.alpha})": r.verdict,
-            "seeds": r.n_seeds,
-            "note": r.note,
-        }
-        for r in rows
-    ]
-    numbers = [
-        {
-            "eval_set": r.eval_set,
-            "a": r.a,
-            "b": r.b,
-            "metric": r.metric,
-            "test": r.test,
-            "value_a": r.value_a,
-            "value_b": r.value_b,
-            "difference": r.difference,
-            "low": r.low,
-            "high": r.high,
-            "p": r.p_value,
-            "adjusted_p": r.adjusted_p,
-            "correction": analysis.options.correction,
-            "family": r.family,
-            "family_size": r.family_size,
-            "verdict": r.verdict,
-            "seeds": r.n_seeds,
-            "note": r.note,
-        }
-        for r in rows
-    ]
+def _comparisons_table(view: ReportView, writer: ReportWriter, rows: list[ComparisonRow]) -> None:
+    numbers = [comparison_numbers(r, view.options.correction) for r in rows]
+    display = [comparison_display(n, view.options.alpha) for n in numbers]
     caption = (
-        f"Paired comparisons: every configuration vs its baseline ({analysis.axis} = {analysis.baseline}) on every "
-        f"evaluation set: the raw p, and p adjusted by {correction_name(analysis.options.correction)} within its "
+        f"Paired comparisons: every configuration vs its baseline ({view.axis} = {view.baseline}) on every "
+        f"evaluation set: the raw p, and p adjusted by {correction_name(view.options.correction)} within its "
         "family (named, with its number of tests); the intervals are each comparison's own 95 % interval, not "
         "adjusted for the family, so one may exclude 0 while the adjusted p is above α."
     )
@@ -785,7 +370,7 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
         "is the Hodges-Lehmann estimate and its interval the signed-rank one, at the exact level in the note; with "
         "fewer than 6 seeds it cannot reject at 0.05 and is not shown.",
     ]
-    if analysis.respiratory:
+    if view.respiratory:
         notes = notes[:1] + [
             "Respiratory study: only the cluster (patient) bootstrap and Wilcoxon over seeds are run; DeLong, "
             "permutation and McNemar are binary-outcome tests and an ICBHI score has four classes."
@@ -800,336 +385,40 @@ def _comparisons_table(analysis: _Analysis, writer: ReportWriter, rows: list[Com
     )
 
 
-def _matching(configurations: list[Configuration], claim: paper.Claim, value: str) -> list[Configuration]:
-    """The configurations with ``value`` on the claim's axis and the claim's fixed settings."""
-    wanted = {claim.axis: value, **claim.fixed}
-    return [
-        c for c in configurations if all(setting_text(c.settings.get(k)) == setting_text(v) for k, v in wanted.items())
-    ]
-
-
-def _claim_components(analysis: _Analysis, claim: paper.Claim) -> list[tuple[Configuration, Configuration, str]]:
-    """(winner, loser, loser's value) for every pair of configurations that checks a part of ``claim``."""
-    components = []
-    for winner in _matching(analysis.configurations, claim, claim.winner):
-        for loser_value in claim.losers:
-            loser = next(  # the same settings apart from the claim's axis
-                (
-                    c
-                    for c in _matching(analysis.configurations, claim, loser_value)
-                    if all(
-                        setting_text(c.settings[k]) == setting_text(winner.settings.get(k))
-                        for k in c.settings
-                        if k != claim.axis
-                    )
-                ),
-                None,
-            )
-            if loser is not None:
-                components.append((winner, loser, loser_value))
-    return components
-
-
-def _at_chance_and_seeds(analysis: _Analysis, eval_set: str, configurations, metric: str) -> list[str]:
-    """Notes on a claim part's configurations: a seed-mean ROC-AUC CI that covers 0.5 ("at chance"), and
-    intervals that seeds dominate (V_seed > V_rec), with the per-seed values."""
-    notes = []
-    for configuration in configurations:
-        interval = analysis.interval(eval_set, configuration, metric)
-        if interval is None:
-            continue
-        if metric == "roc_auc" and interval.low <= 0.5 <= interval.high:
-            notes.append(f"{configuration.name} at chance ({interval_cell(interval)})")
-        if interval.seed_dominated:
-            _, trial_ids = analysis.trials_in(configuration, eval_set)
-            resampled = analysis.resampled[eval_set]
-            values = ", ".join(format_value(resampled.point[metric][resampled.rows[t]]) for t in trial_ids)
-            notes.append(
-                f"{configuration.name}'s seeds vary more than the test set does (per seed: {values}): more seeds needed"
-            )
-    return notes
-
-
-def _paper_values_outside(analysis: _Analysis, claim: paper.Claim, configurations) -> list[str]:
-    """The paper's values of a part's configurations that lie outside the study's 95 % CI."""
-    outside = []
-    for configuration in configurations:
-        value = paper.paper_value(configuration.settings, claim.eval_set, claim.metric)
-        interval = analysis.interval(claim.eval_set, configuration, claim.metric)
-        if value is not None and interval is not None and not interval.low <= value <= interval.high:
-            outside.append(f"paper's {configuration.name} {format_value(value)} outside {interval_cell(interval)}")
-    return outside
-
-
-def _claim_part(analysis: _Analysis, claim: paper.Claim, winner, loser, loser_value, by_pair) -> dict:
-    """One part of a claim (winner beats loser): Δ, its unadjusted 95 % CI, raw p, and its outcome."""
-    row = by_pair.get((claim.eval_set, loser.name, winner.name, claim.metric))
-    if row is not None:  # the comparisons compare loser vs winner (the baseline): turn it round
-        difference, low, high, p_raw = -row.difference, -row.high, -row.low, row.p_value
-    else:
-        row = (
-            by_pair.get((claim.eval_set, winner.name, loser.name, claim.metric))
-            or analysis.compare(winner, loser, claim.eval_set, (claim.metric,), full=False)[0]
+def _claims_table(view: ReportView, writer: ReportWriter, rows: list[ComparisonRow]) -> tuple[list[dict], list[dict]]:
+    """Write tables/claims (:func:`analysis.claims.check_claims`); returns (claim and verdict of each claim,
+    the table's numeric rows: one per part)."""
+    claims, parts = check_claims(view, rows)
+    if parts:
+        options = view.options
+        writer.table(
+            "claims",
+            pd.DataFrame([claim_display(part) for part in parts]),
+            pd.DataFrame(parts),
+            claims_caption(options.alpha, options.correction, len(claims)),
+            "each paper claim this study can check, the deciding test, and whether it holds",
         )
-        difference, low, high, p_raw = row.difference, row.low, row.high, row.p_value
-    paper_gap = claim.paper_differences.get(loser_value)
-    # the paper's Δ outside the study's interval; a ranking without numbers (Δ > 0) is contradicted by a CI below 0
-    excluded = not low <= paper_gap <= high if paper_gap is not None else high < 0
-    if p_raw < analysis.options.alpha and difference > 0:
-        outcome = "holds" + ("; the paper's Δ lies outside the CI" if excluded else "")
-    else:
-        outcome = "contradicted" if excluded else "not resolved"
-    return {
-        "claim": claim.key,
-        "claim_text": claim.text,
-        "winner": winner.name,
-        "loser": loser.name,
-        "eval_set": claim.eval_set,
-        "metric": claim.metric,
-        "paper_difference": paper_gap if paper_gap is not None else math.nan,
-        "difference": difference,
-        "low": low,
-        "high": high,
-        "p": p_raw,
-        "part": outcome,
-        "notes": "; ".join(
-            _paper_values_outside(analysis, claim, (winner, loser))
-            + _at_chance_and_seeds(analysis, claim.eval_set, (winner, loser), claim.metric)
-        ),
-    }
+    return claims, parts
 
 
-def _claim_verdict(parts: list[dict], adjusted_p: float, n_claims: int, alpha: float, correction: str) -> str:
-    """A claim's verdict from its parts (intersection-union) and its p adjusted across the claims."""
-    if any(part["part"] == "contradicted" for part in parts):
-        return "contradicted"
-    if all(part["part"].startswith("holds") for part in parts):
-        if adjusted_p < alpha:
-            return "holds"
-        return f"not resolved after {correction_name(correction)} over {n_claims} claims"
-    return "not resolved at this resolution"
-
-
-def _claims_table(
-    analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow]
-) -> tuple[list[dict], list[dict]]:
-    """Write tables/claims; returns (claim and verdict of each claim, the table's numeric rows: one per part).
-
-    A claim ("the winner beats each loser") is an intersection-union test: it holds when every part is
-    significant in the paper's direction at α, so its p is its parts' largest raw p and the parts need no
-    adjustment among themselves (Berger 1982, Technometrics 24:295). Across the claims those p-values are
-    adjusted as one family.
-    """
-    by_pair = {(r.eval_set, r.a, r.b, r.metric): r for r in rows if r.test == "paired bootstrap"}
-    checked = []
-    for claim in paper.CLAIMS:
-        if claim.eval_set not in analysis.resampled:
-            continue
-        components = _claim_components(analysis, claim)
-        if components and len(components) >= len(claim.losers):
-            checked.append([_claim_part(analysis, claim, *component, by_pair) for component in components])
-    if not checked:
-        return [], []
-    options = analysis.options
-    claim_p = [max(part["p"] for part in parts) for parts in checked]
-    adjusted = stats.adjust_pvalues(claim_p, options.correction)
-    numbers, summaries = [], []
-    for parts, p_claim, p_adjusted in zip(checked, claim_p, adjusted, strict=True):
-        claim_verdict = _claim_verdict(parts, p_adjusted, len(checked), options.alpha, options.correction)
-        for part in parts:
-            part.update(
-                claim_p=p_claim,
-                claim_adjusted_p=float(p_adjusted),
-                correction=options.correction,
-                family=CLAIMS_FAMILY,
-                family_size=len(checked),
-                claim_verdict=claim_verdict,
-            )
-        numbers += parts
-        summaries.append({"claim": parts[0]["claim_text"], "verdict": claim_verdict})
-    display = [
-        {
-            "claim": part["claim_text"],
-            "claim verdict": part["claim_verdict"],
-            "comparison": f"{part['winner']} vs {part['loser']}",
-            "evaluation set": part["eval_set"],
-            "paper Δ": format_value(part["paper_difference"], 4, signed=True)
-            if math.isfinite(part["paper_difference"])
-            else "> 0 (no numbers)",
-            "study Δ [unadjusted 95 % CI]": format_interval(part["difference"], part["low"], part["high"], signed=True),
-            "p (raw)": format_p(part["p"]),
-            "part": part["part"],
-            "claim p (largest part's)": format_p(part["claim_p"]),
-            f"claim p ({options.correction}, {len(checked)} claims)": format_p(part["claim_adjusted_p"]),
-            "notes": part["notes"],
-        }
-        for part in numbers
-    ]
-    writer.table(
-        "claims",
-        pd.DataFrame(display),
-        pd.DataFrame(numbers),
-        f"The paper's claims against this study (α = {options.alpha}), by the paired bootstrap. Each claim is an "
-        "intersection-union test: every part must be significant in the paper's direction at α (raw p), and the "
-        f"claim's p is its parts' largest; the claims' p-values are {correction_name(options.correction)}-adjusted "
-        f"as one family ({len(checked)} claims). A claim is contradicted when a part's 95 % CI excludes the paper's "
-        "Δ (for a ranking without numbers, when the CI lies below 0); it is not resolved when the CI holds both 0 "
-        "and the paper's Δ. Notes: the paper's own values outside the study's CI, configurations at chance (the "
-        "ROC-AUC CI covers 0.5), and intervals that seed-to-seed variation dominates.",
-        "each paper claim this study can check, the deciding test, and whether it holds",
-    )
-    return summaries, numbers
-
-
-CLAIMS_FAMILY = "paper claims: paired bootstrap, intersection-union per claim"
-
-
-def _per_source(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
-    display, numbers, flags = [], [], []
-    drop = analysis.options.carry_drop
-    for eval_set, resampled in analysis.resampled.items():
-        data = resampled.eval_set
-        sources = sorted(set(data.sources))
-        per_source: dict[str, Resampled] = {}
-        for source in sources:
-            mask = data.sources == source
-            subset = data.subset(mask, f"{eval_set} / {source}")
-            if len(np.unique(subset.binary)) == 2:
-                per_source[source] = analysis.resample_set(subset, eval_set, source)
-        # Leave-one-source-out ROC-AUC of every trial: one 0/1 weighting per source.
-        without = {}
-        if len(sources) > 1:
-            auc_without = data.auc_by_source(sources, leave_out=True)
-            # a column is NaN exactly when the recordings left hold one class
-            without = {s: auc_without[:, k] for k, s in enumerate(sources) if np.isfinite(auc_without[:, k]).all()}
-        for configuration in analysis.configurations:
-            seeds, trial_ids = analysis.trials_in(configuration, eval_set)
-            if not trial_ids:
-                continue
-            rows = [resampled.rows[t] for t in trial_ids]
-            pooled = analysis.interval(eval_set, configuration, "roc_auc")
-            source_auc = {s: analysis.interval(eval_set, configuration, "roc_auc", r) for s, r in per_source.items()}
-            confounded = _between_source_confound(pooled, source_auc, drop)
-            for source in sources:
-                mask = data.sources == source
-                n, n_pos = int(mask.sum()), int(data.binary[mask].sum())
-                warning = few_recordings_warning(n_pos, n - n_pos, analysis.respiratory)
-                row = {
-                    "evaluation set": eval_set,
-                    "source": source,
-                    "n": n,
-                    "n pos": n_pos,
-                    "configuration": configuration.name,
-                }
-                numeric = {
-                    "eval_set": eval_set,
-                    "source": source,
-                    "n": n,
-                    "n_pos": n_pos,
-                    "configuration": configuration.name,
-                    "unreliable": warning,
-                    **interval_numbers("pooled_roc_auc", pooled),
-                }
-                for metric in analysis.metrics:
-                    interval = (
-                        analysis.interval(eval_set, configuration, metric, per_source[source])
-                        if source in per_source
-                        else None
-                    )
-                    row[METRIC_LABELS[metric]] = interval_cell(interval) if source in per_source else "one class only"
-                    numeric.update(interval_numbers(metric, interval))
-                reasons, why = [], []  # why: the reasons, short, for report.md's table
-                numeric["roc_auc_without_source"] = math.nan
-                numeric["between_source_confound"] = confounded is not None
-                if confounded == source:  # one row, the highest source's, stands for the confound
-                    reasons.append(
-                        f"the pooled ROC-AUC {pooled.estimate:.3f} exceeds every source's own, even this highest one "
-                        f"by ≥ {drop}: the sources differ in label mix and score level (a between-source confound), "
-                        "so no one source carries it"
-                    )
-                    why.append("between-source confound: the pooled ROC-AUC exceeds every source's own")
-                if confounded is None and source in without:
-                    auc_without = float(without[source][rows].mean())
-                    numeric["roc_auc_without_source"] = auc_without
-                    if pooled.low > 0.5 and pooled.estimate - auc_without >= drop:
-                        reasons.append(
-                            f"without it the pooled ROC-AUC falls from {pooled.estimate:.3f} to {auc_without:.3f}"
-                        )
-                        why.append("the pooled ROC-AUC falls without it")
-                others = [s for s in per_source if s != source]
-                if (
-                    confounded is None
-                    and source in per_source
-                    and others
-                    and pooled.low > 0.5
-                    and source_auc[source].low <= pooled.estimate <= source_auc[source].high
-                    and source_auc[source].low > 0.5
-                    and all(source_auc[s].low <= 0.5 <= source_auc[s].high for s in others)
-                ):
-                    reasons.append("the pooled ROC-AUC lies in its CI while every other source's CI contains 0.5")
-                    why.append("the only source above chance, and the pooled ROC-AUC lies in its CI")
-                row["carries pooled ROC-AUC"] = (
-                    ("CONFOUND: " if confounded == source else "YES: ") + "; ".join(reasons) if reasons else ""
-                )
-                row["intervals"] = warning or "–"
-                if reasons and warning:
-                    why.append(warning)
-                numeric["carries_pooled_roc_auc"] = bool(reasons) and confounded is None
-                if reasons:
-                    flags.append(
-                        {
-                            "eval_set": eval_set,
-                            "configuration": configuration.name,
-                            "source": source,
-                            "reason": "; ".join(reasons),
-                            "why": "; ".join(why),
-                            **{k: numeric[k] for k in _FLAG_NUMBERS},
-                        }
-                    )
-                display.append(row)
-                numbers.append(numeric)
-    caption = (
-        "Per-source breakdown: every metric within each source database, seed mean [95 % CI; recordings (patients "
-        "where known) resampled within the source, stratified by label, with seed variation]. 'carries pooled ROC-AUC' flags a source, where the pooled "
-        f"ROC-AUC's CI lies above 0.5, when removing the source lowers the pooled seed-mean ROC-AUC by ≥ {drop}, or "
-        "when the pooled ROC-AUC lies inside that source's CI while every other source's CI contains 0.5 (chance). "
-        f"'CONFOUND' marks, on the highest source's row, a pooled ROC-AUC that exceeds every source's own by ≥ {drop}: "
-        "a between-source confound (the sources differ in label mix and score level), where no source is flagged as "
-        "carrying it. "
-        f"'intervals' marks a source with fewer than {MIN_CLASS_RECORDINGS} recordings of a class: its intervals "
-        "rest on too few recordings to be trusted."
-    )
+def _per_source_table(view: ReportView, writer: ReportWriter) -> list[dict]:
+    """Write tables/per_source (:func:`analysis.sources.per_source`); returns the flags."""
+    numbers, reasons, flags = per_source(view)
     writer.table(
         "per_source",
-        pd.DataFrame(display),
+        pd.DataFrame([per_source_display(row, view.metrics, why) for row, why in zip(numbers, reasons, strict=True)]),
         pd.DataFrame(numbers),
-        caption,
+        per_source_caption(view.options.carry_drop),
         "every metric per source database with intervals, and a flag where one source carries the pooled ROC-AUC",
     )
     return flags
 
 
-def _between_source_confound(pooled, source_auc: dict, margin: float) -> str | None:
-    """The highest-scoring source where the pooled ROC-AUC exceeds every source's own by ``margin`` or more: a
-    pooled figure no source shows is the sources' differences (label mix, score level), not one source carrying
-    it. None otherwise, or with fewer than two sources that hold both classes."""
-    within = {s: i.estimate for s, i in source_auc.items() if i is not None}
-    if pooled is None or len(within) < 2:
-        return None
-    highest = max(within, key=within.get)
-    return highest if pooled.estimate - within[highest] >= margin else None
-
-
-def _per_cue(analysis: _Analysis) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """ROC-AUC per planted cue on synthetic data: the abnormal recordings carrying one cue kind
-    against every normal recording, seed mean [95 % CI], for each configuration. None when the
-    study's data root holds no synthetic heart-sound folders (real data, or gone)."""
-    root = analysis.state.get("data_root")
-    cues = planted_cues(root) if root and not analysis.respiratory else {}
-    if not cues:
-        return None
-    display, numbers = [], []
-    for eval_set, resampled in analysis.resampled.items():
+def _per_cue_numbers(view: ReportView, cues: dict) -> list[dict]:
+    """Per evaluation set, planted cue and configuration: the abnormal recordings carrying the cue against every
+    normal recording, seed-mean ROC-AUC [95 % CI] on their own draws."""
+    numbers = []
+    for eval_set, resampled in view.resampled.items():
         data = resampled.eval_set
         planted = [cues.get(recording) for recording in data.recordings]
         if any(c is None for c in planted):  # a set from elsewhere (a manifest of other audio)
@@ -1140,88 +429,75 @@ def _per_cue(analysis: _Analysis) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             subset = data.subset(mask, f"{eval_set} / {kind}")
             if len(np.unique(subset.binary)) < 2:
                 continue
-            cue_resampled = analysis.resample_set(subset, eval_set, kind)
+            cue_resampled = view.resample(subset, eval_set, kind)
             n_with, n_normal = int(subset.binary.sum()), int(negatives.sum())
-            for configuration in analysis.configurations:
-                interval = analysis.interval(eval_set, configuration, "roc_auc", cue_resampled)
-                if interval is None:
-                    continue
-                display.append(
-                    {
-                        "evaluation set": eval_set,
-                        "planted cue": kind,
-                        "abnormal with it": n_with,
-                        "normal": n_normal,
-                        "configuration": configuration.name,
-                        "ROC-AUC": interval_cell(interval),
-                    }
-                )
-                numbers.append(
-                    {
-                        "eval_set": eval_set,
-                        "cue": kind,
-                        "n_with_cue": n_with,
-                        "n_normal": n_normal,
-                        "configuration": configuration.name,
-                        **interval_numbers("roc_auc", interval),
-                    }
-                )
-    return (pd.DataFrame(display), pd.DataFrame(numbers)) if display else None
+            for configuration in view.configurations:
+                interval = view.interval(eval_set, configuration, "roc_auc", cue_resampled)
+                if interval is not None:
+                    numbers.append(
+                        {
+                            "eval_set": eval_set,
+                            "cue": kind,
+                            "n_with_cue": n_with,
+                            "n_normal": n_normal,
+                            "configuration": configuration.name,
+                            **interval_numbers("roc_auc", interval),
+                        }
+                    )
+    return numbers
 
 
-def _per_cue_table(analysis: _Analysis, writer: ReportWriter) -> None:
-    tables = _per_cue(analysis)
-    if tables is None:
+def _per_cue_table(view: ReportView, writer: ReportWriter) -> None:
+    """Write tables/per_cue where the study's data root holds synthetic heart sounds with planted cues (none
+    on real data, or where the folder is gone)."""
+    root = view.state.get("data_root")
+    cues = planted_cues(root) if root and not view.respiratory else {}
+    numbers = _per_cue_numbers(view, cues) if cues else []
+    if not numbers:
         return
+    display = [
+        {
+            "evaluation set": n["eval_set"],
+            "planted cue": n["cue"],
+            "abnormal with it": n["n_with_cue"],
+            "normal": n["n_normal"],
+            "configuration": n["configuration"],
+            "ROC-AUC": row_interval_cell(n, "roc_auc"),
+        }
+        for n in numbers
+    ]
     caption = (
         "ROC-AUC per planted cue (synthetic data): the abnormal recordings carrying that cue against every normal "
         "recording, seed mean [95 % CI, recordings resampled with seed variation]; a recording with two cues counts "
         "for both. It shows which cues each configuration sees, e.g. whether fusion adds what one branch misses."
     )
-    writer.table("per_cue", *tables, caption, "synthetic data only: ROC-AUC per planted cue and configuration")
+    writer.table(
+        "per_cue",
+        pd.DataFrame(display),
+        pd.DataFrame(numbers),
+        caption,
+        "synthetic data only: ROC-AUC per planted cue and configuration",
+    )
 
 
-# The numbers of a flagged source that report.md's table shows (tables/per_source columns).
-_FLAG_NUMBERS = ("pooled_roc_auc", "roc_auc_without_source", "roc_auc", "roc_auc_low", "roc_auc_high")
-
-
-def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
-    """Per evaluation set with patients: clusters, the largest one, and each configuration's ROC-AUC interval
-    with patients resampled against the interval that treats every recording as independent."""
-    display, numbers = [], []
-    for eval_set, resampled in analysis.resampled.items():
+def _clustering_numbers(view: ReportView) -> list[dict]:
+    """Per evaluation set with patients and configuration: the ROC-AUC interval with whole patients resampled
+    against the one that treats every recording as independent."""
+    numbers = []
+    for eval_set, resampled in view.resampled.items():
         data = resampled.eval_set
         if data.groups is None:
             continue
         independent_set = dataclasses.replace(data, groups=None)
-        independent = resample(
-            independent_set,
-            roc_auc_kernel(independent_set),
-            analysis.options.n_resamples,
-            named_generator(analysis.options.seed, eval_set, "independent"),
-        )
+        independent = view.resample(independent_set, eval_set, "independent", kernel=roc_auc_kernel)
         sizes = data.cluster_sizes()
-        for configuration in analysis.configurations:
-            _, trial_ids = analysis.trials_in(configuration, eval_set)
+        for configuration in view.configurations:
+            _, trial_ids = view.trials_in(configuration, eval_set)
             if not trial_ids:
                 continue
-            clustered = analysis.interval(eval_set, configuration, "roc_auc")
-            naive = seed_mean_interval(independent, trial_ids, "roc_auc", analysis.options.ci_method)
+            clustered = view.interval(eval_set, configuration, "roc_auc")
+            naive = seed_mean_interval(independent, trial_ids, "roc_auc", view.options.ci_method)
             naive_width = naive.high - naive.low
-            ratio = (clustered.high - clustered.low) / naive_width if naive_width > 0 else math.nan
-            display.append(
-                {
-                    "evaluation set": eval_set,
-                    "recordings": data.labels.size,
-                    "patients": sizes.size,
-                    "largest": int(sizes.max()),
-                    "configuration": configuration.name,
-                    "seeds": len(trial_ids),
-                    "ROC-AUC, patients resampled": interval_cell(clustered),
-                    "as if independent": interval_cell(naive),
-                    "width ratio": f"{ratio:.2f}",
-                }
-            )
             numbers.append(
                 {
                     "eval_set": eval_set,
@@ -1233,11 +509,33 @@ def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
                     **interval_numbers("roc_auc", clustered),
                     "independent_low": naive.low,
                     "independent_high": naive.high,
-                    "width_ratio": ratio,
+                    "width_ratio": (clustered.high - clustered.low) / naive_width if naive_width > 0 else math.nan,
                 }
             )
-    if not display:
+    return numbers
+
+
+def _clustering_table(view: ReportView, writer: ReportWriter) -> None:
+    """Per evaluation set with patients: clusters, the largest one, and each configuration's ROC-AUC interval
+    with patients resampled against the interval that treats every recording as independent."""
+    numbers = _clustering_numbers(view)
+    if not numbers:
         return
+    display = [
+        {
+            "evaluation set": n["eval_set"],
+            "recordings": n["recordings"],
+            "patients": n["patients"],
+            "largest": n["largest_cluster"],
+            "configuration": n["configuration"],
+            "seeds": n["seeds"],
+            "ROC-AUC, patients resampled": row_interval_cell(n, "roc_auc"),
+            # the point estimate is the same however the recordings are resampled
+            "as if independent": format_interval(n["roc_auc"], n["independent_low"], n["independent_high"]),
+            "width ratio": f"{n['width_ratio']:.2f}",
+        }
+        for n in numbers
+    ]
     writer.table(
         "clustering",
         pd.DataFrame(display),
@@ -1251,94 +549,113 @@ def _clustering_table(analysis: _Analysis, writer: ReportWriter) -> None:
     )
 
 
-def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
-    display, numbers = [], []
-    pairs = analysis.pairs() if analysis.baseline is not None else []
-    for eval_set, resampled in analysis.resampled.items():
-        data = resampled.eval_set
-        n, n_pos = data.labels.size, data.n_pos
-        sizes = data.cluster_sizes()
-        row = {
-            "evaluation set": eval_set,
-            "n": n,
-            "n pos": n_pos,
-            "n neg": n - n_pos,
-            "clusters": sizes.size,
-            "largest cluster": int(sizes.max()),
-        }
-        numeric = {
-            "eval_set": eval_set,
-            "n": n,
-            "n_pos": n_pos,
-            "n_neg": n - n_pos,
-            "clusters": sizes.size,
-            "largest_cluster": int(sizes.max()),
-            "resampled_by_patient": data.groups is not None,
-            "dropped_recordings": data.dropped_recordings,
-        }
-        if analysis.respiratory:
-            row["smallest detectable Δ ROC-AUC"] = "n/a: four-class score"
-        else:
-            rhos, base_aucs, observed, design_effects = [], [], [], []
-            for a, b in pairs if _delong_possible(data.binary) else []:
-                common = set(analysis.trials_in(a, eval_set)[0]) & set(analysis.trials_in(b, eval_set)[0])
-                if not common:
-                    continue
-                rows_a = [resampled.rows[t] for t in analysis.trials_in(a, eval_set, common)[1]]
-                rows_b = [resampled.rows[t] for t in analysis.trials_in(b, eval_set, common)[1]]
-                mean_a, mean_b = data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0)
-                delong = stats.delong_test(data.binary, mean_a, mean_b)
-                if delong.var_a > 0 and delong.var_b > 0:
-                    rhos.append(delong.cov / math.sqrt(delong.var_a * delong.var_b))
-                if data.groups is not None:
-                    clustered = stats.delong_test(data.binary, mean_a, mean_b, groups=data.groups)
-                    variances = [r.var_a + r.var_b - 2 * r.cov for r in (clustered, delong)]
-                    if variances[1] > 0:
-                        design_effects.append(variances[0] / variances[1])
-                base_aucs.append(delong.auc_b)
-                observed.append(abs(delong.difference))
-            if rhos:
-                rho = float(np.median(rhos))
-                base_auc = float(np.median(base_aucs))
-                clipped = min(max(base_auc, 0.5), 0.999)
-                # Patients: the variance of a difference grows by the design effect, as if n shrank by it.
-                design_effect = max(float(np.median(design_effects)), 1.0) if design_effects else 1.0
-                mde = stats.auc_difference_mde(
-                    max(round(n_pos / design_effect), 1),
-                    max(round((n - n_pos) / design_effect), 1),
-                    clipped,
-                    float(np.clip(rho, -1, 1)),
-                    analysis.options.alpha,
-                )
-                below = sum(d < mde for d in observed) if math.isfinite(mde) else len(observed)
-                row.update(
-                    {
-                        "baseline ROC-AUC (seed-avg.)": format_value(base_auc),
-                        "ρ between configurations": f"{rho:.2f} [{min(rhos):.2f}, {max(rhos):.2f}]",
-                        "design effect (patients)": f"{design_effect:.2f}",
-                        "smallest detectable Δ ROC-AUC (80 % power)": format_value(mde),
-                        "observed |Δ| below it": f"{below} of {len(observed)}",
-                    }
-                )
-                numeric.update(
-                    baseline_roc_auc=base_auc,
-                    rho_median=rho,
-                    rho_min=min(rhos),
-                    rho_max=max(rhos),
-                    design_effect=design_effect,
-                    mde=mde,
-                    n_comparisons=len(observed),
-                    n_below_mde=below,
-                )
-            else:
-                row.update(
-                    {"smallest detectable Δ ROC-AUC (80 % power)": "n/a: no pair of configurations to correlate"}
-                )
-        display.append(row)
-        numbers.append(numeric)
+def _pair_correlations(view: ReportView, eval_set: str) -> tuple[list, list, list, list]:
+    """DeLong on the seed-averaged probabilities of every configuration and its baseline: (the correlations ρ
+    of their ROC-AUCs, the baselines' ROC-AUCs, the observed |Δ|, the design effects of patients: Obuchowski's
+    clustered over DeLong's variance of the difference)."""
+    resampled = view.resampled[eval_set]
+    data = resampled.eval_set
+    rhos, base_aucs, observed, design_effects = [], [], [], []
+    for a, b in view.pairs if delong_possible(data.binary) else []:
+        common = set(view.trials_in(a, eval_set)[0]) & set(view.trials_in(b, eval_set)[0])
+        if not common:
+            continue
+        rows_a = [resampled.rows[t] for t in view.trials_in(a, eval_set, common)[1]]
+        rows_b = [resampled.rows[t] for t in view.trials_in(b, eval_set, common)[1]]
+        mean_a, mean_b = data.probs[rows_a].mean(axis=0), data.probs[rows_b].mean(axis=0)
+        delong = stats.delong_test(data.binary, mean_a, mean_b)
+        if delong.var_a > 0 and delong.var_b > 0:
+            rhos.append(delong.cov / math.sqrt(delong.var_a * delong.var_b))
+        if data.groups is not None:
+            clustered = stats.delong_test(data.binary, mean_a, mean_b, groups=data.groups)
+            variances = [r.var_a + r.var_b - 2 * r.cov for r in (clustered, delong)]
+            if variances[1] > 0:
+                design_effects.append(variances[0] / variances[1])
+        base_aucs.append(delong.auc_b)
+        observed.append(abs(delong.difference))
+    return rhos, base_aucs, observed, design_effects
+
+
+def _detectable_difference(view: ReportView, eval_set: str) -> dict:
+    """The smallest ROC-AUC difference a paired DeLong test on ``eval_set`` detects with 80 % power, at the
+    median correlation of the configurations and the baseline's ROC-AUC; {} without a pair to correlate."""
+    rhos, base_aucs, observed, design_effects = _pair_correlations(view, eval_set)
+    if not rhos:
+        return {}
+    data = view.resampled[eval_set].eval_set
+    n, n_pos = data.labels.size, data.n_pos
+    rho = float(np.median(rhos))
+    base_auc = float(np.median(base_aucs))
+    clipped = min(max(base_auc, 0.5), 0.999)
+    # Patients: the variance of a difference grows by the design effect, as if n shrank by it.
+    design_effect = max(float(np.median(design_effects)), 1.0) if design_effects else 1.0
+    mde = stats.auc_difference_mde(
+        max(round(n_pos / design_effect), 1),
+        max(round((n - n_pos) / design_effect), 1),
+        clipped,
+        float(np.clip(rho, -1, 1)),
+        view.options.alpha,
+    )
+    return {
+        "baseline_roc_auc": base_auc,
+        "rho_median": rho,
+        "rho_min": min(rhos),
+        "rho_max": max(rhos),
+        "design_effect": design_effect,
+        "mde": mde,
+        "n_comparisons": len(observed),
+        "n_below_mde": sum(d < mde for d in observed) if math.isfinite(mde) else len(observed),
+    }
+
+
+def _resolution_numbers(view: ReportView, eval_set: str) -> dict:
+    data = view.resampled[eval_set].eval_set
+    n, n_pos = data.labels.size, data.n_pos
+    sizes = data.cluster_sizes()
+    row = {
+        "eval_set": eval_set,
+        "n": n,
+        "n_pos": n_pos,
+        "n_neg": n - n_pos,
+        "clusters": sizes.size,
+        "largest_cluster": int(sizes.max()),
+        "resampled_by_patient": data.groups is not None,
+        "dropped_recordings": data.dropped_recordings,
+    }
+    return row if view.respiratory else {**row, **_detectable_difference(view, eval_set)}
+
+
+def _resolution_display(row: dict, respiratory: bool) -> dict:
+    display = {
+        "evaluation set": row["eval_set"],
+        "n": row["n"],
+        "n pos": row["n_pos"],
+        "n neg": row["n_neg"],
+        "clusters": row["clusters"],
+        "largest cluster": row["largest_cluster"],
+    }
+    if respiratory:
+        display["smallest detectable Δ ROC-AUC"] = "n/a: four-class score"
+    elif "mde" in row:
+        display.update(
+            {
+                "baseline ROC-AUC (seed-avg.)": format_value(row["baseline_roc_auc"]),
+                "ρ between configurations": f"{row['rho_median']:.2f} [{row['rho_min']:.2f}, {row['rho_max']:.2f}]",
+                "design effect (patients)": f"{row['design_effect']:.2f}",
+                "smallest detectable Δ ROC-AUC (80 % power)": format_value(row["mde"]),
+                "observed |Δ| below it": f"{row['n_below_mde']} of {row['n_comparisons']}",
+            }
+        )
+    else:
+        display["smallest detectable Δ ROC-AUC (80 % power)"] = "n/a: no pair of configurations to correlate"
+    return display
+
+
+def _resolution_table(view: ReportView, writer: ReportWriter) -> list[dict]:
+    numbers = [_resolution_numbers(view, eval_set) for eval_set in view.resampled]
     caption = (
         "What each test set can resolve: recordings, positives, and the smallest ROC-AUC difference a two-sided paired "
-        f"DeLong test at α = {analysis.options.alpha} detects with 80 % power (stats.auc_difference_mde, Hanley-McNeil "
+        f"DeLong test at α = {view.options.alpha} detects with 80 % power (stats.auc_difference_mde, Hanley-McNeil "
         "variances), at the median correlation ρ of the configurations' seed-averaged ROC-AUCs (DeLong covariance) "
         "and the baseline's ROC-AUC (taken as 0.5 if below). Where recordings cluster within patients, the counts "
         "are divided by the design effect: the median ratio of Obuchowski's clustered to DeLong's variance of a "
@@ -1346,7 +663,7 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     )
     writer.table(
         "resolution",
-        pd.DataFrame(display),
+        pd.DataFrame([_resolution_display(row, view.respiratory) for row in numbers]),
         pd.DataFrame(numbers),
         caption,
         "n recordings, n positives and the smallest ROC-AUC difference each evaluation set can resolve",
@@ -1354,41 +671,83 @@ def _resolution_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
     return numbers
 
 
-def _banded(analysis: _Analysis, configuration: Configuration) -> bool:
+def _summary_table(view: ReportView, writer: ReportWriter) -> list[dict]:
+    """Write tables/summary: configuration × evaluation set with the compare metric and MCC (the ICBHI study:
+    sensitivity) with their intervals, seeds and n: the table report.md opens with. Returns its rows."""
+    second = second_metric(view)
+    numbers = []
+    for eval_set, resampled in view.resampled.items():
+        data = resampled.eval_set
+        for configuration in view.configurations:
+            seeds, _ = view.trials_in(configuration, eval_set)
+            primary = view.interval(eval_set, configuration, view.compare_metric)
+            if primary is None:
+                continue
+            numbers.append(
+                {
+                    "configuration": configuration.name,
+                    "eval_set": eval_set,
+                    "seeds": len(seeds),
+                    "n": int(data.labels.size),
+                    "n_pos": int(data.n_pos),
+                    **interval_numbers(view.compare_metric, primary),
+                    **interval_numbers(second, view.interval(eval_set, configuration, second)),
+                }
+            )
+    writer.table(
+        "summary",
+        summary_display(numbers, view.compare_metric, second),
+        pd.DataFrame(numbers),
+        f"Every configuration on every evaluation set: seed-mean {METRIC_LABELS[view.compare_metric]} and "
+        f"{METRIC_LABELS[second]} [95 % CI], seeds and recordings (positives).",
+        "the table report.md opens with: each configuration's main metrics on every evaluation set",
+    )
+    return numbers
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _banded(view: ReportView, configuration: Configuration) -> bool:
     """Whether a configuration's ROC curve gets its band: the baseline's only (one band reads; five blur into
     one), or the single configuration of a study without a baseline."""
-    if analysis.baseline is None:
-        return len(analysis.configurations) == 1
-    return configuration.axis_value == analysis.baseline
+    if view.baseline is None:
+        return len(view.configurations) == 1
+    return configuration.axis_value == view.baseline
 
 
-def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
-    banded = "baseline" if analysis.baseline is not None else "configuration"  # whose band is shaded
-    for eval_set, resampled in analysis.resampled.items():
+def _roc_curve(view: ReportView, eval_set: str, configuration: Configuration) -> RocCurve | None:
+    """A configuration's seed-mean ROC on ``eval_set``, with its pointwise 95 % band where it gets one
+    (:func:`_banded`); None where it scored none of the set."""
+    _, trial_ids = view.trials_in(configuration, eval_set)
+    if not trial_ids:
+        return None
+    resampled = view.resampled[eval_set]
+    data = resampled.eval_set
+    probs = data.probs[[resampled.rows[t] for t in trial_ids]]
+    per_seed = roc_tpr_on_grid(data.binary, probs, np.ones((data.labels.size, 1)))[:, :, 0]
+    auc = interval_cell(view.interval(eval_set, configuration, "roc_auc"))
+    name = configuration.name
+    if not _banded(view, configuration):
+        return RocCurve(f"{name}: {auc}", per_seed.mean(axis=0))
+    tpr = roc_tpr_on_grid(data.binary, probs, resampled.band_weights)
+    band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
+    low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
+    label = f"{name} (baseline)" if view.baseline is not None else name
+    return RocCurve(f"{label}: {auc}", per_seed.mean(axis=0), low, high)
+
+
+def _roc_plots(view: ReportView, writer: ReportWriter) -> None:
+    banded = "baseline" if view.baseline is not None else "configuration"  # whose band is shaded
+    for eval_set, resampled in view.resampled.items():
         data = resampled.eval_set
         n_band = resampled.band_weights.shape[1]
-        curves = []
-        for configuration in analysis.configurations:
-            _, trial_ids = analysis.trials_in(configuration, eval_set)
-            if not trial_ids:
-                continue
-            rows_k = [resampled.rows[t] for t in trial_ids]
-            per_seed = roc_tpr_on_grid(data.binary, data.probs[rows_k], np.ones((data.labels.size, 1)))[:, :, 0]
-            auc = analysis.interval(eval_set, configuration, "roc_auc")
-            name = configuration.name
-            if not _banded(analysis, configuration):
-                curves.append(RocCurve(f"{name}: {interval_cell(auc)}", per_seed.mean(axis=0)))
-                continue
-            tpr = roc_tpr_on_grid(data.binary, data.probs[rows_k], resampled.band_weights)
-            band = stats.seed_mean_distribution(tpr, per_seed, (0.0, 1.0))
-            low, high = np.quantile(band, [(1 - CONFIDENCE_LEVEL) / 2, (1 + CONFIDENCE_LEVEL) / 2], axis=1)
-            label = f"{name} (baseline)" if analysis.baseline is not None else name
-            curves.append(RocCurve(f"{label}: {interval_cell(auc)}", per_seed.mean(axis=0), low, high))
+        curves = [c for c in (_roc_curve(view, eval_set, conf) for conf in view.configurations) if c is not None]
         path = writer.plots_dir / f"roc_{slug(eval_set)}.png"
         plot_roc_curves(
             path,
             curves,
-            f"{analysis.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
+            f"{view.name}: ROC on {eval_set} (n = {data.labels.size}, {data.n_pos} abnormal)",
             band_note=f"Seed-mean ROC (TPR averaged over seeds at each FPR). Shaded: the {banded}'s pointwise "
             f"95 % band over "
             f"{n_band} bootstrap resamples of {resampling_unit(data)} with seed variation. Legend: seed-mean "
@@ -1401,52 +760,52 @@ def _roc_plots(analysis: _Analysis, writer: ReportWriter) -> None:
         )
 
 
-def _forest_plot(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]):
-    deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == analysis.compare_metric]
+def _forest_plot(view: ReportView, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]):
+    deciding = [r for r in rows if r.test == "paired bootstrap" and r.metric == view.compare_metric]
     if not deciding:
         return
-    mde = {r["eval_set"]: r.get("mde") for r in resolution} if analysis.compare_metric == "roc_auc" else {}
+    mde = {r["eval_set"]: r.get("mde") for r in resolution} if view.compare_metric == "roc_auc" else {}
     panels = [
         (
             eval_set,
             [
-                ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < analysis.options.alpha)
+                ForestRow(f"{r.a} vs {r.b}", r.difference, r.low, r.high, r.adjusted_p < view.options.alpha)
                 for r in deciding
                 if r.eval_set == eval_set
             ],
             mde.get(eval_set),
         )
-        for eval_set in analysis.resampled
+        for eval_set in view.resampled
     ]
-    metric = METRIC_LABELS[analysis.compare_metric]
+    metric = METRIC_LABELS[view.compare_metric]
     path = writer.plots_dir / "forest.png"
     plot_forest(
         path,
         [p for p in panels if p[1]],
         f"Δ {metric} (configuration − baseline)",
-        f"{analysis.name}: Δ {metric} of each configuration vs the baseline {analysis.axis} = {analysis.baseline}",
-        note=f"Paired bootstrap, 95 % percentile CI (unadjusted); filled: adjusted p < {analysis.options.alpha} "
-        f"({analysis.options.correction}).",
+        f"{view.name}: Δ {metric} of each configuration vs the baseline {view.axis} = {view.baseline}",
+        note=f"Paired bootstrap, 95 % percentile CI (unadjusted); filled: adjusted p < {view.options.alpha} "
+        f"({view.options.correction}).",
     )
     writer.plot(path, f"forest plot of Δ {metric} vs the baseline with 95 % CIs, per evaluation set")
 
 
-def _learning_curves(analysis: _Analysis, writer: ReportWriter) -> None:
-    trial_ids = [t for c in analysis.configurations for t in c.trial_ids]
-    histories = read_histories(analysis.out, trial_ids)
+def _learning_curves(view: ReportView, writer: ReportWriter) -> None:
+    trial_ids = [t for c in view.configurations for t in c.trial_ids]
+    histories = read_histories(view.out, trial_ids)
     if not histories:
-        analysis.notes.append(
+        view.notes.append(
             f"no learning curves: none of the {len(trial_ids)} trials keeps its per-epoch history in the study folder "
             "(trials/TRIAL_ID/metrics.json; a committed reference study leaves trials/ out)"
         )
         return
     if len(histories) < len(trial_ids):
-        analysis.notes.append(
+        view.notes.append(
             f"learning curves from {len(histories)} of {len(trial_ids)} trials: the others have no "
             "trials/TRIAL_ID/metrics.json with a history"
         )
     loss, validation = [], []
-    for k, configuration in enumerate(analysis.configurations):
+    for k, configuration in enumerate(view.configurations):
         seeds = [histories[t] for t in configuration.trial_ids if t in histories]
         if seeds:
             label = f"{configuration.name} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
@@ -1460,7 +819,7 @@ def _learning_curves(analysis: _Analysis, writer: ReportWriter) -> None:
     plot_learning_curves(
         path,
         [LearningPanel("training loss", loss), LearningPanel(f"validation {monitors}", validation)],
-        f"{analysis.name}: training loss and validation {monitors} per epoch",
+        f"{view.name}: training loss and validation {monitors} per epoch",
         note="Lines: mean over the seeds that trained that epoch (early stopping ends seeds at different epochs); "
         "shaded: lowest to highest seed. Validation is the early-stopping monitor on the validation split.",
     )
@@ -1471,397 +830,24 @@ def _learning_curves(analysis: _Analysis, writer: ReportWriter) -> None:
     )
 
 
-def _plots(analysis: _Analysis, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
-    _roc_plots(analysis, writer)
-    _forest_plot(analysis, writer, rows, resolution)
-    _learning_curves(analysis, writer)
-
-
-def _summary_table(analysis: _Analysis, writer: ReportWriter) -> list[dict]:
-    """Write tables/summary: configuration × evaluation set with the primary metric and MCC (the ICBHI study:
-    sensitivity) with their intervals, seeds and n: the table report.md opens with. Returns its rows."""
-    second = "mcc" if "mcc" in analysis.metrics and analysis.compare_metric != "mcc" else "sensitivity"
-    numbers = []
-    for eval_set, resampled in analysis.resampled.items():
-        data = resampled.eval_set
-        for configuration in analysis.configurations:
-            seeds, _ = analysis.trials_in(configuration, eval_set)
-            primary = analysis.interval(eval_set, configuration, analysis.compare_metric)
-            if primary is None:
-                continue
-            numbers.append(
-                {
-                    "configuration": configuration.name,
-                    "eval_set": eval_set,
-                    "seeds": len(seeds),
-                    "n": int(data.labels.size),
-                    "n_pos": int(data.n_pos),
-                    **interval_numbers(analysis.compare_metric, primary),
-                    **interval_numbers(second, analysis.interval(eval_set, configuration, second)),
-                }
-            )
-    writer.table(
-        "summary",
-        _summary_display(numbers, analysis.compare_metric, second),
-        pd.DataFrame(numbers),
-        f"Every configuration on every evaluation set: seed-mean {METRIC_LABELS[analysis.compare_metric]} and "
-        f"{METRIC_LABELS[second]} [95 % CI], seeds and recordings (positives).",
-        "the table report.md opens with: each configuration's main metrics on every evaluation set",
-    )
-    return numbers
-
-
-def _summary_display(numbers: list[dict], primary: str, second: str) -> pd.DataFrame:
-    def cell(row, metric):
-        return format_interval(row[metric], row[f"{metric}_low"], row[f"{metric}_high"])
-
-    return pd.DataFrame(
-        [
-            {
-                "configuration": f"`{r['configuration']}`",
-                "evaluation set": r["eval_set"],
-                f"{METRIC_LABELS[primary]} [95 % CI]": cell(r, primary),
-                f"{METRIC_LABELS[second]} [95 % CI]": cell(r, second),
-                "seeds": r["seeds"],
-                "n (positive)": f"{r['n']} ({r['n_pos']})",
-            }
-            for r in numbers
-        ]
-    )
-
-
-def _best_sentence(analysis: _Analysis, eval_set: str, rows: list[ComparisonRow]) -> str:
-    """Which configuration scores highest on ``eval_set`` and whether the comparisons tell it from the rest."""
-    metric = analysis.compare_metric
-    scored = {c.name: i for c in analysis.configurations if (i := analysis.interval(eval_set, c, metric)) is not None}
-    if not scored:
-        return ""
-    best = max(scored, key=lambda name: scored[name].estimate)
-    sentence = f"On {eval_set}, `{best}` has the highest seed-mean {METRIC_LABELS[metric]}"
-    others = [name for name in scored if name != best]
-    if not others:
-        return sentence + "."
-    deciding = {
-        frozenset((r.a, r.b)): r
-        for r in rows
-        if r.eval_set == eval_set and r.metric == metric and r.test == "paired bootstrap"
-    }
-    ahead = [o for o in others if (r := deciding.get(frozenset((best, o)))) and r.adjusted_p < analysis.options.alpha]
-    level = [
-        o for o in others if (r := deciding.get(frozenset((best, o)))) and not r.adjusted_p < analysis.options.alpha
-    ]
-    untested = [o for o in others if frozenset((best, o)) not in deciding]
-    parts = []
-    if ahead and not level and not untested:
-        parts.append("significantly ahead of every other configuration after adjustment")
-    else:
-        if ahead:
-            parts.append("significantly ahead of " + ", ".join(f"`{o}`" for o in ahead))
-        if level:
-            parts.append("not distinguishable from " + ", ".join(f"`{o}`" for o in level))
-        if untested:
-            parts.append(
-                "not compared with "
-                + ", ".join(f"`{o}`" for o in untested)
-                + " (only comparisons with the baseline are tested)"
-            )
-    sentence += ": " + "; ".join(parts)
-    if metric == "roc_auc" and all(i.low <= 0.5 <= i.high for i in scored.values()):
-        sentence += ". Every configuration is at chance there (each interval covers 0.5)"
-    return sentence + "."
-
-
-def _lead(analysis: _Analysis, summary: list[dict], rows: list[ComparisonRow], claims: list[dict]) -> list[str]:
-    """report.md's opening: the answer in a paragraph, the main table, the significant comparisons."""
-    sentences = [s for s in (_best_sentence(analysis, e, rows) for e in analysis.resampled) if s]
-    if claims:
-        verdicts = [c["verdict"] for c in claims]
-        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
-        sentences.append(
-            "Of the paper's claims this study can check: "
-            + "; ".join(
-                f"{'all' if n == len(verdicts) else ('one' if n == 1 else 'several')} {v}" for v, n in counts.items()
-            )
-            + " (below)."
-        )
-    second = next(k for k in summary[0] if k.endswith("_low") and not k.startswith(analysis.compare_metric))[:-4]
-    significant = [r for r in rows if r.adjusted_p < analysis.options.alpha]
-    lines = [
-        "## Summary",
-        "",
-        " ".join(sentences),
-        "",
-        "- every configuration on every evaluation set ([tables/summary.md](tables/summary.md)):",
-        "",
-        to_markdown(_summary_display(summary, analysis.compare_metric, second)).rstrip("\n"),
-        "",
-    ]
-    correction = correction_name(analysis.options.correction)
-    if not rows:
-        return lines
-    if not significant:
-        return lines + [
-            f"No comparison is significant after {correction} adjustment within its family "
-            "([tables/comparisons.md](tables/comparisons.md)).",
-            "",
-        ]
-    table = pd.DataFrame(
-        [
-            {
-                "evaluation set": r.eval_set,
-                "a": f"`{r.a}`",
-                "b": f"`{r.b}`",
-                "metric": METRIC_LABELS[r.metric],
-                "test": r.test,
-                "Δ = a − b [unadjusted 95 % CI]": format_interval(r.difference, r.low, r.high, signed=True),
-                "p (raw)": format_p(r.p_value),
-                f"p ({analysis.options.correction})": format_p(r.adjusted_p),
-                "family (tests)": f"{r.family} ({r.family_size})",
-            }
-            for r in significant
-        ]
-    )
-    return lines + [
-        f"- significant after {correction} adjustment within its family "
-        "(every comparison: [tables/comparisons.md](tables/comparisons.md)):",
-        "",
-        to_markdown(table).rstrip("\n"),
-        "",
-    ]
-
-
-def _study_tables(analysis: _Analysis, configurations: list[dict], resolution: list[dict]) -> list[str]:
-    """report.md's compact tables of the configurations and evaluation sets, a row per row of
-    tables/configurations and tables/resolution."""
-    positive = "not normal" if analysis.respiratory else "abnormal"
-    sets = []
-    for r in resolution:
-        row = {
-            "evaluation set": f"`{r['eval_set']}`",
-            "recordings": r["n"],
-            positive: r["n_pos"],
-            "patients": r["clusters"] if r["resampled_by_patient"] else "–",
-            "largest patient (recordings)": r["largest_cluster"] if r["resampled_by_patient"] else "–",
-            "resampled and tested by": "patient" if r["resampled_by_patient"] else "recording",
-        }
-        if any(x["dropped_recordings"] for x in resolution):
-            row["recordings dropped (not scored by every trial)"] = r["dropped_recordings"]
-        sets.append(row)
-    return [
-        "- configurations ([tables/configurations.md](tables/configurations.md)):",
-        "",
-        to_markdown(
-            pd.DataFrame([{"configuration": f"`{r['configuration']}`", "seeds": r["seeds"]} for r in configurations])
-        ),
-        "- evaluation sets ([tables/resolution.md](tables/resolution.md)):",
-        "",
-        to_markdown(pd.DataFrame(sets)),
-    ]
-
-
-def _claims_summary(parts: list[dict], correction: str) -> list[str]:
-    """report.md's table of the paper claims: a row per part (a row of tables/claims), the claim's text, verdict
-    and adjusted p on its first part."""
-    rows, seen = [], set()
-    n_claims = len({part["claim"] for part in parts})
-    for part in parts:
-        first = part["claim"] not in seen
-        seen.add(part["claim"])
-        paper_gap = part["paper_difference"]
-        rows.append(
-            {
-                "claim": part["claim_text"] if first else "",
-                "verdict": part["claim_verdict"] if first else "",
-                f"claim p ({correction}, {n_claims} claims)": format_p(part["claim_adjusted_p"]) if first else "",
-                "comparison": f"{part['winner']} vs {part['loser']}",
-                "evaluation set": part["eval_set"],
-                "paper Δ": format_value(paper_gap, 4, signed=True) if math.isfinite(paper_gap) else "ranking only",
-                "study Δ [unadjusted 95 % CI]": format_interval(
-                    part["difference"], part["low"], part["high"], signed=True
-                ),
-                "p (raw)": format_p(part["p"]),
-                "part": part["part"],
-                "notes": part["notes"],
-            }
-        )
-    return [
-        "## Paper claims",
-        "",
-        to_markdown(pd.DataFrame(rows)),
-        "(Δ: winner − loser in "
-        + ", ".join(dict.fromkeys(METRIC_LABELS[p["metric"]] for p in parts))
-        + "; how a claim is decided is under Method; the claims' wording: [tables/claims.md](tables/claims.md))",
-        "",
-    ]
-
-
-def _flags_summary(flags: list[dict]) -> list[str]:
-    """report.md's table of the sources that carry a pooled ROC-AUC, a row per flagged row of tables/per_source."""
-    rows = [
-        {
-            "configuration": f"`{f['configuration']}`",
-            "evaluation set": f["eval_set"],
-            "source": f"**{f['source']}**",
-            "pooled ROC-AUC": format_value(f["pooled_roc_auc"]),
-            "pooled ROC-AUC without the source": format_value(f["roc_auc_without_source"]),
-            "ROC-AUC within the source [95 % CI]": format_interval(f["roc_auc"], f["roc_auc_low"], f["roc_auc_high"]),
-            "flagged because": f["why"],
-        }
-        for f in flags
-    ]
-    return [
-        "## Per-source flags",
-        "",
-        "- seed-mean ROC-AUCs of [tables/per_source.md](tables/per_source.md); the rule is under Method:",
-        "",
-        to_markdown(pd.DataFrame(rows)),
-    ]
-
-
-def _index(
-    analysis: _Analysis,
-    writer: ReportWriter,
-    tables: dict[str, list[dict]],
-    claims: list[dict],
-    flags: list[dict],
-    seconds: float,
-    lead: list[str],
-) -> Path:
-    """Write report.md: the answer first (``lead``, then the paper claims), then the study's details, the
-    per-source flags, the files and the method; ``tables`` holds the numeric rows of configurations,
-    resolution and claims."""
-    options = analysis.options
-    lines = [
-        f"# Report: study `{analysis.name}`"
-        if analysis.out.resolve().name == analysis.name
-        else f"# Report: `{analysis.out.resolve().name}` (a study of the space `{analysis.name}`)",
-        "",
-        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `python -m analysis report` from "
-        f"`trials.parquet` ({analysis.n_trials} trials) and `predictions.parquet` in `{analysis.out}`.",
-        "",
-    ]
-    if analysis.problems:
-        lines += ["**Incomplete or mismatched study, analysed as it is (`--allow-incomplete`):**", ""]
-        lines += [f"- {p}" for p in analysis.problems] + [""]
-    lines += lead
-    if claims:
-        lines += _claims_summary(tables["claims"], options.correction)
-    lines += [
-        "## Study",
-        "",
-        f"- study type: {'respiratory (ICBHI, 4 classes)' if analysis.respiratory else 'heart (binary)'}; "
-        f"scale: {analysis.space.get('scale', '?')}",
-        f"- settings that vary: {', '.join(analysis.varying) or 'none'}; seeds are replicates",
-        f"- comparisons: {analysis.axis} vs baseline `{analysis.baseline}` on {METRIC_LABELS[analysis.compare_metric]}"
-        if analysis.baseline is not None
-        else "- comparisons: none (the space declares no compare axis in these trials)",
-        f"- options: {options.n_resamples} bootstrap resamples and permutations, {options.ci_method} intervals, "
-        f"{options.correction} correction, α = {options.alpha}, random seed {options.seed}; took {seconds:.1f} s",
-    ]
-    lines += [f"- note: {n}" for n in dict.fromkeys(analysis.notes)]
-    for dataset, check in analysis.state.get("data_info", {}).get("split_check", {}).items():
-        shared = check["patients_in_train_and_test"]
-        recordings = (
-            f"- split of `{dataset}`: {check['recordings_train']} train / {check['recordings_test']} test "
-            "recordings (none in both); "
-        )
-        if not check["patients_train"] and not check["patients_test"]:
-            lines.append(recordings + "the dataset gives no patient ids, so patients cannot be checked")
-            continue
-        lines += [
-            recordings
-            + f"{check['patients_train']} train / {check['patients_test']} test patients, **{len(shared)} in both**"
-            + (
-                f" ({', '.join(shared)}): the split is by recording, so "
-                "these patients' cycles leak between train and test"
-                if shared
-                else ""
-            )
-        ]
-    for key, found in analysis.state.get("data_info", {}).get("duplicates", {}).items():
-        removed, dropped = found.get("removed_from_training", []), found.get("dropped_from_eval", {})
-        if removed or dropped or found.get("listed_in_training"):
-            lines.append(
-                f"- duplicate audio (data key {key}, data.duplicates={found.get('setting')}): "
-                f"{len(removed)} training/validation recording(s) removed as copies of evaluation recordings"
-                + (f" ({', '.join(r['id'] for r in removed[:5])}{' …' if len(removed) > 5 else ''})" if removed else "")
-                + f"; {sum(len(d) for d in dropped.values())} copies inside evaluation sets scored once"
-                + (
-                    f"; {len(found['listed_in_training'])} training copies of evaluation audio kept (listed only)"
-                    if found.get("listed_in_training")
-                    else ""
-                )
-            )
-    lines += ["", *_study_tables(analysis, tables["configurations"], tables["resolution"])]
-    search = analysis.state.get("search") or {}
-    if search.get("complete"):
-        best = search["best"]
-        lines += [
-            "## Hyperparameter search",
-            "",
-            f"- {search['trials']} trials in [search/trials.parquet](search/trials.parquet), "
-            f"{search['stopped_early']} of them stopped early by ASHA; every one evaluated with the weights it "
-            f"kept. Ranked by `{search['metric']}` ({search['mode']}) on the validation split only.",
-            f"- best: trial `{best['trial_id']}`, {search['metric']} = {best['value']:.4f}, settings "
-            + ", ".join(f"`{k}={setting_text(v)}`" for k, v in best["params"].items()),
-            "- configuration `best` is those settings and `default` the space's own, each retrained over the "
-            "seeds of the scale; the comparisons below test `best` against `default` on held-out sets.",
-            "",
-        ]
-    if flags:
-        lines += _flags_summary(flags)
-    lines += ["## Tables", "", *writer.table_links(), "", "## Plots", "", *writer.plot_links()]
-    lines += [
-        "",
-        "## Method",
-        "",
-        "- A configuration is every setting except the seed; seeds are replicates. Only clean predictions are "
-        "analysed (no perturbation, no test-time branch ablation).",
-        "- Intervals: seed-mean metric, bootstrap over recordings stratified by label, or over whole patients "
-        "(stratified by their label mix) in evaluation sets with several recordings per patient (see `clustering`), "
-        "with the seed-to-seed variation added by variance components (seed, recording and seed × recording "
-        "interaction, each counted once) on Student's t tails, whose Satterthwaite degrees of freedom come from the "
-        "seed component (S − 1 where seeds dominate: a mean of 3 seeds has 2); every configuration and seed shares "
-        "the same recording draws and seed k is paired with seed k, so differences are paired. Where seeds vary "
-        "more than the test set does (V_seed > V_rec) the claims show each seed's value: more seeds narrow the "
-        "interval, more recordings barely do.",
-        "- Threshold metrics use each trial's threshold chosen on validation, never on test.",
-        f"- Families ({correction_name(options.correction)}-adjusted p-values, α = {options.alpha}): each adjusted p "
-        "is adjusted within exactly one family, so no comparison carries two. (1) comparisons: one test on one "
-        "metric over every configuration vs its baseline × evaluation set, on clean audio (the tests are "
-        "alternative analyses of the same hypotheses, so each has its own family). (2) paper claims: within a "
-        "claim an intersection-union test (every part significant at α, unadjusted; the claim's p is its parts' "
-        "largest), and the claims adjusted as one family. (3) robustness: fusion's drop minus each single "
-        "branch's, over every fusion-branch pair × condition (each perturbation severity, and the real shift to "
-        "another database). Every interval shown beside an adjusted p is that comparison's unadjusted 95 % "
-        "interval and says so in its header.",
-        "- Verdicts: a paper claim holds when every part is significant in the paper's direction and the claim "
-        "survives its family's adjustment; it is contradicted when a part's interval excludes the paper's Δ (or, "
-        "for a ranking without numbers, lies below 0); otherwise it is not resolved at this resolution. A "
-        "configuration is at chance where its seed-mean ROC-AUC interval covers 0.5.",
-        "- Wilcoxon over seeds takes the test set as fixed; its Δ is the Hodges-Lehmann estimate with the "
-        "signed-rank interval, and it is left out where this many seeds cannot reach α (fewer than 6).",
-        f"- Per-source flag (only where the pooled ROC-AUC's CI lies above 0.5): removing the source lowers the pooled "
-        f"seed-mean ROC-AUC by ≥ {options.carry_drop}, or the pooled ROC-AUC lies in that source's CI while every other "
-        f"source's CI contains 0.5. Where the pooled ROC-AUC exceeds every source's own by ≥ {options.carry_drop}, no "
-        "source carries it: that is a between-source confound, flagged as such. A source with fewer than "
-        f"{MIN_CLASS_RECORDINGS} recordings of a class is marked unreliable.",
-    ]
-    return write_text(analysis.dest / "report.md", "\n".join(lines) + "\n")
+def _plots(view: ReportView, writer: ReportWriter, rows: list[ComparisonRow], resolution: list[dict]) -> None:
+    _roc_plots(view, writer)
+    _forest_plot(view, writer, rows, resolution)
+    _learning_curves(view, writer)
 
 
 def report_study(out: Path, dest: Path | None = None, **options) -> dict:
     """Write the analysis report of the finished study in ``out`` (into ``dest``, default ``out``), and its
     robustness report where it has one.
 
-    Options (see :class:`ReportOptions`): baseline (a value of the compare
+    Options (see :class:`analysis.options.ReportOptions`): baseline (a value of the compare
     axis; default the space's), correction ("holm" or "bh"), n_resamples
     (bootstrap resamples and permutations, default 10,000), alpha (0.05),
     allow_incomplete (analyse an incomplete or mismatched study instead of
     raising StudyError), ci_method ("bca" or "percentile"), seed, carry_drop,
     plots (False writes the tables only). A heart study whose predictions
-    hold perturbed or branch-ablated rows also gets
-    :func:`analysis.robustness.report_robustness` with the shared options.
+    hold perturbed or branch-ablated rows also gets the robustness report
+    (:func:`analysis.robustness.write_robustness`) on the same engine.
 
     Returns dict with out, report (path of report.md), tables and plots
     (paths, the robustness report's included), claims (claim and verdict),
@@ -1869,41 +855,42 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
     """
     started = time.perf_counter()
     settings = ReportOptions(**options)
-    analysis = _Analysis(Path(out), settings, dest)
-    writer = ReportWriter(analysis.dest)
-    rows = analysis.comparisons()
-    summary_rows = _summary_table(analysis, writer)
-    configurations = _configurations_table(analysis, writer)
-    _main_table(analysis, writer)
-    _pascal_table(analysis, writer)
-    _intervals_table(analysis, writer)
+    engine = StudyEngine(Path(out), settings)
+    view = ReportView(engine, settings, dest)
+    writer = ReportWriter(view.dest)
+    rows = view.comparisons()
+    summary_rows = _summary_table(view, writer)
+    configurations = _configurations_table(view, writer)
+    _main_table(view, writer)
+    _pascal_table(view, writer)
+    _intervals_table(view, writer)
     if rows:
-        _comparisons_table(analysis, writer, rows)
-    claims, claim_parts = _claims_table(analysis, writer, rows)
-    flags = _per_source(analysis, writer)
-    _per_cue_table(analysis, writer)
-    _clustering_table(analysis, writer)
-    resolution = _resolution_table(analysis, writer)
+        _comparisons_table(view, writer, rows)
+    claims, claim_parts = _claims_table(view, writer, rows)
+    flags = _per_source_table(view, writer)
+    _per_cue_table(view, writer)
+    _clustering_table(view, writer)
+    resolution = _resolution_table(view, writer)
     if settings.plots:
-        _plots(analysis, writer, rows, resolution)
+        _plots(view, writer, rows, resolution)
     seconds = time.perf_counter() - started
     tables = {"configurations": configurations, "resolution": resolution, "claims": claim_parts}
-    lead = _lead(analysis, summary_rows, rows, claims)
-    report = _index(analysis, writer, tables, claims, flags, seconds, lead)
+    lead = lead_lines(view, summary_rows, rows, claims)
+    report = write_report_md(view, writer, tables, claims, flags, seconds, lead)
     summary = {
-        "out": str(analysis.out),
+        "out": str(view.out),
         "report": str(report),
         "tables": writer.table_paths(),
         "plots": writer.plot_paths(),
         "claims": claims,
         "lead": lead,
         "source_flags": flags,
-        "problems": analysis.problems,
-        "notes": list(dict.fromkeys(analysis.notes)),
+        "problems": view.problems,
+        "notes": list(dict.fromkeys(view.notes)),
         "seconds": seconds,
     }
-    if not analysis.respiratory and has_robustness_rows(pd.read_parquet(analysis.out / "predictions.parquet")):
-        robustness = report_robustness(analysis.out, dest=analysis.dest, **settings.shared())
+    if not view.respiratory and engine.has_robustness_rows:
+        robustness = write_robustness(engine, view.dest)
         summary.update(
             tables=summary["tables"] + robustness["tables"],
             plots=summary["plots"] + robustness["plots"],
@@ -1911,8 +898,8 @@ def report_study(out: Path, dest: Path | None = None, **options) -> dict:
             seconds=time.perf_counter() - started,
         )
     else:
-        write_html(analysis.dest)
-    summary["html"] = str(analysis.dest / "report.html")
+        write_html(view.dest)
+    summary["html"] = str(view.dest / REPORT_HTML)
     return summary
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "METRIC_BOUNDS",
     "metric_bounds",
     "auc_kernel",
+    "metric_kernel",
     "weighted_auc",
     "auc_resampled",
     "resampling_units",
@@ -55,14 +56,18 @@ __all__ = [
     "leave_one_out_weights",
     "seed_variance",
     "seed_mean_distribution",
+    "seed_mean_bootstrap",
+    "leave_one_out_values",
     "bootstrap_interval",
     "bootstrap_p_value",
     "bootstrap_ci",
     "seed_mean_ci",
+    "delong_covariance",
     "delong_variance",
     "delong_test",
     "paired_bootstrap_result",
     "paired_bootstrap_test",
+    "auc_swap_effects",
     "paired_permutation_test",
     "mcnemar_test",
     "walsh_interval",
@@ -280,7 +285,7 @@ def auc_kernel(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.nda
     return aucs
 
 
-def _metric_kernel(
+def metric_kernel(
     metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
     """Metric (S, B) of scores (S, n) under recording weights (n, B)."""
@@ -532,7 +537,7 @@ def seed_mean_distribution(
     return np.clip(_t_stretch(rescaled, estimate, components.df), *bounds)
 
 
-def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
+def seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, resample_seeds) -> np.ndarray:
     """Bootstrap distribution (n_models, B) of each model's seed-mean metric, and of a - b for two models.
 
     ``models`` is a list of (scores (S, n), threshold (S,)) with a common S.
@@ -543,12 +548,12 @@ def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, res
     seeds are taken as fixed. Row -1 is the paired difference when there are two models.
     """
     blocks = [
-        [_metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
+        [metric_kernel(metric, y, scores, threshold, w) for scores, threshold in models]
         for w in bootstrap_weight_blocks(units, strata, n_resamples, rng)
     ]
     per_seed = [np.concatenate([block[k] for block in blocks], axis=1) for k in range(len(models))]
     ones = np.ones((y.size, 1))
-    points = [_metric_kernel(metric, y, scores, threshold, ones)[:, 0] for scores, threshold in models]
+    points = [metric_kernel(metric, y, scores, threshold, ones)[:, 0] for scores, threshold in models]
     if len(models) == 2:
         per_seed.append(per_seed[0] - per_seed[1])
         points.append(points[0] - points[1])
@@ -560,7 +565,7 @@ def _seed_mean_bootstrap(metric, y, models, units, strata, n_resamples, rng, res
     return np.stack([seed_mean_distribution(v, point, b) for v, point, b in zip(per_seed, points, bounds, strict=True)])
 
 
-def _leave_one_out(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def leave_one_out_values(metric: str, y: np.ndarray, scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Metric (S, n) of scores (S, n) with recording i left out, in closed form.
 
     Leaving a positive out removes the negatives it beats from U (and one
@@ -595,20 +600,20 @@ def _jackknife_values(metric, y, scores, threshold, units, strata, resample_seed
     """
     n_seeds = scores.shape[0]
     if np.array_equal(units, np.arange(units.size)):
-        per_recording = _leave_one_out(metric, y, scores, threshold).mean(axis=0)
+        per_recording = leave_one_out_values(metric, y, scores, threshold).mean(axis=0)
         samples = [per_recording[stratum] for stratum in strata]
     else:
         samples = [
             np.concatenate(
                 [
-                    _metric_kernel(metric, y, scores, threshold, weights).mean(axis=0)
+                    metric_kernel(metric, y, scores, threshold, weights).mean(axis=0)
                     for weights in leave_one_out_weights(units, stratum)
                 ]
             )
             for stratum in strata
         ]
     if resample_seeds and n_seeds > 1:
-        full = _metric_kernel(metric, y, scores, threshold, np.ones((y.size, 1)))[:, 0]
+        full = metric_kernel(metric, y, scores, threshold, np.ones((y.size, 1)))[:, 0]
         samples.append((full.sum() - full) / (n_seeds - 1))
     return samples
 
@@ -751,10 +756,10 @@ def bootstrap_ci(
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {CI_METHODS}, got {method!r}")
     units, strata = resampling_units(labels, groups)
-    distribution = _seed_mean_bootstrap(
+    distribution = seed_mean_bootstrap(
         metric, labels, [(scores, thresholds)], units, strata, n_resamples, _as_rng(rng), resample_seeds
     )[0]
-    estimate = float(_metric_kernel(metric, labels, scores, thresholds, np.ones((labels.size, 1))).mean())
+    estimate = float(metric_kernel(metric, labels, scores, thresholds, np.ones((labels.size, 1))).mean())
     return bootstrap_interval(
         distribution,
         estimate,
@@ -824,7 +829,7 @@ def _clusters(groups, n: int) -> np.ndarray | None:
     return None if clusters.max() + 1 == n else clusters
 
 
-def _delong_covariance(y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None):
+def delong_covariance(y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None):
     """AUCs (k,) and their covariance (k, k) for scores (k, n): DeLong's, or Obuchowski's for clustered recordings.
 
     Structural components by the fast algorithm of Sun & Xu (2014, IEEE SPL
@@ -890,7 +895,7 @@ def delong_variance(y, scores, groups=None) -> DelongVariance:
     values = _check_scores(scores, labels.size, "scores")
     if values.shape[0] != 1:
         raise ValueError(f"scores must be one vector of shape ({labels.size},), got {np.shape(scores)}")
-    aucs, covariance = _delong_covariance(labels, values, clusters)
+    aucs, covariance = delong_covariance(labels, values, clusters)
     return DelongVariance(float(aucs[0]), float(covariance[0, 0]))
 
 
@@ -904,7 +909,7 @@ def delong_test(y, scores_a, scores_b, groups=None) -> DelongResult:
         scale: probabilities or logits give the same result).
     groups : optional array (n,) of patient ids. Recordings of one patient
         are correlated; the variance is then Obuchowski's clustered
-        extension of DeLong's (see :func:`_delong_covariance`), which needs
+        extension of DeLong's (see :func:`delong_covariance`), which needs
         at least 2 patients holding each class. With one recording per
         patient it equals DeLong's.
 
@@ -920,7 +925,7 @@ def delong_test(y, scores_a, scores_b, groups=None) -> DelongResult:
     )
     if values.shape[0] != 2:
         raise ValueError("scores_a and scores_b must each be one vector of shape (n,); average seeds first")
-    aucs, covariance = _delong_covariance(labels, values, clusters)
+    aucs, covariance = delong_covariance(labels, values, clusters)
     difference = aucs[0] - aucs[1]
     var_difference = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     if var_difference > 0:
@@ -986,11 +991,11 @@ def paired_bootstrap_test(
     confidence_level = _check_confidence(confidence_level)
     units, strata = resampling_units(labels, groups)
     models = [(scores_a, thresholds), (scores_b, thresholds)]
-    differences = _seed_mean_bootstrap(
-        metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds
-    )[-1]
+    differences = seed_mean_bootstrap(metric, labels, models, units, strata, n_resamples, _as_rng(rng), resample_seeds)[
+        -1
+    ]
     ones = np.ones((labels.size, 1))
-    value_a, value_b = (float(_metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
+    value_a, value_b = (float(metric_kernel(metric, labels, scores, thresholds, ones).mean()) for scores, _ in models)
     return paired_bootstrap_result(metric, value_a, value_b, differences, confidence_level)
 
 
@@ -1013,7 +1018,7 @@ def paired_bootstrap_result(
     )
 
 
-def _auc_swap_effects(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
+def auc_swap_effects(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
     """Weights w (n,) with AUC(a') - AUC(b') = sum_i s_i w_i for any swap pattern.
 
     a' takes b's output for the recordings with s_i = -1 (and b' takes a's),
@@ -1081,13 +1086,11 @@ def paired_permutation_test(
     clusters = _clusters(groups, n)
     n_units = n if clusters is None else int(clusters.max()) + 1
     ones = np.ones((n, 1))
-    value_a = float(_metric_kernel(metric, labels, scores_a, thresholds, ones).mean())
-    value_b = float(_metric_kernel(metric, labels, scores_b, thresholds, ones).mean())
+    value_a = float(metric_kernel(metric, labels, scores_a, thresholds, ones).mean())
+    value_b = float(metric_kernel(metric, labels, scores_b, thresholds, ones).mean())
     positive = labels == 1
     if metric == "roc_auc":
-        effects = np.mean(
-            [_auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b, strict=True)], axis=0
-        )
+        effects = np.mean([auc_swap_effects(labels, sa, sb) for sa, sb in zip(scores_a, scores_b, strict=True)], axis=0)
 
         def differences(swap):
             return effects.sum() - 2 * swap @ effects

@@ -37,6 +37,7 @@ __all__ = [
     "completeness_problems",
     "EvalSet",
     "build_eval_sets",
+    "check_recorded_aucs",
     "TrialHistory",
     "read_histories",
 ]
@@ -235,6 +236,11 @@ def _eval_set_order(trials: pd.DataFrame, names) -> list[str]:
     return [n for n in declared if n in names] + sorted(n for n in names if n not in declared)
 
 
+def _trial_info(configurations: list[Configuration]) -> dict[str, tuple]:
+    """trial id -> (its configuration's name, its seed)."""
+    return {t: (c.name, s) for c in configurations for s, t in zip(c.seeds, c.trial_ids, strict=True)}
+
+
 def _describe_trial(trial_id: str, trial_info: dict) -> str:
     name, seed = trial_info[trial_id]
     return f"'{name}' seed {seed} ({trial_id})"
@@ -256,11 +262,13 @@ def build_eval_sets(
 
     Raises StudyError for what cannot be analysed at all: predictions of
     trials that trials.parquet does not list, duplicate rows, a recording
-    with different labels in different trials, missing thresholds, or
-    trials.parquet metrics that the predictions do not reproduce.
+    with different labels in different trials, or missing thresholds.
+    Whether trials.parquet's metrics agree is :func:`check_recorded_aucs`'s
+    question: a perturbed condition's predictions are not the ones they were
+    computed from.
     """
     clean = _clean_predictions(predictions)
-    trial_info = {t: (c.name, s) for c in configurations for s, t in zip(c.seeds, c.trial_ids, strict=True)}
+    trial_info = _trial_info(configurations)
     strangers = sorted(set(clean["trial_id"]) - set(trial_info))
     if strangers:
         raise StudyError(
@@ -358,8 +366,6 @@ def build_eval_sets(
             trial_thresholds,
             dropped_recordings=len(counts) - len(complete),
         )
-        if not respiratory and eval_set.dropped_recordings == 0:
-            _check_recorded_auc(eval_set, trials, trial_info)
         eval_sets.append(eval_set)
     if not eval_sets:
         raise StudyError(
@@ -376,6 +382,16 @@ def _clusters(first: pd.DataFrame) -> np.ndarray | None:
     groups = first["group"].astype("string")
     clusters = ("group:" + groups).fillna("recording:" + recordings).to_numpy(dtype=str)
     return None if np.unique(clusters).size == clusters.size else clusters
+
+
+def check_recorded_aucs(eval_sets: list[EvalSet], trials: pd.DataFrame, configurations: list[Configuration]) -> None:
+    """Raise StudyError where trials.parquet's ROC-AUC of a trial on clean audio differs from the one its
+    predictions give (the two files come from different runs). A set that dropped recordings is not
+    checked: trials.parquet's figure is over all of them."""
+    trial_info = _trial_info(configurations)
+    for eval_set in eval_sets:
+        if eval_set.dropped_recordings == 0:
+            _check_recorded_auc(eval_set, trials, trial_info)
 
 
 def _check_recorded_auc(eval_set: EvalSet, trials: pd.DataFrame, trial_info: dict) -> None:

@@ -14,7 +14,7 @@ from scipy import special
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from analysis import paper, report, resampling, stats
+from analysis import comparisons, paper, report, resampling, stats
 from analysis.__main__ import main as analysis_main
 from analysis.plots import FPR_GRID, roc_tpr_on_grid
 from analysis.study_data import REQUIRED_FILES, EvalSet, StudyError
@@ -279,7 +279,7 @@ def test_better_configuration_is_significant_and_identical_copy_is_not(fusion_st
     assert (copy["verdict"] == "no significant difference").all()
     # every row names the one family its p is adjusted in, and that family's size
     for (test, metric), family in table.groupby(["test", "metric"]):
-        assert set(family["family"]) == {report.family_name(test, metric)}
+        assert set(family["family"]) == {comparisons.family_name(test, metric)}
         assert (family["family_size"] == len(family)).all()
         assert (family["adjusted_p"] >= family["p"]).all()
     header = (folder / "tables" / "comparisons.md").read_text()

@@ -53,8 +53,8 @@ def test_weighted_auc_jackknife_weights_equal_leave_one_out():
 def test_closed_form_leave_one_out_equals_reweighting(metric):
     y, a, b = _two_models(3, n_pos=20, n_neg=17, ties=True)
     scores, thresholds = np.stack([a, b]), np.array([0.3, 0.5])
-    closed_form = stats._leave_one_out(metric, y, scores, thresholds)
-    reweighted = stats._metric_kernel(metric, y, scores, thresholds, 1 - np.eye(y.size))
+    closed_form = stats.leave_one_out_values(metric, y, scores, thresholds)
+    reweighted = stats.metric_kernel(metric, y, scores, thresholds, 1 - np.eye(y.size))
     np.testing.assert_allclose(closed_form, reweighted, atol=1e-12)
 
 
@@ -82,7 +82,7 @@ def test_bca_matches_scipy_on_the_same_bootstrap_distribution():
     # Recompute the same draws, then let scipy build its BCa interval on them:
     # a stratified bootstrap is scipy's independent two-sample bootstrap of (positives, negatives).
     units, strata = stats.resampling_units(y, None)
-    distribution = stats._seed_mean_bootstrap(
+    distribution = stats.seed_mean_bootstrap(
         "roc_auc", y, [(a[None], np.array([0.5]))], units, strata, 3000, np.random.default_rng(7), True
     )[0]
 
@@ -138,7 +138,7 @@ def test_threshold_metrics_under_resampling_match_binary_metrics():
     weights = np.stack([np.bincount(row, minlength=y.size) for row in idx]).astype(float)
     thresholds = np.array([0.55, 0.6])
     for metric in ("accuracy", "mcc", "f1", "balanced_accuracy", "sensitivity", "specificity"):
-        values = stats._metric_kernel(metric, y, prob, thresholds, weights.T)
+        values = stats.metric_kernel(metric, y, prob, thresholds, weights.T)
         for row in range(15):
             for seed in range(2):
                 expected = binary_metrics(y[idx[row]], prob[seed, idx[row]], thresholds[seed])[metric]
@@ -325,7 +325,7 @@ def test_permutation_test_matches_full_enumeration():
 def test_auc_swap_effects_reproduce_swapped_aucs(ties):
     y, a, b = _two_models(11, n_pos=25, n_neg=20, ties=ties)
     rank_a, rank_b = sps.rankdata(a), sps.rankdata(b)
-    effects = stats._auc_swap_effects(y, a, b)
+    effects = stats.auc_swap_effects(y, a, b)
     rng = np.random.default_rng(0)
     for _ in range(20):
         swap = rng.random(y.size) < 0.5
@@ -545,7 +545,7 @@ def test_clustered_delong_with_one_recording_per_patient_is_delong():
     y, a, b = _two_models(3, n_pos=30, n_neg=40)
     plain = stats.delong_test(y, a, b)
     # own groups make _clusters return None; the Obuchowski formula itself must agree too
-    aucs, covariance = stats._delong_covariance(y, np.stack([a, b]), np.arange(y.size))
+    aucs, covariance = stats.delong_covariance(y, np.stack([a, b]), np.arange(y.size))
     assert covariance == pytest.approx(np.array([[plain.var_a, plain.cov], [plain.cov, plain.var_b]]), rel=1e-10)
     assert stats.delong_test(y, a, b, groups=np.arange(y.size)) == pytest.approx(plain)
 
