@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path, write_json, write_parquet
-from .metrics import binary_metrics
+from .metrics import binary_metrics, multiclass_metrics
 
 __all__ = [
     "STUDY_FILE",
@@ -433,11 +433,12 @@ def fake_study(
     ``configurations`` maps a name to its settings (without the seed); each is run over ``seeds`` as
     trial ``NAME-sSEED``. ``recordings`` maps an evaluation set to its recordings (``recording_id``,
     ``source``, ``group``, ``label``, and any column ``predict`` uses). ``predict(settings, seed,
-    eval_set, recordings, condition)`` returns P(abnormal) per recording for a condition
+    eval_set, recordings, condition)`` returns P(abnormal) per recording (or, for a multi-class model,
+    the class probabilities, one column per class) for a condition
     (perturbation, severity, ablation) of ``conditions``, or None where that trial was not scored
     under it (a branch ablation of a single-branch model). ``threshold`` is a number or
-    ``threshold(settings, seed)``. trials.parquet gets each trial's binary metrics on the clean
-    condition at its threshold, as study.run records them; study.json holds ``space`` and ``state``.
+    ``threshold(settings, seed)``. trials.parquet gets each trial's metrics on the clean condition
+    (binary ones at its threshold), as study.run records them; study.json holds ``space`` and ``state``.
     """
     clean = tuple(CLEAN_CONDITION[c] for c in CONDITION_COLUMNS)
     rows, frames = [], []
@@ -456,7 +457,10 @@ def fake_study(
                     prob = np.asarray(prob, dtype=float)
                     frames.append(_fake_predictions(trial_id, eval_set, table, prob, condition))
                     if tuple(condition) == clean:
-                        metrics = binary_metrics(table["label"].to_numpy(), prob, cut)
+                        labels = table["label"].to_numpy()
+                        metrics = (
+                            binary_metrics(labels, prob, cut) if prob.ndim == 1 else multiclass_metrics(labels, prob)
+                        )
                         row.update({f"{eval_set}/{key}": value for key, value in metrics.items()})
             row.update(_fake_trial_fields(cut))
             rows.append(row)
@@ -465,6 +469,7 @@ def fake_study(
 
 def _fake_predictions(trial_id: str, eval_set: str, table: pd.DataFrame, prob, condition) -> pd.DataFrame:
     perturbation, severity, ablation = condition
+    classes = {f"prob_{k}": prob[:, k] for k in range(prob.shape[1])} if prob.ndim == 2 else {}
     return pd.DataFrame(
         {
             "trial_id": trial_id,
@@ -473,10 +478,11 @@ def _fake_predictions(trial_id: str, eval_set: str, table: pd.DataFrame, prob, c
             "source": table["source"].to_numpy(),
             "group": table["group"].astype("string").to_numpy(),
             "label": table["label"].to_numpy(),
-            "prob": prob,
+            "prob": prob if prob.ndim == 1 else 1.0 - prob[:, 0],  # P(abnormal): any class but normal
             "perturbation": perturbation,
             "severity": severity,
             "ablation": ablation,
+            **classes,
         }
     )
 

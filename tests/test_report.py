@@ -598,49 +598,31 @@ def test_respiratory_study_uses_patient_clusters_and_icbhi_score(tmp_path):
     n_patients, per_patient = 24, 6
     groups = np.repeat([f"patient{k:02d}" for k in range(n_patients)], per_patient)
     classes = np.where(rng.random(groups.size) < 0.5, 0, rng.integers(1, 4, groups.size))
-    trials, frames = [], []
-    for value, skill in (("concat", 1.0), ("film", 3.0)):
-        for seed in SEEDS:
-            logits = rng.standard_normal((groups.size, 4)) + skill * np.eye(4)[classes]
-            probs = special.softmax(logits, axis=1)
-            trial_id = f"{value}-s{seed}"
-            trials.append(
-                {
-                    "trial_id": trial_id,
-                    "config/seed": seed,
-                    "config/model.fusion": value,
-                    "config/data.eval_sets": json.dumps(["icbhi2017:test"]),
-                    "threshold": np.nan,
-                }
-            )
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "trial_id": trial_id,
-                        "eval_set": "icbhi2017:test",
-                        "recording_id": [f"c{i}" for i in range(groups.size)],
-                        "source": "icbhi",
-                        "group": groups,
-                        "label": classes,
-                        "prob": 1 - probs[:, 0],
-                        "perturbation": "none",
-                        "severity": 0,
-                        **{f"prob_{k}": probs[:, k] for k in range(4)},
-                    }
-                )
-            )
-    folder = tmp_path / "respiratory"
-    folder.mkdir()
-    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    recordings = pd.DataFrame(
+        {"recording_id": [f"c{i}" for i in range(groups.size)], "source": "icbhi", "group": groups, "label": classes}
+    )
+    skill = {"concat": 1.0, "film": 3.0}
+
+    def predict(settings, seed, eval_set, table, condition):
+        logits = rng.standard_normal((groups.size, 4)) + skill[settings["model.fusion"]] * np.eye(4)[classes]
+        return special.softmax(logits, axis=1)
+
     space = {
         "name": "respiratory",
         "study": "respiratory",
         "grid": {"model.fusion": ["concat", "film"], "seed": list(SEEDS)},
         "compare": {"axis": "model.fusion", "baseline": "concat", "metric": "score"},
     }
-    (folder / "study.json").write_text(json.dumps({"space": space}))
+    folder = fake_study(
+        tmp_path / "respiratory",
+        space=space,
+        configurations={value: {"model.fusion": value} for value in skill},
+        seeds=SEEDS,
+        recordings={"icbhi2017:test": recordings},
+        predict=predict,
+        threshold=np.nan,
+    )
+    predictions = pd.read_parquet(folder / "predictions.parquet")
     report.report_study(folder, n_resamples=N_RESAMPLES)
     main = pd.read_csv(folder / "tables" / "main.csv").set_index("configuration")
     film = predictions[predictions["trial_id"].str.startswith("film-")]
