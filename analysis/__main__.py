@@ -1,7 +1,7 @@
 """Command line of the analysis package.
 
     python -m analysis report results/NAME [options]   # tables, plots and report.md of a finished study
-    python -m analysis robustness results/NAME [--perturb SUITE] [options]  # metric vs severity, fusion vs branches, ablation
+    python -m analysis robustness results/NAME [options]  # metric vs severity, fusion vs branches, ablation
     python -m analysis calibrate [--json] [options]    # Monte-Carlo check of the tests and intervals
     python -m analysis bench [--json] [--no-report]    # timings, incl. the 150-trial report
 

@@ -406,7 +406,7 @@ def test_merge_replaces_rows_of_the_same_condition():
         merge_predictions(existing, rows("t", "x", 1, 0.5).drop(columns="ablation"))
 
 
-def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(trained_study):
+def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(trained_study, capsys):
     out, data = trained_study
     before = pd.read_parquet(out / "predictions.parquet")
 
@@ -428,8 +428,10 @@ def test_reevaluation_of_a_real_checkpoint_adds_rows_for_a_new_suite(trained_stu
     # the trial's own file holds the rows too, so rebuilding the study's file from trials/ (--resume, --extend) keeps them
     pd.testing.assert_frame_equal(pd.read_parquet(out / "trials" / "t0" / "predictions.parquet"), after)
 
-    # the same suite again replaces its rows instead of adding them
-    reevaluate_study(out, [{"name": "band_limit", "severities": [4]}], n_jobs=1)
+    # the same suite again, from the command line, replaces its rows instead of adding them
+    assert evaluate_main([str(out), "--perturb", "[{name: band_limit, severities: [4]}]", "--jobs", "1"]) == 0
+    assert "re-evaluated 1 trials on 1 perturbation levels" in capsys.readouterr().out
+    assert (out / "tables" / "robustness_auc.csv").is_file() and (out / "report.md").is_file()
     assert len(pd.read_parquet(out / "predictions.parquet")) == len(after)
     assert len(pd.read_parquet(out / "trials" / "t0" / "predictions.parquet")) == len(after)
 
