@@ -248,7 +248,7 @@ def _report(out: Path) -> dict | None:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -320,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         help="0 quiet; 1 a line per trial start and end and a status line (default); 2 Tune's tables instead; "
         "3 trial logs too",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         load_plugins(args.plugin)  # before the space: its settings may name what the plugins register
         space = load_space(args.space, args.scale)
