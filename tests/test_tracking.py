@@ -14,6 +14,7 @@ from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
 from study import run as run_module
 from study.tracking import check_trackers
+from study.trainable import trainable
 
 SMALL = ["--set", "seed=[0]", "--set", "train.max_epochs=2"]  # a waveform and a fusion trial
 
@@ -145,7 +146,7 @@ def test_tunes_readers_show_the_settings_by_name(tracked):
 
     frame = tune.ExperimentAnalysis(str(tracked / "tune" / "run-1")).dataframe()
     assert sorted(frame["config/model.architecture"]) == ["fusion", "waveform"] and "config/train.lr" in frame
-    results = tune.Tuner.restore(str(tracked / "tune" / "run-1"), trainable=run_module.trainable).get_results()
+    results = tune.Tuner.restore(str(tracked / "tune" / "run-1"), trainable=trainable).get_results()
     assert {r.config["model.architecture"] for r in results} == {"fusion", "waveform"}
     assert set(results.get_dataframe()["config/seed"]) == {0}
 
