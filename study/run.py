@@ -103,11 +103,10 @@ def run_study(space: Space, *, out: Path, **options) -> dict:
 def _run_locked(space: Space, out: Path, options: RunOptions) -> dict:
     resources = trial_resources(space, options.resources)
     state = load_study_state(space, out, options.overrides, options.resume, options.extend)
-    resolved = space.trial_configs(options.overrides)
-    configs = [trial.flat for trial in resolved]  # as Tune holds them
+    configs = space.trial_configs(options.overrides)  # typed; the tuners hand Tune their flat view
     check_added_settings(out, state, configs)
     if space.search is not None:  # again with the overrides: they may change what the trials report
-        check_search(space.search, f"{space.path} (search, with --set)", resolved[0])
+        check_search(space.search, f"{space.path} (search, with --set)", configs[0])
     data_root = Path(options.data_root).expanduser() if options.data_root else default_data_root()
     state.update(
         data_root=str(data_root),

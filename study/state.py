@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ADDED_SETTINGS, Space, SpaceError, added_settings_changed, grid_with_overrides, trial_id_of
+from .config import ADDED_SETTINGS, Space, SpaceError, TrialConfig, added_settings_changed, grid_with_overrides
 from .results import (
     FINAL_DIR,
     RUN_FILE,
@@ -102,11 +102,12 @@ def settings_predated(state: dict) -> list[str]:
     return [k for k in ADDED_SETTINGS if k not in state.get("added_settings", [])]
 
 
-def check_added_settings(out: Path, state: dict, configs: list[dict]) -> None:
+def check_added_settings(out: Path, state: dict, configs: list[TrialConfig]) -> None:
     """Refuse to resume or extend a study with another value of a setting it predates: its trials ran
     with the old value, and new ones would train on other data under other ids in the same study."""
     older = settings_predated(state)
-    changed = sorted({k for c in configs for k in added_settings_changed({k: c[k] for k in older if k in c})})
+    flats = [c.flat for c in configs]
+    changed = sorted({k for c in flats for k in added_settings_changed({k: c[k] for k in older if k in c})})
     if changed:
         keep = " ".join(f"--set {k}={ADDED_SETTINGS[k]}" for k in changed)
         raise SpaceError(
@@ -115,12 +116,12 @@ def check_added_settings(out: Path, state: dict, configs: list[dict]) -> None:
         )
 
 
-def nothing_left(out: Path, state: dict, configs: list[dict], resume: bool) -> bool:
+def nothing_left(out: Path, state: dict, configs: list[TrialConfig], resume: bool) -> bool:
     """Whether every config finished and no interrupted experiment waits to be resumed."""
     latest = state["experiments"][-1] if state["experiments"] else None
     finished = finished_trial_ids(Path(out) / TRIALS_DIR)
     interrupted = resume and latest is not None and not latest.get("complete")
-    return not interrupted and all(trial_id_of(c) in finished for c in configs)
+    return not interrupted and all(c.trial_id in finished for c in configs)
 
 
 def harvest_finished(out: Path) -> list[str]:

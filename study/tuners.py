@@ -99,15 +99,15 @@ class StudyRun:
 # ---------------------------------------------------------------- the features, once
 
 
-def share_data(configs: list[dict], data_root: Path, state: dict, verbose: int) -> dict:
+def share_data(configs: list[TrialConfig], data_root: Path, state: dict, verbose: int) -> dict:
     """Features once, before any trial, into the object store: {data key: ObjectRef}."""
 
     data_refs, fingerprints, needed = {}, {}, 0
     capacity = object_store_capacity()
-    for config in configs:
-        key = data_key_of(config)
+    for trial in configs:
+        key = trial.data_key
         if key not in data_refs:
-            data = prepare_data(TrialConfig.from_flat(config), data_root, progress=verbose > 0)
+            data = prepare_data(trial, data_root, progress=verbose > 0)
             needed += data.nbytes
             if needed > capacity:
                 raise SpaceError(
@@ -186,7 +186,7 @@ def collect(results, trials_dir: Path, run: StudyRun, ids: str, finish_stopped: 
 # ---------------------------------------------------------------- a search, then its best over seeds
 
 
-def run_search(run: StudyRun, state: dict, base: dict) -> None:
+def run_search(run: StudyRun, state: dict, base: TrialConfig) -> None:
     """The search phase (:mod:`study.search`) into OUT/search/; records the best trial in state["search"].
 
     Its Optuna study lives in OUT/optuna.db, named after the space: a search resumed continues it,
@@ -210,7 +210,7 @@ def run_search(run: StudyRun, state: dict, base: dict) -> None:
     else:
         name = search_state["experiment"] = "search-1"
         write_state(run.out, state)
-        tuner = _search_tuner(run, wrapped, base, name, optuna)
+        tuner = _search_tuner(run, wrapped, base.flat, name, optuna)
     results = tuner.fit()
     trials_dir = run.out / SEARCH_DIR / TRIALS_DIR
     collect(results, trials_dir, run, ids="tune", finish_stopped=not interrupted())
@@ -242,15 +242,16 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def replicate_configs(space: Space, configs: list[dict], best_params: dict) -> list[dict]:
+def replicate_configs(space: Space, configs: list[TrialConfig], best_params: dict) -> list[TrialConfig]:
     """After a search: the best configuration and the space's default one, labelled as the recipes
     ``best`` and ``default``, each over the scale's seeds, for the report's paired tests."""
     replicated = []
-    for config in configs:
-        replicated += [{**config, "recipe": "default"}, {**config, **best_params, "recipe": "best"}]
-    for config in replicated:
+    for trial in configs:
+        replicated += [{**trial.flat, "recipe": "default"}, {**trial.flat, **best_params, "recipe": "best"}]
+    return [
         validate_trial_config(config, f"{space.path} (recipe {config['recipe']}, seed {config['seed']})")
-    return replicated
+        for config in replicated
+    ]
 
 
 def best_search_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series:
@@ -267,7 +268,7 @@ def best_search_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series
 # ---------------------------------------------------------------- a grid of whole configs
 
 
-def run_grid(run: StudyRun, state: dict, configs: list[dict]):
+def run_grid(run: StudyRun, state: dict, configs: list[TrialConfig]):
     """Train every config the study lacks (or continue the interrupted experiment); returns (collected, errors).
 
     An interrupted experiment of an older version (its Tune configs nested, not flat) is not restored:
@@ -284,7 +285,7 @@ def run_grid(run: StudyRun, state: dict, configs: list[dict]):
     )
     trials_dir = run.out / TRIALS_DIR
     finished = finished_trial_ids(trials_dir)
-    todo = [(trial_id_of(c), c) for c in configs if trial_id_of(c) not in finished]
+    todo = [(c.trial_id, c.flat) for c in configs if c.trial_id not in finished]  # Tune holds the flat view
     if not todo and not restore:
         return [], []
     wrapped = run.trainable(ids="config")

@@ -209,13 +209,11 @@ def test_a_study_older_than_the_settings_continues_only_with_their_old_values(tm
     (tmp_path / STUDY_FILE).write_text(json.dumps(old))
     state = load_study_state(space, tmp_path, {}, resume=True, extend=False)
     with pytest.raises(SpaceError, match="--set data.duplicates=keep"):
-        check_added_settings(tmp_path, state, [c.flat for c in space.trial_configs()])
+        check_added_settings(tmp_path, state, space.trial_configs())
     state = load_study_state(space, tmp_path, dict(ADDED_SETTINGS), resume=True, extend=False)
-    check_added_settings(
-        tmp_path, state, [c.flat for c in space.trial_configs(dict(ADDED_SETTINGS))]
-    )  # accepted, same ids as before
+    check_added_settings(tmp_path, state, space.trial_configs(dict(ADDED_SETTINGS)))  # accepted, same ids as before
     fresh = load_study_state(space, tmp_path / "new", {}, resume=False, extend=False)
-    check_added_settings(tmp_path, fresh, [c.flat for c in space.trial_configs()])  # a new study knows the settings
+    check_added_settings(tmp_path, fresh, space.trial_configs())  # a new study knows the settings
     assert fresh["added_settings"] == sorted(ADDED_SETTINGS)
 
 
