@@ -88,11 +88,14 @@ def check_storage(storage: str) -> None:
             raise ClusterError(storage_error(storage, "this driver", failure))
         probe_on_node = ray.remote(num_cpus=0)(_probe_storage)
         nodes = _alive_nodes()
+        # each node's probe is named by its whole id: ids can share a prefix (Ray's fake autoscaling
+        # provider numbers them fff...f01, fff...f02), and two nodes on one file system must not delete
+        # each other's probe
         answers = ray.get(
             [
                 probe_on_node.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                ).remote(storage, f"{probe}-{node['NodeID'][:8]}", probe)
+                ).remote(storage, f"{probe}-{node['NodeID']}", probe)
                 for node in nodes
             ]
         )
